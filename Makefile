@@ -1,0 +1,40 @@
+# The two commands a newcomer needs: `make serve` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+PY := .venv/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 3000
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: setup serve train test test-fast loadtest bento lint
+
+setup:
+	@scripts/setup.sh
+
+## Serve every family on $(HOST):$(PORT), training the default models first if the store has none.
+serve: setup
+	$(PY) -m training ensure
+	.venv/bin/bentoml serve services.platform:Platform --host $(HOST) --port $(PORT)
+
+## Train (or re-train) the default models and register them: make train TASKS="fashion-cnn"
+TASKS ?= fashion-cnn
+train: setup
+	$(PY) -m training train $(TASKS)
+
+## The whole suite (unit, in-process service, real `bentoml serve`, bentoml build).
+test: setup
+	$(PY) -m pytest -q
+
+## Only the fast tests (no servers, no training runs).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not container"
+
+## Locust against a running server: make loadtest URL=http://127.0.0.1:3000
+URL ?= http://$(HOST):$(PORT)
+loadtest: setup
+	$(PY) -m loadtests.run --host $(URL)
+
+bento: setup
+	.venv/bin/bentoml build
+
+lint: setup
+	.venv/bin/ruff check .

@@ -1,0 +1,68 @@
+"""Preprocessing that must be identical at training and at serving time.
+
+Training calls these functions on its data; the service calls them on requests,
+with parameters read back from the model's metadata. numpy + Pillow only.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class InvalidInput(ValueError):
+    """A client sent something that cannot be turned into model input; the message says what."""
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """uint8 pixels -> normalized float32 (B, C, H, W)."""
+
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    mean: float = 0.2860  # Fashion-MNIST training-set statistics of pixels / 255
+    std: float = 0.3530
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.channels == 1 else "RGB"
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, H, W) or (B, C, H, W) uint8/float pixel values in 0..255 -> (B, C, H, W) float32."""
+        x = np.asarray(pixels, dtype=np.float32)
+        if x.ndim == 3 and self.channels == 1:
+            x = x[:, None]
+        return ((x / 255.0 - self.mean) / self.std).astype(np.float32, copy=False)
+
+    def pixels_from_image(self, image: Image.Image) -> np.ndarray:
+        """Any PIL image (any size or colour) -> (C, H, W) uint8, converted as the training data was."""
+        if image.mode in ("RGBA", "LA", "P"):
+            # Flatten transparency onto black, the background of Fashion-MNIST.
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+            image = Image.alpha_composite(background, image)
+        image = image.convert(self.mode).resize((self.width, self.height), Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.uint8)
+        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+    def pixels_from_bytes(self, data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+        if not data:
+            raise InvalidInput("the image file is empty")
+        try:
+            image = Image.open(io.BytesIO(data))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise InvalidInput(f"the file is not a readable PNG/JPEG image ({type(exc).__name__})") from None
+        # Check the declared size before decoding, so a decompression bomb costs nothing.
+        if image.width * image.height > max_pixels:
+            raise InvalidInput(f"the image is {image.width}x{image.height} pixels; at most {max_pixels} pixels are allowed")
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise InvalidInput(f"the image data is truncated or corrupt ({type(exc).__name__})") from None
+        return self.pixels_from_image(image)

@@ -1,0 +1,10 @@
+"""The nets, one file per family, built by name from one registry.
+
+Each entry pairs a dataclass config with the nn.Module it configures, so a
+checkpoint (state_dict + config dict) rebuilds its net without pickling code.
+"""
+# Importing a family's module registers it.
+from models import cnn  # noqa: F401
+from models.registry import ModelEntry, build_model, config_from_dict, list_models, register_model
+
+__all__ = ["ModelEntry", "build_model", "config_from_dict", "list_models", "register_model"]

@@ -1,0 +1,55 @@
+"""Name -> (config class, module class): the one way to build a net."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    config_cls: type
+    module_cls: type[nn.Module]
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, config_cls: type):
+    """Class decorator: `@register_model("cnn", CNNConfig)` above an nn.Module."""
+
+    def wrap(module_cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = ModelEntry(config_cls, module_cls)
+        return module_cls
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}") from None
+
+
+def config_from_dict(name: str, values: dict[str, Any]) -> Any:
+    """Rebuild a model's config from a plain dict, ignoring nothing: unknown keys are an error."""
+    config_cls = _entry(name).config_cls
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"{name}: unknown config fields {sorted(unknown)}; known: {sorted(known)}")
+    return config_cls(**values)
+
+
+def build_model(name: str, config: Any = None) -> nn.Module:
+    entry = _entry(name)
+    return entry.module_cls(config if config is not None else entry.config_cls())

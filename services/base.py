@@ -1,0 +1,55 @@
+"""What every family's API shares: runners, readiness, the service decorator, output helpers."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from services.http import EdgeMiddleware
+from services.runner import OnnxRunner
+from services.settings import SETTINGS
+
+
+class ModelAPI:
+    """Base of the family API mixins; a service class combines one or more of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runners: list[OnnxRunner] = []
+
+    def add_runner(self, runner: OnnxRunner, warmup_payload: Any) -> OnnxRunner:
+        runner.warm_up(warmup_payload)
+        self.runners.append(runner)
+        return runner
+
+    def __is_ready__(self) -> bool:
+        return bool(self.runners) and all(runner.warmed for runner in self.runners)
+
+
+def invalid(message: str) -> bentoml.exceptions.InvalidArgument:
+    """A 400 whose JSON `error` is `message` (EdgeMiddleware gives it the one error shape)."""
+    return bentoml.exceptions.InvalidArgument(message)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def platform_service(name: str) -> Callable[[type], Any]:
+    """Class decorator: a BentoML service with the platform's settings and edge middleware."""
+
+    def wrap(cls: type) -> Any:
+        service = bentoml.service(
+            name=name,
+            workers=SETTINGS.workers,
+            logging={"access": {"enabled": SETTINGS.access_log}},
+            traffic={"timeout": 30},
+        )(cls)
+        api_fields = {api.route: tuple(api.input_spec.model_fields) for api in service.apis.values()}
+        service.add_asgi_middleware(EdgeMiddleware, max_body_bytes=SETTINGS.max_body_bytes, api_fields=api_fields)
+        return service
+
+    return wrap

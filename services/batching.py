@@ -1,0 +1,93 @@
+"""Adaptive micro-batching for one runner.
+
+Requests queue while the runner is busy; when it is free, it takes everything queued
+(up to `max_items` items, counting the items inside each request, not requests) and runs
+it as one batch. An idle runner starts at once, or after `max_wait_s` when asked to wait
+for company. Nothing is rejected for a deadline: overload is for admission control.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from services.metrics import BATCH_SIZE, QUEUE_SECONDS
+
+P = TypeVar("P")  # one request's payload
+R = TypeVar("R")  # one request's result
+
+
+@dataclass
+class _Pending(Generic[P, R]):
+    payload: P
+    items: int
+    future: asyncio.Future[R]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher(Generic[P, R]):
+    def __init__(
+        self,
+        name: str,
+        infer: Callable[[Sequence[P]], Sequence[R]],
+        count_items: Callable[[P], int],
+        max_items: int,
+        max_wait_s: float = 0.0,
+    ):
+        self.name = name
+        self._infer = infer
+        self._count_items = count_items
+        self.max_items = max_items
+        self.max_wait_s = max_wait_s
+        self._queue: deque[_Pending[P, R]] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        # One thread: ONNX Runtime parallelizes inside a call; batches run one after another.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"runner-{name}")
+
+    async def submit(self, payload: P) -> R:
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done():
+            self._wakeup = asyncio.Event()
+            self._worker = loop.create_task(self._run(), name=f"batcher-{self.name}")
+        pending = _Pending(payload, self._count_items(payload), loop.create_future())
+        self._queue.append(pending)
+        self._wakeup.set()
+        return await pending.future
+
+    def _take_batch(self) -> list[_Pending[P, R]]:
+        batch = [self._queue.popleft()]  # taken even if alone it exceeds max_items: it was admitted
+        items = batch[0].items
+        while self._queue and items + self._queue[0].items <= self.max_items:
+            pending = self._queue.popleft()
+            batch.append(pending)
+            items += pending.items
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self.max_wait_s and len(self._queue) == 1:
+                await asyncio.sleep(self.max_wait_s)
+            batch = self._take_batch()
+            started = time.perf_counter()
+            for pending in batch:
+                QUEUE_SECONDS.labels(self.name).observe(started - pending.queued_at)
+            BATCH_SIZE.labels(self.name).observe(sum(p.items for p in batch))
+            try:
+                results = await loop.run_in_executor(self._executor, self._infer, [p.payload for p in batch])
+            except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, never the batcher
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                continue
+            for pending, result in zip(batch, results):
+                if not pending.future.done():  # the client may have gone away
+                    pending.future.set_result(result)

@@ -1,0 +1,185 @@
+"""ASGI middleware at the edge of every service: body-size limit and one JSON error shape.
+
+BentoML answers some client mistakes in other shapes (plain-text 404/405, a list around
+`{"error": ...}`, pydantic's "1 validation error for Input" with the reason in `detail`);
+every 4xx/5xx leaves here as `{"error": "<what was wrong>"}` (pydantic details kept in `detail`).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from services.metrics import ERRORS
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# Paths that are not APIs but still answer errors (readyz before warm-up, say).
+SERVICE_PATHS = ("/readyz", "/livez", "/healthz", "/metrics", "/docs.json")
+
+
+def _reason(status: int) -> str:
+    """A low-cardinality label for the errors counter: the status phrase in snake case."""
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return str(status)
+
+
+def error_message(status: int, body: bytes) -> dict[str, Any]:
+    """Turn whatever error body BentoML or Starlette produced into {"error": str[, "detail": ...]}."""
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
+        data = data[0]  # BentoML wraps 4xx errors in a one-element list
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        detail = data.get("detail")
+        if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
+            reasons = [f"{'.'.join(str(p) for p in d.get('loc', ())) or 'body'}: {d.get('msg', '')}" for d in detail[:5]]
+            return {"error": "invalid request: " + "; ".join(reasons), "detail": detail}
+        return {"error": data["error"]}
+    text = body.decode("utf-8", "replace").strip() if body and data is None else ""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    return {"error": f"{phrase}: {text}" if text and text != phrase else phrase}
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the buffered body once, then passes on what the client sends (disconnects)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def multipart_fields(scope: Scope, body: bytes) -> set[str]:
+    """The field names of a buffered multipart/form-data body."""
+    async with Request(scope, _replay(body, _never)).form() as form:
+        return set(form.keys())
+
+
+async def _never() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class EdgeMiddleware:
+    def __init__(self, app: Callable, max_body_bytes: int, api_fields: dict[str, tuple[str, ...]]):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.api_fields = api_fields  # route -> its input field names
+
+    def _endpoint(self, scope: Scope) -> str:
+        path = scope.get("path", "")
+        return path if path in self.api_fields or path in SERVICE_PATHS else "other"
+
+    async def _reply(self, send: Send, scope: Scope, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        ERRORS.labels(self._endpoint(scope), _reason(status)).inc()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None once it grows past the limit."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return None
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    async def _multipart_problem(self, scope: Scope, body: bytes) -> str | None:
+        # BentoML answers a file under an unexpected field name with a 500 (it JSON-decodes the bytes).
+        expected = set(self.api_fields[scope["path"]])
+        try:
+            fields = await multipart_fields(scope, body)
+        except (MultiPartException, HTTPException, ValueError) as exc:
+            # Starlette raises HTTPException(400) for bad multipart data when it runs inside an app.
+            return f"malformed multipart body: {getattr(exc, 'detail', exc)}"
+        if fields != expected:
+            return f"multipart fields {sorted(fields)} do not match the expected {sorted(expected)}"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.max_body_bytes
+        headers = dict(scope.get("headers", ()))
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._reply(send, scope, 413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+
+        if headers.get(b"content-type", b"").startswith(b"multipart/form-data") and scope["path"] in self.api_fields:
+            body = await self._read_body(receive)
+            if body is None:
+                return await self._reply(send, scope, 413, f"request body is over the limit of {limit} bytes")
+            problem = await self._multipart_problem(scope, body)
+            if problem:
+                return await self._reply(send, scope, 400, problem)
+            receive = _replay(body, receive)
+
+        received, too_large = 0, False
+
+        async def limited_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    too_large = True  # a chunked body that grew past the limit: stop reading it
+                    return {"type": "http.disconnect"}
+            return message
+
+        status, start, chunks, started = 0, None, [], False
+
+        async def rewriting_send(message: Message) -> None:
+            nonlocal status, start, started
+            if too_large:
+                return  # the app's answer to a cut-off body is replaced by the 413 below
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if status < 400:
+                    started = True
+                    return await send(message)
+                start = message
+                return
+            if message["type"] == "http.response.body" and start is not None:
+                chunks.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                body = json.dumps(error_message(status, b"".join(chunks))).encode()
+                ERRORS.labels(self._endpoint(scope), _reason(status)).inc()
+                kept = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+                started = True
+                await send({**start, "headers": kept + [(b"content-type", b"application/json"),
+                                                        (b"content-length", str(len(body)).encode())]})  # fmt: skip
+                return await send({"type": "http.response.body", "body": body})
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, rewriting_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not started:
+            await self._reply(send, scope, 413, f"request body is over the limit of {limit} bytes")

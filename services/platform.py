@@ -1,0 +1,8 @@
+"""Every family on one port: `bentoml serve services.platform:Platform`."""
+from services.base import platform_service
+from services.image import ImageAPI
+
+
+@platform_service("modelroad")
+class Platform(ImageAPI):
+    """All model families in one process: one port, one /metrics, no inter-service hop."""

@@ -1,0 +1,44 @@
+"""Serving configuration: one frozen dataclass, read once from MODELROAD_* environment variables."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    device: str = "auto"  # cpu | cuda | auto (cuda when ONNX Runtime has it, else cpu with one log line)
+    workers: int = 1  # API worker processes; ONNX Runtime threads are split among them
+    cpu_count: int = os.cpu_count() or 1
+    max_batch_size: int = 64  # items (not requests) per inference call
+    max_wait_ms: float = 1.0  # how long a batch may wait for company once the runner is idle
+    max_body_bytes: int = 10 * 1024 * 1024  # larger requests get 413 before their body is read
+    max_image_pixels: int = 40_000_000  # decoded size limit of an uploaded image
+    image_model: str = "fashion-cnn:latest"
+    access_log: bool = False  # access logging costs 20-37% of throughput (FACTS.md)
+
+    @property
+    def ort_threads(self) -> int:
+        # threads x workers never exceed the cores
+        return max(1, self.cpu_count // max(1, self.workers))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | os._Environ = os.environ) -> ServeSettings:
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f"MODELROAD_{f.name.upper()}")
+            if raw is None:
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = raw.lower() in ("1", "true", "yes", "on") if kind is bool else kind(raw)
+            except ValueError:
+                raise ValueError(f"MODELROAD_{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        settings = cls(**values)
+        if settings.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"MODELROAD_DEVICE={settings.device!r}: choose cpu, cuda or auto")
+        return settings
+
+
+SETTINGS = ServeSettings.from_env()

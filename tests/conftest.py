@@ -1,0 +1,36 @@
+"""Shared fixtures. The model store and Prometheus folder are private to the test session,
+so tests never touch ~/bentoml and never see another run's metrics."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports bentoml: it reads these once.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="modelroad-tests-"))
+os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "bentoml")
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_SESSION_DIR / "prometheus")
+(_SESSION_DIR / "prometheus").mkdir()
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def cnn_card(session_dir: Path) -> dict:
+    """A tiny CNN trained for a moment on a Fashion-MNIST subset, exported and registered."""
+    from training.config import TrainConfig
+    from training.pipeline import run
+
+    return run(TrainConfig(task="fashion-cnn", dry_run=True, out_dir=str(session_dir / "artifacts")))
+
+
+@pytest.fixture(scope="session")
+def registered(cnn_card: dict) -> dict[str, dict]:
+    """Every family's model in the store, by store name (what the platform service needs)."""
+    return {"fashion-cnn": cnn_card}

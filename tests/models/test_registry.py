@@ -1,0 +1,47 @@
+import dataclasses
+
+import pytest
+import torch
+
+from models import build_model, config_from_dict, list_models
+from models.cnn import CNNConfig
+
+EXAMPLE_INPUTS = {
+    "cnn": lambda: (torch.randn(3, 1, 28, 28),),
+}
+EXPECTED_OUTPUT = {"cnn": (3, 10)}
+
+
+def test_every_registered_net_has_a_test_input():
+    assert set(list_models()) == set(EXAMPLE_INPUTS)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_net_builds_by_name_and_maps_a_batch(name):
+    net = build_model(name).eval()
+    with torch.no_grad():
+        out = net(*EXAMPLE_INPUTS[name]())
+    assert tuple(out.shape) == EXPECTED_OUTPUT[name]
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_config_round_trips_through_a_plain_dict(name):
+    net = build_model(name)
+    values = dataclasses.asdict(net.config)
+    assert config_from_dict(name, values) == net.config
+
+
+def test_unknown_names_and_fields_are_refused_with_the_known_ones():
+    with pytest.raises(KeyError, match="registered: .*cnn"):
+        build_model("nope")
+    with pytest.raises(ValueError, match="unknown config fields \\['widht'\\]"):
+        config_from_dict("cnn", {"widht": 3})
+
+
+def test_cnn_config_shapes_the_net():
+    net = build_model("cnn", CNNConfig(num_classes=4, channels=(8, 16), hidden=32)).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 28, 28)).shape == (2, 4)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, torch.nn.Dropout) for m in net.modules())

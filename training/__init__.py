@@ -1,0 +1,1 @@
+"""Training: datasets, the shared loop, evaluation, ONNX export and registration into the model store."""

@@ -1,0 +1,78 @@
+"""Command line: `python -m training train fashion-cnn`, `python -m training list`, `python -m training ensure`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from training.config import TrainConfig
+from training.tasks import TASKS
+
+log = logging.getLogger("training")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, so the dataclass stays the one place for training options."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "task":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif f.name == "model":
+            parser.add_argument(flag, type=json.loads, default={}, help='net config overrides as JSON, e.g. \'{"dropout": 0.2}\'')
+        else:
+            kind = float if f.name == "max_minutes" else type(default) if default is not None else str
+            parser.add_argument(flag, type=kind, default=default)
+
+
+def config_from_args(task: str, args: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"task"}
+    return TrainConfig(task=task, **{name: getattr(args, name) for name in names})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train, evaluate, export and register one or more tasks")
+    train.add_argument("tasks", nargs="+", choices=sorted(TASKS))
+    add_config_flags(train)
+    ensure = commands.add_parser("ensure", help="train every default task that has no model in the store")
+    add_config_flags(ensure)
+    commands.add_parser("list", help="list registered models with their key test metric")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for chatty in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+
+    # Imported late: `--help` should not pay for torch and bentoml.
+    from training.pipeline import run
+    from training.register import list_registered
+
+    if args.command == "list":
+        rows = list_registered()
+        print(f"{'tag':45} {'family':12} {'metric':10} {'value':>8} {'baseline':>9} {'parity':>8}")
+        for r in rows:
+            value = f"{r['value']:.4f}" if isinstance(r["value"], float) else "-"
+            base = f"{r['baseline']:.4f}" if isinstance(r["baseline"], float) else "-"
+            parity = f"{r['parity_max_abs_diff']:.1e}" if r["parity_max_abs_diff"] is not None else "-"
+            print(f"{r['tag']:45} {r['family']:12} {r['metric']:10} {value:>8} {base:>9} {parity:>8}")
+        return 0
+
+    if args.command == "ensure":
+        stored = {r["tag"].split(":")[0] for r in list_registered()}
+        tasks = [name for name in TASKS if name not in stored]
+        if not tasks:
+            log.info("every default model is in the store: %s", ", ".join(sorted(TASKS)))
+    else:
+        tasks = args.tasks
+    for name in tasks:
+        run(config_from_args(name, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

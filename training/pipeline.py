@@ -1,0 +1,81 @@
+"""train -> evaluate -> export -> parity -> register: the road every task takes."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from models import build_model, config_from_dict
+from training.config import TrainConfig
+from training.evaluate import plot_history
+from training.export import check_parity, export_onnx
+from training.loop import fit
+from training.register import register_model
+from training.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Train one task end to end; returns the model card (with `tag` when registered)."""
+    task = get_task(cfg.task)
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+
+    data = task.load_data(cfg)
+    log.info("%s: %d train / %d val / %d test from %s", task.name, len(data.train), len(data.val), len(data.test), data.source)
+    trained = fit(task, data, cfg, run_dir)
+    plot_history(trained.history, run_dir / "training_curves.png")
+
+    # Export from a fresh module holding the best weights: re-exporting a module that was traced
+    # before can freeze dynamic axes (seen with nn.LSTM).
+    net = build_model(task.model, config_from_dict(task.model, trained.model_config))
+    net.load_state_dict(trained.model.state_dict())
+    net.eval()
+    examples = task.export_inputs(data)
+    onnx_path = run_dir / "model.onnx"
+    opset = export_onnx(net, task, examples[0], onnx_path)
+    parity = check_parity(net, task, onnx_path, examples)
+
+    # Test metrics come from the exported graph: they describe what will be served.
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [spec.name for spec in task.inputs]
+
+    def predict(*inputs: torch.Tensor) -> np.ndarray:
+        return session.run(None, {name: t.numpy() for name, t in zip(names, inputs)})[0]
+
+    metrics = task.evaluate(predict, data, run_dir)
+    baseline = task.baseline(data)
+    card = {
+        "family": task.model,
+        "task": task.kind,
+        "inputs": [spec.to_dict() for spec in task.inputs],
+        "output": task.output_name,
+        "preprocessing": data.preprocessing,
+        "labels": data.labels,
+        "key_metric": task.key_metric,
+        "metrics": metrics,
+        "baseline": baseline,
+        "parity_max_abs_diff": parity,
+        "opset": opset,
+        "model_config": trained.model_config,
+        "train_config": asdict(cfg),
+        "history": trained.history,
+        "train_seconds": round(trained.seconds, 1),
+        "data_source": data.source,
+        "data_fingerprint": data.fingerprint,
+    }
+    if cfg.register:
+        files = {"model.onnx": onnx_path, **data.files}
+        card["tag"] = register_model(task.name, files, card, labels={"family": task.model, "task": task.kind})
+    (run_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
+    log.info("%s: test %s %.4f (baseline %s), parity %.1e%s", task.name, task.key_metric,
+             metrics[task.key_metric], baseline.get(task.key_metric), parity,
+             f", registered {card['tag']}" if "tag" in card else "")  # fmt: skip
+    return card

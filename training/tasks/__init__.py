@@ -1,0 +1,14 @@
+"""The tasks the road knows, by the name their models get in the store."""
+from __future__ import annotations
+
+from training.tasks.base import Task
+from training.tasks.images import ImageClassificationTask
+
+TASKS: dict[str, Task] = {task.name: task for task in (ImageClassificationTask(),)}
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}") from None

@@ -1,0 +1,111 @@
+"""What a family brings to the shared road: its data, loss, evaluation, baseline and export inputs."""
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from training.config import TrainConfig
+
+# (inputs...) -> outputs, in eval mode and without gradients: how evaluation sees a trained net.
+Predict = Callable[..., np.ndarray]
+
+
+@dataclass
+class Prepared:
+    """A task's data, split and preprocessed, plus what must travel with the model."""
+
+    train: TensorDataset  # tensors: inputs..., target
+    val: TensorDataset
+    test: TensorDataset
+    source: str  # where the data came from, for the model card
+    fingerprint: str  # sha256 over the data as read, so a model names the exact data it saw
+    preprocessing: dict[str, Any]  # parameters the service needs to prepare requests
+    labels: list[str] | None = None
+    files: dict[str, Path] = field(default_factory=dict)  # extra files stored beside model.onnx
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[str | int, ...]  # str = a named dynamic axis
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+class Task(ABC):
+    name: str  # the name in the model store, e.g. "fashion-cnn"
+    model: str  # the net's name in the models registry
+    kind: str  # "image-classification", "forecasting", "text-classification"
+    inputs: tuple[InputSpec, ...]
+    output_name: str = "output"
+    key_metric: str  # the test metric `python -m training list` shows, e.g. "accuracy"
+    parity_tolerance: float = 1e-4
+
+    @abstractmethod
+    def load_data(self, cfg: TrainConfig) -> Prepared: ...
+
+    @abstractmethod
+    def model_config(self, data: Prepared) -> dict[str, Any]:
+        """Net config fields the data decides (e.g. the number of classes)."""
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def evaluate(self, predict: Predict, data: Prepared, run_dir: Path) -> dict[str, Any]:
+        """Metrics on the test split (plots written into run_dir)."""
+
+    @abstractmethod
+    def baseline(self, data: Prepared) -> dict[str, Any]:
+        """The classical model to beat, scored the same way on the same test split."""
+
+    def augment(self, inputs: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        return inputs
+
+    def batch_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float | None:
+        """A readable per-batch score for the progress bar (e.g. accuracy); None if the loss says it all."""
+        return None
+
+    def same_decisions(self, expected: np.ndarray, got: np.ndarray) -> bool:
+        """Whether two outputs lead to the same answer for a user (classifiers: the same argmax)."""
+        return True
+
+    def export_inputs(self, data: Prepared) -> list[tuple[torch.Tensor, ...]]:
+        """Held-out inputs for export and the parity check; the first is the export example (batch >= 2)."""
+        inputs = data.test.tensors[:-1]
+        return [tuple(t[:16] for t in inputs)]
+
+    def dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
+        """torch.export dynamic shapes, one dict per input, from the named axes of the input spec."""
+        dims: dict[str, Any] = {}
+        shapes = []
+        for spec in self.inputs:
+            axes = {}
+            for i, axis in enumerate(spec.shape):
+                if isinstance(axis, str):
+                    axes[i] = dims.setdefault(axis, torch.export.Dim(axis, min=1, max=4096))
+            shapes.append(axes)
+        return tuple(shapes)
+
+
+def fingerprint_arrays(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * val_fraction))
+    return order[n_val:], order[:n_val]
