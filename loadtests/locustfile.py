@@ -1,0 +1,55 @@
+"""Locust users for the platform's endpoints, with a pass/fail gate.
+
+Run headless through `python -m loadtests.run` (bounded time, CSV + HTML reports). The gate
+(events.quitting) fails the run when any request failed or p95 exceeds LOADTEST_P95_MS.
+Payloads are real files under loadtests/payloads, loaded once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+
+from locust import FastHttpUser, between, events, task
+
+PAYLOADS = Path(__file__).parent / "payloads"
+IMAGES = [(p.name, p.read_bytes()) for p in sorted((PAYLOADS / "images").iterdir())]
+P95_MS = float(os.environ.get("LOADTEST_P95_MS", "500"))
+MAX_FAILURE_RATIO = float(os.environ.get("LOADTEST_MAX_FAILURE_RATIO", "0"))
+
+
+class ImageUser(FastHttpUser):
+    wait_time = between(0.0, 0.05)
+
+    @task
+    def classify_image(self) -> None:
+        name, data = random.choice(IMAGES)
+        kind = "image/jpeg" if name.endswith(".jpg") else "image/png"
+        with self.client.post("/classify_image", files={"image": (name, data, kind)}, catch_response=True,
+                              name="/classify_image") as response:  # fmt: skip
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+            elif "label" not in response.json():
+                response.failure("answer has no label")
+
+
+@events.quitting.add_listener
+def gate(environment, **_kwargs) -> None:
+    """Exit code 1 when the run broke the service-level objectives."""
+    total = environment.stats.total
+    p95 = total.get_response_time_percentile(0.95) or 0.0
+    problems = []
+    if total.num_requests == 0:
+        problems.append("no request was made")
+    if total.fail_ratio > MAX_FAILURE_RATIO:
+        problems.append(f"failure ratio {total.fail_ratio:.2%} > {MAX_FAILURE_RATIO:.2%}")
+    if p95 > P95_MS:
+        problems.append(f"p95 {p95:.0f} ms > {P95_MS:.0f} ms")
+    summary = f"{total.num_requests} requests, {total.total_rps:.1f} RPS, p95 {p95:.0f} ms, failures {total.num_failures}"
+    if problems:
+        logging.error("SLO gate FAILED: %s (%s)", "; ".join(problems), summary)
+        environment.process_exit_code = 1
+    else:
+        logging.info("SLO gate passed: %s", summary)
+        environment.process_exit_code = 0

@@ -1,0 +1,34 @@
+"""Inputs and offline predictions shared by the service tests."""
+from __future__ import annotations
+
+import io
+
+import bentoml
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from contracts.preprocessing import ImagePreprocessing
+from training.tasks.images import FASHION_MNIST_DIR, read_idx
+
+
+def fashion_test_images(n: int) -> tuple[list[bytes], np.ndarray]:
+    """The first n Fashion-MNIST test images as PNG files, and their raw pixels."""
+    pixels = read_idx(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")[:n]
+    files = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        files.append(buffer.getvalue())
+    return files, pixels
+
+
+def offline_image_probabilities(tag: str, png_files: list[bytes]) -> np.ndarray:
+    """What the registered ONNX file says about these files, computed without the service."""
+    stored = bentoml.models.get(tag)
+    prep = ImagePreprocessing(**stored.info.metadata["preprocessing"]["image"])
+    batch = prep.normalize(np.stack([prep.pixels_from_bytes(f) for f in png_files]))
+    session = ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"pixels": batch})[0].astype(np.float64)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)

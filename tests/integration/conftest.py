@@ -1,0 +1,68 @@
+"""Real `bentoml serve` processes on free loopback ports."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bentoml_home: Path, log_path: Path, service: str = "services.platform:Platform",
+                 extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:  # fmt: skip
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true", **(extra_env or {})}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server keeps its own under BENTOML_HOME
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("bentoml")), "serve", service, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"server not ready after {timeout}s:\n{log_path.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(registered, session_dir):
+    """The platform served for real, as `make serve` does, on a free port."""
+    log_path = session_dir / "server.log"
+    process, url = start_server(Path(os.environ["BENTOML_HOME"]), log_path)
+    try:
+        wait_ready(process, url, log_path)
+        yield url
+    finally:
+        stop(process)

@@ -1,0 +1,98 @@
+"""Over real HTTP against `bentoml serve`: uploads, bad input, metrics, the load-test gate."""
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.helpers import fashion_test_images, offline_image_probabilities
+from tests.integration.conftest import start_server, stop
+
+pytestmark = pytest.mark.slow
+
+
+def test_served_predictions_equal_the_offline_onnx_predictions(server, cnn_card):
+    files, _ = fashion_test_images(16)
+    expected = offline_image_probabilities(cnn_card["tag"], files)
+    labels = cnn_card["labels"]
+    with httpx.Client(base_url=server, timeout=10) as client:
+        for png, row in zip(files, expected):
+            body = client.post("/classify_image", files={"image": ("x.png", png, "image/png")}).json()
+            np.testing.assert_allclose([body["probabilities"][label] for label in labels], row, atol=1e-5)
+            assert body["label"] == labels[int(row.argmax())]
+
+
+@pytest.mark.parametrize(
+    "request_kwargs,status,error",
+    [
+        ({"files": {"image": ("x.png", b"GIF89a-not-really", "image/png")}}, 400, "not a readable PNG/JPEG"),
+        ({"files": {"file": ("x.png", b"1", "image/png")}}, 400, "expected ['image']"),
+        ({"content": b"x" * (11 * 1024 * 1024), "headers": {"content-type": "image/png"}}, 413, "over the limit"),
+        ({"content": b"{", "headers": {"content-type": "application/json"}}, 400, "Invalid JSON"),
+    ],
+)
+def test_bad_requests_get_a_4xx_json_error_over_http(server, request_kwargs, status, error):
+    response = httpx.post(f"{server}/classify_image", timeout=10, **request_kwargs)
+    assert response.status_code == status
+    assert error in response.json()["error"]
+
+
+def test_unknown_paths_and_methods_answer_json(server):
+    assert httpx.get(f"{server}/nowhere").json() == {"error": "Not Found"}
+    assert httpx.get(f"{server}/classify_image").json() == {"error": "Method Not Allowed"}
+
+
+def test_health_endpoints_and_openapi(server):
+    assert httpx.get(f"{server}/livez").status_code == 200
+    assert httpx.get(f"{server}/readyz").status_code == 200
+    paths = httpx.get(f"{server}/docs.json").json()["paths"]
+    assert {"/classify_image", "/classify_pixels"} <= set(paths)
+
+
+def test_metrics_describe_models_and_pass_promtool(server):
+    files, _ = fashion_test_images(2)
+    for png in files:
+        httpx.post(f"{server}/classify_image", files={"image": ("x.png", png, "image/png")})
+    httpx.post(f"{server}/classify_image", files={"image": ("x.png", b"junk", "image/png")})
+    text = httpx.get(f"{server}/metrics").text
+    for series in ("modelroad_inference_seconds_bucket{", "modelroad_batch_size_bucket{", "modelroad_queue_seconds_bucket{",
+                   "modelroad_predictions_total{", 'modelroad_request_errors_total{endpoint="/classify_image",reason="bad_request"}',
+                   'modelroad_model_info{device="cpu",model="fashion-cnn"', "bentoml_service_request_total{"):  # fmt: skip
+        assert series in text, series
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus; scripts/setup.sh installs it as root)")
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_locust_gate_passes_on_a_healthy_server_and_fails_past_its_p95(server, tmp_path):
+    def locust(p95_ms: float) -> int:
+        command = [sys.executable, "-m", "loadtests.run", "--host", server, "--users", "4", "--duration", "4s",
+                   "--p95-ms", str(p95_ms), "--out", str(tmp_path / f"p95-{p95_ms}")]  # fmt: skip
+        return subprocess.run(command, capture_output=True, timeout=60).returncode
+
+    assert locust(2000) == 0
+    assert (tmp_path / "p95-2000_stats.csv").read_text().count("/classify_image") == 1
+    assert (tmp_path / "p95-2000.html").stat().st_size > 0
+    assert locust(0.001) == 1
+
+
+def test_a_tampered_model_file_stops_the_server_from_starting(registered, session_dir):
+    home = session_dir / "tampered-home"
+    shutil.copytree(session_dir / "bentoml" / "models", home / "models")
+    (onnx_file,) = (home / "models" / "fashion-cnn").glob("*/model.onnx")
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
+    log_path = session_dir / "tampered.log"
+    process, _ = start_server(home, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert process.returncode not in (None, 0), "the server started on a tampered model"
+    finally:
+        stop(process)
+    assert "ModelIntegrityError" in log_path.read_text() and "changed after registration" in log_path.read_text()

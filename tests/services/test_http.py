@@ -1,0 +1,89 @@
+"""The edge middleware on a bare ASGI app: size limits and the one JSON error shape."""
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from services.http import EdgeMiddleware, error_message
+
+
+async def echo(request: Request):
+    body = await request.body()
+    return JSONResponse({"bytes": len(body)})
+
+
+async def upload(request: Request):
+    async with request.form() as form:
+        return JSONResponse({"fields": sorted(form.keys())})
+
+
+async def wrapped_error(request: Request):
+    return JSONResponse([{"error": "horizon must be 1..52"}], status_code=400)
+
+
+async def text_error(request: Request):
+    return PlainTextResponse("teapot says no", status_code=418)
+
+
+app = Starlette(routes=[
+    Route("/echo", echo, methods=["POST"]),
+    Route("/upload", upload, methods=["POST"]),
+    Route("/wrapped", wrapped_error),
+    Route("/text", text_error),
+])  # fmt: skip
+client = TestClient(EdgeMiddleware(app, max_body_bytes=1000, api_fields={"/echo": ("x",), "/upload": ("image",)}))
+
+
+def test_small_bodies_pass_untouched():
+    response = client.post("/echo", content=b"x" * 1000)
+    assert response.status_code == 200 and response.json() == {"bytes": 1000}
+
+
+def test_declared_oversize_body_is_refused_with_413_before_reading():
+    response = client.post("/echo", content=b"x" * 1001)
+    assert response.status_code == 413
+    assert "over the limit of 1000 bytes" in response.json()["error"]
+
+
+def test_chunked_body_growing_past_the_limit_gets_413():
+    def chunks():
+        for _ in range(5):
+            yield b"x" * 400
+
+    response = client.post("/echo", content=chunks())
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "path,method,status,error",
+    [
+        ("/nowhere", "get", 404, "Not Found"),
+        ("/echo", "get", 405, "Method Not Allowed"),
+        ("/wrapped", "get", 400, "horizon must be 1..52"),
+        ("/text", "get", 418, "I'm a Teapot: teapot says no"),
+    ],
+)
+def test_every_error_leaves_as_a_json_object_with_an_error_string(path, method, status, error):
+    response = getattr(client, method)(path)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"error": error}
+
+
+def test_multipart_fields_must_be_the_declared_ones():
+    ok = client.post("/upload", files={"image": ("a.png", b"123", "image/png")})
+    assert ok.status_code == 200 and ok.json() == {"fields": ["image"]}
+    wrong = client.post("/upload", files={"picture": ("a.png", b"123", "image/png")})
+    assert wrong.status_code == 400
+    assert wrong.json()["error"] == "multipart fields ['picture'] do not match the expected ['image']"
+    garbage = client.post("/upload", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=b"})
+    assert garbage.status_code == 400 and garbage.json()["error"].startswith("malformed multipart body")
+
+
+def test_pydantic_details_become_a_readable_error():
+    body = b'{"error": "1 validation error for Input", "detail": [{"loc": ["horizon"], "msg": "Input should be > 0"}]}'
+    message = error_message(400, body)
+    assert message["error"] == "invalid request: horizon: Input should be > 0"
+    assert message["detail"][0]["loc"] == ["horizon"]

@@ -1,0 +1,87 @@
+"""The platform service in-process (its ASGI app, BentoML's whole request path, no network)."""
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from tests.helpers import fashion_test_images, offline_image_probabilities
+
+
+@pytest.fixture(scope="module")
+def client(registered):
+    from services.platform import Platform
+
+    with TestClient(Platform.to_asgi(), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_readyz_after_load_and_warm_up(client):
+    assert client.get("/readyz").status_code == 200
+
+
+def test_uploaded_png_is_classified_as_the_offline_onnx_model_does(client, cnn_card):
+    files, _ = fashion_test_images(4)
+    expected = offline_image_probabilities(cnn_card["tag"], files)
+    labels = cnn_card["labels"]
+    for png, row in zip(files, expected):
+        response = client.post("/classify_image", files={"image": ("item.png", png, "image/png")})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["class_id"] == int(row.argmax()) and body["label"] == labels[body["class_id"]]
+        np.testing.assert_allclose([body["probabilities"][label] for label in labels], row, atol=1e-5)
+
+
+def test_pixel_batch_answers_one_result_per_image_in_order(client, cnn_card):
+    files, pixels = fashion_test_images(3)
+    expected = offline_image_probabilities(cnn_card["tag"], files).argmax(1)
+    response = client.post("/classify_pixels", json={"pixels": pixels.tolist()})
+    assert response.status_code == 200
+    assert [r["class_id"] for r in response.json()] == expected.tolist()
+
+
+@pytest.mark.parametrize(
+    "kwargs,error",
+    [
+        ({"files": {"image": ("x.png", b"hello", "image/png")}}, "not a readable PNG/JPEG image"),
+        ({"files": {"image": ("x.png", b"", "image/png")}}, "empty"),
+        ({"files": {"photo": ("x.png", b"123", "image/png")}}, "do not match the expected ['image']"),
+        ({"content": b"", "headers": {"content-type": "multipart/form-data; boundary=x"}}, "do not match"),
+    ],
+)
+def test_bad_uploads_get_400_with_a_json_error(client, kwargs, error):
+    response = client.post("/classify_image", **kwargs)
+    assert response.status_code == 400
+    assert error in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "body,error",
+    [
+        (b'{"pixels": [[[1, 2]]]}', "shape (N, 28, 28)"),
+        (b'{"pixels": []}', "shape (N, 28, 28)"),
+        (b'{"pixels": [[[1, 2], [3]]]}', "rows differ in length"),
+        (b'{"pixels": "abc"}', "pixels: Input should be a valid array"),
+        (b'{"pixel": []}', "pixels: Field required"),
+        (b'{"pixels": [[[NaN]]]}', "shape"),
+        (b"{not json", "Invalid JSON"),
+        (b"", "pixels: Field required"),
+    ],
+)
+def test_bad_pixel_batches_get_400_with_a_json_error(client, body, error):
+    response = client.post("/classify_pixels", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert error in response.json()["error"]
+
+
+def test_out_of_range_and_too_many_images_are_refused(client):
+    dark = np.zeros((1, 28, 28))
+    response = client.post("/classify_pixels", json={"pixels": (dark - 1).tolist()})
+    assert response.status_code == 400 and "from 0 to 255" in response.json()["error"]
+    response = client.post("/classify_pixels", json={"pixels": np.zeros((65, 28, 28)).tolist()})
+    assert response.status_code == 400 and "at most 64 images" in response.json()["error"]
+
+
+def test_the_service_stays_healthy_after_bad_input(client):
+    client.post("/classify_image", files={"image": ("x.png", b"\x89PNG garbage", "image/png")})
+    assert client.get("/readyz").status_code == 200
+    files, _ = fashion_test_images(1)
+    assert client.post("/classify_image", files={"image": ("a.png", files[0], "image/png")}).status_code == 200
