@@ -17,6 +17,7 @@ PAYLOADS = Path(__file__).parent / "payloads"
 IMAGES = [(p.name, p.read_bytes()) for p in sorted((PAYLOADS / "images").iterdir())]
 P95_MS = float(os.environ.get("LOADTEST_P95_MS", "500"))
 MAX_FAILURE_RATIO = float(os.environ.get("LOADTEST_MAX_FAILURE_RATIO", "0"))
+log = logging.getLogger("loadtests.gate")
 
 
 class ImageUser(FastHttpUser):
@@ -48,8 +49,8 @@ def gate(environment, **_kwargs) -> None:
         problems.append(f"p95 {p95:.0f} ms > {P95_MS:.0f} ms")
     summary = f"{total.num_requests} requests, {total.total_rps:.1f} RPS, p95 {p95:.0f} ms, failures {total.num_failures}"
     if problems:
-        logging.error("SLO gate FAILED: %s (%s)", "; ".join(problems), summary)
+        log.error("SLO gate FAILED: %s (%s)", "; ".join(problems), summary)
         environment.process_exit_code = 1
     else:
-        logging.info("SLO gate passed: %s", summary)
+        log.info("SLO gate passed: %s", summary)
         environment.process_exit_code = 0

@@ -27,7 +27,7 @@ def start_server(bentoml_home: Path, log_path: Path, service: str = "services.pl
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server keeps its own under BENTOML_HOME
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("bentoml")), "serve", service, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
     )  # fmt: skip
     return process, f"http://127.0.0.1:{port}"
 
