@@ -1,0 +1,43 @@
+"""What ships: the serving code is torch-free, and `bentoml build` packs it with the registered models."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_platform_service_imports_without_torch(registered):
+    code = "import sys, services.platform; sys.exit(1 if 'torch' in sys.modules else 0)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=os.environ, capture_output=True, text=True,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:] or "services.platform imported torch"
+
+
+def requirement_names(text: str) -> set[str]:
+    lines = [line.split("#")[0].strip() for line in text.splitlines()]
+    return {re.split(r"[=<>!~\[ ;]", line)[0].lower() for line in lines if line}
+
+
+def test_serving_requirements_leave_torch_out():
+    names = requirement_names((ROOT / "requirements-serve.txt").read_text())
+    assert "torch" not in names and {"bentoml", "onnxruntime"} <= names
+
+
+@pytest.mark.slow
+def test_bentoml_build_packs_the_service_and_references_every_model(registered, session_dir):
+    result = subprocess.run([str(Path(sys.executable).with_name("bentoml")), "build", "--output", "tag"],
+                            cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")  # --output tag prints __tag__:NAME:VERSION
+    bento_dir = session_dir / "bentoml" / "bentos" / "modelroad" / tag.split(":")[1]
+    bento = yaml.safe_load((bento_dir / "bento.yaml").read_text())
+    tags = {m["tag"] for m in bento["services"][0]["models"]}
+    assert tags == {card["tag"] for card in registered.values()}
+    assert (bento_dir / "src" / "services" / "platform.py").exists()
+    assert not (bento_dir / "src" / "training").exists()
+    assert "torch" not in requirement_names((bento_dir / "env" / "python" / "requirements.txt").read_text())
