@@ -66,3 +66,26 @@ class ImagePreprocessing:
         except (OSError, SyntaxError, ValueError) as exc:
             raise InvalidInput(f"the image data is truncated or corrupt ({type(exc).__name__})") from None
         return self.pixels_from_image(image)
+
+
+@dataclass(frozen=True)
+class SeriesScaling:
+    """A window is seen relative to its last value, in units of `scale`.
+
+    Removing the level makes the net indifferent to where the series stands (CO2 rises for
+    decades: test values lie above every training value); `scale` is fitted on training data.
+    """
+
+    scale: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def encode(self, history: np.ndarray) -> np.ndarray:
+        """(B, T) raw values -> (B, T) float32 relative to each row's last value."""
+        history = np.asarray(history, dtype=np.float64)
+        return ((history - history[:, -1:]) / self.scale).astype(np.float32)
+
+    def decode(self, output: np.ndarray, history: np.ndarray) -> np.ndarray:
+        """(B, H) net outputs -> (B, H) raw forecasts, from the same histories that were encoded."""
+        return np.asarray(history, dtype=np.float64)[:, -1:] + np.asarray(output, dtype=np.float64) * self.scale

@@ -1,8 +1,9 @@
 """Every family on one port: `bentoml serve services.platform:Platform`."""
 from services.base import platform_service
+from services.forecast import ForecastAPI
 from services.image import ImageAPI
 
 
 @platform_service("modelroad")
-class Platform(ImageAPI):
+class Platform(ImageAPI, ForecastAPI):
     """All model families in one process: one port, one /metrics, no inter-service hop."""

@@ -14,24 +14,30 @@ log = logging.getLogger("training")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, so the dataclass stays the one place for training options."""
+    """One flag per TrainConfig field, so the dataclass stays the one place for training options.
+
+    Flags not given stay out of the namespace (SUPPRESS): the task's own defaults fill them.
+    """
     for f in dataclasses.fields(TrainConfig):
         if f.name == "task":
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         elif f.name == "model":
-            parser.add_argument(flag, type=json.loads, default={}, help='net config overrides as JSON, e.g. \'{"dropout": 0.2}\'')
+            parser.add_argument(flag, type=json.loads, default=argparse.SUPPRESS,
+                                help='net config overrides as JSON, e.g. \'{"dropout": 0.2}\'')  # fmt: skip
         else:
             kind = float if f.name == "max_minutes" else type(default) if default is not None else str
-            parser.add_argument(flag, type=kind, default=default)
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"default: {default}")
 
 
 def config_from_args(task: str, args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig defaults, then the task's own defaults, then the flags given."""
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"task"}
-    return TrainConfig(task=task, **{name: getattr(args, name) for name in names})
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return TrainConfig(task=task, **{**TASKS[task].train_defaults, **given})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "list":
         rows = list_registered()
-        print(f"{'tag':45} {'family':12} {'metric':10} {'value':>8} {'baseline':>9} {'parity':>8}")
+        print(f"{'tag':40} {'family':12} {'metric':9} {'value':>8} {'parity':>8}  baselines")
         for r in rows:
             value = f"{r['value']:.4f}" if isinstance(r["value"], float) else "-"
-            base = f"{r['baseline']:.4f}" if isinstance(r["baseline"], float) else "-"
             parity = f"{r['parity_max_abs_diff']:.1e}" if r["parity_max_abs_diff"] is not None else "-"
-            print(f"{r['tag']:45} {r['family']:12} {r['metric']:10} {value:>8} {base:>9} {parity:>8}")
+            baselines = ", ".join(f"{name} {v:.4f}" for name, v in r["baselines"].items() if isinstance(v, float))
+            print(f"{r['tag']:40} {r['family']:12} {r['metric']:9} {value:>8} {parity:>8}  {baselines}")
         return 0
 
     if args.command == "ensure":

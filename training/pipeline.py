@@ -67,6 +67,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "model_config": trained.model_config,
         "train_config": asdict(cfg),
         "history": trained.history,
+        "val_loss": min(h["val_loss"] for h in trained.history),
         "train_seconds": round(trained.seconds, 1),
         "data_source": data.source,
         "data_fingerprint": data.fingerprint,
@@ -75,7 +76,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         files = {"model.onnx": onnx_path, **data.files}
         card["tag"] = register_model(task.name, files, card, labels={"family": task.model, "task": task.kind})
     (run_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
-    log.info("%s: test %s %.4f (baseline %s), parity %.1e%s", task.name, task.key_metric,
-             metrics[task.key_metric], baseline.get(task.key_metric), parity,
-             f", registered {card['tag']}" if "tag" in card else "")  # fmt: skip
+    baselines = ", ".join(f"{name} {scores[task.key_metric]:.4f}" for name, scores in baseline.items())
+    log.info("%s: test %s %.4f (baselines: %s), parity %.1e%s", task.name, task.key_metric,
+             metrics[task.key_metric], baselines, parity, f", registered {card['tag']}" if "tag" in card else "")  # fmt: skip
     return card

@@ -56,15 +56,15 @@ def list_registered() -> list[dict[str, Any]]:
     for model in bentoml.models.list():
         meta = model.info.metadata
         test = meta.get("metrics", {})
-        baseline = meta.get("baseline", {})
         key = meta.get("key_metric", "")
+        baselines = {name: scores.get(key) for name, scores in meta.get("baseline", {}).items()}
         rows.append({
             "tag": str(model.tag),
             "family": model.info.labels.get("family", "?"),
             "created_at": meta.get("created_at", ""),
             "metric": key,
             "value": test.get(key),
-            "baseline": baseline.get(key),
+            "baselines": baselines,
             "parity_max_abs_diff": meta.get("parity_max_abs_diff"),
         })  # fmt: skip
     return sorted(rows, key=lambda r: (r["tag"].split(":")[0], r["created_at"]))

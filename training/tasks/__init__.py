@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from training.tasks.base import Task
 from training.tasks.images import ImageClassificationTask
+from training.tasks.series import ForecastTask
 
-TASKS: dict[str, Task] = {task.name: task for task in (ImageClassificationTask(),)}
+TASKS: dict[str, Task] = {
+    task.name: task for task in (ImageClassificationTask(), ForecastTask("lstm"), ForecastTask("gru"))
+}
 
 
 def get_task(name: str) -> Task:

@@ -30,6 +30,7 @@ class Prepared:
     preprocessing: dict[str, Any]  # parameters the service needs to prepare requests
     labels: list[str] | None = None
     files: dict[str, Path] = field(default_factory=dict)  # extra files stored beside model.onnx
+    extras: dict[str, Any] = field(default_factory=dict)  # what only the task's own evaluation needs
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Task(ABC):
     output_name: str = "output"
     key_metric: str  # the test metric `python -m training list` shows, e.g. "accuracy"
     parity_tolerance: float = 1e-4
+    # TrainConfig values this task trains best with; flags given on the command line win.
+    train_defaults: dict[str, Any] = {}
 
     @abstractmethod
     def load_data(self, cfg: TrainConfig) -> Prepared: ...
@@ -66,8 +69,8 @@ class Task(ABC):
         """Metrics on the test split (plots written into run_dir)."""
 
     @abstractmethod
-    def baseline(self, data: Prepared) -> dict[str, Any]:
-        """The classical model to beat, scored the same way on the same test split."""
+    def baseline(self, data: Prepared) -> dict[str, dict[str, Any]]:
+        """The classical models to beat, by name, scored the same way on the same test split."""
 
     def augment(self, inputs: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         return inputs

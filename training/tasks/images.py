@@ -72,6 +72,7 @@ class ImageClassificationTask(Task):
     inputs = (InputSpec("pixels", "float32", ("batch", 1, 28, 28)),)
     output_name = "logits"
     key_metric = "accuracy"
+    train_defaults = {"epochs": 12, "batch_size": 128, "lr": 3e-3}  # 93% test accuracy in ~4.5 min on 2 cores
 
     def load_data(self, cfg: TrainConfig) -> Prepared:
         shape = ImagePreprocessing()
@@ -143,7 +144,7 @@ class ImageClassificationTask(Task):
         plot_confusion_matrix(scores["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png")
         return scores
 
-    def baseline(self, data: Prepared) -> dict[str, Any]:
+    def baseline(self, data: Prepared) -> dict[str, dict[str, Any]]:
         # Multinomial logistic regression on raw pixels, fitted on up to 10k training images (seconds, ~0.84).
         x, y = data.train.tensors
         x_test, y_test = data.test.tensors
@@ -151,5 +152,5 @@ class ImageClassificationTask(Task):
         model = LogisticRegression(max_iter=200).fit(x[:n].flatten(1).numpy(), y[:n].numpy())
         predicted = model.predict(x_test.flatten(1).numpy())
         scores = classification_metrics(y_test.numpy(), predicted, data.labels)
-        return {"name": "logistic regression on pixels", **{k: scores[k] for k in ("accuracy", "macro_f1")}}
+        return {"logistic_regression": {k: scores[k] for k in ("accuracy", "macro_f1")}}
 
