@@ -6,6 +6,7 @@ Payloads are real files under loadtests/payloads, loaded once.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -15,6 +16,7 @@ from locust import FastHttpUser, between, events, task
 
 PAYLOADS = Path(__file__).parent / "payloads"
 IMAGES = [(p.name, p.read_bytes()) for p in sorted((PAYLOADS / "images").iterdir())]
+FORECASTS = json.loads((PAYLOADS / "forecast.json").read_text())  # CO2 histories of 52-300 weeks
 P95_MS = float(os.environ.get("LOADTEST_P95_MS", "500"))
 MAX_FAILURE_RATIO = float(os.environ.get("LOADTEST_MAX_FAILURE_RATIO", "0"))
 log = logging.getLogger("loadtests.gate")
@@ -33,6 +35,19 @@ class ImageUser(FastHttpUser):
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif "label" not in response.json():
                 response.failure("answer has no label")
+
+
+class ForecastUser(FastHttpUser):
+    wait_time = between(0.0, 0.05)
+
+    @task
+    def forecast(self) -> None:
+        body = random.choice(FORECASTS)
+        with self.client.post("/forecast", json=body, catch_response=True, name="/forecast") as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+            elif len(response.json()["forecast"]) != body["horizon"]:
+                response.failure("forecast length differs from the horizon asked for")
 
 
 @events.quitting.add_listener

@@ -21,16 +21,30 @@ def session_dir() -> Path:
     return _SESSION_DIR
 
 
-@pytest.fixture(scope="session")
-def cnn_card(session_dir: Path) -> dict:
-    """A tiny CNN trained for a moment on a Fashion-MNIST subset, exported and registered."""
+def train_briefly(task: str, session_dir: Path) -> dict:
+    """A model trained for a moment on a subset (--dry-run), exported, checked and registered."""
     from training.config import TrainConfig
     from training.pipeline import run
 
-    return run(TrainConfig(task="fashion-cnn", dry_run=True, out_dir=str(session_dir / "artifacts")))
+    return run(TrainConfig(task=task, dry_run=True, out_dir=str(session_dir / "artifacts")))
 
 
 @pytest.fixture(scope="session")
-def registered(cnn_card: dict) -> dict[str, dict]:
+def cnn_card(session_dir: Path) -> dict:
+    return train_briefly("fashion-cnn", session_dir)
+
+
+@pytest.fixture(scope="session")
+def lstm_card(session_dir: Path) -> dict:
+    return train_briefly("co2-lstm", session_dir)
+
+
+@pytest.fixture(scope="session")
+def gru_card(session_dir: Path) -> dict:
+    return train_briefly("co2-gru", session_dir)
+
+
+@pytest.fixture(scope="session")
+def registered(cnn_card: dict, lstm_card: dict, gru_card: dict) -> dict[str, dict]:
     """Every family's model in the store, by store name (what the platform service needs)."""
-    return {"fashion-cnn": cnn_card}
+    return {"fashion-cnn": cnn_card, "co2-lstm": lstm_card, "co2-gru": gru_card}

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from contracts.preprocessing import ImagePreprocessing
+from contracts.preprocessing import ImagePreprocessing, SeriesScaling
 from training.tasks.images import FASHION_MNIST_DIR, read_idx
 
 
@@ -32,3 +32,22 @@ def offline_image_probabilities(tag: str, png_files: list[bytes]) -> np.ndarray:
     logits = session.run(None, {"pixels": batch})[0].astype(np.float64)
     e = np.exp(logits - logits.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
+
+
+def co2_history(weeks: int = 156, end: int = -52) -> list[float]:
+    """Real weekly CO2 values (statsmodels' copy), `weeks` of them ending `end` weeks before the last."""
+    from training.tasks.series import load_co2
+
+    series = load_co2().interpolate(method="time").to_numpy(np.float64)
+    return series[len(series) + end - weeks : len(series) + end].tolist()
+
+
+def offline_forecast(tag: str, history: list[float], horizon: int) -> np.ndarray:
+    """What the registered ONNX forecaster says, computed without the service."""
+    stored = bentoml.models.get(tag)
+    prep = stored.info.metadata["preprocessing"]
+    scaling = SeriesScaling(**prep["series"])
+    values = np.asarray(history, dtype=np.float64)[None, -prep["window"] :]
+    session = ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
+    output = session.run(None, {"history": scaling.encode(values)})[0]
+    return scaling.decode(output[:, :horizon], values)[0]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from contracts.preprocessing import ImagePreprocessing, InvalidInput
+from contracts.preprocessing import ImagePreprocessing, InvalidInput, SeriesScaling
 
 PREP = ImagePreprocessing(mean=0.5, std=0.25)
 NOISE = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
@@ -58,3 +58,13 @@ def test_bad_files_raise_invalid_input_that_says_why(data, message):
 def test_a_huge_declared_size_is_refused_before_decoding():
     with pytest.raises(InvalidInput, match="at most 100 pixels"):
         PREP.pixels_from_bytes(encode(Image.new("L", (20, 20)), "PNG"), max_pixels=100)
+
+
+def test_series_scaling_is_relative_to_the_last_value_and_round_trips():
+    scaling = SeriesScaling(scale=2.0)
+    history = np.array([[300.0, 302.0, 304.0], [10.0, 11.0, 12.0]])
+    encoded = scaling.encode(history)
+    assert encoded.dtype == np.float32
+    np.testing.assert_allclose(encoded, [[-2, -1, 0], [-1, -0.5, 0]])
+    # an output of +1 means one scale above the last observed value
+    np.testing.assert_allclose(scaling.decode(np.array([[1.0, -0.5], [0.0, 2.0]]), history), [[306, 303], [12, 16]])

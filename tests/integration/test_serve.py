@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import fashion_test_images, offline_image_probabilities
+from tests.helpers import co2_history, fashion_test_images, offline_forecast, offline_image_probabilities
 from tests.integration.conftest import start_server, stop
 
 pytestmark = pytest.mark.slow
@@ -25,6 +25,14 @@ def test_served_predictions_equal_the_offline_onnx_predictions(server, cnn_card)
             assert body["label"] == labels[int(row.argmax())]
 
 
+def test_served_forecast_equals_the_offline_onnx_forecast(server, registered):
+    history = co2_history()
+    for cell in ("lstm", "gru"):
+        body = httpx.post(f"{server}/forecast", json={"history": history, "horizon": 52, "model": cell}, timeout=10).json()
+        expected = offline_forecast(registered[f"co2-{cell}"]["tag"], history, 52)
+        np.testing.assert_allclose(body["forecast"], expected, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     "request_kwargs,status,error",
     [
@@ -32,10 +40,15 @@ def test_served_predictions_equal_the_offline_onnx_predictions(server, cnn_card)
         ({"files": {"file": ("x.png", b"1", "image/png")}}, 400, "expected ['image']"),
         ({"content": b"x" * (11 * 1024 * 1024), "headers": {"content-type": "image/png"}}, 413, "over the limit"),
         ({"content": b"{", "headers": {"content-type": "application/json"}}, 400, "Invalid JSON"),
+        ({"json": {"history": [1.0] * 10, "horizon": 5}, "path": "/forecast"}, 400, "from 52 to 5000 values"),
+        ({"json": {"history": [1.0] * 60, "horizon": 99}, "path": "/forecast"}, 400, "from 1 to 52"),
+        ({"content": b"[1,2]", "headers": {"content-type": "application/json"}, "path": "/forecast"}, 400, "body: Input should be an object"),
     ],
 )
 def test_bad_requests_get_a_4xx_json_error_over_http(server, request_kwargs, status, error):
-    response = httpx.post(f"{server}/classify_image", timeout=10, **request_kwargs)
+    kwargs = dict(request_kwargs)
+    path = kwargs.pop("path", "/classify_image")
+    response = httpx.post(f"{server}{path}", timeout=10, **kwargs)
     assert response.status_code == status
     assert error in response.json()["error"]
 
@@ -49,7 +62,7 @@ def test_health_endpoints_and_openapi(server):
     assert httpx.get(f"{server}/livez").status_code == 200
     assert httpx.get(f"{server}/readyz").status_code == 200
     paths = httpx.get(f"{server}/docs.json").json()["paths"]
-    assert {"/classify_image", "/classify_pixels"} <= set(paths)
+    assert {"/classify_image", "/classify_pixels", "/forecast"} <= set(paths)
 
 
 def test_metrics_describe_models_and_pass_promtool(server):
@@ -60,7 +73,8 @@ def test_metrics_describe_models_and_pass_promtool(server):
     text = httpx.get(f"{server}/metrics").text
     for series in ("modelroad_inference_seconds_bucket{", "modelroad_batch_size_bucket{", "modelroad_queue_seconds_bucket{",
                    "modelroad_predictions_total{", 'modelroad_request_errors_total{endpoint="/classify_image",reason="bad_request"}',
-                   'modelroad_model_info{device="cpu",model="fashion-cnn"', "bentoml_service_request_total{"):  # fmt: skip
+                   'modelroad_model_info{device="cpu",model="fashion-cnn"', 'modelroad_model_info{device="cpu",model="co2-gru"',
+                   'modelroad_model_info{device="cpu",model="co2-lstm"', "bentoml_service_request_total{"):  # fmt: skip
         assert series in text, series
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -76,7 +90,8 @@ def test_locust_gate_passes_on_a_healthy_server_and_fails_past_its_p95(server, t
         return subprocess.run(command, capture_output=True, timeout=60, check=False).returncode
 
     assert locust(2000) == 0
-    assert (tmp_path / "p95-2000_stats.csv").read_text().count("/classify_image") == 1
+    stats = (tmp_path / "p95-2000_stats.csv").read_text()
+    assert stats.count("/classify_image") == 1 and stats.count("/forecast") == 1
     assert (tmp_path / "p95-2000.html").stat().st_size > 0
     assert locust(0.001) == 1
 
@@ -84,7 +99,7 @@ def test_locust_gate_passes_on_a_healthy_server_and_fails_past_its_p95(server, t
 def test_a_tampered_model_file_stops_the_server_from_starting(registered, session_dir):
     home = session_dir / "tampered-home"
     shutil.copytree(session_dir / "bentoml" / "models", home / "models")
-    (onnx_file,) = (home / "models" / "fashion-cnn").glob("*/model.onnx")
+    (onnx_file,) = (home / "models" / "co2-gru").glob("*/model.onnx")
     onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
     log_path = session_dir / "tampered.log"
     process, _ = start_server(home, log_path)

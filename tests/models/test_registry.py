@@ -5,11 +5,13 @@ import torch
 
 from models import build_model, config_from_dict, list_models
 from models.cnn import CNNConfig
+from models.rnn import RNNConfig
 
 EXAMPLE_INPUTS = {
     "cnn": lambda: (torch.randn(3, 1, 28, 28),),
+    "rnn": lambda: (torch.randn(3, 40),),
 }
-EXPECTED_OUTPUT = {"cnn": (3, 10)}
+EXPECTED_OUTPUT = {"cnn": (3, 10), "rnn": (3, 52)}
 
 
 def test_every_registered_net_has_a_test_input():
@@ -45,3 +47,17 @@ def test_cnn_config_shapes_the_net():
         assert net(torch.randn(2, 1, 28, 28)).shape == (2, 4)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     assert any(isinstance(m, torch.nn.Dropout) for m in net.modules())
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_rnn_cell_is_a_config_field_and_any_history_length_works(cell):
+    net = build_model("rnn", RNNConfig(cell=cell, hidden=8, layers=1, horizon=5)).eval()
+    assert isinstance(net.rnn, torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)
+    with torch.no_grad():
+        for length in (1, 17, 300):
+            assert net(torch.randn(2, length)).shape == (2, 5)
+
+
+def test_unknown_rnn_cell_is_refused():
+    with pytest.raises(ValueError, match="cell must be one of \\['gru', 'lstm'\\]"):
+        build_model("rnn", RNNConfig(cell="rnn"))

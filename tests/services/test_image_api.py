@@ -1,17 +1,8 @@
-"""The platform service in-process (its ASGI app, BentoML's whole request path, no network)."""
+"""/classify_image and /classify_pixels on the in-process platform service."""
 import numpy as np
 import pytest
-from starlette.testclient import TestClient
 
 from tests.helpers import fashion_test_images, offline_image_probabilities
-
-
-@pytest.fixture(scope="module")
-def client(registered):
-    from services.platform import Platform
-
-    with TestClient(Platform.to_asgi(), raise_server_exceptions=False) as c:
-        yield c
 
 
 def test_readyz_after_load_and_warm_up(client):
