@@ -33,7 +33,6 @@ def test_no_window_sees_targets_from_a_later_split(co2):
     expected_last = (series[last_train_end : last_train_end + TASK.horizon] - series[last_train_end - 1]) / scale
     np.testing.assert_allclose(y[-1].numpy(), expected_last, atol=1e-5)
     assert len(co2.train) == last_train_end - TASK.window + 1
-    val_x, val_y = co2.val.tensors
     assert len(co2.val) == test_start - TASK.horizon - val_start + 1
 
 

@@ -52,7 +52,7 @@ class Task(ABC):
     key_metric: str  # the test metric `python -m training list` shows, e.g. "accuracy"
     parity_tolerance: float = 1e-4
     # TrainConfig values this task trains best with; flags given on the command line win.
-    train_defaults: dict[str, Any] = {}
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     @abstractmethod
     def load_data(self, cfg: TrainConfig) -> Prepared: ...

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ class ImageClassificationTask(Task):
     inputs = (InputSpec("pixels", "float32", ("batch", 1, 28, 28)),)
     output_name = "logits"
     key_metric = "accuracy"
-    train_defaults = {"epochs": 12, "batch_size": 128, "lr": 3e-3}  # 93% test accuracy in ~4.5 min on 2 cores
+    train_defaults: ClassVar[dict[str, Any]] = {"epochs": 12, "batch_size": 128, "lr": 3e-3}  # 93% test accuracy in ~4.5 min on 2 cores
 
     def load_data(self, cfg: TrainConfig) -> Prepared:
         shape = ImagePreprocessing()

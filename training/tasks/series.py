@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import matplotlib
 
@@ -83,7 +83,7 @@ class ForecastTask(Task):
     test_weeks = 4 * SEASON
     origin_stride = 13
     # ~1,700 training windows: small batches for enough steps; both cells train in ~2 min on 2 cores.
-    train_defaults = {"epochs": 60, "batch_size": 32, "lr": 2e-3, "patience": 8, "warmup_steps": 50}
+    train_defaults: ClassVar[dict[str, Any]] = {"epochs": 60, "batch_size": 32, "lr": 2e-3, "patience": 8, "warmup_steps": 50}
 
     def __init__(self, cell: str):
         self.cell = cell
@@ -125,9 +125,9 @@ class ForecastTask(Task):
             source=str(cfg.data or "statsmodels co2 (weekly, Mauna Loa)"),
             fingerprint=fingerprint_arrays(series),
             preprocessing={"series": scaling.to_dict(), "window": self.window, "min_history": self.min_history,
-                           "horizon": self.horizon},  # fmt: skip
+                           "horizon": self.horizon},
             extras={"series": series, "dates": raw.index.strftime("%Y-%m-%d").tolist(), "test_ends": test_ends,
-                    "test_history": test_history, "test_future": test_future, "scaling": scaling},  # fmt: skip
+                    "test_history": test_history, "test_future": test_future, "scaling": scaling},
         )
 
     def model_config(self, data: Prepared) -> dict[str, Any]:
