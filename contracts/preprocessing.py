@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 
 class InvalidInput(ValueError):
@@ -89,3 +93,31 @@ class SeriesScaling:
     def decode(self, output: np.ndarray, history: np.ndarray) -> np.ndarray:
         """(B, H) net outputs -> (B, H) raw forecasts, from the same histories that were encoded."""
         return np.asarray(history, dtype=np.float64)[:, -1:] + np.asarray(output, dtype=np.float64) * self.scale
+
+
+@dataclass(frozen=True)
+class TextEncoding:
+    """Texts -> token ids and attention mask with the tokenizer trained beside the model.
+
+    Batches are padded to their longest member, never to max_tokens: attention costs T².
+    """
+
+    max_tokens: int
+    pad_id: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def token_ids(self, tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+        """Each text's ids, truncated to max_tokens (the tokenizer adds no special tokens)."""
+        return [encoding.ids[: self.max_tokens] or [self.pad_id] for encoding in tokenizer.encode_batch(texts)]
+
+    def pad(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(B, longest) int64 input_ids and attention_mask (1 = token, 0 = padding)."""
+        longest = max(len(row) for row in ids)
+        input_ids = np.full((len(ids), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), longest), dtype=np.int64)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return input_ids, mask

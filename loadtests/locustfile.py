@@ -17,6 +17,7 @@ from locust import FastHttpUser, between, events, task
 PAYLOADS = Path(__file__).parent / "payloads"
 IMAGES = [(p.name, p.read_bytes()) for p in sorted((PAYLOADS / "images").iterdir())]
 FORECASTS = json.loads((PAYLOADS / "forecast.json").read_text())  # CO2 histories of 52-300 weeks
+TEXTS = json.loads((PAYLOADS / "texts.json").read_text())  # WordNet glosses and user-like texts of 7-270 characters
 P95_MS = float(os.environ.get("LOADTEST_P95_MS", "500"))
 MAX_FAILURE_RATIO = float(os.environ.get("LOADTEST_MAX_FAILURE_RATIO", "0"))
 log = logging.getLogger("loadtests.gate")
@@ -48,6 +49,29 @@ class ForecastUser(FastHttpUser):
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif len(response.json()["forecast"]) != body["horizon"]:
                 response.failure("forecast length differs from the horizon asked for")
+
+
+class TextUser(FastHttpUser):
+    wait_time = between(0.0, 0.05)
+
+    @task(4)
+    def classify_text(self) -> None:
+        with self.client.post("/classify_text", json={"text": random.choice(TEXTS)}, catch_response=True,
+                              name="/classify_text") as response:  # fmt: skip
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+            elif "label" not in response.json():
+                response.failure("answer has no label")
+
+    @task(1)
+    def classify_texts(self) -> None:
+        texts = random.sample(TEXTS, random.randint(2, 8))
+        with self.client.post("/classify_texts", json={"texts": texts}, catch_response=True,
+                              name="/classify_texts") as response:  # fmt: skip
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+            elif len(response.json()) != len(texts):
+                response.failure("one answer per text was expected")
 
 
 @events.quitting.add_listener

@@ -8,6 +8,7 @@ import bentoml
 import numpy as np
 
 from services.http import EdgeMiddleware
+from services.metrics import PREDICTIONS
 from services.runner import OnnxRunner
 from services.settings import SETTINGS
 
@@ -36,6 +37,25 @@ def invalid(message: str) -> bentoml.exceptions.InvalidArgument:
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def classify_rows(runner: OnnxRunner, logits: np.ndarray, sizes: list[int]) -> list[list[tuple[int, dict[str, float]]]]:
+    """Logits of a whole batch -> per request, per item: (class id, {label: probability}).
+
+    Counts every prediction by class for Prometheus.
+    """
+    labels: list[str] = runner.metadata["labels"]
+    probabilities = softmax(logits.astype(np.float64))
+    results, start = [], 0
+    for size in sizes:
+        answers = []
+        for row in probabilities[start : start + size]:
+            class_id = int(row.argmax())
+            PREDICTIONS.labels(runner.name, labels[class_id]).inc()
+            answers.append((class_id, {label: round(float(p), 6) for label, p in zip(labels, row)}))
+        results.append(answers)
+        start += size
+    return results
 
 
 def platform_service(name: str) -> Callable[[type], Any]:

@@ -10,8 +10,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from contracts.preprocessing import ImagePreprocessing, InvalidInput
-from services.base import ModelAPI, invalid, softmax
-from services.metrics import PREDICTIONS
+from services.base import ModelAPI, classify_rows, invalid
 from services.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS
 
@@ -26,21 +25,10 @@ def classify_batch(runner: OnnxRunner, payloads: Sequence[np.ndarray]) -> list[l
     """payloads: normalized (n_i, C, H, W) float32 arrays -> one list of classifications per payload."""
     labels: list[str] = runner.metadata["labels"]
     logits = runner.run({"pixels": np.concatenate(payloads)})
-    probabilities = softmax(logits.astype(np.float64))
-    results, start = [], 0
-    for payload in payloads:
-        rows = probabilities[start : start + len(payload)]
-        start += len(payload)
-        answers = []
-        for row in rows:
-            class_id = int(row.argmax())
-            PREDICTIONS.labels(runner.name, labels[class_id]).inc()
-            answers.append(ImageClassification(
-                label=labels[class_id], class_id=class_id,
-                probabilities={label: round(float(p), 6) for label, p in zip(labels, row)},
-            ))  # fmt: skip
-        results.append(answers)
-    return results
+    return [
+        [ImageClassification(label=labels[i], class_id=i, probabilities=p) for i, p in answers]
+        for answers in classify_rows(runner, logits, [len(payload) for payload in payloads])
+    ]
 
 
 class ImageAPI(ModelAPI):

@@ -15,10 +15,12 @@ class ServeSettings:
     max_wait_ms: float = 1.0  # how long a batch may wait for company once the runner is idle
     max_body_bytes: int = 10 * 1024 * 1024  # larger requests get 413 before their body is read
     max_image_pixels: int = 40_000_000  # decoded size limit of an uploaded image
+    max_text_chars: int = 2_000  # longest /classify_text text accepted (tokens past the model's limit are cut)
     max_history: int = 5_000  # longest /forecast history accepted (the last `window` values are used)
     image_model: str = "fashion-cnn:latest"
     lstm_model: str = "co2-lstm:latest"
     gru_model: str = "co2-gru:latest"
+    text_model: str = "wordnet-transformer:latest"  # or wordnet-transformer-int8:latest
     access_log: bool = False  # access logging costs 20-37% of throughput (FACTS.md)
 
     @property

@@ -45,6 +45,16 @@ def gru_card(session_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def registered(cnn_card: dict, lstm_card: dict, gru_card: dict) -> dict[str, dict]:
+def text_cards(session_dir: Path) -> dict[str, dict]:
+    """The Transformer and its int8 variant (registered by the same run)."""
+    import bentoml
+
+    card = train_briefly("wordnet-transformer", session_dir)
+    int8 = bentoml.models.get("wordnet-transformer-int8:latest")
+    return {"wordnet-transformer": card, "wordnet-transformer-int8": {**int8.info.metadata, "tag": str(int8.tag)}}
+
+
+@pytest.fixture(scope="session")
+def registered(cnn_card: dict, lstm_card: dict, gru_card: dict, text_cards: dict) -> dict[str, dict]:
     """Every family's model in the store, by store name (what the platform service needs)."""
-    return {"fashion-cnn": cnn_card, "co2-lstm": lstm_card, "co2-gru": gru_card}
+    return {"fashion-cnn": cnn_card, "co2-lstm": lstm_card, "co2-gru": gru_card, **text_cards}

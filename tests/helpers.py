@@ -7,8 +7,9 @@ import bentoml
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+from tokenizers import Tokenizer
 
-from contracts.preprocessing import ImagePreprocessing, SeriesScaling
+from contracts.preprocessing import ImagePreprocessing, SeriesScaling, TextEncoding
 from training.tasks.images import FASHION_MNIST_DIR, read_idx
 
 
@@ -51,3 +52,18 @@ def offline_forecast(tag: str, history: list[float], horizon: int) -> np.ndarray
     session = ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
     output = session.run(None, {"history": scaling.encode(values)})[0]
     return scaling.decode(output[:, :horizon], values)[0]
+
+
+def offline_text_probabilities(tag: str, texts: list[str]) -> np.ndarray:
+    """What the registered ONNX text classifier says, each text alone, computed without the service."""
+    stored = bentoml.models.get(tag)
+    prep = stored.info.metadata["preprocessing"]
+    tokenizer = Tokenizer.from_file(stored.path_of(prep["tokenizer"]))
+    encoding = TextEncoding(**prep["text"])
+    session = ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
+    rows = []
+    for ids in encoding.token_ids(tokenizer, texts):
+        input_ids, mask = encoding.pad([ids])
+        logits = session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0].astype(np.float64)
+        rows.append(np.exp(logits[0] - logits[0].max()) / np.exp(logits[0] - logits[0].max()).sum())
+    return np.stack(rows)

@@ -44,19 +44,24 @@ def export_onnx(model: nn.Module, task: Task, example: tuple[torch.Tensor, ...],
     return graph.opset_import[0].version
 
 
-def check_parity(model: nn.Module, task: Task, path: Path, batches: list[tuple[torch.Tensor, ...]]) -> float:
-    """Max |torch - onnxruntime| over the held-out batches; raises ExportError beyond the task's tolerance."""
+def output_difference(model: nn.Module, task: Task, path: Path, batches: list[tuple[torch.Tensor, ...]]) -> tuple[float, bool]:
+    """Max |torch - onnxruntime| over the batches, and whether every batch led to the same decisions."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
+    worst, same = 0.0, True
     for inputs in batches:
         with torch.no_grad():
             expected = model(*inputs).numpy()
-        feeds = {spec.name: t.numpy() for spec, t in zip(task.inputs, inputs)}
-        got = session.run(None, feeds)[0]
+        got = session.run(None, {spec.name: t.numpy() for spec, t in zip(task.inputs, inputs)})[0]
         error = float(np.max(np.abs(expected - got)))
-        shape = "x".join(str(s) for s in inputs[0].shape)
-        log.info("parity on input %s: max abs diff %.2e", shape, error)
-        if error > task.parity_tolerance or not task.same_decisions(expected, got):
-            raise ExportError(f"ONNX output differs from PyTorch on input {shape}: max abs diff {error:.2e}")
-        worst = max(worst, error)
+        log.info("%s on input %s: max abs diff %.2e", path.name, "x".join(str(s) for s in inputs[0].shape), error)
+        worst, same = max(worst, error), same and task.same_decisions(expected, got)
+    return worst, same
+
+
+def check_parity(model: nn.Module, task: Task, path: Path, batches: list[tuple[torch.Tensor, ...]]) -> float:
+    """Max |torch - onnxruntime| over the held-out batches; raises ExportError beyond the task's tolerance."""
+    worst, same = output_difference(model, task, path, batches)
+    if worst > task.parity_tolerance or not same:
+        raise ExportError(f"ONNX output differs from PyTorch: max abs diff {worst:.2e} (tolerance "
+                          f"{task.parity_tolerance:.0e}), same decisions: {same}")  # fmt: skip
     return worst

@@ -1,6 +1,6 @@
 """The one training loop every family goes through.
 
-AdamW, linear warm-up then cosine decay, early stopping on validation loss,
+AdamW, linear warm-up then cosine decay, early stopping on validation (score, else loss),
 a checkpoint every epoch ({model, optimizer, scheduler, config, epoch, best}; never a pickled module).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from models import build_model, config_from_dict
@@ -48,13 +48,21 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def make_loader(task: Task, dataset: TensorDataset, batch_size: int, shuffle: bool, generator: torch.Generator) -> DataLoader:
+    sampler = task.batches(dataset, batch_size, shuffle, generator)
+    if sampler is not None:
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=task.collate)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, generator=generator,
+                      collate_fn=task.collate)  # fmt: skip
+
+
 @torch.no_grad()
-def validate(model: nn.Module, task: Task, loader: DataLoader) -> tuple[float, float | None]:
+def validate(model: nn.Module, task: Task, loader: DataLoader, class_weights: torch.Tensor | None) -> tuple[float, float | None]:
     model.eval()
     total, scores, n = 0.0, [], 0
     for *inputs, targets in loader:
         outputs = model(*inputs)
-        total += task.loss(outputs, targets).item() * len(targets)
+        total += task.loss(outputs, targets, class_weights).item() * len(targets)
         score = task.batch_score(outputs, targets)
         if score is not None:
             scores.append(score * len(targets))
@@ -68,8 +76,8 @@ def fit(task: Task, data: Prepared, cfg: TrainConfig, run_dir: Path) -> Trained:
     model_config = dataclasses.asdict(config_from_dict(task.model, {**task.model_config(data), **cfg.model}))
     model = build_model(task.model, config_from_dict(task.model, model_config))
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator)
-    val_loader = DataLoader(data.val, batch_size=512)
+    train_loader = make_loader(task, data.train, cfg.batch_size, shuffle=True, generator=generator)
+    val_loader = make_loader(task, data.val, 512, shuffle=False, generator=generator)
     epochs = 1 if cfg.dry_run else cfg.epochs
     steps_per_epoch = min(len(train_loader), 5) if cfg.dry_run else len(train_loader)
     total_steps = epochs * steps_per_epoch
@@ -79,7 +87,7 @@ def fit(task: Task, data: Prepared, cfg: TrainConfig, run_dir: Path) -> Trained:
     )
 
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    start_epoch, best_loss, stale, history = 0, math.inf, 0, []
+    start_epoch, best, stale, history = 0, math.inf, 0, []
     if cfg.resume and last_path.exists():
         state = torch.load(last_path, weights_only=True)
         if state["model_config"] != model_config:
@@ -88,8 +96,8 @@ def fit(task: Task, data: Prepared, cfg: TrainConfig, run_dir: Path) -> Trained:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
-        start_epoch, best_loss, stale, history = state["epoch"] + 1, state["best_loss"], state["stale"], state["history"]
-        log.info("resumed from %s at epoch %d (best val loss %.4f)", last_path, start_epoch, best_loss)
+        start_epoch, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
+        log.info("resumed from %s at epoch %d", last_path, start_epoch)
 
     started = time.monotonic()
     for epoch in range(start_epoch, epochs):
@@ -101,7 +109,7 @@ def fit(task: Task, data: Prepared, cfg: TrainConfig, run_dir: Path) -> Trained:
             if step == steps_per_epoch:
                 break
             outputs = model(*task.augment(tuple(inputs), generator))
-            loss = task.loss(outputs, targets)
+            loss = task.loss(outputs, targets, data.class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -111,27 +119,30 @@ def fit(task: Task, data: Prepared, cfg: TrainConfig, run_dir: Path) -> Trained:
             score = task.batch_score(outputs, targets)
             bar.set_postfix(loss=f"{running / seen:.4f}", **({"score": f"{score:.3f}"} if score is not None else {}))
 
-        val_loss, val_score = validate(model, task, val_loader)
+        val_loss, val_score = validate(model, task, val_loader, data.class_weights)
         record = {"epoch": epoch + 1, "train_loss": running / seen, "val_loss": val_loss, "lr": scheduler.get_last_lr()[0]}
         if val_score is not None:
             record["val_score"] = val_score
         history.append(record)
-        improved = val_loss < best_loss
-        best_loss, stale = (val_loss, 0) if improved else (best_loss, stale + 1)
+        # Lower is better. Classifiers are judged on their validation score: with label smoothing the loss
+        # rises as answers grow confident while accuracy still improves.
+        objective = -val_score if val_score is not None else val_loss
+        improved = objective < best
+        best, stale = (objective, 0) if improved else (best, stale + 1)
         if improved:
             torch.save({"model": model.state_dict(), "model_config": model_config, "epoch": epoch}, best_path)
         torch.save(
             {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(), "model_config": model_config, "epoch": epoch,
-                "best_loss": best_loss, "stale": stale, "history": history,
+                "best": best, "stale": stale, "history": history,
             },
             last_path,
         )  # fmt: skip
         log.info("%s epoch %d: %s%s", task.name, epoch + 1, {k: round(v, 4) for k, v in record.items()},
                  " (best)" if improved else "")  # fmt: skip
         if stale >= cfg.patience:
-            log.info("early stop: no better validation loss for %d epochs", stale)
+            log.info("early stop: no better validation result for %d epochs", stale)
             break
         if cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes:
             log.info("time budget of %.1f min spent: stopping after epoch %d", cfg.max_minutes, epoch + 1)

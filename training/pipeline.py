@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,12 +14,23 @@ import torch
 from models import build_model, config_from_dict
 from training.config import TrainConfig
 from training.evaluate import plot_history
-from training.export import check_parity, export_onnx
+from training.export import check_parity, export_onnx, output_difference
 from training.loop import fit
 from training.register import register_model
 from training.tasks import get_task
+from training.tasks.base import Predict, Task
 
 log = logging.getLogger(__name__)
+
+
+def onnx_predictor(task: Task, path: Path) -> Predict:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [spec.name for spec in task.inputs]
+
+    def predict(*inputs: torch.Tensor) -> np.ndarray:
+        return session.run(None, {name: t.numpy() for name, t in zip(names, inputs)})[0]
+
+    return predict
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
@@ -44,13 +56,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     parity = check_parity(net, task, onnx_path, examples)
 
     # Test metrics come from the exported graph: they describe what will be served.
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    names = [spec.name for spec in task.inputs]
-
-    def predict(*inputs: torch.Tensor) -> np.ndarray:
-        return session.run(None, {name: t.numpy() for name, t in zip(names, inputs)})[0]
-
-    metrics = task.evaluate(predict, data, run_dir)
+    metrics = task.evaluate(onnx_predictor(task, onnx_path), data, run_dir)
     baseline = task.baseline(data)
     card = {
         "family": task.model,
@@ -76,6 +82,20 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         files = {"model.onnx": onnx_path, **data.files}
         card["tag"] = register_model(task.name, files, card, labels={"family": task.model, "task": task.kind})
     (run_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
+
+    for suffix, path in task.variants(onnx_path, run_dir).items():
+        variant_dir = run_dir / suffix
+        variant_dir.mkdir(exist_ok=True)
+        difference, same = output_difference(net, task, path, examples)
+        variant = {**card, "variant": suffix, "variant_of": card.get("tag"), "parity_max_abs_diff": difference,
+                   "parity_same_decisions": same, "metrics": task.evaluate(onnx_predictor(task, path), data, variant_dir)}  # fmt: skip
+        if cfg.register:
+            files = {"model.onnx": path, **data.files}
+            variant["tag"] = register_model(f"{task.name}-{suffix}", files, variant,
+                                            labels={"family": task.model, "task": task.kind, "variant": suffix})  # fmt: skip
+        (variant_dir / "card.json").write_text(json.dumps(variant, indent=2, default=str))
+        log.info("%s-%s: test %s %.4f%s", task.name, suffix, task.key_metric, variant["metrics"][task.key_metric],
+                 f", registered {variant['tag']}" if "tag" in variant else "")  # fmt: skip
     baselines = ", ".join(f"{name} {scores[task.key_metric]:.4f}" for name, scores in baseline.items())
     log.info("%s: test %s %.4f (baselines: %s), parity %.1e%s", task.name, task.key_metric,
              metrics[task.key_metric], baselines, parity, f", registered {card['tag']}" if "tag" in card else "")  # fmt: skip

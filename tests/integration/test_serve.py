@@ -8,7 +8,13 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import co2_history, fashion_test_images, offline_forecast, offline_image_probabilities
+from tests.helpers import (
+    co2_history,
+    fashion_test_images,
+    offline_forecast,
+    offline_image_probabilities,
+    offline_text_probabilities,
+)
 from tests.integration.conftest import start_server, stop
 
 pytestmark = pytest.mark.slow
@@ -33,6 +39,17 @@ def test_served_forecast_equals_the_offline_onnx_forecast(server, registered):
         np.testing.assert_allclose(body["forecast"], expected, atol=1e-3)
 
 
+def test_served_text_classes_equal_the_offline_onnx_classes(server, registered):
+    texts = ["a small domesticated carnivore kept as a pet", "a sweet baked food made of flour and sugar"]
+    card = registered["wordnet-transformer"]
+    expected = offline_text_probabilities(card["tag"], texts)
+    answers = httpx.post(f"{server}/classify_texts", json={"texts": texts}, timeout=10).json()
+    got = np.array([[a["probabilities"][k] for k in card["labels"]] for a in answers])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    single = httpx.post(f"{server}/classify_text", json={"text": texts[0]}, timeout=10).json()
+    assert single["label"] == card["labels"][int(expected[0].argmax())]
+
+
 @pytest.mark.parametrize(
     "request_kwargs,status,error",
     [
@@ -43,6 +60,8 @@ def test_served_forecast_equals_the_offline_onnx_forecast(server, registered):
         ({"json": {"history": [1.0] * 10, "horizon": 5}, "path": "/forecast"}, 400, "from 52 to 5000 values"),
         ({"json": {"history": [1.0] * 60, "horizon": 99}, "path": "/forecast"}, 400, "from 1 to 52"),
         ({"content": b"[1,2]", "headers": {"content-type": "application/json"}, "path": "/forecast"}, 400, "body: Input should be an object"),
+        ({"json": {"text": ""}, "path": "/classify_text"}, 400, "text 0 is empty"),
+        ({"json": {"text": None}, "path": "/classify_text"}, 400, "text: Input should be a valid string"),
     ],
 )
 def test_bad_requests_get_a_4xx_json_error_over_http(server, request_kwargs, status, error):
@@ -62,7 +81,7 @@ def test_health_endpoints_and_openapi(server):
     assert httpx.get(f"{server}/livez").status_code == 200
     assert httpx.get(f"{server}/readyz").status_code == 200
     paths = httpx.get(f"{server}/docs.json").json()["paths"]
-    assert {"/classify_image", "/classify_pixels", "/forecast"} <= set(paths)
+    assert {"/classify_image", "/classify_pixels", "/forecast", "/classify_text", "/classify_texts"} <= set(paths)
 
 
 def test_metrics_describe_models_and_pass_promtool(server):
@@ -74,7 +93,8 @@ def test_metrics_describe_models_and_pass_promtool(server):
     for series in ("modelroad_inference_seconds_bucket{", "modelroad_batch_size_bucket{", "modelroad_queue_seconds_bucket{",
                    "modelroad_predictions_total{", 'modelroad_request_errors_total{endpoint="/classify_image",reason="bad_request"}',
                    'modelroad_model_info{device="cpu",model="fashion-cnn"', 'modelroad_model_info{device="cpu",model="co2-gru"',
-                   'modelroad_model_info{device="cpu",model="co2-lstm"', "bentoml_service_request_total{"):  # fmt: skip
+                   'modelroad_model_info{device="cpu",model="co2-lstm"', 'modelroad_model_info{device="cpu",model="wordnet-transformer"',
+                   "bentoml_service_request_total{"):  # fmt: skip
         assert series in text, series
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -91,7 +111,8 @@ def test_locust_gate_passes_on_a_healthy_server_and_fails_past_its_p95(server, t
 
     assert locust(2000) == 0
     stats = (tmp_path / "p95-2000_stats.csv").read_text()
-    assert stats.count("/classify_image") == 1 and stats.count("/forecast") == 1
+    for endpoint in ("/classify_image", "/forecast", "/classify_text", "/classify_texts"):
+        assert stats.count(endpoint) == 1, endpoint
     assert (tmp_path / "p95-2000.html").stat().st_size > 0
     assert locust(0.001) == 1
 

@@ -23,7 +23,7 @@ def test_checkpoints_hold_tensors_and_plain_data_and_resume(tmp_path):
 
     # weights_only=True refuses anything but tensors and plain containers: no pickled modules.
     state = torch.load(run_dir / "last.pt", weights_only=True)
-    assert {"model", "optimizer", "scheduler", "model_config", "epoch", "best_loss"} <= set(state)
+    assert {"model", "optimizer", "scheduler", "model_config", "epoch", "best"} <= set(state)
 
     resumed = fit(task, data, TrainConfig(dry_run=True, out_dir=str(tmp_path), resume=True), run_dir)
     assert resumed.history == trained.history  # the one epoch was done: nothing left to train

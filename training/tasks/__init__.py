@@ -4,9 +4,10 @@ from __future__ import annotations
 from training.tasks.base import Task
 from training.tasks.images import ImageClassificationTask
 from training.tasks.series import ForecastTask
+from training.tasks.text import TextClassificationTask
 
 TASKS: dict[str, Task] = {
-    task.name: task for task in (ImageClassificationTask(), ForecastTask("lstm"), ForecastTask("gru"))
+    task.name: task for task in (ImageClassificationTask(), ForecastTask("lstm"), ForecastTask("gru"), TextClassificationTask())
 }
 
 

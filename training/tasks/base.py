@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Sampler, TensorDataset, default_collate
 
 from training.config import TrainConfig
 
@@ -31,6 +31,7 @@ class Prepared:
     labels: list[str] | None = None
     files: dict[str, Path] = field(default_factory=dict)  # extra files stored beside model.onnx
     extras: dict[str, Any] = field(default_factory=dict)  # what only the task's own evaluation needs
+    class_weights: torch.Tensor | None = None  # per-class loss weights, fitted on the training split
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Task(ABC):
         """Net config fields the data decides (e.g. the number of classes)."""
 
     @abstractmethod
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor: ...
 
     @abstractmethod
     def evaluate(self, predict: Predict, data: Prepared, run_dir: Path) -> dict[str, Any]:
@@ -71,6 +72,14 @@ class Task(ABC):
     @abstractmethod
     def baseline(self, data: Prepared) -> dict[str, dict[str, Any]]:
         """The classical models to beat, by name, scored the same way on the same test split."""
+
+    def batches(self, dataset: TensorDataset, batch_size: int, shuffle: bool, generator: torch.Generator) -> Sampler | None:
+        """A batch sampler for this task's data; None: plain batches (shuffled when training)."""
+        return None
+
+    def collate(self, rows: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        """Rows -> one batch (the task may trim padding here, for training and validation alike)."""
+        return tuple(default_collate(rows))
 
     def augment(self, inputs: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         return inputs
@@ -82,6 +91,10 @@ class Task(ABC):
     def same_decisions(self, expected: np.ndarray, got: np.ndarray) -> bool:
         """Whether two outputs lead to the same answer for a user (classifiers: the same argmax)."""
         return True
+
+    def variants(self, onnx_path: Path, run_dir: Path) -> dict[str, Path]:
+        """Other ONNX files derived from the exported one (e.g. int8), registered beside it as `<name>-<suffix>`."""
+        return {}
 
     def export_inputs(self, data: Prepared) -> list[tuple[torch.Tensor, ...]]:
         """Held-out inputs for export and the parity check; the first is the export example (batch >= 2)."""
@@ -106,6 +119,14 @@ def fingerprint_arrays(*arrays: np.ndarray) -> str:
     for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def balanced_class_weights(targets: np.ndarray, num_classes: int, power: float = 1.0) -> torch.Tensor:
+    """(total / count) ** power, normalized to mean 1. power 1: every class weighs the same in the loss,
+    as in macro-F1 (scikit-learn's "balanced"); 0: plain cross-entropy."""
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    weights = (counts.sum() / np.maximum(counts, 1)) ** power
+    return torch.tensor(weights / weights.mean(), dtype=torch.float32)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

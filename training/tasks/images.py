@@ -15,7 +15,15 @@ from torch.utils.data import TensorDataset
 from contracts.preprocessing import ImagePreprocessing
 from training.config import TrainConfig
 from training.evaluate import classification_metrics, plot_confusion_matrix
-from training.tasks.base import InputSpec, Predict, Prepared, Task, fingerprint_arrays, split_indices
+from training.tasks.base import (
+    InputSpec,
+    Predict,
+    Prepared,
+    Task,
+    balanced_class_weights,
+    fingerprint_arrays,
+    split_indices,
+)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 FASHION_MNIST_LABELS = [
@@ -109,13 +117,14 @@ class ImageClassificationTask(Task):
             fingerprint=fingerprint,
             preprocessing={"image": prep.to_dict()},
             labels=list(labels),
+            class_weights=balanced_class_weights(y_train[train_idx], len(labels)),
         )
 
     def model_config(self, data: Prepared) -> dict[str, Any]:
         return {"num_classes": len(data.labels)}
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, targets, label_smoothing=0.05)
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets, weight=class_weights, label_smoothing=0.05)
 
     def batch_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
         return (outputs.argmax(1) == targets).float().mean().item()

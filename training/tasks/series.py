@@ -133,7 +133,7 @@ class ForecastTask(Task):
     def model_config(self, data: Prepared) -> dict[str, Any]:
         return {"cell": self.cell, "horizon": self.horizon}
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
         return F.huber_loss(outputs, targets, delta=0.5)
 
     def augment(self, inputs: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:

@@ -1,0 +1,54 @@
+"""/classify_text and /classify_texts on the in-process platform service."""
+import numpy as np
+import pytest
+
+from tests.helpers import offline_text_probabilities
+
+TEXTS = ["a small domesticated carnivore kept as a pet", "a person who repairs shoes",
+         "the period of time between sunrise and sunset; the daylight hours of a day, " * 8]  # fmt: skip
+
+
+def test_one_text_is_classified_as_the_offline_onnx_model_does(client, registered):
+    card = registered["wordnet-transformer"]
+    expected = offline_text_probabilities(card["tag"], TEXTS[:1])[0]
+    response = client.post("/classify_text", json={"text": TEXTS[0]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["label"] == card["labels"][int(expected.argmax())]
+    np.testing.assert_allclose([body["probabilities"][k] for k in card["labels"]], expected, atol=1e-5)
+
+
+def test_a_batch_padded_together_answers_as_each_text_alone(client, registered):
+    """Padding to the longest member must not change any answer (the mask hides the padding)."""
+    expected = offline_text_probabilities(registered["wordnet-transformer"]["tag"], TEXTS)
+    labels = registered["wordnet-transformer"]["labels"]
+    response = client.post("/classify_texts", json={"texts": TEXTS})
+    assert response.status_code == 200
+    got = np.array([[answer["probabilities"][k] for k in labels] for answer in response.json()])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "path,body,error",
+    [
+        ("/classify_text", {"text": ""}, "text 0 is empty"),
+        ("/classify_text", {"text": "   \n"}, "text 0 is empty"),
+        ("/classify_text", {"text": 42}, "text: Input should be a valid string"),
+        ("/classify_text", {"text": ["a", "b"]}, "text: Input should be a valid string"),
+        ("/classify_text", {"txt": "a dog"}, "text: Field required"),
+        ("/classify_text", {"text": "x" * 2001}, "text 0 has 2001 characters; at most 2000"),
+        ("/classify_texts", {"texts": []}, "from 1 to 64 texts; got 0"),
+        ("/classify_texts", {"texts": ["a dog"] * 65}, "from 1 to 64 texts; got 65"),
+        ("/classify_texts", {"texts": ["a dog", ""]}, "text 1 is empty"),
+        ("/classify_texts", {"texts": "a dog"}, "texts: Input should be a valid list"),
+    ],
+)
+def test_bad_text_requests_get_400_saying_what_is_wrong(client, path, body, error):
+    response = client.post(path, json=body)
+    assert response.status_code == 400, response.text
+    assert error in response.json()["error"]
+
+
+def test_long_texts_are_cut_to_the_trained_token_limit(client):
+    response = client.post("/classify_text", json={"text": "a small dog " * 150})  # ~450 tokens, 1800 characters
+    assert response.status_code == 200

@@ -1,0 +1,198 @@
+"""Text classification: WordNet 3.0 noun glosses (Debian wordnet-base) labelled with their
+lexicographer file (25 categories: animal, food, person, ...), or a user's CSV (text, label)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from torch.utils.data import Sampler, TensorDataset, default_collate
+
+from contracts.preprocessing import TextEncoding
+from training.config import TrainConfig
+from training.evaluate import classification_metrics, plot_confusion_matrix
+from training.tasks.base import InputSpec, Predict, Prepared, Task, balanced_class_weights, fingerprint_arrays
+
+WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")  # Debian package wordnet-base
+# Lexicographer files 03-28 hold the nouns (WordNet's lexnames(5WN)); "noun." is dropped from the names.
+NOUN_LEXNAMES = [
+    "Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication", "event", "feeling",
+    "food", "group", "location", "motive", "object", "person", "phenomenon", "plant", "possession", "process",
+    "quantity", "relation", "shape", "state", "substance", "time",
+]  # fmt: skip
+FIRST_NOUN_FILE = 3
+SPECIAL_TOKENS = ["[PAD]", "[UNK]"]  # [PAD] is id 0: TextEncoding.pad_id and the embedding's padding_idx
+
+
+def read_wordnet_glosses(path: Path) -> pd.DataFrame:
+    """One row per noun synset: its gloss (the text after " | ") and its category name."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("  "):  # the licence header
+                continue
+            fields, _, gloss = line.partition(" | ")
+            lexfile = int(fields.split()[1])
+            rows.append((gloss.strip(), NOUN_LEXNAMES[lexfile - FIRST_NOUN_FILE]))
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def load_texts(cfg: TrainConfig) -> pd.DataFrame:
+    if cfg.data:
+        frame = pd.read_csv(cfg.data)
+        if not {"text", "label"} <= set(frame.columns):
+            raise ValueError(f"{cfg.data}: needs columns text,label; got {list(frame.columns)}")
+        frame = frame[["text", "label"]].astype(str)
+    elif WORDNET_NOUNS.exists():
+        frame = read_wordnet_glosses(WORDNET_NOUNS)
+    else:
+        raise FileNotFoundError(f"{WORDNET_NOUNS} not found: install the Debian package wordnet-base "
+                                "(apt-get install wordnet-base) or pass --data FILE.csv")  # fmt: skip
+    # The same text under two labels would be noise in every split: keep its first label.
+    return frame[frame["text"].str.strip() != ""].drop_duplicates("text").reset_index(drop=True)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
+    """WordPiece on the training split only, lower-cased with accents stripped, no special tokens added."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS))
+    return tokenizer
+
+
+class LengthBuckets(Sampler[list[int]]):
+    """Batches of texts of similar length: shuffle, sort each pool of `pool` batches by length, cut,
+    shuffle the batches. Glosses average 16 tokens but a random batch's longest averages 53."""
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, shuffle: bool, generator: torch.Generator, pool: int = 50):
+        self.lengths, self.batch_size, self.shuffle, self.generator, self.pool = lengths, batch_size, shuffle, generator, pool
+
+    def _chunks(self, order: torch.Tensor) -> list[torch.Tensor]:
+        return list(order.split(self.batch_size * self.pool))
+
+    def __iter__(self):
+        n = len(self.lengths)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        batches = []
+        for chunk in self._chunks(order):
+            batches += chunk[self.lengths[chunk].argsort(stable=True)].split(self.batch_size)
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=self.generator)]
+        return iter([batch.tolist() for batch in batches])
+
+    def __len__(self) -> int:
+        return sum(-(-len(chunk) // self.batch_size) for chunk in self._chunks(torch.arange(len(self.lengths))))
+
+
+class TextClassificationTask(Task):
+    name = "wordnet-transformer"
+    model = "transformer"
+    kind = "text-classification"
+    inputs = (InputSpec("input_ids", "int64", ("batch", "tokens")), InputSpec("attention_mask", "int64", ("batch", "tokens")))
+    output_name = "logits"
+    key_metric = "macro_f1"
+    vocab_size = 8000
+    max_tokens = 64  # 99.9% of WordNet glosses are shorter
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 10, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05, "patience": 3,
+    }  # fmt: skip
+
+    def load_data(self, cfg: TrainConfig) -> Prepared:
+        frame = load_texts(cfg)
+        labels = sorted(frame["label"].unique())
+        y = frame["label"].map({name: i for i, name in enumerate(labels)}).to_numpy(np.int64)
+        texts = frame["text"].tolist()
+        # Stratified 80/10/10: rare categories (motive, shape, ...) appear in every split.
+        rest, test = train_test_split(np.arange(len(texts)), test_size=0.1, stratify=y, random_state=cfg.seed)
+        train, val = train_test_split(rest, test_size=1 / 9, stratify=y[rest], random_state=cfg.seed)
+        if cfg.dry_run:
+            train, val, test = train[:2000], val[:300], test[:300]
+        tokenizer = train_tokenizer([texts[i] for i in train], self.vocab_size)
+        encoding = TextEncoding(max_tokens=self.max_tokens)
+        tokenizer_path = Path(cfg.run_dir()) / "tokenizer.json"
+        tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(tokenizer_path))
+
+        def dataset(indices: np.ndarray) -> TensorDataset:
+            ids, mask = encoding.pad(encoding.token_ids(tokenizer, [texts[i] for i in indices]))
+            return TensorDataset(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(y[indices]))
+
+        test_texts = [texts[i] for i in test]
+        return Prepared(
+            train=dataset(train), val=dataset(val), test=dataset(test),
+            source=str(cfg.data or WORDNET_NOUNS),
+            fingerprint=fingerprint_arrays(np.array(texts, dtype=object).astype(str), y),
+            preprocessing={"text": encoding.to_dict(), "tokenizer": "tokenizer.json"},
+            labels=labels,
+            files={"tokenizer.json": tokenizer_path},
+            class_weights=balanced_class_weights(y[train], len(labels)),
+            extras={"train_texts": [texts[i] for i in train], "train_labels": y[train], "test_texts": test_texts,
+                    "vocab_size": tokenizer.get_vocab_size()},
+        )  # fmt: skip
+
+    def model_config(self, data: Prepared) -> dict[str, Any]:
+        return {"vocab_size": data.extras["vocab_size"], "num_classes": len(data.labels), "max_tokens": self.max_tokens}
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets, weight=class_weights, label_smoothing=0.05)
+
+    def batch_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+        return (outputs.argmax(1) == targets).float().mean().item()
+
+    def same_decisions(self, expected: np.ndarray, got: np.ndarray) -> bool:
+        return bool((expected.argmax(-1) == got.argmax(-1)).all())
+
+    def batches(self, dataset: TensorDataset, batch_size: int, shuffle: bool, generator: torch.Generator) -> Sampler:
+        return LengthBuckets(dataset.tensors[1].sum(1), batch_size, shuffle, generator)
+
+    def collate(self, rows: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        # Trim the batch to its longest member, as serving does: attention over padding is wasted work.
+        ids, mask, y = default_collate(rows)
+        longest = int(mask.sum(1).max())
+        return ids[:, :longest], mask[:, :longest], y
+
+    def export_inputs(self, data: Prepared) -> list[tuple[torch.Tensor, ...]]:
+        ids, mask, _ = data.test.tensors
+
+        def trimmed(rows: slice, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            length = length or int(mask[rows].sum(1).max())
+            return ids[rows, :length], mask[rows, :length]
+
+        # Parity at several batch sizes and lengths: with padding (mixed lengths), one token, the longest.
+        return [trimmed(slice(0, 8)), trimmed(slice(8, 9)), (ids[:3, :1], torch.ones_like(ids[:3, :1])),
+                (ids[:16], mask[:16])]  # fmt: skip
+
+    def variants(self, onnx_path: Path, run_dir: Path) -> dict[str, Path]:
+        # Dynamic int8 quantization of the weights (MatMul/Gemm); activations stay float and are quantized per call.
+        quantized = run_dir / "model.int8.onnx"
+        quantize_dynamic(str(onnx_path), str(quantized), weight_type=QuantType.QInt8)
+        return {"int8": quantized}
+
+    def evaluate(self, predict: Predict, data: Prepared, run_dir: Path) -> dict[str, Any]:
+        ids, mask, y = data.test.tensors
+        logits = []
+        for start in range(0, len(ids), 256):
+            batch_ids, batch_mask = ids[start : start + 256], mask[start : start + 256]
+            longest = int(batch_mask.sum(1).max())
+            logits.append(predict(batch_ids[:, :longest], batch_mask[:, :longest]))
+        scores = classification_metrics(y.numpy(), np.concatenate(logits).argmax(1), data.labels)
+        plot_confusion_matrix(scores["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png")
+        return scores
+
+    def baseline(self, data: Prepared) -> dict[str, Any]:
+        vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)
+        x_train = vectorizer.fit_transform(data.extras["train_texts"])
+        model = LogisticRegression(max_iter=1000, C=10).fit(x_train, data.extras["train_labels"])
+        predicted = model.predict(vectorizer.transform(data.extras["test_texts"]))
+        scores = classification_metrics(data.test.tensors[-1].numpy(), predicted, data.labels)
+        return {"tfidf_logistic_regression": {k: scores[k] for k in ("accuracy", "macro_f1")}}
