@@ -58,16 +58,16 @@ def make_loader(task: Task, dataset: TensorDataset, batch_size: int, shuffle: bo
 
 @torch.no_grad()
 def validate(model: nn.Module, task: Task, loader: DataLoader, class_weights: torch.Tensor | None) -> tuple[float, float | None]:
+    """Mean loss, and the task's score over the whole validation set (e.g. macro-F1 is not a mean of batches)."""
     model.eval()
-    total, scores, n = 0.0, [], 0
+    total, all_outputs, all_targets = 0.0, [], []
     for *inputs, targets in loader:
         outputs = model(*inputs)
         total += task.loss(outputs, targets, class_weights).item() * len(targets)
-        score = task.batch_score(outputs, targets)
-        if score is not None:
-            scores.append(score * len(targets))
-        n += len(targets)
-    return total / n, (sum(scores) / n if scores else None)
+        all_outputs.append(outputs)
+        all_targets.append(targets)
+    targets = torch.cat(all_targets)
+    return total / len(targets), task.score(torch.cat(all_outputs), targets)
 
 
 def fit(task: Task, data: Prepared, cfg: TrainConfig, run_dir: Path) -> Trained:
@@ -116,8 +116,9 @@ def fit(task: Task, data: Prepared, cfg: TrainConfig, run_dir: Path) -> Trained:
             optimizer.step()
             scheduler.step()
             running, seen = running + loss.item(), seen + 1
-            score = task.batch_score(outputs, targets)
-            bar.set_postfix(loss=f"{running / seen:.4f}", **({"score": f"{score:.3f}"} if score is not None else {}))
+            if not bar.disable:
+                score = task.score(outputs.detach(), targets)
+                bar.set_postfix(loss=f"{running / seen:.4f}", **({"score": f"{score:.3f}"} if score is not None else {}))
 
         val_loss, val_score = validate(model, task, val_loader, data.class_weights)
         record = {"epoch": epoch + 1, "train_loss": running / seen, "val_loss": val_loss, "lr": scheduler.get_last_lr()[0]}

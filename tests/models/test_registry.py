@@ -6,12 +6,14 @@ import torch
 from models import build_model, config_from_dict, list_models
 from models.cnn import CNNConfig
 from models.rnn import RNNConfig
+from models.transformer import TransformerConfig
 
 EXAMPLE_INPUTS = {
     "cnn": lambda: (torch.randn(3, 1, 28, 28),),
     "rnn": lambda: (torch.randn(3, 40),),
+    "transformer": lambda: (torch.randint(1, 8000, (3, 12)), torch.ones(3, 12, dtype=torch.int64)),
 }
-EXPECTED_OUTPUT = {"cnn": (3, 10), "rnn": (3, 52)}
+EXPECTED_OUTPUT = {"cnn": (3, 10), "rnn": (3, 52), "transformer": (3, 26)}
 
 
 def test_every_registered_net_has_a_test_input():
@@ -61,3 +63,15 @@ def test_rnn_cell_is_a_config_field_and_any_history_length_works(cell):
 def test_unknown_rnn_cell_is_refused():
     with pytest.raises(ValueError, match="cell must be one of \\['gru', 'lstm'\\]"):
         build_model("rnn", RNNConfig(cell="rnn"))
+
+
+def test_transformer_answers_do_not_depend_on_padding():
+    torch.manual_seed(0)
+    net = build_model("transformer", TransformerConfig(vocab_size=50, d_model=16, heads=2, ff=32, num_classes=3)).eval()
+    ids = torch.tensor([[5, 6, 7]])
+    padded_ids = torch.tensor([[5, 6, 7, 0, 0, 0]])
+    padded_mask = torch.tensor([[1, 1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        alone = net(ids, torch.ones_like(ids))
+        padded = net(padded_ids, padded_mask)
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)

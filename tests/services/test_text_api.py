@@ -40,7 +40,7 @@ def test_a_batch_padded_together_answers_as_each_text_alone(client, registered):
         ("/classify_texts", {"texts": []}, "from 1 to 64 texts; got 0"),
         ("/classify_texts", {"texts": ["a dog"] * 65}, "from 1 to 64 texts; got 65"),
         ("/classify_texts", {"texts": ["a dog", ""]}, "text 1 is empty"),
-        ("/classify_texts", {"texts": "a dog"}, "texts: Input should be a valid list"),
+        ("/classify_texts", {"texts": "a dog"}, "texts: Input should be a valid array"),
     ],
 )
 def test_bad_text_requests_get_400_saying_what_is_wrong(client, path, body, error):

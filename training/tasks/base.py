@@ -84,8 +84,8 @@ class Task(ABC):
     def augment(self, inputs: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         return inputs
 
-    def batch_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float | None:
-        """A readable per-batch score for the progress bar (e.g. accuracy); None if the loss says it all."""
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float | None:
+        """Higher is better: selects the best epoch and shows in the progress bar. None: the loss decides."""
         return None
 
     def same_decisions(self, expected: np.ndarray, got: np.ndarray) -> bool:

@@ -126,7 +126,7 @@ class ImageClassificationTask(Task):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
         return F.cross_entropy(outputs, targets, weight=class_weights, label_smoothing=0.05)
 
-    def batch_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
         return (outputs.argmax(1) == targets).float().mean().item()
 
     def same_decisions(self, expected: np.ndarray, got: np.ndarray) -> bool:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch.utils.data import Sampler, TensorDataset, default_collate
@@ -101,10 +102,10 @@ class TextClassificationTask(Task):
     inputs = (InputSpec("input_ids", "int64", ("batch", "tokens")), InputSpec("attention_mask", "int64", ("batch", "tokens")))
     output_name = "logits"
     key_metric = "macro_f1"
-    vocab_size = 8000
+    vocab_size = 12000
     max_tokens = 64  # 99.9% of WordNet glosses are shorter
     train_defaults: ClassVar[dict[str, Any]] = {
-        "epochs": 10, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05, "patience": 3,
+        "epochs": 12, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05, "patience": 3,
     }  # fmt: skip
 
     def load_data(self, cfg: TrainConfig) -> Prepared:
@@ -135,7 +136,8 @@ class TextClassificationTask(Task):
             preprocessing={"text": encoding.to_dict(), "tokenizer": "tokenizer.json"},
             labels=labels,
             files={"tokenizer.json": tokenizer_path},
-            class_weights=balanced_class_weights(y[train], len(labels)),
+            # Half-way to balanced (power 0.5): full balancing cost 3 points of accuracy and no macro-F1.
+            class_weights=balanced_class_weights(y[train], len(labels), power=0.5),
             extras={"train_texts": [texts[i] for i in train], "train_labels": y[train], "test_texts": test_texts,
                     "vocab_size": tokenizer.get_vocab_size()},
         )  # fmt: skip
@@ -146,8 +148,8 @@ class TextClassificationTask(Task):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
         return F.cross_entropy(outputs, targets, weight=class_weights, label_smoothing=0.05)
 
-    def batch_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
-        return (outputs.argmax(1) == targets).float().mean().item()
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+        return float(f1_score(targets.numpy(), outputs.argmax(1).numpy(), average="macro", zero_division=0))
 
     def same_decisions(self, expected: np.ndarray, got: np.ndarray) -> bool:
         return bool((expected.argmax(-1) == got.argmax(-1)).all())
