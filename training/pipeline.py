@@ -33,6 +33,15 @@ def onnx_predictor(task: Task, path: Path) -> Predict:
     return predict
 
 
+def save_card(task: Task, cfg: TrainConfig, name: str, onnx_path: Path, files: dict[str, Path],
+              card: dict[str, Any], out_dir: Path) -> None:  # fmt: skip
+    """Register the model (when asked; the card gains its `tag`) and write card.json beside it."""
+    if cfg.register:
+        labels = {"family": task.model, "task": task.kind, **({"variant": card["variant"]} if "variant" in card else {})}
+        card["tag"] = register_model(name, {"model.onnx": onnx_path, **files}, card, labels=labels)
+    (out_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
+
+
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """Train one task end to end; returns the model card (with `tag` when registered)."""
     task = get_task(cfg.task)
@@ -78,22 +87,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "data_source": data.source,
         "data_fingerprint": data.fingerprint,
     }
-    if cfg.register:
-        files = {"model.onnx": onnx_path, **data.files}
-        card["tag"] = register_model(task.name, files, card, labels={"family": task.model, "task": task.kind})
-    (run_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
-
+    save_card(task, cfg, task.name, onnx_path, data.files, card, run_dir)
     for suffix, path in task.variants(onnx_path, run_dir).items():
-        variant_dir = run_dir / suffix
-        variant_dir.mkdir(exist_ok=True)
+        (run_dir / suffix).mkdir(exist_ok=True)
         difference, same = output_difference(net, task, path, examples)
-        variant = {**card, "variant": suffix, "variant_of": card.get("tag"), "parity_max_abs_diff": difference,
-                   "parity_same_decisions": same, "metrics": task.evaluate(onnx_predictor(task, path), data, variant_dir)}  # fmt: skip
-        if cfg.register:
-            files = {"model.onnx": path, **data.files}
-            variant["tag"] = register_model(f"{task.name}-{suffix}", files, variant,
-                                            labels={"family": task.model, "task": task.kind, "variant": suffix})  # fmt: skip
-        (variant_dir / "card.json").write_text(json.dumps(variant, indent=2, default=str))
+        variant = {k: v for k, v in card.items() if k != "tag"}
+        variant.update(variant=suffix, variant_of=card.get("tag"), parity_max_abs_diff=difference,
+                       parity_same_decisions=same, metrics=task.evaluate(onnx_predictor(task, path), data, run_dir / suffix))  # fmt: skip
+        save_card(task, cfg, f"{task.name}-{suffix}", path, data.files, variant, run_dir / suffix)
         log.info("%s-%s: test %s %.4f%s", task.name, suffix, task.key_metric, variant["metrics"][task.key_metric],
                  f", registered {variant['tag']}" if "tag" in variant else "")  # fmt: skip
     baselines = ", ".join(f"{name} {scores[task.key_metric]:.4f}" for name, scores in baseline.items())
