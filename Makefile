@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup serve train test test-fast loadtest bento lint
+.PHONY: setup serve train test test-fast loadtest bento image pod pod-down lint
 
 setup:
 	@scripts/setup.sh
@@ -35,6 +35,21 @@ loadtest: setup
 
 bento: setup
 	.venv/bin/bentoml build
+
+## The serving image with podman (root the first time: debootstrap makes the base), then a smoke check.
+## VARIANT=gpu builds the CUDA variant; ENGINE=docker uses Docker.
+VARIANT ?= cpu
+ENGINE ?= podman
+image: setup
+	$(PY) -m deploy.image build --variant $(VARIANT) --engine $(ENGINE) --check
+
+## The service beside Prometheus in one pod on 127.0.0.1:3000 and :9090 (after `make image`).
+pod: setup
+	$(PY) -m deploy.image prometheus
+	CONTAINERS_CONF=deploy/container/containers.conf podman play kube --replace deploy/podman/modelroad-pod.yaml
+
+pod-down:
+	CONTAINERS_CONF=deploy/container/containers.conf podman play kube --down deploy/podman/modelroad-pod.yaml
 
 lint: setup
 	.venv/bin/ruff check .

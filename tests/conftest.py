@@ -58,3 +58,14 @@ def text_cards(session_dir: Path) -> dict[str, dict]:
 def registered(cnn_card: dict, lstm_card: dict, gru_card: dict, text_cards: dict) -> dict[str, dict]:
     """Every family's model in the store, by store name (what the platform service needs)."""
     return {"fashion-cnn": cnn_card, "co2-lstm": lstm_card, "co2-gru": gru_card, **text_cards}
+
+
+@pytest.fixture(scope="session")
+def client(registered):
+    """The platform service in-process: its ASGI app, BentoML's whole request path, no network."""
+    from starlette.testclient import TestClient
+
+    from services.platform import Platform
+
+    with TestClient(Platform.to_asgi(), raise_server_exceptions=False) as c:
+        yield c

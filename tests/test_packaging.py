@@ -42,3 +42,33 @@ def test_bentoml_build_packs_the_service_and_references_every_model(registered, 
     assert (bento_dir / "src" / "services" / "platform.py").exists()
     assert not (bento_dir / "src" / "training").exists()
     assert "torch" not in requirement_names((bento_dir / "env" / "python" / "requirements.txt").read_text())
+
+
+def test_the_gpu_variant_differs_from_the_cpu_one_only_in_its_runtime():
+    cpu, gpu = yaml.safe_load((ROOT / "bentofile.yaml").read_text()), yaml.safe_load((ROOT / "bentofile.gpu.yaml").read_text())
+    for key in ("service", "include"):
+        assert gpu[key] == cpu[key], key
+    assert {e["name"]: e["value"] for e in gpu["envs"]}["MODELROAD_DEVICE"] == "cuda"
+    cpu_lines = (ROOT / cpu["python"]["requirements_txt"]).read_text().splitlines()
+    gpu_lines = (ROOT / gpu["python"]["requirements_txt"]).read_text().splitlines()
+    requirements = [line for line in cpu_lines if line and not line.startswith("#")]
+    gpu_requirements = [line for line in gpu_lines if line and not line.startswith("#")]
+    assert gpu_requirements == [line.replace("onnxruntime>=1.20", "onnxruntime-gpu[cuda,cudnn]>=1.21")
+                                for line in requirements]  # fmt: skip
+
+
+def test_the_gpu_variant_declares_a_cuda_base_bentoml_can_build_with_onnx_runtime_cuda_12():
+    from bentoml._internal.container.frontend.dockerfile import SUPPORTED_CUDA_VERSIONS
+
+    cuda = yaml.safe_load((ROOT / "bentofile.gpu.yaml").read_text())["docker"]["cuda_version"]
+    assert cuda in SUPPORTED_CUDA_VERSIONS
+    assert cuda.split(".")[0] == "12"  # onnxruntime-gpu >= 1.19 on PyPI is built for CUDA 12 and cuDNN 9
+
+
+@pytest.mark.slow
+def test_bentoml_builds_the_gpu_variant(registered):
+    result = subprocess.run([str(Path(sys.executable).with_name("bentoml")), "build", "-f", "bentofile.gpu.yaml",
+                             "--output", "tag"], cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=300,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("__tag__:modelroad-gpu:")

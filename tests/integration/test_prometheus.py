@@ -1,4 +1,6 @@
 """A real Prometheus server (Debian `prometheus`) scraping the served platform with the project's config."""
+import json
+import re
 import shutil
 import subprocess
 import time
@@ -12,6 +14,7 @@ from tests.integration.conftest import ROOT, free_port, stop
 
 pytestmark = pytest.mark.slow
 DEPLOY = ROOT / "deploy" / "prometheus"
+METRIC_NAME = re.compile(r"\b(?:modelroad|bentoml)_[a-z0-9_]+")
 needs_prometheus = pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("promtool") is None,
     reason="Debian package prometheus not installed (scripts/setup.sh installs it as root)",
@@ -64,3 +67,28 @@ def query_until(api: str, query: str, process: subprocess.Popen, tmp_path: Path,
             pass
         time.sleep(0.5)
     raise AssertionError(f"Prometheus never returned {query}:\n{(tmp_path / 'prometheus.log').read_text()[-2000:]}")
+
+
+def referenced_metrics() -> dict[str, set[str]]:
+    """Metric names used by the rules, the Grafana dashboard, the autoscaler and its adapter rule, by file."""
+    rules = yaml.safe_load((DEPLOY / "rules.yml").read_text())
+    dashboard = json.loads((ROOT / "deploy/grafana/modelroad.json").read_text())
+    hpa = yaml.safe_load((ROOT / "deploy/k8s/hpa.yaml").read_text())
+    adapter = yaml.safe_load((ROOT / "deploy/k8s/prometheus-adapter.yaml").read_text())
+    texts = {
+        "rules.yml": [rule["expr"] for group in rules["groups"] for rule in group["rules"]],
+        "modelroad.json": [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]],
+        "hpa.yaml": [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"],
+        "prometheus-adapter.yaml": [rule["seriesQuery"] for rule in adapter["rules"]],
+    }
+    return {name: {m for text in exprs for m in METRIC_NAME.findall(text)} for name, exprs in texts.items()}
+
+
+def test_every_metric_that_deploy_refers_to_is_served(server):
+    httpx.post(f"{server}/classify_text", json={"text": "a sweet baked food"}, timeout=10)
+    httpx.post(f"{server}/classify_text", json={"text": ""}, timeout=10)  # an error, so the errors counter has a series
+    exposition = httpx.get(f"{server}/metrics", timeout=10).text
+    served = {line.split("{")[0].split(" ")[0] for line in exposition.splitlines() if line and not line.startswith("#")}
+    for name, metrics in referenced_metrics().items():
+        assert metrics, f"{name} refers to no metric: the pattern or the file changed"
+        assert metrics <= served, f"{name} refers to metrics the service does not serve: {sorted(metrics - served)}"

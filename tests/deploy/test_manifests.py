@@ -1,0 +1,119 @@
+"""An offline validator for deploy/: the Kubernetes manifests, the pod file and the container build
+must agree with each other and with the service they deploy, so a renamed endpoint, port, setting
+or image breaks a test here rather than a rollout. (Metric names: tests/integration/test_prometheus.py.)"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy.image import BASE_IMAGE, CONTAINER_DIR, ImageBuild
+from services.settings import ServeSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+SETTINGS_VARIABLES = {f"MODELROAD_{f.name.upper()}" for f in dataclasses.fields(ServeSettings)}
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def resources() -> dict[str, dict]:
+    """The kustomization's resources by kind; every one of them well formed."""
+    kustomization = load(K8S / "kustomization.yaml")
+    by_kind = {}
+    for name in kustomization["resources"]:
+        resource = load(K8S / name)
+        assert {"apiVersion", "kind", "metadata", "spec"} <= resource.keys(), name
+        assert resource["metadata"]["name"] == "modelroad", name
+        by_kind[resource["kind"]] = resource
+    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "prometheus-adapter.yaml"}
+    assert manifests == set(kustomization["resources"]), "a manifest is missing from kustomization.yaml"
+    return by_kind
+
+
+def served_port() -> int:
+    """The port the image's ENTRYPOINT serves on, which it also EXPOSEs."""
+    containerfile = (CONTAINER_DIR / "Containerfile").read_text()
+    port = int(re.search(r'"--port", "(\d+)"', containerfile).group(1))
+    assert f"EXPOSE {port}" in containerfile
+    return port
+
+
+def test_the_deployment_serves_the_image_port_with_its_settings_and_resources(resources):
+    deployment = resources["Deployment"]
+    template = deployment["spec"]["template"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == ImageBuild().name
+    assert container["ports"] == [{"name": "http", "containerPort": served_port()}]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(served_port())
+    unknown = {env["name"] for env in container["env"]} - SETTINGS_VARIABLES
+    assert not unknown, f"not settings of services/settings.py: {unknown}"
+    assert {"cpu", "memory"} <= container["resources"]["requests"].keys() <= container["resources"]["limits"].keys()
+
+
+def test_probes_ask_the_service_paths_that_answer_200_once_ready(resources, client):
+    container = resources["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    probes = [container[p]["httpGet"] for p in ("startupProbe", "readinessProbe", "livenessProbe")]
+    assert [p["path"] for p in probes] == ["/readyz", "/readyz", "/livez"]
+    for probe in probes:
+        assert probe["port"] == "http"
+        assert client.get(probe["path"]).status_code == 200, probe["path"]
+
+
+def test_draining_fits_in_the_grace_period(resources):
+    from services.platform import Platform  # the traffic timeout bounds the slowest request
+
+    pod = resources["Deployment"]["spec"]["template"]["spec"]
+    command = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] > int(command[1]) + Platform.config["traffic"]["timeout"]
+
+
+def test_service_hpa_pdb_and_monitor_point_at_the_deployment(resources):
+    deployment, service = resources["Deployment"], resources["Service"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    port_names = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+    assert resources["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    target = resources["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    monitor = resources["ServiceMonitor"]["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert {e["port"] for e in monitor["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    assert {e["path"] for e in monitor["endpoints"]} == {"/metrics"}
+
+
+def test_the_autoscaling_metric_is_the_one_the_adapter_serves(resources):
+    (pods_metric,) = [m["pods"]["metric"]["name"] for m in resources["HorizontalPodAutoscaler"]["spec"]["metrics"]
+                      if m["type"] == "Pods"]  # fmt: skip
+    (rule,) = load(K8S / "prometheus-adapter.yaml")["rules"]
+    assert rule["seriesQuery"].startswith(pods_metric + "{")
+
+
+def test_the_pod_file_runs_the_images_the_builder_makes_on_loopback_ports():
+    pod = load(ROOT / "deploy" / "podman" / "modelroad-pod.yaml")
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    assert containers["modelroad"]["image"] == f"localhost/{ImageBuild().name}:latest"
+    assert containers["prometheus"]["image"] == "localhost/modelroad-prometheus:latest"
+    assert containers["modelroad"]["ports"][0]["containerPort"] == served_port()
+    scrape = load(ROOT / "deploy" / "prometheus" / "prometheus.yml")["scrape_configs"][0]
+    assert scrape["static_configs"][0]["targets"] == [f"127.0.0.1:{served_port()}"]  # the pod shares one network
+    assert all(p["hostIP"] == "127.0.0.1" for c in containers.values() for p in c["ports"])
+
+
+def test_every_bentofile_env_reaches_the_image():
+    containerfile = (CONTAINER_DIR / "Containerfile").read_text()
+    assert BASE_IMAGE in containerfile
+    for bentofile in ("bentofile.yaml", "bentofile.gpu.yaml"):
+        for env in load(ROOT / bentofile)["envs"]:
+            if env["name"].startswith("MODELROAD_"):
+                assert env["name"] in SETTINGS_VARIABLES
+                assert f"ARG {env['name']}" in containerfile, f"{bentofile}: {env['name']} is not a build ARG"
