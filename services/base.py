@@ -69,7 +69,8 @@ def platform_service(name: str) -> Callable[[type], Any]:
             traffic={"timeout": 30},
         )(cls)
         api_fields = {api.route: tuple(api.input_spec.model_fields) for api in service.apis.values()}
-        service.add_asgi_middleware(EdgeMiddleware, max_body_bytes=SETTINGS.max_body_bytes, api_fields=api_fields)
+        service.add_asgi_middleware(EdgeMiddleware, max_body_bytes=SETTINGS.max_body_bytes, api_fields=api_fields,
+                                    max_in_flight=SETTINGS.max_in_flight)  # fmt: skip
         return service
 
     return wrap

@@ -1,4 +1,4 @@
-"""ASGI middleware at the edge of every service: body-size limit and one JSON error shape.
+"""ASGI middleware at the edge of every service: admission, body-size limit and one JSON error shape.
 
 BentoML answers some client mistakes in other shapes (plain-text 404/405, a list around
 `{"error": ...}`, pydantic's "1 validation error for Input" with the reason in `detail`);
@@ -78,20 +78,26 @@ async def _never() -> Message:
 
 
 class EdgeMiddleware:
-    def __init__(self, app: Callable, max_body_bytes: int, api_fields: dict[str, tuple[str, ...]]):
+    def __init__(self, app: Callable, max_body_bytes: int, api_fields: dict[str, tuple[str, ...]],
+                 max_in_flight: int = 256):  # fmt: skip
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.api_fields = api_fields  # route -> its input field names
+        # API requests admitted at once by this worker; past it, 503 at once instead of an unbounded queue.
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     def _endpoint(self, scope: Scope) -> str:
         path = scope.get("path", "")
         return path if path in self.api_fields or path in SERVICE_PATHS else "other"
 
-    async def _reply(self, send: Send, scope: Scope, status: int, message: str) -> None:
+    async def _reply(self, send: Send, scope: Scope, status: int, message: str,
+                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:  # fmt: skip
         body = json.dumps({"error": message}).encode()
         ERRORS.labels(self._endpoint(scope), _reason(status)).inc()
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                *headers]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})
 
     async def _read_body(self, receive: Receive) -> bytes | None:
@@ -123,6 +129,18 @@ class EdgeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope["path"] not in self.api_fields:  # health, metrics, docs: never refused for load
+            return await self._handle(scope, receive, send)
+        if self.in_flight >= self.max_in_flight:
+            return await self._reply(send, scope, 503, f"server busy: {self.in_flight} requests in flight, "
+                                     "the most this worker admits; retry shortly", ((b"retry-after", b"1"),))  # fmt: skip
+        self.in_flight += 1
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_body_bytes
         headers = dict(scope.get("headers", ()))
         declared = headers.get(b"content-length")

@@ -1,8 +1,11 @@
-"""Over real HTTP against `bentoml serve`: uploads, bad input, metrics, the load-test gate."""
+"""Over real HTTP against `bentoml serve`: uploads, bad input, metrics, the load-test gate, overload."""
+import asyncio
+import os
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,7 +18,7 @@ from tests.helpers import (
     offline_image_probabilities,
     offline_text_probabilities,
 )
-from tests.integration.conftest import start_server, stop
+from tests.integration.conftest import start_server, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -132,3 +135,25 @@ def test_a_tampered_model_file_stops_the_server_from_starting(registered, sessio
     finally:
         stop(process)
     assert "ModelIntegrityError" in log_path.read_text() and "changed after registration" in log_path.read_text()
+
+
+def test_an_overloaded_server_refuses_with_503_and_retry_after_and_keeps_serving(registered, session_dir):
+    log_path = session_dir / "bounded.log"
+    process, url = start_server(Path(os.environ["BENTOML_HOME"]), log_path, extra_env={"MODELROAD_MAX_IN_FLIGHT": "1"})
+    texts = ["the act of putting something in working order again after it was broken or damaged"] * 64
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return await asyncio.gather(*[client.post("/classify_texts", json={"texts": texts}) for _ in range(16)])
+
+    try:
+        wait_ready(process, url, log_path)
+        answers = asyncio.run(burst())
+        statuses = [r.status_code for r in answers]
+        assert set(statuses) == {200, 503}, statuses
+        for refused in (r for r in answers if r.status_code == 503):
+            assert refused.headers["retry-after"] == "1" and "server busy" in refused.json()["error"]
+        assert httpx.post(f"{url}/classify_text", json={"text": "a sweet baked food"}, timeout=10).status_code == 200
+        assert process.poll() is None
+    finally:
+        stop(process)

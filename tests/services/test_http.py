@@ -1,4 +1,7 @@
-"""The edge middleware on a bare ASGI app: size limits and the one JSON error shape."""
+"""The edge middleware on a bare ASGI app: admission, size limits and the one JSON error shape."""
+import asyncio
+
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -87,3 +90,26 @@ def test_pydantic_details_become_a_readable_error():
     message = error_message(400, body)
     assert message["error"] == "invalid request: horizon: Input should be > 0"
     assert message["detail"][0]["loc"] == ["horizon"]
+
+
+async def slow(request: Request):
+    await asyncio.sleep(0.2)
+    return JSONResponse({"done": True})
+
+
+def test_requests_past_the_in_flight_bound_get_503_with_retry_after_at_once_and_health_stays_open():
+    bounded = EdgeMiddleware(Starlette(routes=[Route("/slow", slow, methods=["POST"]), Route("/livez", slow)]),
+                             max_body_bytes=1000, api_fields={"/slow": ()}, max_in_flight=2)  # fmt: skip
+
+    async def burst() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=bounded), base_url="http://edge") as c:
+            answers = await asyncio.gather(*[c.post("/slow") for _ in range(5)], c.get("/livez"))
+            return list(answers[:5]), answers[5], await c.post("/slow")
+
+    answers, health, after = asyncio.run(burst())
+    assert sorted(r.status_code for r in answers) == [200, 200, 503, 503, 503]
+    for refused in (r for r in answers if r.status_code == 503):
+        assert refused.headers["retry-after"] == "1"
+        assert "server busy" in refused.json()["error"]
+    assert health.status_code == 200  # probes and /metrics are not API routes: never refused for load
+    assert after.status_code == 200 and bounded.in_flight == 0
