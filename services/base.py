@@ -66,7 +66,7 @@ def platform_service(name: str) -> Callable[[type], Any]:
             name=name,
             workers=SETTINGS.workers,
             logging={"access": {"enabled": SETTINGS.access_log}},
-            traffic={"timeout": 30},
+            traffic={"timeout": SETTINGS.request_timeout_s},
         )(cls)
         api_fields = {api.route: tuple(api.input_spec.model_fields) for api in service.apis.values()}
         service.add_asgi_middleware(EdgeMiddleware, max_body_bytes=SETTINGS.max_body_bytes, api_fields=api_fields,

@@ -60,11 +60,20 @@ class MicroBatcher(Generic[P, R]):
         return await pending.future
 
     def _take_batch(self) -> list[_Pending[P, R]]:
-        batch = [self._queue.popleft()]  # taken even if alone it exceeds max_items: it was admitted
-        items = batch[0].items
-        while self._queue and items + self._queue[0].items <= self.max_items:
-            pending = self._queue.popleft()
-            batch.append(pending)
+        """The next batch; requests whose client timed out or left while queued are dropped, not computed.
+
+        The first live request is taken even if alone it exceeds max_items: it was admitted.
+        """
+        batch: list[_Pending[P, R]] = []
+        items = 0
+        while self._queue:
+            pending = self._queue[0]
+            if pending.future.done():
+                self._queue.popleft()
+                continue
+            if batch and items + pending.items > self.max_items:
+                break
+            batch.append(self._queue.popleft())
             items += pending.items
         return batch
 
@@ -77,6 +86,8 @@ class MicroBatcher(Generic[P, R]):
             if self.max_wait_s and len(self._queue) == 1:
                 await asyncio.sleep(self.max_wait_s)
             batch = self._take_batch()
+            if not batch:
+                continue
             started = time.perf_counter()
             for pending in batch:
                 QUEUE_SECONDS.labels(self.name).observe(started - pending.queued_at)

@@ -14,6 +14,7 @@ class ServeSettings:
     max_batch_size: int = 64  # items (not requests) per inference call
     max_wait_ms: float = 1.0  # how long a batch may wait for company once the runner is idle
     max_body_bytes: int = 10 * 1024 * 1024  # larger requests get 413 before their body is read
+    request_timeout_s: float = 30.0  # a request still unanswered after this gets 504 (and its queued work is dropped)
     max_in_flight: int = 256  # API requests a worker admits at once (~4 full batches); more get 503 + Retry-After
     max_image_pixels: int = 40_000_000  # decoded size limit of an uploaded image
     max_text_chars: int = 2_000  # longest /classify_text text accepted (tokens past the model's limit are cut)

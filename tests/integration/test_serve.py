@@ -2,6 +2,7 @@
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -155,5 +156,55 @@ def test_an_overloaded_server_refuses_with_503_and_retry_after_and_keeps_serving
             assert refused.headers["retry-after"] == "1" and "server busy" in refused.json()["error"]
         assert httpx.post(f"{url}/classify_text", json={"text": "a sweet baked food"}, timeout=10).status_code == 200
         assert process.poll() is None
+    finally:
+        stop(process)
+
+
+def test_requests_past_the_timeout_get_504_and_the_server_goes_on(registered, session_dir):
+    log_path = session_dir / "timeout.log"
+    process, url = start_server(Path(os.environ["BENTOML_HOME"]), log_path, extra_env={"MODELROAD_REQUEST_TIMEOUT_S": "0.3"})
+    texts = ["the act of putting something in working order again after it was broken or damaged " * 8] * 64
+
+    async def burst() -> list[httpx.Response]:  # ~40 full batches queue for longer than 0.3 s
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return await asyncio.gather(*[client.post("/classify_texts", json={"texts": texts}) for _ in range(40)])
+
+    try:
+        wait_ready(process, url, log_path)
+        answers = asyncio.run(burst())
+        statuses = {r.status_code for r in answers}
+        assert 504 in statuses and statuses <= {200, 504}, statuses
+        assert all("error" in r.json() for r in answers if r.status_code == 504)
+        assert httpx.post(f"{url}/classify_text", json={"text": "a sweet baked food"}, timeout=10).status_code == 200
+        assert process.poll() is None
+    finally:
+        stop(process)
+
+
+def test_sigterm_finishes_the_requests_in_flight_and_exits_cleanly(registered, session_dir):
+    log_path = session_dir / "drain.log"
+    process, url = start_server(Path(os.environ["BENTOML_HOME"]), log_path)
+    texts = ["the act of putting something in working order again after it was broken or damaged " * 8] * 64
+
+    async def post(client: httpx.AsyncClient) -> tuple[int, float]:
+        response = await client.post("/classify_texts", json={"texts": texts})
+        return response.status_code, time.monotonic()
+
+    async def burst_then_sigterm() -> tuple[list[tuple[int, float]], float]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            requests = [asyncio.create_task(post(client)) for _ in range(30)]  # ~1-2 s of batches
+            await asyncio.sleep(0.3)
+            os.killpg(process.pid, signal.SIGTERM)
+            signalled = time.monotonic()
+            return await asyncio.gather(*requests), signalled
+
+    try:
+        wait_ready(process, url, log_path)
+        answers, signalled = asyncio.run(burst_then_sigterm())
+        assert [status for status, _ in answers] == [200] * 30
+        assert max(done for _, done in answers) > signalled, "nothing was in flight when SIGTERM came"
+        assert process.wait(30) == 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/readyz", timeout=2)
     finally:
         stop(process)

@@ -83,3 +83,23 @@ def test_max_wait_lets_a_lone_request_wait_for_company():
 
     assert run(scenario()) == [1, 2]
     assert infer.batches == [[[1], [2]]]
+
+
+def test_requests_abandoned_while_queued_are_not_computed():
+    infer = Recorder()
+    batcher = MicroBatcher("t", infer, len, max_items=8)
+
+    async def scenario():
+        infer.release.clear()
+        first = asyncio.create_task(batcher.submit([1]))
+        await asyncio.sleep(0.05)  # the first batch is now running (held)
+        abandoned = asyncio.create_task(batcher.submit([7, 7]))
+        kept = asyncio.create_task(batcher.submit([2]))
+        await asyncio.sleep(0.01)
+        abandoned.cancel()  # what a request timeout or a client disconnect does
+        infer.release.set()
+        return await first, await kept, await asyncio.gather(abandoned, return_exceptions=True)
+
+    first, kept, (abandoned,) = run(scenario())
+    assert (first, kept) == (1, 2) and isinstance(abandoned, asyncio.CancelledError)
+    assert infer.batches == [[[1]], [[2]]]
