@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup serve train test test-fast loadtest bento image pod pod-down lint
+.PHONY: setup serve train test test-fast loadtest bench bento image pod pod-down lint
 
 setup:
 	@scripts/setup.sh
@@ -32,6 +32,10 @@ test-fast: setup
 URL ?= http://$(HOST):$(PORT)
 loadtest: setup
 	$(PY) -m loadtests.run --host $(URL)
+
+## wrk against the platform, a no-op BentoML service, bare Starlette and in-process ONNX Runtime (~7 min).
+bench: setup
+	$(PY) -m loadtests.bench
 
 bento: setup
 	.venv/bin/bentoml build

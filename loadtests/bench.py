@@ -1,0 +1,240 @@
+"""wrk against the platform and its floors, per family and concurrency, side by side in one run.
+
+    .venv/bin/python -m loadtests.bench                                 # results/bench/bench.{json,md,png}
+    .venv/bin/python -m loadtests.bench --families text --concurrency 32 --duration 5
+
+Targets (served one after another on this machine, BentoML ones with `--workers` workers):
+- `platform`: `bentoml serve services.platform:Platform`, the product;
+- `bentoml-noop`: a default BentoML `@bentoml.api` service answering the same shapes without inference;
+- `starlette`: a bare Starlette app on uvicorn, one process, answering the same shapes (the HTTP floor);
+- `ort`: ONNX Runtime in-process on one preprocessed item per call (the compute limit; no HTTP).
+wrk runs on the same cores as the server, as a client on this machine would.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+PAYLOADS = Path(__file__).with_name("payloads")
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Request:
+    route: str
+    content_type: str
+    body: bytes
+
+
+def family_requests() -> dict[str, Request]:
+    """One realistic request per family, from the load-test payloads."""
+    image = (PAYLOADS / "images" / "ankle-boot-0.png").read_bytes()
+    boundary = "modelroadbench"
+    multipart = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="boot.png"\r\n'
+                 f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    text = json.loads((PAYLOADS / "texts.json").read_text())[10]
+    return {
+        "image": Request("/classify_image", f"multipart/form-data; boundary={boundary}", multipart),
+        "forecast": Request("/forecast", "application/json", (PAYLOADS / "forecast_example.json").read_bytes()),
+        "text": Request("/classify_text", "application/json", json.dumps({"text": text}).encode()),
+    }
+
+
+@dataclass
+class Result:
+    target: str
+    family: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    errors: int  # non-2xx answers plus socket errors
+
+
+UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
+
+
+def parse_wrk(output: str) -> tuple[float, dict[str, float], int]:
+    """Requests/sec, latency percentiles in ms (50/75/90/99) and errors from `wrk --latency` output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    percentiles = {p: round(float(v) * UNITS_MS[u], 3) for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.MULTILINE)}
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    errors += sum(int(n) for n in socket.groups()) if socket else 0
+    return rps, percentiles, errors
+
+
+def run_wrk(url: str, request: Request, concurrency: int, duration: int, workdir: Path) -> tuple[float, dict, int]:
+    script = workdir / "request.lua"
+    body_file = workdir / "body.bin"
+    body_file.write_bytes(request.body)
+    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{request.content_type}"\n'
+                      f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*all")\nf:close()\n')  # fmt: skip
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "--timeout", "10s", "-s", str(script),
+               url + request.route]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 30).stdout
+    return parse_wrk(output)
+
+
+def free_port() -> int:
+    from deploy.image import free_port as port
+
+    return port()
+
+
+@contextmanager
+def served(command: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[str]:
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(30)
+
+
+def server_command(target: str, port: int) -> list[str]:
+    host = ["--host", "127.0.0.1", "--port", str(port)]
+    commands = {
+        "platform": [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host],
+        "bentoml-noop": [str(BIN / "bentoml"), "serve", "loadtests.floors:NoopService", *host],
+        # One process: uvicorn 0.54's --workers mode answered every request 44 ms late here (Nagle and
+        # delayed-ACK timing), which would make the floor meaningless; one process is the honest floor.
+        "starlette": [str(BIN / "uvicorn"), "loadtests.floors:starlette_app", *host, "--no-access-log",
+                      "--log-level", "warning"],
+    }  # fmt: skip
+    return commands[target]
+
+
+def ort_calls() -> dict[str, Callable[[], object]]:
+    """One preprocessed item per family through its ONNX Runtime session, as the runner calls it."""
+    import bentoml
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    from contracts.preprocessing import ImagePreprocessing, SeriesScaling, TextEncoding
+    from services.settings import SETTINGS
+
+    def session(stored: bentoml.Model) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = SETTINGS.ort_threads, 1
+        return ort.InferenceSession(stored.path_of("model.onnx"), options, providers=["CPUExecutionProvider"])
+
+    image_model, gru, text_model = (bentoml.models.get(t) for t in (SETTINGS.image_model, SETTINGS.gru_model, SETTINGS.text_model))
+    image_prep = ImagePreprocessing(**image_model.info.metadata["preprocessing"]["image"])
+    pixels = image_prep.normalize(image_prep.pixels_from_bytes((PAYLOADS / "images" / "ankle-boot-0.png").read_bytes())[None])
+    series_prep = gru.info.metadata["preprocessing"]
+    history = np.asarray(json.loads((PAYLOADS / "forecast_example.json").read_text())["history"])[None, -series_prep["window"]:]
+    scaled = SeriesScaling(**series_prep["series"]).encode(history)
+    text_prep = text_model.info.metadata["preprocessing"]
+    encoding = TextEncoding(**text_prep["text"])
+    text = json.loads(family_requests()["text"].body)["text"]
+    input_ids, mask = encoding.pad(encoding.token_ids(Tokenizer.from_file(text_model.path_of(text_prep["tokenizer"])), [text]))
+    sessions = {"image": session(image_model), "forecast": session(gru), "text": session(text_model)}
+    return {
+        "image": lambda: sessions["image"].run(None, {"pixels": pixels}),
+        "forecast": lambda: sessions["forecast"].run(None, {"history": scaled}),
+        "text": lambda: sessions["text"].run(None, {"input_ids": input_ids, "attention_mask": mask}),
+    }
+
+
+def measure_ort(family: str, call: Callable[[], object], duration: float) -> Result:
+    import numpy as np
+
+    for _ in range(20):
+        call()
+    timings, deadline = [], time.monotonic() + duration
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        call()
+        timings.append(time.perf_counter() - started)
+    p50, p90, p99 = (round(float(v) * 1e3, 3) for v in np.percentile(timings, [50, 90, 99]))
+    return Result("ort", family, 1, round(len(timings) / sum(timings), 1), p50, p90, p99, 0)
+
+
+def write_reports(results: list[Result], out: Path, settings: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({"settings": settings, "results": [asdict(r) for r in results]}, indent=2))
+    lines = ["| family | target | concurrency | RPS | p50 ms | p90 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.family} | {r.target} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | "
+              f"{r.errors} |" for r in results]  # fmt: skip
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = sorted({r.family for r in results})
+    figure, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4), squeeze=False)
+    for ax, family in zip(axes[0], families):
+        for target in sorted({r.target for r in results if r.family == family and r.target != "ort"}):
+            points = [(r.concurrency, r.rps) for r in results if r.family == family and r.target == target]
+            ax.plot(*zip(*points), marker="o", label=target)
+        ax.set(title=family, xlabel="concurrent connections", ylabel="requests/s", xscale="log")
+        ax.legend()
+    figure.tight_layout()
+    figure.savefig(out / "bench.png", dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", nargs="+", default=["platform", "bentoml-noop", "starlette", "ort"])
+    parser.add_argument("--families", nargs="+", default=["image", "forecast", "text"])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes (MODELROAD_WORKERS)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    args = parser.parse_args(argv)
+
+    requests, results = family_requests(), []
+    env = {"MODELROAD_WORKERS": str(args.workers), "BENTOML_DO_NOT_TRACK": "true"}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = Path(tmp)
+        for target in args.targets:
+            if target == "ort":
+                calls = ort_calls()
+                results += [measure_ort(family, calls[family], args.duration) for family in args.families]
+                continue
+            port = free_port()
+            with served(server_command(target, port), port, env, workdir / f"{target}.log") as url:
+                for family in args.families:
+                    for concurrency in args.concurrency:
+                        rps, p, errors = run_wrk(url, requests[family], concurrency, args.duration, workdir)
+                        results.append(Result(target, family, concurrency, rps, p.get("50", 0), p.get("90", 0),
+                                              p.get("99", 0), errors))  # fmt: skip
+                        print(json.dumps(asdict(results[-1])), flush=True)
+    settings = {"workers": args.workers, "duration_s": args.duration, "cores": os.cpu_count()}
+    write_reports(results, args.out, settings)
+    print((args.out / "bench.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
