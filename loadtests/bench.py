@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from deploy.image import free_port
+
 PAYLOADS = Path(__file__).with_name("payloads")
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -88,12 +90,6 @@ def run_wrk(url: str, request: Request, concurrency: int, duration: int, workdir
                url + request.route]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 30).stdout
     return parse_wrk(output)
-
-
-def free_port() -> int:
-    from deploy.image import free_port as port
-
-    return port()
 
 
 @contextmanager
