@@ -117,3 +117,13 @@ def test_every_bentofile_env_reaches_the_image():
             if env["name"].startswith("MODELROAD_"):
                 assert env["name"] in SETTINGS_VARIABLES
                 assert f"ARG {env['name']}" in containerfile, f"{bentofile}: {env['name']} is not a build ARG"
+
+
+def test_prometheus_keeps_bentoml_series_for_exactly_the_service_routes():
+    from services.http import SERVICE_PATHS
+    from services.platform import Platform
+
+    scrape = load(ROOT / "deploy" / "prometheus" / "prometheus.yml")["scrape_configs"][0]
+    (keep,) = [rule for rule in scrape["metric_relabel_configs"] if rule.get("target_label") == "__tmp_route_known"]
+    routes = {api.route for api in Platform.apis.values()} | set(SERVICE_PATHS) | {""}  # "": series with no endpoint
+    assert set(keep["regex"].split("|")) == routes

@@ -31,6 +31,7 @@ def test_promtool_accepts_the_config_and_rules():
 @needs_prometheus
 def test_prometheus_scrapes_the_service_and_evaluates_the_rules(server, tmp_path):
     httpx.post(f"{server}/classify_text", json={"text": "a small domesticated carnivore"}, timeout=10)
+    httpx.get(f"{server}/wp-admin.php", timeout=10)  # a scanner's path: BentoML makes it a series
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["scrape_configs"][0]["static_configs"] = [{"targets": [server.removeprefix("http://")]}]
@@ -48,6 +49,9 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_rules(server, tmp_path
         assert info[0]["metric"]["device"] == "cpu" and info[0]["metric"]["job"] == "modelroad"
         predictions = query_until(api, 'modelroad_predictions_total{model="wordnet-transformer"}', process, tmp_path)
         assert sum(float(r["value"][1]) for r in predictions) >= 1
+        assert query_until(api, 'bentoml_service_request_total{endpoint="/classify_text"}', process, tmp_path)
+        scanned = httpx.get(f"{api}/query", params={"query": '{endpoint="/wp-admin.php"}'}, timeout=5).json()
+        assert scanned["data"]["result"] == [], "the scrape config let a raw-path series through"
         rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
         assert {g["name"] for g in rules} == {"modelroad.recording", "modelroad.alerts"}
         assert all(rule["health"] != "err" for g in rules for rule in g["rules"])
