@@ -5,6 +5,7 @@
 
 Targets (served one after another on this machine, BentoML ones with `--workers` workers):
 - `platform`: `bentoml serve services.platform:Platform`, the product;
+- `platform-unbatched`: the same with MODELROAD_MAX_BATCH_SIZE=1 (adaptive batching off; opt-in target);
 - `bentoml-noop`: a default BentoML `@bentoml.api` service answering the same shapes without inference;
 - `starlette`: a bare Starlette app on uvicorn, one process, answering the same shapes (the HTTP floor);
 - `ort`: ONNX Runtime in-process on one preprocessed item per call (the compute limit; no HTTP).
@@ -115,10 +116,15 @@ def served(command: list[str], port: int, env: dict[str, str], log: Path) -> Ite
         process.wait(30)
 
 
+# Settings a target serves with beyond the shared ones: batching off is one item per inference call.
+TARGET_ENV = {"platform-unbatched": {"MODELROAD_MAX_BATCH_SIZE": "1"}}
+
+
 def server_command(target: str, port: int) -> list[str]:
     host = ["--host", "127.0.0.1", "--port", str(port)]
     commands = {
         "platform": [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host],
+        "platform-unbatched": [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host],
         "bentoml-noop": [str(BIN / "bentoml"), "serve", "loadtests.floors:NoopService", *host],
         # One process: uvicorn 0.54's --workers mode answered every request 44 ms late here (Nagle and
         # delayed-ACK timing), which would make the floor meaningless; one process is the honest floor.
@@ -219,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                 results += [measure_ort(family, calls[family], args.duration) for family in args.families]
                 continue
             port = free_port()
-            with served(server_command(target, port), port, env, workdir / f"{target}.log") as url:
+            target_env = {**env, **TARGET_ENV.get(target, {})}
+            with served(server_command(target, port), port, target_env, workdir / f"{target}.log") as url:
                 for family in args.families:
                     for concurrency in args.concurrency:
                         rps, p, errors = run_wrk(url, requests[family], concurrency, args.duration, workdir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 
 import bentoml
+import httpx
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
@@ -67,3 +68,13 @@ def offline_text_probabilities(tag: str, texts: list[str]) -> np.ndarray:
         logits = session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0].astype(np.float64)
         rows.append(np.exp(logits[0] - logits[0].max()) / np.exp(logits[0] - logits[0].max()).sum())
     return np.stack(rows)
+
+
+def prometheus_query(url: str, query: str) -> list[dict]:
+    """The result of an instant query at Prometheus' /api/v1/query, or [] while it cannot answer yet."""
+    try:
+        response = httpx.get(url, params={"query": query}, timeout=2)
+    except httpx.TransportError:
+        return []
+    # Prometheus answers a plain-text 503 until its storage is open.
+    return response.json()["data"]["result"] if response.status_code == 200 else []

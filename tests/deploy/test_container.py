@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from deploy.image import ROOT, ImageBuild, build_image, build_prometheus_image, check_image, engine_env, free_port
+from tests.helpers import prometheus_query
 
 pytestmark = [pytest.mark.slow, pytest.mark.container]
 # .ci/run sets this: CI runs as root with podman installed, so a skip there would hide a broken image.
@@ -107,12 +108,8 @@ def query_until(url: str, query: str, timeout: float = 90) -> list[dict]:
     """Prometheus' answer once it has scraped the series (its scrape interval is 15 s)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            result = httpx.get(url, params={"query": query}, timeout=2).json()["data"]["result"]
-            if result:
-                return result
-        except (httpx.TransportError, ValueError, KeyError):
-            pass
+        if result := prometheus_query(url, query):
+            return result
         time.sleep(1)
     logs = podman("pod", "logs", "modelroad")
     raise AssertionError(f"Prometheus never returned {query}; pod log ends:\n{(logs.stdout + logs.stderr)[-3000:]}")

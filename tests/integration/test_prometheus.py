@@ -10,6 +10,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.helpers import prometheus_query
 from tests.integration.conftest import ROOT, free_port, stop
 
 pytestmark = pytest.mark.slow
@@ -63,12 +64,8 @@ def query_until(api: str, query: str, process: subprocess.Popen, tmp_path: Path,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-        try:
-            result = httpx.get(f"{api}/query", params={"query": query}, timeout=2).json()["data"]["result"]
-            if result:
-                return result
-        except httpx.HTTPError:
-            pass
+        if result := prometheus_query(f"{api}/query", query):
+            return result
         time.sleep(0.5)
     raise AssertionError(f"Prometheus never returned {query}:\n{(tmp_path / 'prometheus.log').read_text()[-2000:]}")
 
