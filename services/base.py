@@ -67,6 +67,8 @@ def platform_service(name: str) -> Callable[[type], Any]:
             workers=SETTINGS.workers,
             logging={"access": {"enabled": SETTINGS.access_log}},
             traffic={"timeout": SETTINGS.request_timeout_s},
+            # Excluding every URL is the one switch BentoML has to take its tracing middleware off the hot path.
+            **({} if SETTINGS.tracing else {"tracing": {"excluded_urls": [".*"]}}),
         )(cls)
         api_fields = {api.route: tuple(api.input_spec.model_fields) for api in service.apis.values()}
         service.add_asgi_middleware(EdgeMiddleware, max_body_bytes=SETTINGS.max_body_bytes, api_fields=api_fields,

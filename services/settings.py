@@ -24,6 +24,7 @@ class ServeSettings:
     gru_model: str = "co2-gru:latest"
     text_model: str = "wordnet-transformer:latest"  # or wordnet-transformer-int8:latest
     access_log: bool = False  # access logging costs 20-37% of throughput (FACTS.md)
+    tracing: bool = False  # OpenTelemetry spans per request; off, BentoML's tracing middleware passes requests straight on
 
     @property
     def ort_threads(self) -> int:

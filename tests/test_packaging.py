@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,12 @@ def requirement_names(text: str) -> set[str]:
 def test_serving_requirements_leave_torch_out():
     names = requirement_names((ROOT / "requirements-serve.txt").read_text())
     assert "torch" not in names and {"bentoml", "onnxruntime"} <= names
+
+
+def test_serving_requirements_are_the_packages_dependencies():
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements-serve.txt").read_text().splitlines()]
+    assert [line for line in lines if line] == dependencies
 
 
 @pytest.mark.slow

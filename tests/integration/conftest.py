@@ -52,12 +52,17 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(registered, session_dir):
-    """The platform served for real, as `make serve` does, on a free port."""
+def served(registered, session_dir):
+    """The platform served for real, as `make serve` does, on a free port: (process, url)."""
     log_path = session_dir / "server.log"
     process, url = start_server(Path(os.environ["BENTOML_HOME"]), log_path)
     try:
         wait_ready(process, url, log_path)
-        yield url
+        yield process, url
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session")
+def server(served) -> str:
+    return served[1]

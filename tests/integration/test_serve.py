@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 from tests.helpers import (
@@ -79,6 +80,28 @@ def test_bad_requests_get_a_4xx_json_error_over_http(server, request_kwargs, sta
 def test_unknown_paths_and_methods_answer_json(server):
     assert httpx.get(f"{server}/nowhere").json() == {"error": "Not Found"}
     assert httpx.get(f"{server}/classify_image").json() == {"error": "Method Not Allowed"}
+
+
+def test_workers_run_on_uvloop_and_httptools(served):
+    process, _ = served
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert workers
+    for worker in workers:
+        libraries = " ".join(m.path for m in worker.memory_maps())
+        assert "uvloop" in libraries and "httptools" in libraries, worker.cmdline()
+
+
+def test_tracing_is_off_unless_configured(server, registered, session_dir):
+    # BentoML's tracing middleware gives each traced request an id header; the platform turns it off.
+    text = {"text": "a sweet baked food"}
+    assert "x-bentoml-request-id" not in httpx.post(f"{server}/classify_text", json=text, timeout=10).headers
+    log_path = session_dir / "traced.log"
+    process, url = start_server(Path(os.environ["BENTOML_HOME"]), log_path, extra_env={"MODELROAD_TRACING": "true"})
+    try:
+        wait_ready(process, url, log_path)
+        assert "x-bentoml-request-id" in httpx.post(f"{url}/classify_text", json=text, timeout=10).headers
+    finally:
+        stop(process)
 
 
 def test_health_endpoints_and_openapi(server):
