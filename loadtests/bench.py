@@ -8,7 +8,9 @@ Targets (served one after another on this machine, BentoML ones with `--workers`
 - `platform-unbatched`: the same with MODELROAD_MAX_BATCH_SIZE=1 (adaptive batching off; opt-in target);
 - `bentoml-noop`: a default BentoML `@bentoml.api` service answering the same shapes without inference;
 - `starlette`: a bare Starlette app on uvicorn, one process, answering the same shapes (the HTTP floor);
-- `ort`: ONNX Runtime in-process on one preprocessed item per call (the compute limit; no HTTP).
+- `ort`: ONNX Runtime in-process on one preprocessed item per call (the compute limit; no HTTP);
+- `fastapi-torch`, `ray-serve`: the peers (loadtests/peers), the same models in PyTorch eager behind
+  FastAPI, and in Ray Serve with `@serve.batch` and ONNX Runtime; in .venv-peers, built on first use.
 wrk runs on the same cores as the server, as a client on this machine would.
 """
 from __future__ import annotations
@@ -29,6 +31,8 @@ from pathlib import Path
 import httpx
 
 from deploy.image import free_port
+from loadtests.peers import VENV, ensure_venv
+from loadtests.peers.families import SPEC_ENV, write_spec
 
 PAYLOADS = Path(__file__).with_name("payloads")
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,10 +122,19 @@ def served(command: list[str], port: int, env: dict[str, str], log: Path) -> Ite
 
 # Settings a target serves with beyond the shared ones: batching off is one item per inference call.
 TARGET_ENV = {"platform-unbatched": {"MODELROAD_MAX_BATCH_SIZE": "1"}}
+PEERS = ("fastapi-torch", "ray-serve")
 
 
-def server_command(target: str, port: int) -> list[str]:
+def prepare_peers(workdir: Path) -> dict[str, str]:
+    """Build the peers' venv if needed and point them at the platform's models; returns their environment."""
+    ensure_venv()
+    write_spec(workdir / "peers.json")
+    return {SPEC_ENV: str(workdir / "peers.json"), "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def server_command(target: str, port: int, workers: int) -> list[str]:
     host = ["--host", "127.0.0.1", "--port", str(port)]
+    peers = VENV / "bin"
     commands = {
         "platform": [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host],
         "platform-unbatched": [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host],
@@ -130,6 +143,10 @@ def server_command(target: str, port: int) -> list[str]:
         # delayed-ACK timing), which would make the floor meaningless; one process is the honest floor.
         "starlette": [str(BIN / "uvicorn"), "loadtests.floors:starlette_app", *host, "--no-access-log",
                       "--log-level", "warning"],
+        "fastapi-torch": [str(peers / "uvicorn"), "loadtests.peers.fastapi_torch:app", *host, "--workers", str(workers),
+                          "--no-access-log", "--log-level", "warning"],
+        "ray-serve": [str(peers / "python"), "-m", "loadtests.peers.ray_serve", "--port", str(port),
+                      "--replicas", str(workers)],
     }  # fmt: skip
     return commands[target]
 
@@ -181,12 +198,26 @@ def measure_ort(family: str, call: Callable[[], object], duration: float) -> Res
     return Result("ort", family, 1, round(len(timings) / sum(timings), 1), p50, p90, p99, 0)
 
 
-def write_reports(results: list[Result], out: Path, settings: dict) -> None:
+def ratio_table(results: list[Result], concurrency: int) -> list[str]:
+    """The platform against every other served target at one concurrency, from the same run."""
+    lines = [f"| family | platform vs | RPS ratio at c={concurrency} | platform p99 ms | its p99 ms |", "|---|---|---|---|---|"]
+    for family in dict.fromkeys(r.family for r in results):
+        at = {r.target: r for r in results if r.family == family and r.concurrency == concurrency}
+        if "platform" not in at:
+            continue
+        ours = at.pop("platform")
+        lines += [f"| {family} | {target} | {ours.rps / other.rps:.2f} | {ours.p99_ms:.1f} | {other.p99_ms:.1f} |"
+                  for target, other in at.items() if other.rps > 0]  # fmt: skip
+    return lines
+
+
+def write_reports(results: list[Result], out: Path, settings: dict, ratio_concurrency: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps({"settings": settings, "results": [asdict(r) for r in results]}, indent=2))
     lines = ["| family | target | concurrency | RPS | p50 ms | p90 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.family} | {r.target} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | "
               f"{r.errors} |" for r in results]  # fmt: skip
+    lines += ["", *ratio_table(results, ratio_concurrency)]
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
@@ -219,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {"MODELROAD_WORKERS": str(args.workers), "BENTOML_DO_NOT_TRACK": "true"}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
+        if set(PEERS) & set(args.targets):
+            env.update(prepare_peers(workdir))
         for target in args.targets:
             if target == "ort":
                 calls = ort_calls()
@@ -226,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             port = free_port()
             target_env = {**env, **TARGET_ENV.get(target, {})}
-            with served(server_command(target, port), port, target_env, workdir / f"{target}.log") as url:
+            with served(server_command(target, port, args.workers), port, target_env, workdir / f"{target}.log") as url:
                 for family in args.families:
                     for concurrency in args.concurrency:
                         rps, p, errors = run_wrk(url, requests[family], concurrency, args.duration, workdir)
@@ -234,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                                               p.get("99", 0), errors))  # fmt: skip
                         print(json.dumps(asdict(results[-1])), flush=True)
     settings = {"workers": args.workers, "duration_s": args.duration, "cores": os.cpu_count()}
-    write_reports(results, args.out, settings)
+    write_reports(results, args.out, settings, ratio_concurrency=32 if 32 in args.concurrency else max(args.concurrency))
     print((args.out / "bench.md").read_text())
     return 0
 

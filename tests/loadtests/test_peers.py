@@ -1,0 +1,35 @@
+"""The benchmark's peers serve the platform's own models: their answers equal the registered ONNX files'."""
+import httpx
+import numpy as np
+import pytest
+
+from deploy.image import free_port
+from loadtests.bench import PEERS, prepare_peers, served, server_command
+from tests.helpers import (
+    co2_history,
+    fashion_test_images,
+    offline_forecast,
+    offline_image_probabilities,
+    offline_text_probabilities,
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", PEERS)
+def test_a_peer_answers_as_the_registered_models_do(peer, registered, tmp_path):
+    port = free_port()
+    with served(server_command(peer, port, workers=1), port, prepare_peers(tmp_path), tmp_path / "peer.log") as url:
+        files, _ = fashion_test_images(2)
+        image_card, text_card = registered["fashion-cnn"], registered["wordnet-transformer"]
+        for png, row in zip(files, offline_image_probabilities(image_card["tag"], files)):
+            body = httpx.post(f"{url}/classify_image", files={"image": ("x.png", png, "image/png")}, timeout=10).json()
+            np.testing.assert_allclose([body["probabilities"][label] for label in image_card["labels"]], row, atol=1e-4)
+
+        text = "a small domesticated carnivore kept as a pet"
+        body = httpx.post(f"{url}/classify_text", json={"text": text}, timeout=10).json()
+        expected = offline_text_probabilities(text_card["tag"], [text])[0]
+        np.testing.assert_allclose([body["probabilities"][label] for label in text_card["labels"]], expected, atol=1e-4)
+
+        history = co2_history()
+        body = httpx.post(f"{url}/forecast", json={"history": history, "horizon": 13}, timeout=10).json()
+        np.testing.assert_allclose(body["forecast"], offline_forecast(registered["co2-gru"]["tag"], history, 13), atol=1e-3)
