@@ -33,7 +33,7 @@ URL ?= http://$(HOST):$(PORT)
 loadtest: setup
 	$(PY) -m loadtests.run --host $(URL)
 
-## wrk against the platform, a no-op BentoML service, bare Starlette and in-process ONNX Runtime (~7 min).
+## wrk against the platform (batched and not), its floors (no-op BentoML, bare Starlette, ONNX Runtime alone) and the peers (~15 min).
 bench: setup
 	$(PY) -m loadtests.bench
 

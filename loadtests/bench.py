@@ -5,7 +5,7 @@
 
 Targets (served one after another on this machine, BentoML ones with `--workers` workers):
 - `platform`: `bentoml serve services.platform:Platform`, the product;
-- `platform-unbatched`: the same with MODELROAD_MAX_BATCH_SIZE=1 (adaptive batching off; opt-in target);
+- `platform-unbatched`: the same with MODELROAD_MAX_BATCH_SIZE=1 (adaptive batching off);
 - `bentoml-noop`: a default BentoML `@bentoml.api` service answering the same shapes without inference;
 - `starlette`: a bare Starlette app on uvicorn, one process, answering the same shapes (the HTTP floor);
 - `ort`: ONNX Runtime in-process on one preprocessed item per call (the compute limit; no HTTP);
@@ -123,6 +123,7 @@ def served(command: list[str], port: int, env: dict[str, str], log: Path) -> Ite
 # Settings a target serves with beyond the shared ones: batching off is one item per inference call.
 TARGET_ENV = {"platform-unbatched": {"MODELROAD_MAX_BATCH_SIZE": "1"}}
 PEERS = ("fastapi-torch", "ray-serve")
+TARGETS = ["platform", "platform-unbatched", "bentoml-noop", "starlette", "ort", *PEERS]
 
 
 def prepare_peers(workdir: Path) -> dict[str, str]:
@@ -238,7 +239,7 @@ def write_reports(results: list[Result], out: Path, settings: dict, ratio_concur
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--targets", nargs="+", default=["platform", "bentoml-noop", "starlette", "ort"])
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=TARGETS)
     parser.add_argument("--families", nargs="+", default=["image", "forecast", "text"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
