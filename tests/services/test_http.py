@@ -1,5 +1,6 @@
 """The edge middleware on a bare ASGI app: admission, size limits and the one JSON error shape."""
 import asyncio
+import dataclasses
 
 import httpx
 import pytest
@@ -9,7 +10,9 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from services import base
 from services.http import EdgeMiddleware, error_message
+from services.settings import SETTINGS
 
 
 async def echo(request: Request):
@@ -113,3 +116,10 @@ def test_requests_past_the_in_flight_bound_get_503_with_retry_after_at_once_and_
         assert "server busy" in refused.json()["error"]
     assert health.status_code == 200  # probes and /metrics are not API routes: never refused for load
     assert after.status_code == 200 and bounded.in_flight == 0
+
+
+@pytest.mark.parametrize("tracing,config", [(False, {"excluded_urls": [".*"]}), (True, None)])
+def test_the_tracing_setting_decides_the_services_tracing_config(monkeypatch, tracing, config):
+    monkeypatch.setattr(base, "SETTINGS", dataclasses.replace(SETTINGS, tracing=tracing))
+    service = base.platform_service("probe")(type("Probe", (), {}))
+    assert service.config.get("tracing") == config
