@@ -23,16 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import httpx
 
 from deploy.image import free_port
 from loadtests.peers import VENV, ensure_venv
 from loadtests.peers.families import SPEC_ENV, write_spec
+from loadtests.servers import served
 
 PAYLOADS = Path(__file__).with_name("payloads")
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,29 +93,6 @@ def run_wrk(url: str, request: Request, concurrency: int, duration: int, workdir
                url + request.route]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 30).stdout
     return parse_wrk(output)
-
-
-@contextmanager
-def served(command: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[str]:
-    url = f"http://127.0.0.1:{port}"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        yield url
-    finally:
-        os.killpg(process.pid, 15)
-        process.wait(30)
 
 
 # Settings a target serves with beyond the shared ones: batching off is one item per inference call.
@@ -260,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             port = free_port()
             target_env = {**env, **TARGET_ENV.get(target, {})}
-            with served(server_command(target, port, args.workers), port, target_env, workdir / f"{target}.log") as url:
+            command = server_command(target, port, args.workers)
+            with served(command, port, target_env, workdir / f"{target}.log", ROOT) as url:
                 for family in args.families:
                     for concurrency in args.concurrency:
                         rps, p, errors = run_wrk(url, requests[family], concurrency, args.duration, workdir)

@@ -28,12 +28,12 @@ def eager_model(files: ModelFiles) -> torch.nn.Module:
 
 
 IMAGE, FORECAST, TEXT = load_families()
-NETS = {id(family): eager_model(family.files) for family in (IMAGE, FORECAST, TEXT)}
+NETS = {family: eager_model(family.files) for family in (IMAGE, FORECAST, TEXT)}
 
 
 def predict(family: Any, item: Inputs) -> np.ndarray:
     with torch.inference_mode():
-        outputs = NETS[id(family)](*(torch.from_numpy(array) for array in family.stack([item]).values()))
+        outputs = NETS[family](*(torch.from_numpy(array) for array in family.stack([item]).values()))
     return outputs[0].numpy()
 
 

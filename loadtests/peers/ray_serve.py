@@ -36,11 +36,11 @@ class RayPeer:
         self.image, self.forecast_family, self.text = load_families()
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        self.sessions = {id(f): ort.InferenceSession(f.files.onnx, options, providers=["CPUExecutionProvider"])
+        self.sessions = {f: ort.InferenceSession(f.files.onnx, options, providers=["CPUExecutionProvider"])
                          for f in (self.image, self.forecast_family, self.text)}  # fmt: skip
 
     def run(self, family: Any, items: list[Inputs]) -> list[np.ndarray]:
-        return list(self.sessions[id(family)].run(None, family.stack(items))[0])
+        return list(self.sessions[family].run(None, family.stack(items))[0])
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=WAIT_S)
     async def image_batch(self, items: list[Inputs]) -> list[np.ndarray]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from deploy.image import free_port
+from loadtests.servers import stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,30 +24,6 @@ def start_server(bentoml_home: Path, log_path: Path, service: str = "services.pl
         cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
     )  # fmt: skip
     return process, f"http://127.0.0.1:{port}"
-
-
-def wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"server not ready after {timeout}s:\n{log_path.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
 
 
 @pytest.fixture(scope="session")

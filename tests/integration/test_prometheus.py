@@ -10,8 +10,9 @@ import httpx
 import pytest
 import yaml
 
+from loadtests.servers import stop
 from tests.helpers import prometheus_query
-from tests.integration.conftest import ROOT, free_port, stop
+from tests.integration.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 DEPLOY = ROOT / "deploy" / "prometheus"

@@ -13,6 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
+from loadtests.servers import stop, wait_ready
 from tests.helpers import (
     co2_history,
     fashion_test_images,
@@ -20,7 +21,7 @@ from tests.helpers import (
     offline_image_probabilities,
     offline_text_probabilities,
 )
-from tests.integration.conftest import start_server, stop, wait_ready
+from tests.integration.conftest import start_server
 
 pytestmark = pytest.mark.slow
 

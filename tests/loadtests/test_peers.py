@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from deploy.image import free_port
-from loadtests.bench import PEERS, prepare_peers, served, server_command
+from loadtests.bench import PEERS, ROOT, prepare_peers, server_command
+from loadtests.servers import served
 from tests.helpers import (
     co2_history,
     fashion_test_images,
@@ -18,7 +19,7 @@ from tests.helpers import (
 @pytest.mark.parametrize("peer", PEERS)
 def test_a_peer_answers_as_the_registered_models_do(peer, registered, tmp_path):
     port = free_port()
-    with served(server_command(peer, port, workers=1), port, prepare_peers(tmp_path), tmp_path / "peer.log") as url:
+    with served(server_command(peer, port, workers=1), port, prepare_peers(tmp_path), tmp_path / "peer.log", ROOT) as url:
         files, _ = fashion_test_images(2)
         image_card, text_card = registered["fashion-cnn"], registered["wordnet-transformer"]
         for png, row in zip(files, offline_image_probabilities(image_card["tag"], files)):
