@@ -1,13 +1,15 @@
 """What every family's API shares: runners, readiness, the service decorator, output helpers."""
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
 import bentoml
 import numpy as np
+from bentoml._internal.server.http import traffic
 
-from services.http import EdgeMiddleware
+from services.http import EdgeMiddleware, without_timeout
 from services.metrics import PREDICTIONS
 from services.runner import OnnxRunner
 from services.settings import SETTINGS
@@ -24,6 +26,16 @@ class ModelAPI:
         runner.warm_up(warmup_payload)
         self.runners.append(runner)
         return runner
+
+    @bentoml.on_startup
+    def freeze_startup_heap(self) -> None:
+        """Keep the garbage collector off what start-up loaded (modules, sessions, schemas: ~120k objects).
+
+        Otherwise every full collection walks all of it: 80-115 ms pauses, about one per second per
+        worker at 32 connections (measured with gc.callbacks), the p99 tail of the service.
+        """
+        gc.collect()
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         return bool(self.runners) and all(runner.warmed for runner in self.runners)
@@ -62,6 +74,7 @@ def platform_service(name: str) -> Callable[[type], Any]:
     """Class decorator: a BentoML service with the platform's settings and edge middleware."""
 
     def wrap(cls: type) -> Any:
+        traffic.TimeoutMiddleware = without_timeout  # BentoML imports it when it builds the app, after this
         service = bentoml.service(
             name=name,
             workers=SETTINGS.workers,
@@ -72,7 +85,7 @@ def platform_service(name: str) -> Callable[[type], Any]:
         )(cls)
         api_fields = {api.route: tuple(api.input_spec.model_fields) for api in service.apis.values()}
         service.add_asgi_middleware(EdgeMiddleware, max_body_bytes=SETTINGS.max_body_bytes, api_fields=api_fields,
-                                    max_in_flight=SETTINGS.max_in_flight)  # fmt: skip
+                                    max_in_flight=SETTINGS.max_in_flight, request_timeout_s=SETTINGS.request_timeout_s)  # fmt: skip
         return service
 
     return wrap

@@ -1,4 +1,4 @@
-"""ASGI middleware at the edge of every service: admission, body-size limit and one JSON error shape.
+"""ASGI middleware at the edge of every service: admission, request timeout, body-size limit, one JSON error shape.
 
 BentoML answers some client mistakes in other shapes (plain-text 404/405, a list around
 `{"error": ...}`, pydantic's "1 validation error for Input" with the reason in `detail`);
@@ -6,6 +6,7 @@ every 4xx/5xx leaves here as `{"error": "<what was wrong>"}` (pydantic details k
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -77,10 +78,21 @@ async def _never() -> Message:
     return {"type": "http.disconnect"}
 
 
+def without_timeout(app: Callable, timeout: float) -> Callable:
+    """Takes the place of BentoML's TimeoutMiddleware (`traffic.TimeoutMiddleware`); EdgeMiddleware times requests.
+
+    BentoML's never cancels its per-request timer, so every request's timer, future and context live on for
+    the whole timeout: at 2,500 requests/s and 30 s, ~75k objects per worker that each full garbage
+    collection walks, which made the p99 at 32 connections 4-5x the p90.
+    """
+    return app
+
+
 class EdgeMiddleware:
     def __init__(self, app: Callable, max_body_bytes: int, api_fields: dict[str, tuple[str, ...]],
-                 max_in_flight: int = 256):  # fmt: skip
+                 max_in_flight: int = 256, request_timeout_s: float = 30.0):  # fmt: skip
         self.app = app
+        self.request_timeout_s = request_timeout_s
         self.max_body_bytes = max_body_bytes
         self.api_fields = api_fields  # route -> its input field names
         # API requests admitted at once by this worker; past it, 503 at once instead of an unbounded queue.
@@ -130,15 +142,34 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if scope["path"] not in self.api_fields:  # health, metrics, docs: never refused for load
-            return await self._handle(scope, receive, send)
+            return await self._answer_in_time(scope, receive, send)
         if self.in_flight >= self.max_in_flight:
             return await self._reply(send, scope, 503, f"server busy: {self.in_flight} requests in flight, "
                                      "the most this worker admits; retry shortly", ((b"retry-after", b"1"),))  # fmt: skip
         self.in_flight += 1
         try:
-            await self._handle(scope, receive, send)
+            await self._answer_in_time(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+    async def _answer_in_time(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request whose answer has not begun within the timeout is cancelled (its queued work is dropped): 504."""
+        started = False
+
+        async def timed_send(message: Message) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                deadline.reschedule(None)  # the answer has begun: a stream may take as long as it needs
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.request_timeout_s) as deadline:
+                await self._handle(scope, receive, timed_send)
+        except TimeoutError:
+            if started or not deadline.expired():
+                raise
+            await self._reply(send, scope, 504, f"no answer within the request timeout of {self.request_timeout_s:g} s")
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_body_bytes

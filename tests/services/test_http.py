@@ -1,12 +1,13 @@
 """The edge middleware on a bare ASGI app: admission, size limits and the one JSON error shape."""
 import asyncio
 import dataclasses
+import gc
 
 import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
@@ -123,3 +124,59 @@ def test_the_tracing_setting_decides_the_services_tracing_config(monkeypatch, tr
     monkeypatch.setattr(base, "SETTINGS", dataclasses.replace(SETTINGS, tracing=tracing))
     service = base.platform_service("probe")(type("Probe", (), {}))
     assert service.config.get("tracing") == config
+
+
+async def streamed(request: Request):
+    async def parts():
+        yield b"begun;"
+        await asyncio.sleep(0.3)
+        yield b"ended"
+
+    return StreamingResponse(parts())
+
+
+def test_an_answer_not_begun_within_the_timeout_gets_504_and_its_work_is_cancelled():
+    cancelled = asyncio.Event()
+
+    async def stuck(request: Request):
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    timed = EdgeMiddleware(Starlette(routes=[Route("/stuck", stuck, methods=["POST"]), Route("/echo", echo, methods=["POST"]),
+                                             Route("/stream", streamed, methods=["POST"])]),
+                           max_body_bytes=1000, api_fields={"/stuck": (), "/echo": (), "/stream": ()},
+                           request_timeout_s=0.1)  # fmt: skip
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response, float]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=timed), base_url="http://edge") as c:
+            started = asyncio.get_running_loop().time()
+            late = await c.post("/stuck")
+            waited = asyncio.get_running_loop().time() - started
+            return late, await c.post("/echo", content=b"abc"), await c.post("/stream"), waited
+
+    late, fast, stream, waited = asyncio.run(scenario())
+    assert late.status_code == 504 and "timeout of 0.1 s" in late.json()["error"]
+    assert waited < 1 and cancelled.is_set()
+    assert fast.status_code == 200 and fast.json() == {"bytes": 3}
+    assert stream.status_code == 200 and stream.content == b"begun;ended"  # begun in time: not cut off later
+    assert timed.in_flight == 0
+
+
+def test_requests_leave_no_timer_behind(client):
+    # BentoML's own timeout middleware kept a live timer per request for the whole timeout (30 s), which the
+    # platform replaces; such timers are what made full garbage collections slow.
+    def live_timers() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, asyncio.TimerHandle) and not o.cancelled())
+
+    before = live_timers()
+    for _ in range(50):
+        assert client.post("/classify_text", json={"text": "a sweet baked food"}).status_code == 200
+    assert live_timers() - before < 10
+
+
+def test_the_startup_heap_is_frozen_out_of_garbage_collection(client):
+    # BentoML ran the service's startup hook when the in-process app started (the `client` fixture).
+    assert gc.get_freeze_count() > 10_000
