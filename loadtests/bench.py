@@ -10,7 +10,10 @@ Targets (served one after another on this machine, BentoML ones with `--workers`
 - `starlette`: a bare Starlette app on uvicorn, one process, answering the same shapes (the HTTP floor);
 - `ort`: ONNX Runtime in-process on one preprocessed item per call (the compute limit; no HTTP);
 - `fastapi-torch`, `ray-serve`: the peers (loadtests/peers), the same models in PyTorch eager behind
-  FastAPI, and in Ray Serve with `@serve.batch` and ONNX Runtime; in .venv-peers, built on first use.
+  FastAPI, and in Ray Serve with `@serve.batch` and ONNX Runtime; in .venv-peers, built on first use;
+- `platform-overload`: the product admitting the sustainable concurrency (the ratio concurrency, 32) and
+  no more (MODELROAD_MAX_IN_FLIGHT), under `--overload-factor` (4) times that many connections: answers
+  counted by status, refusals and admitted requests timed apart by a probe (loadtests/overload.py).
 wrk runs on the same cores as the server, as a client on this machine would.
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deploy.image import free_port
+from loadtests.overload import Overload, run_overload
 from loadtests.peers import VENV, ensure_venv
 from loadtests.peers.families import SPEC_ENV, write_spec
 from loadtests.servers import served
@@ -83,12 +87,18 @@ def parse_wrk(output: str) -> tuple[float, dict[str, float], int]:
     return rps, percentiles, errors
 
 
-def run_wrk(url: str, request: Request, concurrency: int, duration: int, workdir: Path) -> tuple[float, dict, int]:
+def wrk_script(request: Request, workdir: Path) -> Path:
+    """A wrk Lua script that POSTs `request`."""
     script = workdir / "request.lua"
     body_file = workdir / "body.bin"
     body_file.write_bytes(request.body)
     script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{request.content_type}"\n'
                       f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*all")\nf:close()\n')  # fmt: skip
+    return script
+
+
+def run_wrk(url: str, request: Request, concurrency: int, duration: int, workdir: Path) -> tuple[float, dict, int]:
+    script = wrk_script(request, workdir)
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "--timeout", "10s", "-s", str(script),
                url + request.route]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 30).stdout
@@ -98,7 +108,8 @@ def run_wrk(url: str, request: Request, concurrency: int, duration: int, workdir
 # Settings a target serves with beyond the shared ones: batching off is one item per inference call.
 TARGET_ENV = {"platform-unbatched": {"MODELROAD_MAX_BATCH_SIZE": "1"}}
 PEERS = ("fastapi-torch", "ray-serve")
-TARGETS = ["platform", "platform-unbatched", "bentoml-noop", "starlette", "ort", *PEERS]
+OVERLOAD = "platform-overload"
+TARGETS = ["platform", "platform-unbatched", "bentoml-noop", "starlette", "ort", *PEERS, OVERLOAD]
 
 
 def prepare_peers(workdir: Path) -> dict[str, str]:
@@ -114,6 +125,7 @@ def server_command(target: str, port: int, workers: int) -> list[str]:
     commands = {
         "platform": [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host],
         "platform-unbatched": [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host],
+        OVERLOAD: [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host],
         "bentoml-noop": [str(BIN / "bentoml"), "serve", "loadtests.floors:NoopService", *host],
         # One process: uvicorn 0.54's --workers mode answered every request 44 ms late here (Nagle and
         # delayed-ACK timing), which would make the floor meaningless; one process is the honest floor.
@@ -187,14 +199,35 @@ def ratio_table(results: list[Result], concurrency: int) -> list[str]:
     return lines
 
 
-def write_reports(results: list[Result], out: Path, settings: dict, ratio_concurrency: int) -> None:
+def overload_table(overloads: list[Overload]) -> list[str]:
+    header = "| family | connections | admitted per worker | 200/s | refused/s | statuses | refusal p99 ms | admitted p99 ms | held |"
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    for o in overloads:
+        statuses = ", ".join(f"{s}: {n}" for s, n in sorted(o.statuses.items()))
+        lines.append(f"| {o.family} | {o.concurrency} | {o.max_in_flight} | {o.ok_rps:.0f} | {o.refused_rps:.0f} | {statuses} | "
+                     f"{o.probe_refused_p99_ms:.1f} | {o.probe_ok_p99_ms:.1f} | {'; '.join(o.problems) or 'yes'} |")  # fmt: skip
+    return lines
+
+
+def write_reports(results: list[Result], overloads: list[Overload], out: Path, settings: dict,
+                  ratio_concurrency: int) -> None:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps({"settings": settings, "results": [asdict(r) for r in results]}, indent=2))
+    (out / "bench.json").write_text(json.dumps({
+        "settings": settings, "results": [asdict(r) for r in results],
+        "overload": [{**asdict(o), "problems": o.problems} for o in overloads],
+    }, indent=2))  # fmt: skip
     lines = ["| family | target | concurrency | RPS | p50 ms | p90 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.family} | {r.target} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | "
               f"{r.errors} |" for r in results]  # fmt: skip
     lines += ["", *ratio_table(results, ratio_concurrency)]
+    if overloads:
+        lines += ["", *overload_table(overloads)]
     (out / "bench.md").write_text("\n".join(lines) + "\n")
+    if results:
+        plot(results, out / "bench.png")
+
+
+def plot(results: list[Result], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,7 +242,7 @@ def write_reports(results: list[Result], out: Path, settings: dict, ratio_concur
         ax.set(title=family, xlabel="concurrent connections", ylabel="requests/s", xscale="log")
         ax.legend()
     figure.tight_layout()
-    figure.savefig(out / "bench.png", dpi=100)
+    figure.savefig(path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,11 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (MODELROAD_WORKERS)")
+    parser.add_argument("--overload-factor", type=int, default=4, help="platform-overload: connections per admitted request")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     args = parser.parse_args(argv)
 
-    requests, results = family_requests(), []
+    requests, results, overloads = family_requests(), [], []
     env = {"MODELROAD_WORKERS": str(args.workers), "BENTOML_DO_NOT_TRACK": "true"}
+    sustainable = 32 if 32 in args.concurrency else max(args.concurrency)  # where RPS stops growing here
+    admitted = max(1, sustainable // args.workers)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         if set(PEERS) & set(args.targets):
@@ -235,8 +271,18 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             port = free_port()
             target_env = {**env, **TARGET_ENV.get(target, {})}
+            if target == OVERLOAD:
+                target_env["MODELROAD_MAX_IN_FLIGHT"] = str(admitted)
             command = server_command(target, port, args.workers)
             with served(command, port, target_env, workdir / f"{target}.log", ROOT) as url:
+                if target == OVERLOAD:
+                    for family in args.families:
+                        request = requests[family]
+                        overloads.append(run_overload(url + request.route, family, wrk_script(request, workdir),
+                                                      request.content_type, request.body, args.overload_factor * sustainable,
+                                                      args.duration, admitted))  # fmt: skip
+                        print(json.dumps(asdict(overloads[-1])), flush=True)
+                    continue
                 for family in args.families:
                     for concurrency in args.concurrency:
                         rps, p, errors = run_wrk(url, requests[family], concurrency, args.duration, workdir)
@@ -244,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                                               p.get("99", 0), errors))  # fmt: skip
                         print(json.dumps(asdict(results[-1])), flush=True)
     settings = {"workers": args.workers, "duration_s": args.duration, "cores": os.cpu_count()}
-    write_reports(results, args.out, settings, ratio_concurrency=32 if 32 in args.concurrency else max(args.concurrency))
+    write_reports(results, overloads, args.out, settings, ratio_concurrency=sustainable)
     print((args.out / "bench.md").read_text())
     return 0
 

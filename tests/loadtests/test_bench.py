@@ -4,6 +4,7 @@ import json
 import pytest
 
 from loadtests.bench import Result, main, parse_wrk, ratio_table
+from loadtests.overload import Overload, parse_counts
 
 WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:3000/classify_text
   1 threads and 8 connections
@@ -36,14 +37,57 @@ def test_the_ratio_table_sets_the_platform_against_each_target_at_one_concurrenc
     assert ratio_table(results, 32)[2:] == ["| text | fastapi-torch | 3.00 | 30.0 | 60.0 |"]
 
 
+COUNTED_OUTPUT = """Running 1s test @ http://127.0.0.1:3999/readyz
+  2 threads and 4 connections
+  8034 requests in 1.10s, 1.43MB read
+  Socket errors: connect 0, read 1, write 0, timeout 2
+  Non-2xx or 3xx responses: 8034
+Requests/sec:   7303.26
+status 503 4504
+status 200 10
+without_retry_after 3
+status 503 3530
+without_retry_after 0
+"""
+
+
+def test_answers_counted_by_status_are_summed_over_wrk_threads():
+    assert parse_counts(COUNTED_OUTPUT) == ({503: 8034, 200: 10}, 3, 3)
+
+
+def overload(statuses: dict[int, int], refusal_p99_ms: float = 5.0, **changes) -> Overload:
+    return Overload(**{"family": "text", "concurrency": 128, "max_in_flight": 16, "ok_rps": 1, "refused_rps": 1,
+                       "statuses": statuses, "socket_errors": 0, "refused_without_retry_after": 0, "probe_ok": 3,
+                       "probe_ok_p99_ms": 40.0, "probe_refused": 9, "probe_refused_p99_ms": refusal_p99_ms, **changes})  # fmt: skip
+
+
+@pytest.mark.parametrize("case,problem", [
+    (overload({200: 5, 503: 50}), None),
+    (overload({200: 5, 429: 50}), None),
+    (overload({200: 5, 503: 50, 504: 1}), "1 answers with status 504"),
+    (overload({200: 5, 500: 2}), "2 answers with status 500"),
+    (overload({503: 50}), "no request was admitted"),
+    (overload({200: 5, 503: 50}, refusal_p99_ms=51), "refusals took 51.0 ms at p99 (limit 50 ms)"),
+    (overload({200: 5, 503: 50}, refused_without_retry_after=4), "4 refusals without Retry-After"),
+    (overload({200: 5, 503: 50}, socket_errors=2), "2 socket errors"),
+])  # fmt: skip
+def test_overload_promises_name_what_broke(case, problem):
+    assert case.problems == ([problem] if problem else [])
+
+
 @pytest.mark.slow
 def test_a_short_benchmark_measures_every_target_and_writes_its_reports(registered, tmp_path, capsys):
     targets = ["platform", "platform-unbatched", "bentoml-noop", "starlette", "ort", "fastapi-torch", "ray-serve"]
-    assert main(["--targets", *targets, "--families", "text", "--concurrency", "4", "--duration", "1",
+    assert main(["--targets", *targets, "platform-overload", "--families", "text", "--concurrency", "4", "--duration", "3",
                  "--workers", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
-    results = json.loads((tmp_path / "bench.json").read_text())["results"]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    results, (overloaded,) = report["results"], report["overload"]
     assert [r["target"] for r in results] == targets
     assert all(r["family"] == "text" and r["rps"] > 0 and r["errors"] == 0 for r in results)
     assert (tmp_path / "bench.png").stat().st_size > 0
-    report = (tmp_path / "bench.md").read_text()
-    assert "| text | platform | 4 |" in report and "| text | ray-serve |" in report
+    # 4 admitted, 16 connections: every answer a 200 or a 503 with Retry-After, some of each
+    assert (overloaded["concurrency"], overloaded["max_in_flight"]) == (16, 4)
+    assert set(overloaded["statuses"]) == {"200", "503"} and overloaded["refused_without_retry_after"] == 0
+    assert overloaded["socket_errors"] == 0 and overloaded["probe_refused"] + overloaded["probe_ok"] > 0
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "| text | platform | 4 |" in markdown and "| text | ray-serve |" in markdown and "| text | 16 | 4 |" in markdown
