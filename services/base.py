@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import bentoml
 import numpy as np
 from bentoml._internal.server.http import traffic
 
-from services.http import EdgeMiddleware, without_timeout
+from services.http import EdgeMiddleware, UploadHandler, without_timeout
 from services.metrics import PREDICTIONS
 from services.runner import OnnxRunner
 from services.settings import SETTINGS
@@ -17,6 +17,12 @@ from services.settings import SETTINGS
 
 class ModelAPI:
     """Base of the family API mixins; a service class combines one or more of them."""
+
+    # Upload routes (an API whose one input is a file) -> the method that answers the file's bytes, which
+    # the edge middleware calls directly (MODELROAD_DIRECT_UPLOADS); the route's @bentoml.api method
+    # calls the same one, so both ways give one answer.
+    uploads: ClassVar[dict[str, str]] = {}
+    serving: ClassVar[ModelAPI | None] = None  # this worker's instance, once BentoML has made it
 
     def __init__(self) -> None:
         super().__init__()
@@ -28,12 +34,14 @@ class ModelAPI:
         return runner
 
     @bentoml.on_startup
-    def freeze_startup_heap(self) -> None:
-        """Keep the garbage collector off what start-up loaded (modules, sessions, schemas: ~120k objects).
+    def start_serving(self) -> None:
+        """Once per worker, when BentoML has made the instance: the edge's upload routes answer through it,
+        and the garbage collector is kept off what start-up loaded (modules, sessions, schemas: ~120k objects).
 
         Otherwise every full collection walks all of it: 80-115 ms pauses, about one per second per
         worker at 32 connections (measured with gc.callbacks), the p99 tail of the service.
         """
+        type(self).serving = self
         gc.collect()
         gc.freeze()
 
@@ -70,6 +78,16 @@ def classify_rows(runner: OnnxRunner, logits: np.ndarray, sizes: list[int]) -> l
     return results
 
 
+def upload_handler(service_class: type[ModelAPI], method: str) -> UploadHandler:
+    """The edge's handler for an upload route: the serving instance's `method`, its answer as JSON."""
+
+    async def answer(data: bytes) -> bytes:
+        result = await getattr(service_class.serving, method)(data)
+        return result.model_dump_json().encode()
+
+    return answer
+
+
 def platform_service(name: str) -> Callable[[type], Any]:
     """Class decorator: a BentoML service with the platform's settings and edge middleware."""
 
@@ -84,8 +102,11 @@ def platform_service(name: str) -> Callable[[type], Any]:
             **({} if SETTINGS.tracing else {"tracing": {"excluded_urls": [".*"]}}),
         )(cls)
         api_fields = {api.route: tuple(api.input_spec.model_fields) for api in service.apis.values()}
+        routes = {route: method for klass in reversed(cls.__mro__) for route, method in vars(klass).get("uploads", {}).items()}
+        uploads = {route: upload_handler(cls, method) for route, method in routes.items()} if SETTINGS.direct_uploads else {}
         service.add_asgi_middleware(EdgeMiddleware, max_body_bytes=SETTINGS.max_body_bytes, api_fields=api_fields,
-                                    max_in_flight=SETTINGS.max_in_flight, request_timeout_s=SETTINGS.request_timeout_s)  # fmt: skip
+                                    max_in_flight=SETTINGS.max_in_flight, request_timeout_s=SETTINGS.request_timeout_s,
+                                    uploads=uploads)  # fmt: skip
         return service
 
     return wrap

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import bentoml
 import numpy as np
@@ -33,6 +33,7 @@ def classify_batch(runner: OnnxRunner, payloads: Sequence[np.ndarray]) -> list[l
 
 class ImageAPI(ModelAPI):
     image_model = verified_model(SETTINGS.image_model)
+    uploads: ClassVar[dict[str, str]] = {"/classify_image": "classify_upload"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,17 +43,21 @@ class ImageAPI(ModelAPI):
         prep = self.image_prep
         self.add_runner(self.image_runner, np.zeros((1, prep.channels, prep.height, prep.width), np.float32))
 
+    async def classify_upload(self, data: bytes) -> ImageClassification:
+        """One PNG/JPEG file's bytes -> its classification."""
+        try:
+            pixels = self.image_prep.pixels_from_bytes(data, SETTINGS.max_image_pixels)
+        except InvalidInput as exc:
+            raise invalid(str(exc)) from None
+        (answer,) = await self.image_runner.submit(self.image_prep.normalize(pixels[None]))
+        return answer
+
     @bentoml.api(route="/classify_image")
     async def classify_image(
         self, image: Annotated[Path, Field(description="a PNG or JPEG file (multipart field `image`)")]
     ) -> ImageClassification:
         """Classify one uploaded PNG/JPEG (multipart field `image`) of any size or colour."""
-        try:
-            pixels = self.image_prep.pixels_from_bytes(image.read_bytes(), SETTINGS.max_image_pixels)
-        except InvalidInput as exc:
-            raise invalid(str(exc)) from None
-        (answer,) = await self.image_runner.submit(self.image_prep.normalize(pixels[None]))
-        return answer
+        return await self.classify_upload(image.read_bytes())
 
     @bentoml.api(route="/classify_pixels")
     async def classify_pixels(

@@ -25,6 +25,7 @@ class ServeSettings:
     text_model: str = "wordnet-transformer:latest"  # or wordnet-transformer-int8:latest
     access_log: bool = False  # access logging costs 20-37% of throughput (FACTS.md)
     tracing: bool = False  # OpenTelemetry spans per request; off, BentoML's tracing middleware passes requests straight on
+    direct_uploads: bool = True  # file uploads answered by the edge middleware, not through BentoML's file input path
 
     @property
     def ort_threads(self) -> int:

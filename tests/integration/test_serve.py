@@ -225,3 +225,17 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_cleanly(registered, s
             httpx.get(f"{url}/readyz", timeout=2)
     finally:
         stop(process)
+
+
+def test_uploads_answered_at_the_edge_match_bentomls_own_file_input(server, registered, session_dir):
+    log_path = session_dir / "through-bentoml.log"
+    process, url = start_server(Path(os.environ["BENTOML_HOME"]), log_path, extra_env={"MODELROAD_DIRECT_UPLOADS": "false"})
+    files, _ = fashion_test_images(3)
+    try:
+        wait_ready(process, url, log_path)
+        for data in [*files, b"hello", b"", b"\x89PNG garbage"]:
+            sent = {"files": {"image": ("item.png", data, "image/png")}}
+            direct, through = httpx.post(f"{server}/classify_image", **sent), httpx.post(f"{url}/classify_image", **sent)
+            assert (direct.status_code, direct.json()) == (through.status_code, through.json())
+    finally:
+        stop(process)

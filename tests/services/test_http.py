@@ -2,6 +2,7 @@
 import asyncio
 import dataclasses
 import gc
+import json
 
 import httpx
 import pytest
@@ -180,3 +181,23 @@ def test_requests_leave_no_timer_behind(client):
 def test_the_startup_heap_is_frozen_out_of_garbage_collection(client):
     # BentoML ran the service's startup hook when the in-process app started (the `client` fixture).
     assert gc.get_freeze_count() > 10_000
+
+
+def test_upload_routes_are_answered_by_their_handler_with_the_file_bytes():
+    async def handler(data: bytes) -> bytes:
+        if data == b"bad":
+            raise base.invalid("the file is bad")
+        if data == b"bug":
+            raise RuntimeError("a bug")
+        return json.dumps({"size": len(data)}).encode()
+
+    edge = TestClient(EdgeMiddleware(app, max_body_bytes=1000, api_fields={"/upload": ("image",)}, uploads={"/upload": handler}),
+                      raise_server_exceptions=False)  # fmt: skip
+    answer = edge.post("/upload", files={"image": ("a.png", b"12345", "image/png")})
+    assert answer.status_code == 200 and answer.json() == {"size": 5}  # the handler's, not the app's {"fields": ...}
+    bad = edge.post("/upload", files={"image": ("a.png", b"bad", "image/png")})
+    assert bad.status_code == 400 and bad.json() == {"error": "the file is bad"}
+    bug = edge.post("/upload", files={"image": ("a.png", b"bug", "image/png")})
+    assert bug.status_code == 500 and "unexpected error" in bug.json()["error"]
+    wrong = edge.post("/upload", files={"photo": ("a.png", b"12345", "image/png")})
+    assert wrong.status_code == 400 and "do not match" in wrong.json()["error"]

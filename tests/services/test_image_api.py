@@ -1,7 +1,11 @@
 """/classify_image and /classify_pixels on the in-process platform service."""
+import dataclasses
+
 import numpy as np
 import pytest
 
+from services import base
+from services.settings import SETTINGS
 from tests.helpers import fashion_test_images, offline_image_probabilities
 
 
@@ -76,3 +80,17 @@ def test_the_service_stays_healthy_after_bad_input(client):
     assert client.get("/readyz").status_code == 200
     files, _ = fashion_test_images(1)
     assert client.post("/classify_image", files={"image": ("a.png", files[0], "image/png")}).status_code == 200
+
+
+
+def test_the_platform_answers_uploads_at_the_edge(client):
+    # tests/integration/test_serve.py shows these answers equal BentoML's own file input's
+    (edge,) = [m for m in client.app.user_middleware if m.cls is base.EdgeMiddleware]
+    assert set(edge.kwargs["uploads"]) == {"/classify_image"}
+
+
+def test_direct_uploads_can_be_turned_off(monkeypatch):
+    monkeypatch.setattr(base, "SETTINGS", dataclasses.replace(SETTINGS, direct_uploads=False))
+    service = base.platform_service("probe")(type("Probe", (base.ModelAPI,), {"uploads": {"/classify_image": "x"}}))
+    (edge,) = [m for m in service.middlewares if m[0] is base.EdgeMiddleware]
+    assert edge[1]["uploads"] == {}
