@@ -9,6 +9,8 @@ Targets (served one after another on this machine, BentoML ones with `--workers`
 - `bentoml-noop`: a default BentoML `@bentoml.api` service answering the same shapes without inference;
 - `starlette`: a bare Starlette app on uvicorn, one process, answering the same shapes (the HTTP floor);
 - `ort`: ONNX Runtime in-process on one preprocessed item per call (the compute limit; no HTTP);
+- `torch-eager`: the same items through the same trained nets in PyTorch eager, in-process, with
+  as many threads as a worker's ONNX Runtime session (the engine ONNX Runtime replaces);
 - `fastapi-torch`, `ray-serve`: the peers (loadtests/peers), the same models in PyTorch eager behind
   FastAPI, and in Ray Serve with `@serve.batch` and ONNX Runtime; in .venv-peers, built on first use;
 - `platform-overload`: the product admitting the sustainable concurrency (the ratio concurrency, 32) and
@@ -35,6 +37,7 @@ from loadtests.overload import Overload, run_overload
 from loadtests.peers import VENV, ensure_venv
 from loadtests.peers.families import SPEC_ENV, write_spec
 from loadtests.servers import served
+from services.settings import ServeSettings
 
 PAYLOADS = Path(__file__).with_name("payloads")
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +112,7 @@ def run_wrk(url: str, request: Request, concurrency: int, duration: int, workdir
 TARGET_ENV = {"platform-unbatched": {"MODELROAD_MAX_BATCH_SIZE": "1"}}
 PEERS = ("fastapi-torch", "ray-serve")
 OVERLOAD = "platform-overload"
-TARGETS = ["platform", "platform-unbatched", "bentoml-noop", "starlette", "ort", *PEERS, OVERLOAD]
+TARGETS = ["platform", "platform-unbatched", "bentoml-noop", "starlette", "ort", "torch-eager", *PEERS, OVERLOAD]
 
 
 def prepare_peers(workdir: Path) -> dict[str, str]:
@@ -139,20 +142,14 @@ def server_command(target: str, port: int, workers: int) -> list[str]:
     return commands[target]
 
 
-def ort_calls() -> dict[str, Callable[[], object]]:
-    """One preprocessed item per family through its ONNX Runtime session, as the runner calls it."""
+def family_feeds() -> dict[str, tuple[object, dict]]:
+    """Per family: its stored model and one preprocessed item as the runner feeds it (the same payloads as HTTP)."""
     import bentoml
     import numpy as np
-    import onnxruntime as ort
     from tokenizers import Tokenizer
 
     from contracts.preprocessing import ImagePreprocessing, SeriesScaling, TextEncoding
     from services.settings import SETTINGS
-
-    def session(stored: bentoml.Model) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = SETTINGS.ort_threads, 1
-        return ort.InferenceSession(stored.path_of("model.onnx"), options, providers=["CPUExecutionProvider"])
 
     image_model, gru, text_model = (bentoml.models.get(t) for t in (SETTINGS.image_model, SETTINGS.gru_model, SETTINGS.text_model))
     image_prep = ImagePreprocessing(**image_model.info.metadata["preprocessing"]["image"])
@@ -164,15 +161,51 @@ def ort_calls() -> dict[str, Callable[[], object]]:
     encoding = TextEncoding(**text_prep["text"])
     text = json.loads(family_requests()["text"].body)["text"]
     input_ids, mask = encoding.pad(encoding.token_ids(Tokenizer.from_file(text_model.path_of(text_prep["tokenizer"])), [text]))
-    sessions = {"image": session(image_model), "forecast": session(gru), "text": session(text_model)}
     return {
-        "image": lambda: sessions["image"].run(None, {"pixels": pixels}),
-        "forecast": lambda: sessions["forecast"].run(None, {"history": scaled}),
-        "text": lambda: sessions["text"].run(None, {"input_ids": input_ids, "attention_mask": mask}),
+        "image": (image_model, {"pixels": pixels}),
+        "forecast": (gru, {"history": scaled}),
+        "text": (text_model, {"input_ids": input_ids, "attention_mask": mask}),
     }
 
 
-def measure_ort(family: str, call: Callable[[], object], duration: float) -> Result:
+def ort_calls(threads: int) -> dict[str, Callable[[], object]]:
+    """One item per family through its ONNX Runtime session, with a worker's threads, as the runner calls it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    calls = {}
+    for family, (stored, feeds) in family_feeds().items():
+        session = ort.InferenceSession(stored.path_of("model.onnx"), options, providers=["CPUExecutionProvider"])
+        calls[family] = lambda session=session, feeds=feeds: session.run(None, feeds)
+    return calls
+
+
+def torch_calls(threads: int) -> dict[str, Callable[[], object]]:
+    """The same items through the same trained nets in PyTorch eager, with as many threads."""
+    import torch
+
+    from loadtests.peers.eager import eager_model
+    from loadtests.peers.families import checkpoint_of
+
+    torch.set_num_threads(threads)
+    calls = {}
+    for family, (stored, feeds) in family_feeds().items():
+        net = eager_model(stored.info.metadata, str(checkpoint_of(stored.info.metadata)))
+        tensors = [torch.from_numpy(array) for array in feeds.values()]  # ONNX inputs are forward()'s arguments
+
+        def call(net=net, tensors=tensors) -> object:
+            with torch.inference_mode():
+                return net(*tensors)
+
+        calls[family] = call
+    return calls
+
+
+IN_PROCESS = {"ort": ort_calls, "torch-eager": torch_calls}
+
+
+def measure_calls(target: str, family: str, call: Callable[[], object], duration: float) -> Result:
     import numpy as np
 
     for _ in range(20):
@@ -183,7 +216,7 @@ def measure_ort(family: str, call: Callable[[], object], duration: float) -> Res
         call()
         timings.append(time.perf_counter() - started)
     p50, p90, p99 = (round(float(v) * 1e3, 3) for v in np.percentile(timings, [50, 90, 99]))
-    return Result("ort", family, 1, round(len(timings) / sum(timings), 1), p50, p90, p99, 0)
+    return Result(target, family, 1, round(len(timings) / sum(timings), 1), p50, p90, p99, 0)
 
 
 def ratio_table(results: list[Result], concurrency: int) -> list[str]:
@@ -197,6 +230,17 @@ def ratio_table(results: list[Result], concurrency: int) -> list[str]:
         lines += [f"| {family} | {target} | {ours.rps / other.rps:.2f} | {ours.p99_ms:.1f} | {other.p99_ms:.1f} |"
                   for target, other in at.items() if other.rps > 0]  # fmt: skip
     return lines
+
+
+def engine_table(results: list[Result]) -> list[str]:
+    """ONNX Runtime against PyTorch eager on the same single items, per family."""
+    by = {(r.target, r.family): r for r in results if r.target in IN_PROCESS}
+    lines = ["| family | ONNX Runtime items/s | PyTorch eager items/s | ratio at batch 1 |", "|---|---|---|---|"]
+    for family in dict.fromkeys(f for _, f in by):
+        if ("ort", family) in by and ("torch-eager", family) in by:
+            ort, eager = by["ort", family].rps, by["torch-eager", family].rps
+            lines.append(f"| {family} | {ort:.0f} | {eager:.0f} | {ort / eager:.2f} |")
+    return lines if len(lines) > 2 else []
 
 
 def overload_table(overloads: list[Overload]) -> list[str]:
@@ -220,6 +264,8 @@ def write_reports(results: list[Result], overloads: list[Overload], out: Path, s
     lines += [f"| {r.family} | {r.target} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | "
               f"{r.errors} |" for r in results]  # fmt: skip
     lines += ["", *ratio_table(results, ratio_concurrency)]
+    if engines := engine_table(results):
+        lines += ["", *engines]
     if overloads:
         lines += ["", *overload_table(overloads)]
     (out / "bench.md").write_text("\n".join(lines) + "\n")
@@ -236,7 +282,7 @@ def plot(results: list[Result], path: Path) -> None:
     families = sorted({r.family for r in results})
     figure, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4), squeeze=False)
     for ax, family in zip(axes[0], families):
-        for target in sorted({r.target for r in results if r.family == family and r.target != "ort"}):
+        for target in sorted({r.target for r in results if r.family == family and r.target not in IN_PROCESS}):
             points = [(r.concurrency, r.rps) for r in results if r.family == family and r.target == target]
             ax.plot(*zip(*points), marker="o", label=target)
         ax.set(title=family, xlabel="concurrent connections", ylabel="requests/s", xscale="log")
@@ -265,9 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         if set(PEERS) & set(args.targets):
             env.update(prepare_peers(workdir))
         for target in args.targets:
-            if target == "ort":
-                calls = ort_calls()
-                results += [measure_ort(family, calls[family], args.duration) for family in args.families]
+            if target in IN_PROCESS:
+                calls = IN_PROCESS[target](ServeSettings(workers=args.workers).ort_threads)
+                results += [measure_calls(target, family, calls[family], args.duration) for family in args.families]
                 continue
             port = free_port()
             target_env = {**env, **TARGET_ENV.get(target, {})}

@@ -29,6 +29,11 @@ class ModelFiles:
     tokenizer: str | None = None
 
 
+def checkpoint_of(metadata: dict[str, Any]) -> Path:
+    """The best.pt of the training run that registered a model."""
+    return Path(metadata["train_config"]["out_dir"]) / metadata["train_config"]["task"] / "best.pt"
+
+
 def write_spec(path: Path) -> None:
     """Record where the platform's default models lie (runs in the benchmark's venv, which has BentoML)."""
     import bentoml
@@ -39,9 +44,8 @@ def write_spec(path: Path) -> None:
     for family, tag in {"image": SETTINGS.image_model, "forecast": SETTINGS.gru_model, "text": SETTINGS.text_model}.items():
         stored = bentoml.models.get(tag)
         meta = stored.info.metadata
-        checkpoint = Path(meta["train_config"]["out_dir"]) / meta["train_config"]["task"] / "best.pt"
         tokenizer = meta["preprocessing"].get("tokenizer")
-        spec[family] = {"metadata": meta, "onnx": stored.path_of("model.onnx"), "checkpoint": str(checkpoint),
+        spec[family] = {"metadata": meta, "onnx": stored.path_of("model.onnx"), "checkpoint": str(checkpoint_of(meta)),
                         "tokenizer": stored.path_of(tokenizer) if tokenizer else None}  # fmt: skip
     path.write_text(json.dumps(spec, default=str))
 

@@ -13,22 +13,13 @@ import numpy as np
 import torch
 from fastapi import FastAPI, UploadFile
 
-from loadtests.peers.families import ForecastRequest, Inputs, ModelFiles, TextRequest, load_families
-from models import build_model, config_from_dict
+from loadtests.peers.eager import eager_model
+from loadtests.peers.families import ForecastRequest, Inputs, TextRequest, load_families
 
 torch.set_num_threads(1)
 
-
-def eager_model(files: ModelFiles) -> torch.nn.Module:
-    """The trained net from its best checkpoint (a state dict: weights_only, nothing unpickled)."""
-    meta = files.metadata
-    net = build_model(meta["family"], config_from_dict(meta["family"], meta["model_config"]))
-    net.load_state_dict(torch.load(files.checkpoint, weights_only=True)["model"])
-    return net.eval()
-
-
 IMAGE, FORECAST, TEXT = load_families()
-NETS = {family: eager_model(family.files) for family in (IMAGE, FORECAST, TEXT)}
+NETS = {family: eager_model(family.files.metadata, family.files.checkpoint) for family in (IMAGE, FORECAST, TEXT)}
 
 
 def predict(family: Any, item: Inputs) -> np.ndarray:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from loadtests.bench import Result, main, parse_wrk, ratio_table
+from loadtests.bench import Result, engine_table, main, parse_wrk, ratio_table
 from loadtests.overload import Overload, parse_counts
 
 WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:3000/classify_text
@@ -35,6 +35,13 @@ def test_the_ratio_table_sets_the_platform_against_each_target_at_one_concurrenc
                Result("fastapi-torch", "text", 32, 300, 40, 50, 60, 0), Result("ort", "text", 1, 9000, 0.1, 0.1, 0.1, 0),
                Result("bentoml-noop", "image", 32, 100, 1, 2, 3, 0)]  # fmt: skip
     assert ratio_table(results, 32)[2:] == ["| text | fastapi-torch | 3.00 | 30.0 | 60.0 |"]
+
+
+def test_the_engine_table_sets_onnx_runtime_against_pytorch_eager_per_family():
+    results = [Result("ort", "text", 1, 3000, 0.3, 0.3, 0.4, 0), Result("torch-eager", "text", 1, 1000, 1, 1, 1, 0),
+               Result("ort", "image", 1, 5000, 0.2, 0.2, 0.2, 0), Result("platform", "text", 32, 900, 10, 20, 30, 0)]  # fmt: skip
+    assert engine_table(results)[2:] == ["| text | 3000 | 1000 | 3.00 |"]
+    assert engine_table(results[2:]) == []
 
 
 COUNTED_OUTPUT = """Running 1s test @ http://127.0.0.1:3999/readyz
@@ -77,7 +84,7 @@ def test_overload_promises_name_what_broke(case, problem):
 
 @pytest.mark.slow
 def test_a_short_benchmark_measures_every_target_and_writes_its_reports(registered, tmp_path, capsys):
-    targets = ["platform", "platform-unbatched", "bentoml-noop", "starlette", "ort", "fastapi-torch", "ray-serve"]
+    targets = ["platform", "platform-unbatched", "bentoml-noop", "starlette", "ort", "torch-eager", "fastapi-torch", "ray-serve"]
     assert main(["--targets", *targets, "platform-overload", "--families", "text", "--concurrency", "4", "--duration", "3",
                  "--workers", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -90,4 +97,5 @@ def test_a_short_benchmark_measures_every_target_and_writes_its_reports(register
     assert set(overloaded["statuses"]) == {"200", "503"} and overloaded["refused_without_retry_after"] == 0
     assert overloaded["socket_errors"] == 0 and overloaded["probe_refused"] + overloaded["probe_ok"] > 0
     markdown = (tmp_path / "bench.md").read_text()
+    assert "| family | ONNX Runtime items/s | PyTorch eager items/s | ratio at batch 1 |" in markdown
     assert "| text | platform | 4 |" in markdown and "| text | ray-serve |" in markdown and "| text | 16 | 4 |" in markdown
