@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from loadtests.bench import Result, engine_table, main, parse_wrk, ratio_table
+from loadtests.bench import Result, engine_table, main, median_run, parse_wrk, ratio_table
 from loadtests.overload import Overload, parse_counts
 
 WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:3000/classify_text
@@ -28,6 +28,12 @@ def test_wrk_output_is_read_into_rps_percentiles_in_ms_and_errors():
     assert rps == 571.73
     assert percentiles == {"50": 12.2, "75": 14.1, "90": 18.54, "99": 1020.0}
     assert errors == 4 + 2 + 1
+
+
+def test_a_point_is_its_median_run_with_every_runs_errors():
+    runs = [(900.0, {"99": 30.0}, 0), (300.0, {"99": 90.0}, 2), (1200.0, {"99": 20.0}, 1)]
+    assert median_run(runs) == (900.0, {"99": 30.0}, 3)
+    assert median_run(runs[:1]) == runs[0]
 
 
 def test_the_ratio_table_sets_the_platform_against_each_target_at_one_concurrency():
@@ -86,7 +92,7 @@ def test_overload_promises_name_what_broke(case, problem):
 def test_a_short_benchmark_measures_every_target_and_writes_its_reports(registered, tmp_path, capsys):
     targets = ["platform", "platform-unbatched", "bentoml-noop", "starlette", "ort", "torch-eager", "fastapi-torch", "ray-serve"]
     assert main(["--targets", *targets, "platform-overload", "--families", "text", "--concurrency", "4", "--duration", "3",
-                 "--workers", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
+                 "--rounds", "1", "--workers", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
     report = json.loads((tmp_path / "bench.json").read_text())
     results, (overloaded,) = report["results"], report["overload"]
     assert [r["target"] for r in results] == targets
