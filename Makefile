@@ -33,7 +33,7 @@ URL ?= http://$(HOST):$(PORT)
 loadtest: setup
 	$(PY) -m loadtests.run --host $(URL)
 
-## wrk against the platform (batched and not), its floors (no-op BentoML, bare Starlette, ONNX Runtime alone) and the peers (~15 min).
+## wrk against the platform (batched and not, and overloaded), its floors (no-op BentoML, bare Starlette, ONNX Runtime and PyTorch eager alone) and the peers (~20 min).
 bench: setup
 	$(PY) -m loadtests.bench
 

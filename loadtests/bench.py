@@ -95,7 +95,7 @@ def median_run(runs: list[tuple[float, dict, int]]) -> tuple[float, dict, int]:
     """The run with the median requests/s, with its latencies; the errors of every run.
 
     Each wrk run opens its connections anew, and how the kernel spreads them over the workers (one
-    shared listening socket) differs from run to run: 1/31 here gave 25% fewer requests/s than 16/16.
+    shared listening socket) differs from run to run: 1/31 here gave ~20% fewer requests/s than an even spread.
     """
     rps, percentiles, _ = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
     return rps, percentiles, sum(run[2] for run in runs)
