@@ -36,7 +36,7 @@ from pathlib import Path
 from deploy.image import free_port
 from loadtests.overload import Overload, run_overload
 from loadtests.peers import VENV, ensure_venv
-from loadtests.peers.families import SPEC_ENV, write_spec
+from loadtests.peers.families import FAMILIES, SPEC_ENV, Inputs, ModelFiles, model_files, write_spec
 from loadtests.servers import served
 from services.settings import ServeSettings
 
@@ -119,8 +119,6 @@ def run_wrk(url: str, request: Request, concurrency: int, duration: int, workdir
     return parse_wrk(output)
 
 
-# Settings a target serves with beyond the shared ones: batching off is one item per inference call.
-TARGET_ENV = {"platform-unbatched": {"MODELROAD_MAX_BATCH_SIZE": "1"}}
 PEERS = ("fastapi-torch", "ray-serve")
 OVERLOAD = "platform-overload"
 TARGETS = ["platform", "platform-unbatched", "bentoml-noop", "starlette", "ort", "torch-eager", *PEERS, OVERLOAD]
@@ -133,13 +131,20 @@ def prepare_peers(workdir: Path) -> dict[str, str]:
     return {SPEC_ENV: str(workdir / "peers.json"), "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def target_env(target: str, admitted: int) -> dict[str, str]:
+    """Settings a target serves with beyond the shared ones."""
+    return {
+        "platform-unbatched": {"MODELROAD_MAX_BATCH_SIZE": "1"},  # batching off: one item per inference call
+        OVERLOAD: {"MODELROAD_MAX_IN_FLIGHT": str(admitted)},
+    }.get(target, {})
+
+
 def server_command(target: str, port: int, workers: int) -> list[str]:
     host = ["--host", "127.0.0.1", "--port", str(port)]
     peers = VENV / "bin"
+    platform = [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host]
     commands = {
-        "platform": [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host],
-        "platform-unbatched": [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host],
-        OVERLOAD: [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host],
+        **{target: platform for target in ("platform", "platform-unbatched", OVERLOAD)},  # settings differ: target_env
         "bentoml-noop": [str(BIN / "bentoml"), "serve", "loadtests.floors:NoopService", *host],
         # One process: uvicorn 0.54's --workers mode answered every request 44 ms late here (Nagle and
         # delayed-ACK timing), which would make the floor meaningless; one process is the honest floor.
@@ -153,30 +158,18 @@ def server_command(target: str, port: int, workers: int) -> list[str]:
     return commands[target]
 
 
-def family_feeds() -> dict[str, tuple[object, dict]]:
-    """Per family: its stored model and one preprocessed item as the runner feeds it (the same payloads as HTTP)."""
-    import bentoml
-    import numpy as np
-    from tokenizers import Tokenizer
-
-    from contracts.preprocessing import ImagePreprocessing, SeriesScaling, TextEncoding
-    from services.settings import SETTINGS
-
-    image_model, gru, text_model = (bentoml.models.get(t) for t in (SETTINGS.image_model, SETTINGS.gru_model, SETTINGS.text_model))
-    image_prep = ImagePreprocessing(**image_model.info.metadata["preprocessing"]["image"])
-    pixels = image_prep.normalize(image_prep.pixels_from_bytes((PAYLOADS / "images" / "ankle-boot-0.png").read_bytes())[None])
-    series_prep = gru.info.metadata["preprocessing"]
-    history = np.asarray(json.loads((PAYLOADS / "forecast_example.json").read_text())["history"])[None, -series_prep["window"]:]
-    scaled = SeriesScaling(**series_prep["series"]).encode(history)
-    text_prep = text_model.info.metadata["preprocessing"]
-    encoding = TextEncoding(**text_prep["text"])
-    text = json.loads(family_requests()["text"].body)["text"]
-    input_ids, mask = encoding.pad(encoding.token_ids(Tokenizer.from_file(text_model.path_of(text_prep["tokenizer"])), [text]))
-    return {
-        "image": (image_model, {"pixels": pixels}),
-        "forecast": (gru, {"history": scaled}),
-        "text": (text_model, {"input_ids": input_ids, "attention_mask": mask}),
+def family_feeds() -> dict[str, tuple[ModelFiles, Inputs]]:
+    """Per family: its model files and one item of the HTTP payloads as model input, preprocessed as served."""
+    payloads = {
+        "image": (PAYLOADS / "images" / "ankle-boot-0.png").read_bytes(),
+        "forecast": json.loads((PAYLOADS / "forecast_example.json").read_text())["history"],
+        "text": json.loads(family_requests()["text"].body)["text"],
     }
+    feeds = {}
+    for name, files in model_files().items():
+        family = FAMILIES[name](files)
+        feeds[name] = (files, family.stack([family.inputs(payloads[name])]))
+    return feeds
 
 
 def ort_calls(threads: int) -> dict[str, Callable[[], object]]:
@@ -186,8 +179,8 @@ def ort_calls(threads: int) -> dict[str, Callable[[], object]]:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     calls = {}
-    for family, (stored, feeds) in family_feeds().items():
-        session = ort.InferenceSession(stored.path_of("model.onnx"), options, providers=["CPUExecutionProvider"])
+    for family, (files, feeds) in family_feeds().items():
+        session = ort.InferenceSession(files.onnx, options, providers=["CPUExecutionProvider"])
         calls[family] = lambda session=session, feeds=feeds: session.run(None, feeds)
     return calls
 
@@ -197,12 +190,11 @@ def torch_calls(threads: int) -> dict[str, Callable[[], object]]:
     import torch
 
     from loadtests.peers.eager import eager_model
-    from loadtests.peers.families import checkpoint_of
 
     torch.set_num_threads(threads)
     calls = {}
-    for family, (stored, feeds) in family_feeds().items():
-        net = eager_model(stored.info.metadata, str(checkpoint_of(stored.info.metadata)))
+    for family, (files, feeds) in family_feeds().items():
+        net = eager_model(files.metadata, files.checkpoint)
         tensors = [torch.from_numpy(array) for array in feeds.values()]  # ONNX inputs are forward()'s arguments
 
         def call(net=net, tensors=tensors) -> object:
@@ -328,11 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                 results += [measure_calls(target, family, calls[family], args.duration) for family in args.families]
                 continue
             port = free_port()
-            target_env = {**env, **TARGET_ENV.get(target, {})}
-            if target == OVERLOAD:
-                target_env["MODELROAD_MAX_IN_FLIGHT"] = str(admitted)
             command = server_command(target, port, args.workers)
-            with served(command, port, target_env, workdir / f"{target}.log", ROOT) as url:
+            with served(command, port, {**env, **target_env(target, admitted)}, workdir / f"{target}.log", ROOT) as url:
                 if target == OVERLOAD:
                     for family in args.families:
                         request = requests[family]

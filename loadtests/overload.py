@@ -22,13 +22,13 @@ REFUSED = (429, 503)
 
 # Counts answers by status in every wrk thread and prints them when the run ends (wrk's own summary
 # only says how many were not 2xx/3xx).
-COUNT_STATUSES = """
+COUNT_STATUSES = "local refused = {" + ", ".join(f"[{status}] = true" for status in REFUSED) + "}" + """
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init(args) statuses = {}; without_retry_after = 0 end
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
-  if (status == 429 or status == 503) and headers["retry-after"] == nil and headers["Retry-After"] == nil then
+  if refused[status] and headers["retry-after"] == nil and headers["Retry-After"] == nil then
     without_retry_after = without_retry_after + 1
   end
 end

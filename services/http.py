@@ -155,14 +155,12 @@ class EdgeMiddleware:
         """The upload route's answer, with BentoML's meaning of its exceptions: a client error's own status."""
         try:
             body = await handler(data)
-        except BentoMLException as exc:
-            if exc.error_code >= 500:
-                log.exception("%s failed", scope["path"])
-                return await self._reply(send, scope, int(exc.error_code), "An unexpected error has occurred, please check the server log.")
-            return await self._reply(send, scope, int(exc.error_code), str(exc))
-        except Exception:
+        except Exception as exc:
+            status = int(exc.error_code) if isinstance(exc, BentoMLException) else 500
+            if status < 500:
+                return await self._reply(send, scope, status, str(exc))
             log.exception("%s failed", scope["path"])
-            return await self._reply(send, scope, 500, "An unexpected error has occurred, please check the server log.")
+            return await self._reply(send, scope, status, "An unexpected error has occurred, please check the server log.")
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})

@@ -1,14 +1,15 @@
 """What both peers share: the platform's registered models and its pre- and post-processing.
 
-The benchmark resolves the models in the BentoML store and writes a spec file (`write_spec`); a peer
-reads it (`load_families`) without BentoML, so the peers run in their own venv. Requests are
-turned into model inputs by `contracts.preprocessing`, as in the platform: only the engine differs.
+The benchmark resolves the models in the BentoML store (`model_files`) and writes a spec file
+(`write_spec`); a peer reads it (`load_families`) without BentoML, so the peers run in their own venv.
+Requests are turned into model inputs by `contracts.preprocessing`, as in the platform: only the engine
+differs. The benchmark's in-process engines take their inputs from the same classes.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +30,26 @@ class ModelFiles:
     tokenizer: str | None = None
 
 
-def checkpoint_of(metadata: dict[str, Any]) -> Path:
-    """The best.pt of the training run that registered a model."""
-    return Path(metadata["train_config"]["out_dir"]) / metadata["train_config"]["task"] / "best.pt"
-
-
-def write_spec(path: Path) -> None:
-    """Record where the platform's default models lie (runs in the benchmark's venv, which has BentoML)."""
+def model_files() -> dict[str, ModelFiles]:
+    """Where the platform's default models lie, per family (needs BentoML: the benchmark's venv)."""
     import bentoml
 
     from services.settings import SETTINGS
 
-    spec = {}
+    files = {}
     for family, tag in {"image": SETTINGS.image_model, "forecast": SETTINGS.gru_model, "text": SETTINGS.text_model}.items():
         stored = bentoml.models.get(tag)
         meta = stored.info.metadata
         tokenizer = meta["preprocessing"].get("tokenizer")
-        spec[family] = {"metadata": meta, "onnx": stored.path_of("model.onnx"), "checkpoint": str(checkpoint_of(meta)),
-                        "tokenizer": stored.path_of(tokenizer) if tokenizer else None}  # fmt: skip
-    path.write_text(json.dumps(spec, default=str))
+        checkpoint = Path(meta["train_config"]["out_dir"]) / meta["train_config"]["task"] / "best.pt"
+        files[family] = ModelFiles(meta, stored.path_of("model.onnx"), str(checkpoint),
+                                   stored.path_of(tokenizer) if tokenizer else None)  # fmt: skip
+    return files
+
+
+def write_spec(path: Path) -> None:
+    """Record `model_files()` for the peers."""
+    path.write_text(json.dumps({family: asdict(files) for family, files in model_files().items()}, default=str))
 
 
 # The request bodies both peers take, as the platform's API defines them.
@@ -125,7 +127,9 @@ class TextFamily:
         return answer
 
 
+FAMILIES = {"image": ImageFamily, "forecast": ForecastFamily, "text": TextFamily}
+
+
 def load_families() -> tuple[ImageFamily, ForecastFamily, TextFamily]:
     spec = json.loads(Path(os.environ[SPEC_ENV]).read_text())
-    return (ImageFamily(ModelFiles(**spec["image"])), ForecastFamily(ModelFiles(**spec["forecast"])),
-            TextFamily(ModelFiles(**spec["text"])))  # fmt: skip
+    return tuple(kind(ModelFiles(**spec[family])) for family, kind in FAMILIES.items())
