@@ -88,14 +88,14 @@ def upload_handler(service_class: type[ModelAPI], method: str) -> UploadHandler:
     return answer
 
 
-def platform_service(name: str) -> Callable[[type], Any]:
+def platform_service(name: str, workers: int = SETTINGS.workers) -> Callable[[type], Any]:
     """Class decorator: a BentoML service with the platform's settings and edge middleware."""
 
     def wrap(cls: type) -> Any:
         traffic.TimeoutMiddleware = without_timeout  # BentoML imports it when it builds the app, after this
         service = bentoml.service(
             name=name,
-            workers=SETTINGS.workers,
+            workers=workers,
             logging={"access": {"enabled": SETTINGS.access_log}},
             traffic={"timeout": SETTINGS.request_timeout_s},
             # Excluding every URL is the one switch BentoML has to take its tracing middleware off the hot path.

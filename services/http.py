@@ -32,6 +32,10 @@ UploadHandler = Callable[[bytes], Awaitable[bytes]]
 
 # Paths that are not APIs but still answer errors (readyz before warm-up, say).
 SERVICE_PATHS = ("/readyz", "/livez", "/healthz", "/metrics", "/docs.json")
+UNEXPECTED = "An unexpected error has occurred, please check the server log."  # BentoML's words for every 5xx
+# A 503 from the app (its runner service unreachable, say) is temporary: say so, and when to come back.
+UNAVAILABLE = "the service cannot answer just now (the server log says why); retry shortly"
+RETRY_AFTER = (b"retry-after", b"1")
 
 
 def _reason(status: int) -> str:
@@ -116,13 +120,12 @@ class EdgeMiddleware:
         path = scope.get("path", "")
         return path if path in self.api_fields or path in SERVICE_PATHS else "other"
 
-    async def _reply(self, send: Send, scope: Scope, status: int, message: str,
-                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:  # fmt: skip
+    async def _reply(self, send: Send, scope: Scope, status: int, message: str) -> None:
         body = json.dumps({"error": message}).encode()
         ERRORS.labels(self._endpoint(scope), _reason(status)).inc()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                *headers]})  # fmt: skip
+                                *([RETRY_AFTER] if status == 503 else [])]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})
 
     async def _read_body(self, receive: Receive) -> bytes | None:
@@ -160,7 +163,7 @@ class EdgeMiddleware:
             if status < 500:
                 return await self._reply(send, scope, status, str(exc))
             log.exception("%s failed", scope["path"])
-            return await self._reply(send, scope, status, "An unexpected error has occurred, please check the server log.")
+            return await self._reply(send, scope, status, UNAVAILABLE if status == 503 else UNEXPECTED)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})
@@ -172,7 +175,7 @@ class EdgeMiddleware:
             return await self._answer_in_time(scope, receive, send)
         if self.in_flight >= self.max_in_flight:
             return await self._reply(send, scope, 503, f"server busy: {self.in_flight} requests in flight, "
-                                     "the most this worker admits; retry shortly", ((b"retry-after", b"1"),))  # fmt: skip
+                                     "the most this worker admits; retry shortly")  # fmt: skip
         self.in_flight += 1
         try:
             await self._answer_in_time(scope, receive, send)
@@ -246,9 +249,12 @@ class EdgeMiddleware:
                 chunks.append(message.get("body", b""))
                 if message.get("more_body"):
                     return
-                body = json.dumps(error_message(status, b"".join(chunks))).encode()
+                error = {"error": UNAVAILABLE} if status == 503 else error_message(status, b"".join(chunks))
+                body = json.dumps(error).encode()
                 ERRORS.labels(self._endpoint(scope), _reason(status)).inc()
                 kept = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+                if status == 503 and not any(k.lower() == b"retry-after" for k, _ in kept):
+                    kept.append(RETRY_AFTER)
                 started = True
                 await send({**start, "headers": kept + [(b"content-type", b"application/json"),
                                                         (b"content-length", str(len(body)).encode())]})  # fmt: skip

@@ -9,7 +9,7 @@ from prometheus_client import Counter, Gauge, Histogram
 # Compute of one ONNX Runtime call; a small CNN batch takes ~0.1-5 ms, a text batch up to ~100 ms.
 INFERENCE_SECONDS = Histogram(
     "modelroad_inference_seconds",
-    "Time of one ONNX Runtime call (one batch), by model.",
+    "Time of one ONNX Runtime call (one batch; with a runner service, the call to it), by model.",
     ["model"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )

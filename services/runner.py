@@ -1,4 +1,4 @@
-"""A runner: one stored model's ONNX Runtime session on one device, behind its own micro-batcher."""
+"""A runner: one stored model's ONNX Runtime session on one device (or in a runner service), behind its own micro-batcher."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 from services.batching import MicroBatcher
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO
+from services.remote import RemoteSession
 from services.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,29 @@ def choose_providers(device: str, available: Sequence[str]) -> tuple[list[str], 
     return ["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda"
 
 
+class LocalSession:
+    """A model's ONNX Runtime session in this process, on the configured device."""
+
+    def __init__(self, model_path: str, settings: ServeSettings, tag: str):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.ort_threads
+        options.inter_op_num_threads = 1
+        providers, wanted = choose_providers(settings.device, ort.get_available_providers())
+        self.session = ort.InferenceSession(model_path, options, providers=providers)
+        self.inputs = self.session.get_inputs()
+        # A CUDA provider that cannot start (no GPU) leaves the session on CPU: report what runs.
+        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        if self.device != wanted:
+            log.warning("%s: CUDA was asked for but could not start; running on CPU", tag)
+        log.info("%s loaded on %s (%d ONNX Runtime threads)", tag, self.device, settings.ort_threads)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, feeds)[0]
+
+
 class OnnxRunner:
+    """One model: its session (here, or in the runner service at MODELROAD_RUNNER_URL) behind a micro-batcher."""
+
     def __init__(
         self,
         stored: bentoml.Model,
@@ -65,40 +88,36 @@ class OnnxRunner:
         count_items: Callable[[Any], int] = len,
     ):
         self.name = stored.tag.name
-        self.tag = str(stored.tag)
+        self.tag, self.version = str(stored.tag), stored.tag.version
         self.metadata: dict[str, Any] = stored.info.metadata
         self.path = stored.path
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = settings.ort_threads
-        options.inter_op_num_threads = 1
-        providers, wanted = choose_providers(settings.device, ort.get_available_providers())
-        self.session = ort.InferenceSession(stored.path_of("model.onnx"), options, providers=providers)
-        # A CUDA provider that cannot start (no GPU) leaves the session on CPU: report what runs.
-        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
-        if self.device != wanted:
-            log.warning("%s: CUDA was asked for but could not start; running on CPU", self.tag)
+        self.session: LocalSession | RemoteSession = (
+            RemoteSession(settings.runner_url, self.tag, settings.request_timeout_s, settings.runner_wait_s)
+            if settings.runner_url
+            else LocalSession(stored.path_of("model.onnx"), settings, self.tag)
+        )
         self._infer = infer
         self.warmed = False
         self.batcher = MicroBatcher(
             self.name, self.infer, count_items,
             max_items=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
         )  # fmt: skip
-        MODEL_INFO.labels(self.name, stored.tag.version, self.device, str(self.metadata.get("opset", ""))).set(1)
-        log.info("%s loaded on %s (%d ONNX Runtime threads)", self.tag, self.device, settings.ort_threads)
 
     def infer(self, payloads: Sequence[Any]) -> Sequence[Any]:
         """Collate payloads, run them as one batch, split the results (the family's infer function)."""
         return self._infer(self, payloads)
 
     def warm_up(self, payload: Any) -> None:
-        # One real call before readiness: ONNX Runtime allocates and picks kernels on the first run.
+        # One real call before readiness: ONNX Runtime allocates and picks kernels on the first run
+        # (and a runner service names its device).
         self.infer([payload])
         self.warmed = True
+        MODEL_INFO.labels(self.name, self.version, self.session.device, str(self.metadata.get("opset", ""))).set(1)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """One ONNX Runtime call; returns the first output."""
+        """One inference call (one batch); returns the first output."""
         with INFERENCE_SECONDS.labels(self.name).time():
-            return self.session.run(None, feeds)[0]
+            return self.session.run(feeds)
 
     async def submit(self, payload: Any) -> Any:
         return await self.batcher.submit(payload)

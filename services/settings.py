@@ -26,6 +26,8 @@ class ServeSettings:
     access_log: bool = False  # access logging costs 20-37% of throughput (FACTS.md)
     tracing: bool = False  # OpenTelemetry spans per request; off, BentoML's tracing middleware passes requests straight on
     direct_uploads: bool = True  # file uploads answered by the edge middleware, not through BentoML's file input path
+    runner_url: str = ""  # a runner service (services/runner_service.py) to run the models in; empty: in-process
+    runner_wait_s: float = 120.0  # how long a worker waits at start for the runner service to be ready
 
     @property
     def ort_threads(self) -> int:

@@ -14,9 +14,21 @@ from loadtests.servers import stop, wait_ready
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def private_home(session_dir: Path, name: str) -> Path:
+    """A BENTOML_HOME of its own that shares the session's model store.
+
+    A server wipes the Prometheus files of its home at start; in its own home it leaves the session
+    server's metrics alone, so such a test may run in any order.
+    """
+    home = session_dir / name
+    home.mkdir()
+    (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+    return home
+
+
 def start_server(bentoml_home: Path, log_path: Path, service: str = "services.platform:Platform",
-                 extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:  # fmt: skip
-    port = free_port()
+                 extra_env: dict[str, str] | None = None, port: int | None = None) -> tuple[subprocess.Popen, str]:  # fmt: skip
+    port = port or free_port()
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true", **(extra_env or {})}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server keeps its own under BENTOML_HOME
     process = subprocess.Popen(

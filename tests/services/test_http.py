@@ -13,7 +13,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from services import base
-from services.http import EdgeMiddleware, error_message
+from services.http import UNAVAILABLE, UNEXPECTED, EdgeMiddleware, error_message
+from services.remote import RunnerUnavailable
 from services.settings import SETTINGS
 
 
@@ -35,11 +36,16 @@ async def text_error(request: Request):
     return PlainTextResponse("teapot says no", status_code=418)
 
 
+async def unavailable(request: Request):
+    return JSONResponse({"error": UNEXPECTED}, status_code=503)  # what BentoML answers for ServiceUnavailable
+
+
 app = Starlette(routes=[
     Route("/echo", echo, methods=["POST"]),
     Route("/upload", upload, methods=["POST"]),
     Route("/wrapped", wrapped_error),
     Route("/text", text_error),
+    Route("/unavailable", unavailable),
 ])  # fmt: skip
 client = TestClient(EdgeMiddleware(app, max_body_bytes=1000, api_fields={"/echo": ("x",), "/upload": ("image",)}))
 
@@ -78,6 +84,12 @@ def test_every_error_leaves_as_a_json_object_with_an_error_string(path, method, 
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"error": error}
+
+
+def test_a_503_says_it_is_temporary_and_when_to_retry():
+    response = client.get("/unavailable")
+    assert response.status_code == 503 and response.json() == {"error": UNAVAILABLE}
+    assert response.headers["retry-after"] == "1"
 
 
 def test_multipart_fields_must_be_the_declared_ones():
@@ -189,6 +201,8 @@ def test_upload_routes_are_answered_by_their_handler_with_the_file_bytes():
             raise base.invalid("the file is bad")
         if data == b"bug":
             raise RuntimeError("a bug")
+        if data == b"down":
+            raise RunnerUnavailable("the runner is down")
         return json.dumps({"size": len(data)}).encode()
 
     edge = TestClient(EdgeMiddleware(app, max_body_bytes=1000, api_fields={"/upload": ("image",)}, uploads={"/upload": handler}),
@@ -199,5 +213,7 @@ def test_upload_routes_are_answered_by_their_handler_with_the_file_bytes():
     assert bad.status_code == 400 and bad.json() == {"error": "the file is bad"}
     bug = edge.post("/upload", files={"image": ("a.png", b"bug", "image/png")})
     assert bug.status_code == 500 and "unexpected error" in bug.json()["error"]
+    down = edge.post("/upload", files={"image": ("a.png", b"down", "image/png")})
+    assert down.status_code == 503 and down.json() == {"error": UNAVAILABLE} and down.headers["retry-after"] == "1"
     wrong = edge.post("/upload", files={"photo": ("a.png", b"12345", "image/png")})
     assert wrong.status_code == 400 and "do not match" in wrong.json()["error"]

@@ -1,0 +1,123 @@
+"""The models in a runner service of their own, the API workers calling it (MODELROAD_RUNNER_URL), both served for real."""
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+
+from deploy.image import free_port
+from loadtests.servers import stop, wait_ready
+from services.http import UNAVAILABLE
+from services.remote import NPZ, decode_array, encode_feeds
+from tests.helpers import (
+    co2_history,
+    fashion_test_images,
+    offline_forecast,
+    offline_image_probabilities,
+    offline_text_probabilities,
+)
+from tests.integration.conftest import private_home, start_server
+
+pytestmark = pytest.mark.slow
+
+
+def metric(text: str, line_start: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+@pytest.fixture(scope="module")
+def split(registered, session_dir):
+    """(API url, runner url, runner process). The API starts first and waits for its runner, as pods may."""
+    runner_port = free_port()
+    runner_url = f"http://127.0.0.1:{runner_port}"
+    api_log, runner_log = session_dir / "split-api.log", session_dir / "split-runner.log"
+    # Two API workers; a lone call waits 20 ms on the runner for another worker's, so merging is certain under load.
+    api, api_url = start_server(private_home(session_dir, "split-api"), api_log,
+                                extra_env={"MODELROAD_RUNNER_URL": runner_url, "MODELROAD_WORKERS": "2"})  # fmt: skip
+    runner, _ = start_server(private_home(session_dir, "split-runner"), runner_log, "services.runner_service:ModelRunner",
+                             extra_env={"MODELROAD_DEVICE": "cpu", "MODELROAD_MAX_WAIT_MS": "20"}, port=runner_port)  # fmt: skip
+    try:
+        wait_ready(runner, runner_url, runner_log)
+        wait_ready(api, api_url, api_log)
+        yield api_url, runner_url, runner
+    finally:
+        stop(api)
+        stop(runner)
+
+
+def test_answers_through_the_runner_service_equal_the_offline_onnx_ones(split, registered):
+    api, runner, _ = split
+    before = httpx.get(f"{runner}/metrics").text
+    files, _ = fashion_test_images(4)
+    expected = offline_image_probabilities(registered["fashion-cnn"]["tag"], files)
+    labels = registered["fashion-cnn"]["labels"]
+    for png, row in zip(files, expected):
+        body = httpx.post(f"{api}/classify_image", files={"image": ("x.png", png, "image/png")}, timeout=10).json()
+        np.testing.assert_allclose([body["probabilities"][label] for label in labels], row, atol=1e-5)
+    history = co2_history()
+    for cell in ("lstm", "gru"):
+        body = httpx.post(f"{api}/forecast", json={"history": history, "horizon": 52, "model": cell}, timeout=10).json()
+        np.testing.assert_allclose(body["forecast"], offline_forecast(registered[f"co2-{cell}"]["tag"], history, 52), atol=1e-3)
+    texts = ["a small domesticated carnivore kept as a pet", "a sweet baked food made of flour and sugar"]
+    card = registered["wordnet-transformer"]
+    answers = httpx.post(f"{api}/classify_texts", json={"texts": texts}, timeout=10).json()
+    got = np.array([[a["probabilities"][k] for k in card["labels"]] for a in answers])
+    np.testing.assert_allclose(got, offline_text_probabilities(card["tag"], texts), atol=1e-5)
+    # The runner computed them (the API has no session of its own), and the API names the runner's device.
+    after = httpx.get(f"{runner}/metrics").text
+    for model, calls in (("fashion-cnn", 4), ("co2-lstm", 1), ("co2-gru", 1), ("wordnet-transformer", 1)):
+        series = f'modelroad_queue_seconds_count{{model="{model}"}}'
+        assert metric(after, series) - metric(before, series) == calls, model
+    assert 'modelroad_model_info{device="cpu",model="fashion-cnn"' in httpx.get(f"{api}/metrics").text
+
+
+def test_the_runner_batches_the_calls_of_all_api_workers_together(split):
+    api, runner, _ = split
+    files, _ = fashion_test_images(8)
+    before = httpx.get(f"{runner}/metrics").text
+
+    async def load() -> list[int]:
+        async with httpx.AsyncClient(base_url=api, timeout=30, limits=httpx.Limits(max_connections=32)) as client:
+            async def classify(i: int) -> int:
+                png = files[i % len(files)]
+                return (await client.post("/classify_image", files={"image": ("x.png", png, "image/png")})).status_code
+
+            return await asyncio.gather(*(classify(i) for i in range(256)))
+
+    assert set(asyncio.run(load())) == {200}
+    after = httpx.get(f"{runner}/metrics").text
+    calls = metric(after, 'modelroad_queue_seconds_count{model="fashion-cnn"}') - metric(before, 'modelroad_queue_seconds_count{model="fashion-cnn"}')
+    batches = metric(after, 'modelroad_batch_size_count{model="fashion-cnn"}') - metric(before, 'modelroad_batch_size_count{model="fashion-cnn"}')
+    items = metric(after, 'modelroad_batch_size_sum{model="fashion-cnn"}') - metric(before, 'modelroad_batch_size_sum{model="fashion-cnn"}')
+    assert items == 256  # every image once
+    assert calls < 256  # each API worker sent batches, not single requests
+    assert batches < calls  # and calls from different workers ran as one batch
+
+
+@pytest.mark.parametrize("path,body,status,error", [
+    ("/run/fashion-cnn:nope", encode_feeds({"pixels": np.zeros((1, 1, 28, 28), np.float32)}), 404, "this runner serves"),
+    ("/run/{cnn}", b"not an archive", 400, "not an .npz archive"),
+    ("/run/{cnn}", encode_feeds({"pixels": np.zeros((1, 1, 28, 28), np.float64)}), 400, "pixels must be float32; got float64"),
+    ("/run/{cnn}", encode_feeds({"pixels": np.zeros((1, 28, 28), np.float32)}), 400, "pixels must have shape"),
+    ("/run/{cnn}", encode_feeds({"pixels": np.array([None, 1], dtype=object)}), 400, "plain arrays"),
+])  # fmt: skip
+def test_bad_calls_to_the_runner_get_a_4xx_json_error_and_it_goes_on(split, registered, path, body, status, error):
+    _, runner, _ = split
+    cnn = registered["fashion-cnn"]["tag"]
+    response = httpx.post(runner + path.format(cnn=cnn), content=body, headers={"content-type": NPZ}, timeout=10)
+    assert response.status_code == status and error in response.json()["error"]
+    good = httpx.post(f"{runner}/run/{cnn}", content=encode_feeds({"pixels": np.zeros((3, 1, 28, 28), np.float32)}), timeout=10)
+    assert good.status_code == 200 and good.headers["x-modelroad-device"] == "cpu"
+    assert decode_array(good.content).shape == (3, 10)
+
+
+def test_without_its_runner_the_api_answers_503_with_retry_after_and_stays_up(split):
+    api, _, runner = split
+    stop(runner)
+    text = httpx.post(f"{api}/classify_text", json={"text": "a small domesticated carnivore"}, timeout=10)
+    files, _ = fashion_test_images(1)
+    image = httpx.post(f"{api}/classify_image", files={"image": ("x.png", files[0], "image/png")}, timeout=10)
+    for response in (text, image):
+        assert response.status_code == 503
+        assert response.json() == {"error": UNAVAILABLE} and response.headers["retry-after"] == "1"
+    assert httpx.get(f"{api}/livez").status_code == 200

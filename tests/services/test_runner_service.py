@@ -1,0 +1,99 @@
+"""The runner service's parts without a server: the wire format, batching of calls, checks of a call's arrays."""
+import pickle
+
+import bentoml
+import numpy as np
+import pytest
+
+from services.remote import RemoteSession, decode_array, decode_feeds, encode_array, encode_feeds
+from services.runner import OnnxRunner
+from services.settings import ServeSettings
+
+
+def test_arrays_cross_the_wire_unchanged():
+    feeds = {"input_ids": np.arange(6, dtype=np.int64).reshape(2, 3), "attention_mask": np.ones((2, 3), np.int64)}
+    decoded = decode_feeds(encode_feeds(feeds))
+    assert decoded.keys() == feeds.keys() and all(np.array_equal(decoded[k], feeds[k]) and decoded[k].dtype == feeds[k].dtype
+                                                  for k in feeds)  # fmt: skip
+    output = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    assert np.array_equal(decode_array(encode_array(output)), output)
+
+
+@pytest.mark.parametrize("body", [
+    pickle.dumps({"pixels": [1.0]}),  # never unpickled
+    encode_array(np.zeros(3)),  # an .npy, not an .npz
+    encode_feeds({"x": np.array([None], dtype=object)}),  # an object array inside an .npz
+    encode_feeds({"x": np.zeros(3)})[:40],  # cut off
+])  # fmt: skip
+def test_anything_but_an_npz_of_plain_arrays_is_refused(body):
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        decode_feeds(body)
+
+
+def recorded_runner(tag: str):
+    """A runner service's runner (imported late: the module loads every registered model) that records its batches."""
+    from services.runner_service import RUNNER_SETTINGS, rows, run_calls
+
+    runner = OnnxRunner(bentoml.models.get(tag), RUNNER_SETTINGS, run_calls, rows)
+    batches: list[dict[str, tuple]] = []
+    run = runner.run
+
+    def recording(feeds):
+        batches.append({name: array.shape for name, array in feeds.items()})
+        return run(feeds)
+
+    runner.run = recording
+    return runner, batches
+
+
+def test_calls_of_one_shape_run_as_one_batch_and_each_gets_its_own_rows(registered):
+    runner, batches = recorded_runner(registered["fashion-cnn"]["tag"])
+    rng = np.random.default_rng(0)
+    calls = [{"pixels": rng.random((n, 1, 28, 28), dtype=np.float32)} for n in (1, 3, 2)]
+    outputs = runner.infer(calls)
+    assert batches == [{"pixels": (6, 1, 28, 28)}]
+    for call, output in zip(calls, outputs):
+        np.testing.assert_allclose(output, runner.session.run(call), atol=1e-5)
+
+
+def test_calls_of_other_lengths_run_apart_in_the_same_turn(registered):
+    runner, batches = recorded_runner(registered["wordnet-transformer"]["tag"])
+    calls = [{"input_ids": np.full((n, length), 5, np.int64), "attention_mask": np.ones((n, length), np.int64)}
+             for n, length in ((2, 5), (1, 7), (1, 5))]  # fmt: skip
+    outputs = runner.infer(calls)
+    assert sorted(b["input_ids"] for b in batches) == [(1, 7), (3, 5)]
+    assert [len(o) for o in outputs] == [2, 1, 1]
+    np.testing.assert_allclose(outputs[1], runner.session.run(calls[1]), atol=1e-5)
+
+
+@pytest.mark.parametrize("feeds,problem", [
+    ({"pixels": np.zeros((2, 1, 28, 28), np.float32)}, None),
+    ({"image": np.zeros((2, 1, 28, 28), np.float32)}, "the model's inputs are ['pixels']; got ['image']"),
+    ({"pixels": np.zeros((2, 1, 28, 28), np.float64)}, "pixels must be float32; got float64"),
+    ({"pixels": np.zeros((2, 28, 28), np.float32)}, "pixels must have shape ['batch', 1, 28, 28]; got [2, 28, 28]"),
+    ({"pixels": np.zeros((2, 1, 28, 27), np.float32)}, "pixels must have shape ['batch', 1, 28, 28]; got [2, 1, 28, 27]"),
+    ({"pixels": np.zeros((0, 1, 28, 28), np.float32)}, "every input must hold the same number of rows, at least one"),
+])  # fmt: skip
+def test_a_calls_arrays_are_checked_against_the_models_inputs_before_they_join_a_batch(registered, feeds, problem):
+    from services.runner_service import feeds_problem, zero_feeds
+
+    runner, _ = recorded_runner(registered["fashion-cnn"]["tag"])
+    assert feeds_problem(runner.session.inputs, feeds) == problem
+    warm = zero_feeds(runner.session.inputs)
+    assert feeds_problem(runner.session.inputs, warm) is None and warm["pixels"].shape == (1, 1, 28, 28)
+
+
+def test_a_worker_waits_for_its_runner_service_and_then_says_what_to_do(cnn_card):
+    from deploy.image import free_port
+
+    with pytest.raises(RuntimeError, match="not ready within 0.5 s .*MODELROAD_RUNNER_WAIT_S"):
+        RemoteSession(f"http://127.0.0.1:{free_port()}", cnn_card["tag"], timeout_s=1, wait_s=0.5)
+
+
+def test_the_runner_url_setting_decides_where_models_run(cnn_card, monkeypatch):
+    settings = ServeSettings.from_env({"MODELROAD_RUNNER_URL": "http://runner:3000", "MODELROAD_RUNNER_WAIT_S": "0"})
+    assert (settings.runner_url, settings.runner_wait_s) == ("http://runner:3000", 0.0)
+    made = []
+    monkeypatch.setattr("services.runner.RemoteSession", lambda *args: made.append(args) or object())
+    OnnxRunner(bentoml.models.get(cnn_card["tag"]), settings, lambda runner, payloads: payloads)
+    assert made == [("http://runner:3000", cnn_card["tag"], settings.request_timeout_s, 0.0)]
