@@ -28,8 +28,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONTAINER_DIR = ROOT / "deploy" / "container"
 PAYLOADS = ROOT / "loadtests" / "payloads"
-# One bentofile per variant: the same service and models, different runtime requirements and envs.
-VARIANTS = {"cpu": ROOT / "bentofile.yaml", "gpu": ROOT / "bentofile.gpu.yaml"}
+# One bentofile per variant: the same models, different runtime requirements and envs (runner-gpu: another service).
+VARIANTS = {"cpu": ROOT / "bentofile.yaml", "gpu": ROOT / "bentofile.gpu.yaml",
+            "runner-gpu": ROOT / "bentofile.runner-gpu.yaml"}  # the GPU runner service (deploy/k8s-gpu)
 DEBIAN_SUITE = "bookworm"  # its python3 is 3.11, the version the wheels are built for
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "tini")
 BASE_IMAGE = f"localhost/modelroad-base:{DEBIAN_SUITE}"

@@ -6,6 +6,9 @@
 Targets (served one after another on this machine, BentoML ones with `--workers` workers):
 - `platform`: `bentoml serve services.platform:Platform`, the product;
 - `platform-unbatched`: the same with MODELROAD_MAX_BATCH_SIZE=1 (adaptive batching off);
+- `platform-runner-service`: the same with the models in a runner service of their own
+  (services/runner_service.py, one process) that the API workers call with their batches: the GPU
+  layout, measured here on CPU for what the hop costs;
 - `bentoml-noop`: a default BentoML `@bentoml.api` service answering the same shapes without inference;
 - `starlette`: a bare Starlette app on uvicorn, one process, answering the same shapes (the HTTP floor);
 - `ort`: ONNX Runtime in-process on one preprocessed item per call (the compute limit; no HTTP);
@@ -29,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,7 +125,8 @@ def run_wrk(url: str, request: Request, concurrency: int, duration: int, workdir
 
 PEERS = ("fastapi-torch", "ray-serve")
 OVERLOAD = "platform-overload"
-TARGETS = ["platform", "platform-unbatched", "bentoml-noop", "starlette", "ort", "torch-eager", *PEERS, OVERLOAD]
+SPLIT = "platform-runner-service"
+TARGETS = ["platform", "platform-unbatched", SPLIT, "bentoml-noop", "starlette", "ort", "torch-eager", *PEERS, OVERLOAD]
 
 
 def prepare_peers(workdir: Path) -> dict[str, str]:
@@ -131,12 +136,25 @@ def prepare_peers(workdir: Path) -> dict[str, str]:
     return {SPEC_ENV: str(workdir / "peers.json"), "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def target_env(target: str, admitted: int) -> dict[str, str]:
+def target_env(target: str, admitted: int, runner_url: str) -> dict[str, str]:
     """Settings a target serves with beyond the shared ones."""
     return {
         "platform-unbatched": {"MODELROAD_MAX_BATCH_SIZE": "1"},  # batching off: one item per inference call
+        SPLIT: {"MODELROAD_RUNNER_URL": runner_url},
         OVERLOAD: {"MODELROAD_MAX_IN_FLIGHT": str(admitted)},
     }.get(target, {})
+
+
+@contextmanager
+def runner_for(target: str, env: dict[str, str], workdir: Path) -> Iterator[str]:
+    """The runner service a target calls, served for the block (its URL), or nothing ("")."""
+    if target != SPLIT:
+        yield ""
+        return
+    port = free_port()
+    command = [str(BIN / "bentoml"), "serve", "services.runner_service:ModelRunner", "--host", "127.0.0.1", "--port", str(port)]
+    with served(command, port, env, workdir / "runner-service.log", ROOT) as url:
+        yield url
 
 
 def server_command(target: str, port: int, workers: int) -> list[str]:
@@ -144,7 +162,7 @@ def server_command(target: str, port: int, workers: int) -> list[str]:
     peers = VENV / "bin"
     platform = [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host]
     commands = {
-        **{target: platform for target in ("platform", "platform-unbatched", OVERLOAD)},  # settings differ: target_env
+        **{target: platform for target in ("platform", "platform-unbatched", SPLIT, OVERLOAD)},  # settings differ: target_env
         "bentoml-noop": [str(BIN / "bentoml"), "serve", "loadtests.floors:NoopService", *host],
         # One process: uvicorn 0.54's --workers mode answered every request 44 ms late here (Nagle and
         # delayed-ACK timing), which would make the floor meaningless; one process is the honest floor.
@@ -321,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             port = free_port()
             command = server_command(target, port, args.workers)
-            with served(command, port, {**env, **target_env(target, admitted)}, workdir / f"{target}.log", ROOT) as url:
+            with (runner_for(target, env, workdir) as runner_url,
+                  served(command, port, {**env, **target_env(target, admitted, runner_url)}, workdir / f"{target}.log", ROOT) as url):
                 if target == OVERLOAD:
                     for family in args.families:
                         request = requests[family]

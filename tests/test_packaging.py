@@ -12,11 +12,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_platform_service_imports_without_torch(registered):
-    code = "import sys, services.platform; sys.exit(1 if 'torch' in sys.modules else 0)"
+@pytest.mark.parametrize("module", ["services.platform", "services.runner_service"])
+def test_the_services_import_without_torch(registered, module):
+    code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=os.environ, capture_output=True, text=True,
                             check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:] or "services.platform imported torch"
+    assert result.returncode == 0, result.stderr[-2000:] or f"{module} imported torch"
 
 
 def requirement_names(text: str) -> set[str]:
@@ -72,10 +73,23 @@ def test_the_gpu_variant_declares_a_cuda_base_bentoml_can_build_with_onnx_runtim
     assert cuda.split(".")[0] == "12"  # onnxruntime-gpu >= 1.19 on PyPI is built for CUDA 12 and cuDNN 9
 
 
+def test_the_runner_gpu_variant_is_the_gpu_variant_serving_the_runner_service():
+    gpu = yaml.safe_load((ROOT / "bentofile.gpu.yaml").read_text())
+    runner = yaml.safe_load((ROOT / "bentofile.runner-gpu.yaml").read_text())
+    for key in ("include", "python", "docker", "envs"):
+        assert runner[key] == gpu[key], key
+    assert runner["service"] == "services.runner_service:ModelRunner"
+
+
 @pytest.mark.slow
-def test_bentoml_builds_the_gpu_variant(registered):
-    result = subprocess.run([str(Path(sys.executable).with_name("bentoml")), "build", "-f", "bentofile.gpu.yaml",
+@pytest.mark.parametrize("bentofile,name", [("bentofile.gpu.yaml", "modelroad-gpu"), ("bentofile.runner-gpu.yaml", "modelroad-runner-gpu")])
+def test_bentoml_builds_the_gpu_variants_with_every_served_model(registered, session_dir, bentofile, name):
+    result = subprocess.run([str(Path(sys.executable).with_name("bentoml")), "build", "-f", bentofile,
                              "--output", "tag"], cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=300,
                             check=False)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1].startswith("__tag__:modelroad-gpu:")
+    tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    assert tag.startswith(f"{name}:")
+    bento = yaml.safe_load((session_dir / "bentoml" / "bentos" / name / tag.split(":")[1] / "bento.yaml").read_text())
+    served = {card["tag"] for card in registered.values() if "variant" not in card}
+    assert {m["tag"] for m in bento["services"][0]["models"]} == served

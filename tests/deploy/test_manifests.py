@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from deploy.image import BASE_IMAGE, CONTAINER_DIR, ImageBuild
+from deploy.image import BASE_IMAGE, CONTAINER_DIR, VARIANTS, ImageBuild
 from services.settings import ServeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +114,7 @@ def test_the_pod_file_runs_the_images_the_builder_makes_on_loopback_ports():
 def test_every_bentofile_env_reaches_the_image():
     containerfile = (CONTAINER_DIR / "Containerfile").read_text()
     assert BASE_IMAGE in containerfile
-    for bentofile in ("bentofile.yaml", "bentofile.gpu.yaml"):
+    for bentofile in (path.name for path in VARIANTS.values()):
         for env in load(ROOT / bentofile)["envs"]:
             if env["name"].startswith("MODELROAD_"):
                 assert env["name"] in SETTINGS_VARIABLES
@@ -127,3 +129,33 @@ def test_prometheus_keeps_bentoml_series_for_exactly_the_service_routes():
     (keep,) = [rule for rule in scrape["metric_relabel_configs"] if rule.get("target_label") == "__tmp_route_known"]
     routes = {api.route for api in Platform.apis.values()} | set(SERVICE_PATHS) | {""}  # "": series with no endpoint
     assert set(keep["regex"].split("|")) == routes
+
+
+def test_the_gpu_overlay_points_every_api_pod_at_a_gpu_runner_that_serves_the_image_port():
+    overlay = ROOT / "deploy" / "k8s-gpu"
+    runner = {doc["kind"]: doc for doc in yaml.safe_load_all((overlay / "runner.yaml").read_text())}
+    deployment, service, monitor = runner["Deployment"], runner["Service"], runner["ServiceMonitor"]
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == ImageBuild("runner-gpu").name
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["ports"] == [{"name": "http", "containerPort": served_port()}]
+    assert {env["name"] for env in container["env"]} <= SETTINGS_VARIABLES
+    assert [container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")] == ["/readyz", "/readyz", "/livez"]
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    (patched,) = load(overlay / "api-calls-runner.yaml")["spec"]["template"]["spec"]["containers"]
+    assert patched["env"] == [{"name": "MODELROAD_RUNNER_URL", "value": f"http://{service['metadata']['name']}:{port['port']}"}]
+    assert load(overlay / "kustomization.yaml")["resources"] == ["../k8s", "runner.yaml"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_the_gpu_overlay_renders_with_kustomize_and_patches_the_api_deployment():
+    rendered = subprocess.run(["kubectl", "kustomize", str(ROOT / "deploy" / "k8s-gpu")], capture_output=True, text=True,
+                              check=True, timeout=60).stdout  # fmt: skip
+    deployments = {d["metadata"]["name"]: d for d in yaml.safe_load_all(rendered) if d["kind"] == "Deployment"}
+    assert set(deployments) == {"modelroad", "modelroad-runner"}
+    api_env = {e["name"]: e for e in deployments["modelroad"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert api_env["MODELROAD_RUNNER_URL"]["value"] == "http://modelroad-runner:3000"
+    assert "MODELROAD_CPU_COUNT" in api_env  # the base's settings are kept, not replaced

@@ -90,7 +90,7 @@ def test_overload_promises_name_what_broke(case, problem):
 
 @pytest.mark.slow
 def test_a_short_benchmark_measures_every_target_and_writes_its_reports(registered, tmp_path, capsys):
-    targets = ["platform", "platform-unbatched", "bentoml-noop", "starlette", "ort", "torch-eager", "fastapi-torch", "ray-serve"]
+    targets = ["platform", "platform-unbatched", "platform-runner-service", "bentoml-noop", "starlette", "ort", "torch-eager", "fastapi-torch", "ray-serve"]
     assert main(["--targets", *targets, "platform-overload", "--families", "text", "--concurrency", "4", "--duration", "3",
                  "--rounds", "1", "--workers", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
     report = json.loads((tmp_path / "bench.json").read_text())
