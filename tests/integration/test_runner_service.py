@@ -1,5 +1,6 @@
 """The models in a runner service of their own, the API workers calling it (MODELROAD_RUNNER_URL), both served for real."""
 import asyncio
+import time
 
 import httpx
 import numpy as np
@@ -25,6 +26,18 @@ def metric(text: str, line_start: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
 
 
+def wait_for_warm_up_calls(runner: str, workers: int, timeout: float = 60) -> None:
+    """Until every API worker has made its warm-up call of every model (/readyz answers once one worker is ready)."""
+    deadline = time.monotonic() + timeout
+    models = ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer")
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{runner}/metrics").text
+        if all(metric(text, f'modelroad_queue_seconds_count{{model="{m}"}}') >= workers for m in models):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"the API workers did not all warm up through the runner within {timeout} s")
+
+
 @pytest.fixture(scope="module")
 def split(registered, session_dir):
     """(API url, runner url, runner process). The API starts first and waits for its runner, as pods may."""
@@ -39,6 +52,7 @@ def split(registered, session_dir):
     try:
         wait_ready(runner, runner_url, runner_log)
         wait_ready(api, api_url, api_log)
+        wait_for_warm_up_calls(runner_url, workers=2)
         yield api_url, runner_url, runner
     finally:
         stop(api)
@@ -71,10 +85,17 @@ def test_answers_through_the_runner_service_equal_the_offline_onnx_ones(split, r
     assert 'modelroad_model_info{device="cpu",model="fashion-cnn"' in httpx.get(f"{api}/metrics").text
 
 
-def test_the_runner_batches_the_calls_of_all_api_workers_together(split):
+def fashion_counts(runner: str) -> tuple[float, float, float]:
+    """The runner's (calls, batches, items) of the CNN so far."""
+    text = httpx.get(f"{runner}/metrics").text
+    return tuple(metric(text, f'{series}{{model="fashion-cnn"}}')
+                 for series in ("modelroad_queue_seconds_count", "modelroad_batch_size_count", "modelroad_batch_size_sum"))  # fmt: skip
+
+
+def test_api_workers_send_batches_and_the_runner_batches_calls_together(split, registered):
     api, runner, _ = split
     files, _ = fashion_test_images(8)
-    before = httpx.get(f"{runner}/metrics").text
+    before = fashion_counts(runner)
 
     async def load() -> list[int]:
         async with httpx.AsyncClient(base_url=api, timeout=30, limits=httpx.Limits(max_connections=32)) as client:
@@ -85,13 +106,23 @@ def test_the_runner_batches_the_calls_of_all_api_workers_together(split):
             return await asyncio.gather(*(classify(i) for i in range(256)))
 
     assert set(asyncio.run(load())) == {200}
-    after = httpx.get(f"{runner}/metrics").text
-    calls = metric(after, 'modelroad_queue_seconds_count{model="fashion-cnn"}') - metric(before, 'modelroad_queue_seconds_count{model="fashion-cnn"}')
-    batches = metric(after, 'modelroad_batch_size_count{model="fashion-cnn"}') - metric(before, 'modelroad_batch_size_count{model="fashion-cnn"}')
-    items = metric(after, 'modelroad_batch_size_sum{model="fashion-cnn"}') - metric(before, 'modelroad_batch_size_sum{model="fashion-cnn"}')
-    assert items == 256  # every image once
-    assert calls < 256  # each API worker sent batches, not single requests
-    assert batches < calls  # and calls from different workers ran as one batch
+    calls, _, items = (after - b for after, b in zip(fashion_counts(runner), before))
+    assert items == 256 and calls < 256  # every image once, in calls that each carried a worker's batch
+
+    # Calls arriving together from different connections (API workers, pods) run as one batch.
+    body = encode_feeds({"pixels": np.zeros((2, 1, 28, 28), np.float32)})
+
+    async def call_together() -> list[int]:
+        async def call() -> int:
+            async with httpx.AsyncClient(base_url=runner, timeout=30) as client:  # a connection each
+                return (await client.post(f"/run/{registered['fashion-cnn']['tag']}", content=body)).status_code
+
+        return await asyncio.gather(*(call() for _ in range(16)))
+
+    before = fashion_counts(runner)
+    assert set(asyncio.run(call_together())) == {200}
+    calls, batches, items = (after - b for after, b in zip(fashion_counts(runner), before))
+    assert (calls, items) == (16, 32) and batches < calls
 
 
 @pytest.mark.parametrize("path,body,status,error", [
