@@ -1,7 +1,6 @@
 """Forecasting API: weekly history in, `horizon` weeks out, from the LSTM or the GRU forecaster."""
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
@@ -11,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from contracts.preprocessing import SeriesScaling
 from services.base import ModelAPI, invalid
-from services.runner import OnnxRunner, verified_model
+from services.runner import OnnxRunner, run_calls, verified_model
 from services.settings import SETTINGS
 
 MAX_ABS_VALUE = 1e9  # beyond this float32 arithmetic in the net loses the series
@@ -23,16 +22,8 @@ class Forecast(BaseModel):
 
 
 def forecast_batch(runner: OnnxRunner, payloads: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """payloads: encoded (1, T) histories; histories of one length run as one batch."""
-    results: list[np.ndarray] = [np.empty(0)] * len(payloads)
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, payload in enumerate(payloads):
-        by_length[payload.shape[1]].append(i)
-    for indices in by_length.values():
-        outputs = runner.run({"history": np.concatenate([payloads[i] for i in indices])})
-        for i, row in zip(indices, outputs):
-            results[i] = row
-    return results
+    """payloads: encoded (1, T) histories -> one forecast row each; histories of one length run as one batch."""
+    return [output[0] for output in run_calls(runner, [{"history": payload} for payload in payloads])]
 
 
 class Forecaster:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ import onnxruntime as ort
 
 from services.batching import MicroBatcher
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO
-from services.remote import RemoteSession
+from services.remote import Feeds, RemoteSession
 from services.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,6 @@ class OnnxRunner:
         self.name = stored.tag.name
         self.tag, self.version = str(stored.tag), stored.tag.version
         self.metadata: dict[str, Any] = stored.info.metadata
-        self.path = stored.path
         self.session: LocalSession | RemoteSession = (
             RemoteSession(settings.runner_url, self.tag, settings.request_timeout_s, settings.runner_wait_s)
             if settings.runner_url
@@ -121,3 +121,25 @@ class OnnxRunner:
 
     async def submit(self, payload: Any) -> Any:
         return await self.batcher.submit(payload)
+
+
+def rows(feeds: Feeds) -> int:
+    return len(next(iter(feeds.values())))
+
+
+def run_calls(runner: OnnxRunner, calls: Sequence[Feeds]) -> list[np.ndarray]:
+    """Each call's output; calls whose inputs agree in dtype and shape past the batch axis run as one batch.
+
+    The infer function of runners whose payloads are ready feeds: the runner service's, the forecasters'.
+    """
+    outputs: list[np.ndarray] = [np.empty(0)] * len(calls)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, feeds in enumerate(calls):
+        groups[tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(feeds.items()))].append(i)
+    for indices in groups.values():
+        merged = runner.run({name: np.concatenate([calls[i][name] for i in indices]) for name in calls[indices[0]]})
+        start = 0
+        for i in indices:
+            outputs[i] = merged[start : start + rows(calls[i])]
+            start += rows(calls[i])
+    return outputs

@@ -11,7 +11,6 @@ runner stays in the API process: this hop costs more than it saves there.
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from collections.abc import Sequence
 
 import bentoml
@@ -25,7 +24,7 @@ from services.base import ModelAPI, platform_service
 from services.forecast import ForecastAPI
 from services.image import ImageAPI
 from services.remote import DEVICE_HEADER, NPY, Feeds, decode_feeds, encode_array
-from services.runner import OnnxRunner
+from services.runner import OnnxRunner, rows, run_calls
 from services.settings import SETTINGS
 from services.text import TextAPI
 
@@ -34,25 +33,6 @@ RUNNER_SETTINGS = dataclasses.replace(SETTINGS, workers=1, runner_url="")
 # ONNX Runtime's element types -> NumPy's (the types these models use, and their near kin).
 ELEMENT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
                  "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}  # fmt: skip
-
-
-def rows(feeds: Feeds) -> int:
-    return len(next(iter(feeds.values())))
-
-
-def run_calls(runner: OnnxRunner, calls: Sequence[Feeds]) -> list[np.ndarray]:
-    """Each call's output; calls whose inputs agree in dtype and shape past the batch axis run as one batch."""
-    outputs: list[np.ndarray] = [np.empty(0)] * len(calls)
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, feeds in enumerate(calls):
-        groups[tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(feeds.items()))].append(i)
-    for indices in groups.values():
-        merged = runner.run({name: np.concatenate([calls[i][name] for i in indices]) for name in calls[indices[0]]})
-        start = 0
-        for i in indices:
-            outputs[i] = merged[start : start + rows(calls[i])]
-            start += rows(calls[i])
-    return outputs
 
 
 def feeds_problem(inputs: Sequence, feeds: Feeds) -> str | None:

@@ -5,6 +5,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.image import free_port
 from loadtests.servers import stop, wait_ready
@@ -20,19 +21,21 @@ from tests.helpers import (
 from tests.integration.conftest import private_home, start_server
 
 pytestmark = pytest.mark.slow
+MODELS = ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer")  # what the platform serves by default
 
 
-def metric(text: str, line_start: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+def model_samples(url: str, model: str) -> dict[str, float]:
+    """The server's modelroad_* samples for one model, by sample name (e.g. modelroad_batch_size_count)."""
+    families = text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
+    return {sample.name: sample.value for family in families if family.name.startswith("modelroad_")
+            for sample in family.samples if sample.labels.get("model") == model}  # fmt: skip
 
 
 def wait_for_warm_up_calls(runner: str, workers: int, timeout: float = 60) -> None:
     """Until every API worker has made its warm-up call of every model (/readyz answers once one worker is ready)."""
     deadline = time.monotonic() + timeout
-    models = ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer")
     while time.monotonic() < deadline:
-        text = httpx.get(f"{runner}/metrics").text
-        if all(metric(text, f'modelroad_queue_seconds_count{{model="{m}"}}') >= workers for m in models):
+        if all(model_samples(runner, m).get("modelroad_queue_seconds_count", 0) >= workers for m in MODELS):
             return
         time.sleep(0.3)
     raise AssertionError(f"the API workers did not all warm up through the runner within {timeout} s")
@@ -61,7 +64,7 @@ def split(registered, session_dir):
 
 def test_answers_through_the_runner_service_equal_the_offline_onnx_ones(split, registered):
     api, runner, _ = split
-    before = httpx.get(f"{runner}/metrics").text
+    before = {model: model_samples(runner, model) for model in MODELS}
     files, _ = fashion_test_images(4)
     expected = offline_image_probabilities(registered["fashion-cnn"]["tag"], files)
     labels = registered["fashion-cnn"]["labels"]
@@ -78,18 +81,16 @@ def test_answers_through_the_runner_service_equal_the_offline_onnx_ones(split, r
     got = np.array([[a["probabilities"][k] for k in card["labels"]] for a in answers])
     np.testing.assert_allclose(got, offline_text_probabilities(card["tag"], texts), atol=1e-5)
     # The runner computed them (the API has no session of its own), and the API names the runner's device.
-    after = httpx.get(f"{runner}/metrics").text
-    for model, calls in (("fashion-cnn", 4), ("co2-lstm", 1), ("co2-gru", 1), ("wordnet-transformer", 1)):
-        series = f'modelroad_queue_seconds_count{{model="{model}"}}'
-        assert metric(after, series) - metric(before, series) == calls, model
+    for model, calls in zip(MODELS, (4, 1, 1, 1)):
+        count = "modelroad_queue_seconds_count"
+        assert model_samples(runner, model)[count] - before[model][count] == calls, model
     assert 'modelroad_model_info{device="cpu",model="fashion-cnn"' in httpx.get(f"{api}/metrics").text
 
 
 def fashion_counts(runner: str) -> tuple[float, float, float]:
     """The runner's (calls, batches, items) of the CNN so far."""
-    text = httpx.get(f"{runner}/metrics").text
-    return tuple(metric(text, f'{series}{{model="fashion-cnn"}}')
-                 for series in ("modelroad_queue_seconds_count", "modelroad_batch_size_count", "modelroad_batch_size_sum"))  # fmt: skip
+    samples = model_samples(runner, "fashion-cnn")
+    return tuple(samples[name] for name in ("modelroad_queue_seconds_count", "modelroad_batch_size_count", "modelroad_batch_size_sum"))
 
 
 def test_api_workers_send_batches_and_the_runner_batches_calls_together(split, registered):

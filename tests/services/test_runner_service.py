@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.remote import RemoteSession, decode_array, decode_feeds, encode_array, encode_feeds
-from services.runner import OnnxRunner
+from services.runner import OnnxRunner, rows, run_calls
 from services.settings import ServeSettings
 
 
@@ -32,7 +32,7 @@ def test_anything_but_an_npz_of_plain_arrays_is_refused(body):
 
 def recorded_runner(tag: str):
     """A runner service's runner (imported late: the module loads every registered model) that records its batches."""
-    from services.runner_service import RUNNER_SETTINGS, rows, run_calls
+    from services.runner_service import RUNNER_SETTINGS
 
     runner = OnnxRunner(bentoml.models.get(tag), RUNNER_SETTINGS, run_calls, rows)
     batches: list[dict[str, tuple]] = []
