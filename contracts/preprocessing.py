@@ -20,6 +20,10 @@ class InvalidInput(ValueError):
     """A client sent something that cannot be turned into model input; the message says what."""
 
 
+class ImageTooLarge(InvalidInput):
+    """An image declares more pixels than are allowed (a decompression bomb, say); refused before decoding."""
+
+
 @dataclass(frozen=True)
 class ImagePreprocessing:
     """uint8 pixels -> normalized float32 (B, C, H, W)."""
@@ -60,11 +64,13 @@ class ImagePreprocessing:
             raise InvalidInput("the image file is empty")
         try:
             image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:  # Pillow's own limit, met before ours when it is lower
+            raise ImageTooLarge(f"the image is too large to decode ({exc})") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise InvalidInput(f"the file is not a readable PNG/JPEG image ({type(exc).__name__})") from None
         # Check the declared size before decoding, so a decompression bomb costs nothing.
         if image.width * image.height > max_pixels:
-            raise InvalidInput(f"the image is {image.width}x{image.height} pixels; at most {max_pixels} pixels are allowed")
+            raise ImageTooLarge(f"the image is {image.width}x{image.height} pixels; at most {max_pixels} pixels are allowed")
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:

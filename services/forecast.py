@@ -1,74 +1,105 @@
-"""Forecasting API: weekly history in, `horizon` weeks out, from the LSTM or the GRU forecaster."""
-from __future__ import annotations
-
-from collections.abc import Sequence
+"""Forecasting: weekly history in, `horizon` weeks out, from the LSTM or the GRU forecaster; and their pipelines."""
 from typing import Annotated, Literal
 
 import bentoml
 import numpy as np
+from fastapi import APIRouter
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from contracts.preprocessing import SeriesScaling
-from services.base import ModelAPI, invalid
-from services.runner import OnnxRunner, run_calls, verified_model
+from contracts.card import ModelCard
+from contracts.families import Forecast, ForecastContract
+from services.errors import BadRequest
+from services.family import serving
+from services.http import ERROR_RESPONSES, json_response
+from services.oip import InferenceModel
+from services.runner import OnnxRunner, TensorSpec
 from services.settings import SETTINGS
 
 MAX_ABS_VALUE = 1e9  # beyond this float32 arithmetic in the net loses the series
 
 
-class Forecast(BaseModel):
-    forecast: list[float]
-    model: str = Field(description="the store tag of the model that answered")
-
-
-def forecast_batch(runner: OnnxRunner, payloads: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """payloads: encoded (1, T) histories -> one forecast row each; histories of one length run as one batch."""
-    return [output[0] for output in run_calls(runner, [{"history": payload} for payload in payloads])]
-
-
 class Forecaster:
-    """One registered forecaster and the preprocessing stored with it."""
+    """One registered forecaster and the contract stored with it."""
 
     def __init__(self, stored: bentoml.Model):
-        meta = stored.info.metadata
-        prep = meta["preprocessing"]
-        self.cell: str = meta["model_config"]["cell"]
-        self.scaling = SeriesScaling(**prep["series"])
-        self.window, self.min_history, self.horizon = prep["window"], prep["min_history"], prep["horizon"]
-        self.val_loss: float = meta["val_loss"]
-        self.runner = OnnxRunner(stored, SETTINGS, forecast_batch)
+        self.runner = OnnxRunner(stored, SETTINGS)  # histories of one length run as one batch
+        self.cell: str = self.runner.card.model_config["cell"]
+        self.contract = ForecastContract.from_card(self.runner.card)
+
+    async def forecast(self, histories: np.ndarray, horizon: int) -> np.ndarray:
+        """(N, T) raw histories, T >= min_history -> (N, horizon) raw forecasts."""
+        recent = self.contract.recent(histories)
+        outputs = await self.runner.submit(self.contract.feeds(recent))
+        return self.contract.forecasts(outputs[self.runner.outputs[0].name], recent, horizon)
 
 
-class ForecastAPI(ModelAPI):
-    lstm_model = verified_model(SETTINGS.lstm_model)
-    gru_model = verified_model(SETTINGS.gru_model)
-
-    def __init__(self) -> None:
-        super().__init__()
-        forecasters = [Forecaster(stored) for stored in (self.lstm_model, self.gru_model)]
+class ForecastFamily:
+    def __init__(self, *stored: bentoml.Model):
+        forecasters = [Forecaster(s) for s in stored]
         self.forecasters = {f.cell: f for f in forecasters}
-        for f in forecasters:
-            self.add_runner(f.runner, np.zeros((1, f.window), np.float32))
+        self.runners = [f.runner for f in forecasters]
         # The default is the better one on validation data (never the test split).
-        self.default_forecaster = min(forecasters, key=lambda f: f.val_loss)
+        self.default = min(forecasters, key=lambda f: f.runner.card.val_loss)
 
-    @bentoml.api(route="/forecast")
-    async def forecast(
-        self,
-        history: Annotated[list[Annotated[float, Field(strict=True)]], Field(description="past weekly values, oldest first")],
-        horizon: Annotated[int, Field(strict=True, description="how many weeks to forecast")] = 52,
-        model: Annotated[Literal["lstm", "gru"] | None, Field(description="the cell; default: the better on validation")] = None,
-    ) -> Forecast:
+    def pipelines(self) -> list[InferenceModel]:
+        return [ForecastPipeline(f) for f in self.forecasters.values()]
+
+    @staticmethod
+    def routes(cards: list[ModelCard]) -> APIRouter:
+        contracts = [ForecastContract.from_card(card) for card in cards]
+        cells = tuple(card.model_config["cell"] for card in cards)
+        return forecast_routes(max(c.min_history for c in contracts), min(c.horizon for c in contracts), cells)
+
+
+class ForecastPipeline(InferenceModel):
+    """`<model>-pipeline`: N weekly histories of one length (FP32, oldest first) in, the next weeks out."""
+
+    platform = "modelroad_pipeline"
+
+    def __init__(self, forecaster: Forecaster):
+        runner, contract = forecaster.runner, forecaster.contract
+        super().__init__(f"{runner.name}-pipeline", runner.version, [TensorSpec("history", "FP32", (-1, -1))],
+                         [TensorSpec("forecast", "FP32", (-1, contract.horizon))])  # fmt: skip
+        self.forecaster = forecaster
+
+    @property
+    def ready(self) -> bool:
+        return self.forecaster.runner.warmed
+
+    async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        history = tensors["history"]
+        problem = self.inputs[0].problem(history)
+        if problem:
+            raise BadRequest(problem)
+        contract = self.forecaster.contract
+        if not 1 <= len(history) <= SETTINGS.max_batch_size:
+            raise BadRequest(f"history must hold from 1 to {SETTINGS.max_batch_size} series; got {len(history)}")
+        if not contract.min_history <= history.shape[1] <= SETTINGS.max_history:
+            raise BadRequest(f"each history must have from {contract.min_history} to {SETTINGS.max_history} values; "
+                             f"got {history.shape[1]}")  # fmt: skip
+        if not np.isfinite(history).all() or np.abs(history).max() > MAX_ABS_VALUE:
+            raise BadRequest(f"history values must be finite numbers within ±{MAX_ABS_VALUE:g}")
+        forecast = await self.forecaster.forecast(history, contract.horizon)
+        return {"forecast": forecast.astype(np.float32)}
+
+
+def forecast_routes(min_history: int, max_horizon: int, cells: tuple[str, ...]) -> APIRouter:
+    router = APIRouter(tags=["forecast"])
+    Value = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
+
+    class ForecastRequest(BaseModel):
+        history: Annotated[list[Value], Field(min_length=min_history, max_length=SETTINGS.max_history,
+                                              description="past weekly values, oldest first")]  # fmt: skip
+        horizon: Annotated[int, Field(strict=True, ge=1, le=max_horizon, description="how many weeks to forecast")] = max_horizon
+        model: Annotated[Literal[cells] | None, Field(description="the cell; default: the better on validation")] = None  # type: ignore[valid-type]
+
+    @router.post("/forecast", response_model=Forecast, responses=ERROR_RESPONSES)
+    async def forecast(body: ForecastRequest) -> Response:
         """Forecast the next `horizon` weeks of a weekly series from its history."""
-        forecaster = self.forecasters[model] if model else self.default_forecaster
-        if not 1 <= horizon <= forecaster.horizon:
-            raise invalid(f"horizon must be from 1 to {forecaster.horizon}; got {horizon}")
-        if not forecaster.min_history <= len(history) <= SETTINGS.max_history:
-            raise invalid(f"history must have from {forecaster.min_history} to {SETTINGS.max_history} values; got {len(history)}")
-        values = np.asarray(history, dtype=np.float64)
-        if not np.isfinite(values).all() or np.abs(values).max() > MAX_ABS_VALUE:
-            raise invalid(f"history values must be finite numbers within ±{MAX_ABS_VALUE:g}")
-        values = values[None, -forecaster.window :]  # the window the net was trained on
-        output = await forecaster.runner.submit(forecaster.scaling.encode(values))
-        forecast = forecaster.scaling.decode(output[None, :horizon], values)[0]
-        return Forecast(forecast=[round(float(v), 4) for v in forecast], model=forecaster.runner.tag)
+        family = serving(ForecastFamily)
+        forecaster = family.forecasters[body.model] if body.model else family.default
+        (row,) = await forecaster.forecast(np.asarray([body.history]), body.horizon)
+        return json_response(Forecast(forecast=[round(float(v), 4) for v in row], model=forecaster.runner.tag))
+
+    return router

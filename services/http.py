@@ -1,24 +1,27 @@
-"""ASGI middleware at the edge of every service: admission, request timeout, body-size limit, one JSON error shape.
+"""The HTTP edge of the platform's app: admission, request timeout, body-size limit, and the one error shape.
 
-BentoML answers some client mistakes in other shapes (plain-text 404/405, a list around
-`{"error": ...}`, pydantic's "1 validation error for Input" with the reason in `detail`);
-every 4xx/5xx leaves here as `{"error": "<what was wrong>"}` (pydantic details kept in `detail`).
+Every refusal leaves as `{"error": "<what was wrong>"}` (validation errors keep pydantic's list in `detail`),
+with 503s saying when to come back (`Retry-After`). The middleware wraps only the platform's own app,
+so BentoML's health and metrics routes are never refused for load.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
-from bentoml.exceptions import BentoMLException
-from starlette.datastructures import UploadFile
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.routing import Match, Route
 
+from contracts.preprocessing import ImageTooLarge, InvalidInput
+from services.errors import ServingError
 from services.metrics import ERRORS
 
 log = logging.getLogger(__name__)
@@ -27,154 +30,153 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-# An upload route's handler: the uploaded file's bytes -> the answer's JSON bytes.
-UploadHandler = Callable[[bytes], Awaitable[bytes]]
 
-# Paths that are not APIs but still answer errors (readyz before warm-up, say).
-SERVICE_PATHS = ("/readyz", "/livez", "/healthz", "/metrics", "/docs.json")
-UNEXPECTED = "An unexpected error has occurred, please check the server log."  # BentoML's words for every 5xx
-# A 503 from the app (its runner service unreachable, say) is temporary: say so, and when to come back.
-UNAVAILABLE = "the service cannot answer just now (the server log says why); retry shortly"
-RETRY_AFTER = (b"retry-after", b"1")
+RETRY_AFTER = "1"
+UNEXPECTED = "an unexpected error occurred on the server (the server log says which); the request was not served"
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: list[dict[str, Any]] | None = None  # pydantic's errors, for a request that failed validation
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("the request is not valid; `error` says what to change"),
+    413: _error("the body or the image is over the limit"),
+    503: _error("busy or not ready; retry after Retry-After seconds"),
+    504: _error("not answered within the request timeout"),
+}
+
+
+def json_response(answer: BaseModel | Sequence[BaseModel]) -> Response:
+    """An answer as JSON, serialized by pydantic's own encoder (the route declares its model for the docs)."""
+    if isinstance(answer, BaseModel):
+        body = answer.model_dump_json().encode()
+    else:
+        body = b"[" + b",".join(a.model_dump_json().encode() for a in answer) + b"]"
+    return Response(body, media_type="application/json")
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body is over the limit of {limit} bytes")
 
 
 def _reason(status: int) -> str:
     """A low-cardinality label for the errors counter: the status phrase in snake case."""
-    try:
-        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
-    except ValueError:
-        return str(status)
+    return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
 
 
-def error_message(status: int, body: bytes) -> dict[str, Any]:
-    """Turn whatever error body BentoML or Starlette produced into {"error": str[, "detail": ...]}."""
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        data = None
-    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
-        data = data[0]  # BentoML wraps 4xx errors in a one-element list
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        detail = data.get("detail")
-        if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
-            reasons = [f"{'.'.join(str(p) for p in d.get('loc', ())) or 'body'}: {d.get('msg', '')}" for d in detail[:5]]
-            return {"error": "invalid request: " + "; ".join(reasons), "detail": detail}
-        return {"error": data["error"]}
-    text = body.decode("utf-8", "replace").strip() if body and data is None else ""
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    return {"error": f"{phrase}: {text}" if text and text != phrase else phrase}
+def endpoint(app: Any, scope: Scope) -> str:
+    """The route template a request matched (bounded, unlike its path), or `other`."""
+    for route in getattr(app, "routes", ()):
+        if not isinstance(route, FallbackRoute) and route.matches(scope)[0] != Match.NONE:
+            return route.path
+    return "other"
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that gives the buffered body once, then passes on what the client sends (disconnects)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
+def error_response(request: Request, status: int, message: str, detail: list | None = None) -> JSONResponse:
+    ERRORS.labels(endpoint(request.scope.get("app"), request.scope), _reason(status)).inc()
+    body: dict[str, Any] = {"error": message}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status, headers={"Retry-After": RETRY_AFTER} if status == 503 else None)
 
 
-async def multipart_fields(scope: Scope, body: bytes) -> dict[str, bytes]:
-    """The fields of a buffered multipart/form-data body: name -> a file's bytes or a value's UTF-8."""
-    async with Request(scope, _replay(body, _never)).form() as form:
-        return {name: await value.read() if isinstance(value, UploadFile) else value.encode()
-                for name, value in form.multi_items()}  # fmt: skip
+def _validation_message(errors: Sequence[dict[str, Any]]) -> str:
+    if errors and errors[0].get("type") == "json_invalid":
+        return f"Invalid JSON body: {errors[0].get('ctx', {}).get('error', 'cannot be parsed')}"
+    reasons = []
+    for e in errors[:5]:
+        loc = [str(p) for p in e.get("loc", ())]
+        reasons.append(f"{'.'.join(loc[1:] if loc[:1] == ['body'] else loc) or 'body'}: {e.get('msg', '')}")
+    return "invalid request: " + "; ".join(reasons)
 
 
-async def _never() -> Message:
-    return {"type": "http.disconnect"}
+def install_error_handlers(app: FastAPI) -> None:
+    """Every way a request can fail, answered in the one shape."""
+
+    async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        return error_response(request, exc.status, str(exc))
+
+    async def invalid_input(request: Request, exc: InvalidInput) -> JSONResponse:
+        return error_response(request, 413 if isinstance(exc, ImageTooLarge) else 400, str(exc))
+
+    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
+        return error_response(request, 400, _validation_message(errors), errors)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        response = error_response(request, exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(request, 500, UNEXPECTED)
+
+    app.add_exception_handler(ServingError, serving_error)
+    app.add_exception_handler(InvalidInput, invalid_input)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
 
 
-def without_timeout(app: Callable, timeout: float) -> Callable:
-    """Takes the place of BentoML's TimeoutMiddleware (`traffic.TimeoutMiddleware`); EdgeMiddleware times requests.
+class FallbackRoute(Route):
+    """Last route: an unknown path gets 404 JSON, a known one with a method it does not serve 405 with `Allow`.
 
-    BentoML's never cancels its per-request timer, so every request's timer, future and context live on for
-    the whole timeout: at 2,500 requests/s and 30 s, ~75k objects per worker that each full garbage
-    collection walks, which made the p99 at 32 connections 4-5x the p90.
+    A full match for every path but BentoML's own pages behind this app (its index and static files), so such
+    requests stay in this app instead of getting BentoML's plain-text answers.
     """
-    return app
+
+    LEFT_TO_BENTOML = ("/static_content/",)
+
+    def __init__(self) -> None:
+        super().__init__("/{path:path}", self.answer, include_in_schema=False)
+        self.methods = None  # every method: a known path's other methods get their 405 here
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path == "/" or path.startswith(self.LEFT_TO_BENTOML):
+            return Match.NONE, {}
+        return Match.FULL, {}
+
+    async def answer(self, request: Request) -> Response:
+        allowed = sorted({method for route in request.app.routes if route is not self
+                          and route.matches(request.scope)[0] == Match.PARTIAL for method in route.methods or ()})  # fmt: skip
+        if allowed:
+            raise HTTPException(405, f"{request.method} is not served at {request.url.path}; use {', '.join(allowed)}",
+                                headers={"Allow": ", ".join(allowed)})  # fmt: skip
+        raise HTTPException(404, f"no route {request.url.path}; see /docs.json")
 
 
 class EdgeMiddleware:
-    def __init__(self, app: Callable, max_body_bytes: int, api_fields: dict[str, tuple[str, ...]],
-                 max_in_flight: int = 256, request_timeout_s: float = 30.0,
-                 uploads: dict[str, UploadHandler] | None = None):  # fmt: skip
+    """Admission (at most `max_in_flight` requests at once, else 503 at once), the request timeout, the body limit."""
+
+    def __init__(self, app: Callable, max_body_bytes: int, max_in_flight: int = 256, request_timeout_s: float = 30.0,
+                 open_paths: tuple[str, ...] = ()):  # fmt: skip
         self.app = app
-        # Routes whose one input is a file: the edge, which has parsed the multipart body already, answers
-        # them itself through the handler instead of passing them on (BentoML would parse the body again,
-        # write the file to disk and validate it as a path: ~40% of such a request's CPU).
-        self.uploads = uploads or {}
-        self.request_timeout_s = request_timeout_s
         self.max_body_bytes = max_body_bytes
-        self.api_fields = api_fields  # route -> its input field names
-        # API requests admitted at once by this worker; past it, 503 at once instead of an unbounded queue.
         self.max_in_flight = max_in_flight
+        self.request_timeout_s = request_timeout_s
+        self.open_paths = open_paths  # never refused for load: health and docs
         self.in_flight = 0
 
-    def _endpoint(self, scope: Scope) -> str:
-        path = scope.get("path", "")
-        return path if path in self.api_fields or path in SERVICE_PATHS else "other"
-
-    async def _reply(self, send: Send, scope: Scope, status: int, message: str) -> None:
-        body = json.dumps({"error": message}).encode()
-        ERRORS.labels(self._endpoint(scope), _reason(status)).inc()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                *([RETRY_AFTER] if status == 503 else [])]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
-
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        """The whole body, or None once it grows past the limit."""
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:
-                return None
-            more = message.get("more_body", False)
-        return b"".join(chunks)
-
-    async def _read_form(self, scope: Scope, body: bytes) -> tuple[dict[str, bytes], str | None]:
-        """The multipart fields, or a problem: BentoML answers a file under an unexpected field name with a 500."""
-        expected = set(self.api_fields[scope["path"]])
-        try:
-            fields = await multipart_fields(scope, body)
-        except (MultiPartException, HTTPException, ValueError) as exc:
-            # Starlette raises HTTPException(400) for bad multipart data when it runs inside an app.
-            return {}, f"malformed multipart body: {getattr(exc, 'detail', exc)}"
-        if set(fields) != expected:
-            return fields, f"multipart fields {sorted(fields)} do not match the expected {sorted(expected)}"
-        return fields, None
-
-    async def _answer_upload(self, scope: Scope, send: Send, handler: UploadHandler, data: bytes) -> None:
-        """The upload route's answer, with BentoML's meaning of its exceptions: a client error's own status."""
-        try:
-            body = await handler(data)
-        except Exception as exc:
-            status = int(exc.error_code) if isinstance(exc, BentoMLException) else 500
-            if status < 500:
-                return await self._reply(send, scope, status, str(exc))
-            log.exception("%s failed", scope["path"])
-            return await self._reply(send, scope, status, UNAVAILABLE if status == 503 else UNEXPECTED)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+    async def _reply(self, scope: Scope, send: Send, status: int, message: str) -> None:
+        response = error_response(Request(scope), status, message)
+        await response(scope, _no_body, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"] not in self.api_fields:  # health, metrics, docs: never refused for load
+        if scope["path"].startswith(self.open_paths):
             return await self._answer_in_time(scope, receive, send)
         if self.in_flight >= self.max_in_flight:
-            return await self._reply(send, scope, 503, f"server busy: {self.in_flight} requests in flight, "
+            return await self._reply(scope, send, 503, f"server busy: {self.in_flight} requests in flight, "
                                      "the most this worker admits; retry shortly")  # fmt: skip
         self.in_flight += 1
         try:
@@ -195,76 +197,30 @@ class EdgeMiddleware:
 
         try:
             async with asyncio.timeout(self.request_timeout_s) as deadline:
-                await self._handle(scope, receive, timed_send)
+                await self._limit_body(scope, receive, timed_send)
         except TimeoutError:
             if started or not deadline.expired():
                 raise
-            await self._reply(send, scope, 504, f"no answer within the request timeout of {self.request_timeout_s:g} s")
+            await self._reply(scope, send, 504, f"no answer within the request timeout of {self.request_timeout_s:g} s")
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _limit_body(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_body_bytes
-        headers = dict(scope.get("headers", ()))
-        declared = headers.get(b"content-length")
+        declared = dict(scope.get("headers", ())).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await self._reply(send, scope, 413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
-
-        if headers.get(b"content-type", b"").startswith(b"multipart/form-data") and scope["path"] in self.api_fields:
-            body = await self._read_body(receive)
-            if body is None:
-                return await self._reply(send, scope, 413, f"request body is over the limit of {limit} bytes")
-            fields, problem = await self._read_form(scope, body)
-            if problem:
-                return await self._reply(send, scope, 400, problem)
-            if scope["path"] in self.uploads:
-                (data,) = fields.values()
-                return await self._answer_upload(scope, send, self.uploads[scope["path"]], data)
-            receive = _replay(body, receive)
-
-        received, too_large = 0, False
+            return await self._reply(scope, send, 413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+        received = 0
 
         async def limited_receive() -> Message:
-            nonlocal received, too_large
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
-                    too_large = True  # a chunked body that grew past the limit: stop reading it
-                    return {"type": "http.disconnect"}
+                if received > limit:  # a chunked body that grew past the limit: stop reading it
+                    raise BodyTooLarge(limit)
             return message
 
-        status, start, chunks, started = 0, None, [], False
+        await self.app(scope, limited_receive, send)
 
-        async def rewriting_send(message: Message) -> None:
-            nonlocal status, start, started
-            if too_large:
-                return  # the app's answer to a cut-off body is replaced by the 413 below
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if status < 400:
-                    started = True
-                    return await send(message)
-                start = message
-                return
-            if message["type"] == "http.response.body" and start is not None:
-                chunks.append(message.get("body", b""))
-                if message.get("more_body"):
-                    return
-                error = {"error": UNAVAILABLE} if status == 503 else error_message(status, b"".join(chunks))
-                body = json.dumps(error).encode()
-                ERRORS.labels(self._endpoint(scope), _reason(status)).inc()
-                kept = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
-                if status == 503 and not any(k.lower() == b"retry-after" for k, _ in kept):
-                    kept.append(RETRY_AFTER)
-                started = True
-                await send({**start, "headers": kept + [(b"content-type", b"application/json"),
-                                                        (b"content-length", str(len(body)).encode())]})  # fmt: skip
-                return await send({"type": "http.response.body", "body": body})
-            await send(message)
 
-        try:
-            await self.app(scope, limited_receive, rewriting_send)
-        except Exception:
-            if not too_large:
-                raise
-        if too_large and not started:
-            await self._reply(send, scope, 413, f"request body is over the limit of {limit} bytes")
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}

@@ -1,82 +1,132 @@
-"""Image classification API: an uploaded image file, or a JSON batch of pixel arrays."""
-from __future__ import annotations
-
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Annotated, ClassVar
+"""Image classification: an uploaded image file, or a JSON batch of grey pixel arrays; and its pipeline."""
+from typing import Annotated
 
 import bentoml
 import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
 
-from contracts.preprocessing import ImagePreprocessing, InvalidInput
-from services.base import ModelAPI, classify_rows, invalid
-from services.runner import OnnxRunner, verified_model
+from contracts.card import ModelCard
+from contracts.families import ImageClassification, ImageContract
+from services.errors import BadRequest
+from services.family import count_predictions, serving
+from services.http import ERROR_RESPONSES, json_response
+from services.oip import InferenceModel
+from services.runner import OnnxRunner, TensorSpec
 from services.settings import SETTINGS
 
-
-class ImageClassification(BaseModel):
-    label: str
-    class_id: int
-    probabilities: dict[str, float]
+UPLOAD_FIELD = "image"
 
 
-def classify_batch(runner: OnnxRunner, payloads: Sequence[np.ndarray]) -> list[list[ImageClassification]]:
-    """payloads: normalized (n_i, C, H, W) float32 arrays -> one list of classifications per payload."""
-    labels: list[str] = runner.metadata["labels"]
-    logits = runner.run({"pixels": np.concatenate(payloads)})
-    return [
-        [ImageClassification(label=labels[i], class_id=i, probabilities=p) for i, p in answers]
-        for answers in classify_rows(runner, logits, [len(payload) for payload in payloads])
-    ]
+class ImageFamily:
+    def __init__(self, stored: bentoml.Model):
+        self.runner = OnnxRunner(stored, SETTINGS)
+        self.runners = [self.runner]
+        self.contract = ImageContract.from_card(self.runner.card)
+
+    def pipelines(self) -> list[InferenceModel]:
+        return [ImagePipeline(self)]
+
+    async def classify(self, feeds: dict[str, np.ndarray]) -> list[ImageClassification]:
+        outputs = await self.runner.submit(feeds)
+        answers = self.contract.answers(outputs[self.runner.outputs[0].name])
+        count_predictions(self.runner.name, (a.label for a in answers))
+        return answers
+
+    def feeds_from_files(self, files: list[bytes]) -> dict[str, np.ndarray]:
+        return self.contract.feeds_from_files(files, SETTINGS.max_image_pixels)
+
+    def feeds_from_pixels(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        prep = self.contract.prep
+        if pixels.ndim != 3 or pixels.shape[1:] != (prep.height, prep.width) or len(pixels) == 0:
+            raise BadRequest(f"pixels must have shape (N, {prep.height}, {prep.width}) with N >= 1; got {list(pixels.shape)}")
+        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
+            raise BadRequest("pixel values must be finite numbers from 0 to 255")
+        return self.contract.feeds_from_pixels(pixels)
+
+    @staticmethod
+    def routes(cards: list[ModelCard]) -> APIRouter:
+        (card,) = cards
+        prep = ImageContract.from_card(card).prep
+        return image_routes(prep.height, prep.width)
 
 
-class ImageAPI(ModelAPI):
-    image_model = verified_model(SETTINGS.image_model)
-    uploads: ClassVar[dict[str, str]] = {"/classify_image": "classify_upload"}
+class ImagePipeline(InferenceModel):
+    """`<model>-pipeline`: encoded image files (BYTES) or grey pixels (FP32, 0-255) in; labels and probabilities out."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        stored = self.image_model  # the class-scope BentoModel resolves to the stored model here
-        self.image_prep = ImagePreprocessing(**stored.info.metadata["preprocessing"]["image"])
-        self.image_runner = OnnxRunner(stored, SETTINGS, classify_batch)
-        prep = self.image_prep
-        self.add_runner(self.image_runner, np.zeros((1, prep.channels, prep.height, prep.width), np.float32))
+    platform = "modelroad_pipeline"
 
-    async def classify_upload(self, data: bytes) -> ImageClassification:
-        """One PNG/JPEG file's bytes -> its classification."""
-        try:
-            pixels = self.image_prep.pixels_from_bytes(data, SETTINGS.max_image_pixels)
-        except InvalidInput as exc:
-            raise invalid(str(exc)) from None
-        (answer,) = await self.image_runner.submit(self.image_prep.normalize(pixels[None]))
-        return answer
+    def __init__(self, family: ImageFamily):
+        runner, prep = family.runner, family.contract.prep
+        super().__init__(
+            f"{runner.name}-pipeline", runner.version,
+            [TensorSpec("image", "BYTES", (-1,)), TensorSpec("pixels", "FP32", (-1, prep.height, prep.width))],
+            [TensorSpec("label", "BYTES", (-1,)), TensorSpec("class_id", "INT64", (-1,)),
+             TensorSpec("probabilities", "FP32", (-1, len(family.contract.labels)))],
+        )  # fmt: skip
+        self.family = family
 
-    @bentoml.api(route="/classify_image")
-    async def classify_image(
-        self, image: Annotated[Path, Field(description="a PNG or JPEG file (multipart field `image`)")]
-    ) -> ImageClassification:
+    @property
+    def ready(self) -> bool:
+        return self.family.runner.warmed
+
+    async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if len(tensors) != 1:
+            raise BadRequest(f"{self.name} takes one input: `image` (encoded files) or `pixels`; got {sorted(tensors)}")
+        ((name, array),) = tensors.items()
+        problem = next(spec for spec in self.inputs if spec.name == name).problem(array)
+        if problem:
+            raise BadRequest(problem)
+        if not 1 <= len(array) <= SETTINGS.max_batch_size:
+            raise BadRequest(f"{name} must hold from 1 to {SETTINGS.max_batch_size} images; got {len(array)}")
+        feeds = self.family.feeds_from_files(list(array)) if name == "image" else self.family.feeds_from_pixels(array)
+        answers = await self.family.classify(feeds)
+        labels = self.family.contract.labels
+        return {
+            "label": np.array([a.label.encode() for a in answers], dtype=np.object_),
+            "class_id": np.array([a.class_id for a in answers], dtype=np.int64),
+            "probabilities": np.array([[a.probabilities[k] for k in labels] for a in answers], dtype=np.float32),
+        }
+
+
+def image_routes(height: int, width: int) -> APIRouter:
+    router = APIRouter(tags=["image"])
+    Row = Annotated[list[Annotated[float, Field(ge=0, le=255, allow_inf_nan=False)]], Field(min_length=width, max_length=width)]
+    Image = Annotated[list[Row], Field(min_length=height, max_length=height)]
+
+    class Pixels(BaseModel):
+        pixels: Annotated[list[Image], Field(min_length=1, max_length=SETTINGS.max_batch_size,
+                          description=f"images as (N, {height}, {width}) grey values 0-255 at the model's size")]  # fmt: skip
+
+    upload_body = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": [UPLOAD_FIELD], "additionalProperties": False,
+        "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary", "description": "a PNG or JPEG file"}}}}}}}  # fmt: skip
+
+    @router.post("/classify_image", response_model=ImageClassification, responses=ERROR_RESPONSES, openapi_extra=upload_body)
+    async def classify_image(request: Request) -> Response:
         """Classify one uploaded PNG/JPEG (multipart field `image`) of any size or colour."""
-        return await self.classify_upload(image.read_bytes())
+        family = serving(ImageFamily)
+        (answer,) = await family.classify(family.feeds_from_files([await uploaded_file(request, UPLOAD_FIELD)]))
+        return json_response(answer)
 
-    @bentoml.api(route="/classify_pixels")
-    async def classify_pixels(
-        self,
-        pixels: Annotated[
-            list[list[list[float]]],
-            Field(description="images as (N, height, width) grey values 0-255 at the model's size (28x28)"),
-        ],
-    ) -> list[ImageClassification]:
+    @router.post("/classify_pixels", response_model=list[ImageClassification], responses=ERROR_RESPONSES)
+    async def classify_pixels(body: Pixels) -> Response:
         """Classify a JSON batch of grey-value images already at the model's size."""
-        prep = self.image_prep
-        try:
-            array = np.asarray(pixels, dtype=np.float64)
-        except ValueError:  # ragged nesting
-            raise invalid(f"pixels must have shape (N, {prep.height}, {prep.width}); the rows differ in length") from None
-        if array.ndim != 3 or array.shape[0] == 0 or array.shape[1:] != (prep.height, prep.width):
-            raise invalid(f"pixels must have shape (N, {prep.height}, {prep.width}) with N >= 1; got {list(array.shape)}")
-        if len(array) > SETTINGS.max_batch_size:
-            raise invalid(f"at most {SETTINGS.max_batch_size} images per request; got {len(array)}")
-        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
-            raise invalid("pixel values must be finite numbers from 0 to 255")
-        return await self.image_runner.submit(prep.normalize(array))
+        family = serving(ImageFamily)
+        answers = await family.classify(family.feeds_from_pixels(np.asarray(body.pixels, dtype=np.float64)))
+        return json_response(answers)
+
+    return router
+
+
+async def uploaded_file(request: Request, field: str) -> bytes:
+    """The one file of a multipart/form-data body, under `field`."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise BadRequest(f"send the file as multipart/form-data, field `{field}`")
+    async with request.form() as form:
+        items = form.multi_items()
+        if [name for name, _ in items] != [field] or not isinstance(items[0][1], UploadFile):
+            raise BadRequest(f"multipart fields {sorted(name for name, _ in items)} do not match the expected ['{field}'] (one file)")
+        return await items[0][1].read()

@@ -15,11 +15,12 @@ import zipfile
 
 import httpx
 import numpy as np
-from bentoml.exceptions import ServiceUnavailable
+
+from contracts.families import Feeds
+from services.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-Feeds = dict[str, np.ndarray]
 NPZ = "application/x-npz"
 NPY = "application/x-npy"
 DEVICE_HEADER = "x-modelroad-device"
@@ -52,18 +53,18 @@ def decode_array(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-class RunnerUnavailable(ServiceUnavailable):
+class RunnerUnavailable(Unavailable):
     """The runner service could not be reached or did not answer a batch: the requests in it get 503."""
 
 
 class RemoteSession:
-    """One model's session in a runner service, with the `run(feeds) -> first output` of a local session.
+    """One model's session in a runner service, with the `run(feeds) -> outputs` of a local session (its first output).
 
     Called from the batcher's one thread per model, so one keep-alive connection per model and worker.
     """
 
-    def __init__(self, url: str, tag: str, timeout_s: float, wait_s: float):
-        self.url, self.tag = url.rstrip("/"), tag
+    def __init__(self, url: str, tag: str, output: str, timeout_s: float, wait_s: float):
+        self.url, self.tag, self.output = url.rstrip("/"), tag, output
         self.route = f"/run/{tag}"
         self.device = "unknown"  # until the runner names it
         # Idle connections are dropped before the server's keep-alive (uvicorn: 5 s) would close them under us.
@@ -89,7 +90,7 @@ class RemoteSession:
                 logged = True
             time.sleep(0.5)
 
-    def run(self, feeds: Feeds) -> np.ndarray:
+    def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
         body = encode_feeds(feeds)
         try:
             response = self._post(body)
@@ -103,7 +104,7 @@ class RemoteSession:
             log.error("runner %s answered %s for %s: %s", self.url, response.status_code, self.tag, reason)
             raise RunnerUnavailable(f"the model runner answered {response.status_code}: {reason}")
         self.device = response.headers.get(DEVICE_HEADER, self.device)
-        return decode_array(response.content)
+        return {self.output: decode_array(response.content)}
 
     def _post(self, body: bytes) -> httpx.Response:
         try:

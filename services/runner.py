@@ -5,18 +5,22 @@ import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import bentoml
 import numpy as np
 import onnxruntime as ort
 
+from contracts.card import ModelCard
+from contracts.families import Feeds
 from services.batching import MicroBatcher
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO
-from services.remote import Feeds, RemoteSession
+from services.remote import RemoteSession
 from services.settings import ServeSettings
 
 log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]  # ONNX output name -> array, batch axis first
 
 
 class ModelIntegrityError(RuntimeError):
@@ -58,88 +62,181 @@ def choose_providers(device: str, available: Sequence[str]) -> tuple[list[str], 
     return ["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda"
 
 
+# ONNX Runtime's element types -> the inference protocol's datatypes and NumPy's.
+DATATYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16", "tensor(int64)": "INT64",
+             "tensor(int32)": "INT32", "tensor(int16)": "INT16", "tensor(int8)": "INT8", "tensor(uint8)": "UINT8",
+             "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(bool)": "BOOL",
+             "tensor(string)": "BYTES"}  # fmt: skip
+NUMPY_TYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
+               "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+               "UINT64": np.uint64, "BOOL": np.bool_, "BYTES": np.object_}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor as the inference protocol describes it: -1 for a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @classmethod
+    def from_ort(cls, arg: ort.NodeArg) -> TensorSpec:
+        return cls(arg.name, DATATYPES.get(arg.type, arg.type), tuple(d if isinstance(d, int) else -1 for d in arg.shape))
+
+    def problem(self, array: np.ndarray) -> str | None:
+        """What keeps `array` from being this tensor, or None."""
+        want = NUMPY_TYPES.get(self.datatype)
+        if want is not None and array.dtype != want:
+            return f"{self.name} must be {self.datatype}; got {array.dtype.name}"
+        if array.ndim != len(self.shape) or any(d != -1 and d != n for d, n in zip(self.shape, array.shape)):
+            return f"{self.name} must have shape {list(self.shape)} (-1: any length); got {list(array.shape)}"
+        return None
+
+
+def onnx_signature(session: ort.InferenceSession) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    return tuple(map(TensorSpec.from_ort, session.get_inputs())), tuple(map(TensorSpec.from_ort, session.get_outputs()))
+
+
+def feeds_problem(inputs: Sequence[TensorSpec], feeds: Feeds) -> str | None:
+    """What is wrong with a call's arrays for a model with these inputs, or None.
+
+    Checked before a call joins a batch, so that one bad call cannot fail the others in it.
+    """
+    names = [spec.name for spec in inputs]
+    if sorted(feeds) != sorted(names):
+        return f"the model's inputs are {names}; got {sorted(feeds)}"
+    for spec in inputs:
+        problem = spec.problem(feeds[spec.name])
+        if problem:
+            return problem
+    if len({len(array) for array in feeds.values()}) != 1 or rows(feeds) == 0:
+        return "every input must hold the same number of rows, at least one"
+    return None
+
+
+def zero_feeds(inputs: Sequence[TensorSpec]) -> Feeds:
+    """A one-row call of zeros (dynamic axes of length 1), to warm a session up."""
+    return {spec.name: np.zeros([1 if d == -1 else d for d in spec.shape], NUMPY_TYPES[spec.datatype]) for spec in inputs}
+
+
+def session_options(settings: ServeSettings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.ort_threads
+    options.inter_op_num_threads = 1
+    return options
+
+
 class LocalSession:
     """A model's ONNX Runtime session in this process, on the configured device."""
 
-    def __init__(self, model_path: str, settings: ServeSettings, tag: str):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = settings.ort_threads
-        options.inter_op_num_threads = 1
-        providers, wanted = choose_providers(settings.device, ort.get_available_providers())
-        self.session = ort.InferenceSession(model_path, options, providers=providers)
-        self.inputs = self.session.get_inputs()
+    def __init__(self, session: ort.InferenceSession, wanted: str, tag: str, threads: int):
+        self.session = session
+        self.output_names = [o.name for o in session.get_outputs()]
         # A CUDA provider that cannot start (no GPU) leaves the session on CPU: report what runs.
-        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        self.device = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
         if self.device != wanted:
             log.warning("%s: CUDA was asked for but could not start; running on CPU", tag)
-        log.info("%s loaded on %s (%d ONNX Runtime threads)", tag, self.device, settings.ort_threads)
+        log.info("%s loaded on %s (%d ONNX Runtime threads)", tag, self.device, threads)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(None, feeds)[0]
+    def run(self, feeds: Feeds) -> Outputs:
+        return dict(zip(self.output_names, self.session.run(None, feeds)))
+
+
+# A runner's collate: the calls of one batch (each its feeds) -> each call's outputs, run in as few ONNX calls as fit.
+Collate = Callable[["OnnxRunner", Sequence[Feeds]], list[Outputs]]
 
 
 class OnnxRunner:
-    """One model: its session (here, or in the runner service at MODELROAD_RUNNER_URL) behind a micro-batcher."""
+    """One model: its session (here, or in the runner service at MODELROAD_RUNNER_URL) behind a micro-batcher.
 
-    def __init__(
-        self,
-        stored: bentoml.Model,
-        settings: ServeSettings,
-        infer: Callable[[OnnxRunner, Sequence[Any]], Sequence[Any]],
-        count_items: Callable[[Any], int] = len,
-    ):
+    A call is the feeds of one request (one or more rows); the batcher gathers calls and `collate` merges them.
+    """
+
+    def __init__(self, stored: bentoml.Model, settings: ServeSettings, collate: Collate | None = None):
         self.name = stored.tag.name
         self.tag, self.version = str(stored.tag), stored.tag.version
-        self.metadata: dict[str, Any] = stored.info.metadata
+        self.card = ModelCard.from_metadata(stored.info.metadata)
+        providers, wanted = choose_providers(settings.device, ort.get_available_providers())
+        # The API worker reads the graph's signature itself, also when a runner service computes.
+        session = ort.InferenceSession(stored.path_of("model.onnx"), session_options(settings),
+                                       providers=providers if not settings.runner_url else ["CPUExecutionProvider"])  # fmt: skip
+        self.inputs, self.outputs = onnx_signature(session)
         self.session: LocalSession | RemoteSession = (
-            RemoteSession(settings.runner_url, self.tag, settings.request_timeout_s, settings.runner_wait_s)
+            RemoteSession(settings.runner_url, self.tag, self.outputs[0].name, settings.request_timeout_s, settings.runner_wait_s)
             if settings.runner_url
-            else LocalSession(stored.path_of("model.onnx"), settings, self.tag)
+            else LocalSession(session, wanted, self.tag, settings.ort_threads)
         )
-        self._infer = infer
+        self._collate = collate or run_calls
         self.warmed = False
         self.batcher = MicroBatcher(
-            self.name, self.infer, count_items,
+            self.name, self.infer, rows,
             max_items=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
         )  # fmt: skip
 
-    def infer(self, payloads: Sequence[Any]) -> Sequence[Any]:
-        """Collate payloads, run them as one batch, split the results (the family's infer function)."""
-        return self._infer(self, payloads)
+    def infer(self, calls: Sequence[Feeds]) -> list[Outputs]:
+        return self._collate(self, calls)
 
-    def warm_up(self, payload: Any) -> None:
+    def warm_up(self) -> None:
         # One real call before readiness: ONNX Runtime allocates and picks kernels on the first run
         # (and a runner service names its device).
-        self.infer([payload])
+        self.infer([zero_feeds(self.inputs)])
         self.warmed = True
-        MODEL_INFO.labels(self.name, self.version, self.session.device, str(self.metadata.get("opset", ""))).set(1)
+        MODEL_INFO.labels(self.name, self.version, self.session.device, str(self.card.opset or "")).set(1)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """One inference call (one batch); returns the first output."""
+    def run(self, feeds: Feeds) -> Outputs:
+        """One inference call (one batch)."""
         with INFERENCE_SECONDS.labels(self.name).time():
             return self.session.run(feeds)
 
-    async def submit(self, payload: Any) -> Any:
-        return await self.batcher.submit(payload)
+    async def submit(self, feeds: Feeds) -> Outputs:
+        """One call's outputs, computed in a batch with whatever else is queued."""
+        return await self.batcher.submit(feeds)
 
 
 def rows(feeds: Feeds) -> int:
     return len(next(iter(feeds.values())))
 
 
-def run_calls(runner: OnnxRunner, calls: Sequence[Feeds]) -> list[np.ndarray]:
-    """Each call's output; calls whose inputs agree in dtype and shape past the batch axis run as one batch.
+def split(outputs: Outputs, calls: Sequence[Feeds], indices: Sequence[int], into: list[Outputs]) -> None:
+    """Hand each call in `indices` its rows of a merged run's outputs."""
+    start = 0
+    for i in indices:
+        n = rows(calls[i])
+        into[i] = {name: array[start : start + n] for name, array in outputs.items()}
+        start += n
 
-    The infer function of runners whose payloads are ready feeds: the runner service's, the forecasters'.
+
+def run_calls(runner: OnnxRunner, calls: Sequence[Feeds]) -> list[Outputs]:
+    """Each call's outputs; calls whose inputs agree in dtype and shape past the batch axis run as one batch.
+
+    Safe for any model: nothing is padded.
     """
-    outputs: list[np.ndarray] = [np.empty(0)] * len(calls)
+    results: list[Outputs] = [{}] * len(calls)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, feeds in enumerate(calls):
         groups[tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(feeds.items()))].append(i)
     for indices in groups.values():
-        merged = runner.run({name: np.concatenate([calls[i][name] for i in indices]) for name in calls[indices[0]]})
-        start = 0
-        for i in indices:
-            outputs[i] = merged[start : start + rows(calls[i])]
-            start += rows(calls[i])
-    return outputs
+        split(runner.run({name: np.concatenate([calls[i][name] for i in indices]) for name in calls[indices[0]]}),
+              calls, indices, results)  # fmt: skip
+    return results
+
+
+def padded_calls(pad_values: dict[str, int]) -> Collate:
+    """A collate for (N, T) sequence inputs: every call padded on axis 1 to the batch's longest, one run.
+
+    Right only for a model that ignores padding (the Transformer's attention mask does); the forecasters do not.
+    """
+
+    def collate(runner: OnnxRunner, calls: Sequence[Feeds]) -> list[Outputs]:
+        longest = max(array.shape[1] for feeds in calls for array in feeds.values())
+        merged = {
+            name: np.concatenate([np.pad(feeds[name], ((0, 0), (0, longest - feeds[name].shape[1])),
+                                         constant_values=pad_values[name]) for feeds in calls])
+            for name in calls[0]
+        }  # fmt: skip
+        results: list[Outputs] = [{}] * len(calls)
+        split(runner.run(merged), calls, range(len(calls)), results)
+        return results
+
+    return collate

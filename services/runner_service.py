@@ -11,85 +11,60 @@ runner stays in the API process: this hop costs more than it saves there.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import bentoml
-import numpy as np
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-from services.base import ModelAPI, platform_service
-from services.forecast import ForecastAPI
-from services.image import ImageAPI
-from services.remote import DEVICE_HEADER, NPY, Feeds, decode_feeds, encode_array
-from services.runner import OnnxRunner, rows, run_calls
-from services.settings import SETTINGS
-from services.text import TextAPI
+from services.app import build_app
+from services.bentoml_timeout import replace_bentoml_timeout
+from services.errors import BadRequest, NotFound
+from services.remote import DEVICE_HEADER, NPY, decode_feeds, encode_array
+from services.runner import OnnxRunner, feeds_problem, verified_model
+from services.settings import SETTINGS, service_config
 
 # One worker owns the device; it runs the models itself, whatever MODELROAD_RUNNER_URL says.
 RUNNER_SETTINGS = dataclasses.replace(SETTINGS, workers=1, runner_url="")
-# ONNX Runtime's element types -> NumPy's (the types these models use, and their near kin).
-ELEMENT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-                 "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}  # fmt: skip
+router = APIRouter()
 
 
-def feeds_problem(inputs: Sequence, feeds: Feeds) -> str | None:
-    """What is wrong with a call's arrays for a model with these ONNX inputs, or None.
-
-    Checked before a call joins a batch, so that one bad call cannot fail the others in it.
-    """
-    names = [spec.name for spec in inputs]
-    if sorted(feeds) != sorted(names):
-        return f"the model's inputs are {names}; got {sorted(feeds)}"
-    for spec in inputs:
-        array, want = feeds[spec.name], ELEMENT_TYPES.get(spec.type)
-        if want is not None and array.dtype != want:
-            return f"{spec.name} must be {np.dtype(want).name}; got {array.dtype.name}"
-        if array.ndim != len(spec.shape) or any(isinstance(d, int) and d != n for d, n in zip(spec.shape, array.shape)):
-            return f"{spec.name} must have shape {spec.shape}; got {list(array.shape)}"
-    if len({len(array) for array in feeds.values()}) != 1 or rows(feeds) == 0:
-        return "every input must hold the same number of rows, at least one"
-    return None
-
-
-def zero_feeds(inputs: Sequence) -> Feeds:
-    """A one-row call of zeros (dynamic axes of length 1), to warm a session up."""
-    return {spec.name: np.zeros([d if isinstance(d, int) else 1 for d in spec.shape], ELEMENT_TYPES[spec.type])
-            for spec in inputs}  # fmt: skip
-
-
-async def run_model(request: Request) -> Response:
+@router.post("/run/{tag}", summary="run one call (an .npz of the model's inputs) in a batch")
+async def run_model(request: Request, tag: str) -> Response:
     runners: dict[str, OnnxRunner] = bentoml.get_current_service().by_tag
-    tag = request.path_params["tag"]
     runner = runners.get(tag)
     if runner is None:
-        return JSONResponse({"error": f"this runner serves {sorted(runners)}; not {tag}"}, status_code=404)
+        raise NotFound(f"this runner serves {sorted(runners)}; not {tag}")
     try:
         feeds = decode_feeds(await request.body())
     except ValueError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=400)
-    problem = feeds_problem(runner.session.inputs, feeds)
+        raise BadRequest(str(exc)) from None
+    problem = feeds_problem(runner.inputs, feeds)
     if problem:
-        return JSONResponse({"error": f"{tag}: {problem}"}, status_code=400)
-    output = await runner.submit(feeds)
-    return Response(encode_array(output), media_type=NPY, headers={DEVICE_HEADER: runner.session.device})
+        raise BadRequest(f"{tag}: {problem}")
+    outputs = await runner.submit(feeds)
+    return Response(encode_array(outputs[runner.outputs[0].name]), media_type=NPY,
+                    headers={DEVICE_HEADER: runner.session.device})  # fmt: skip
 
 
-@platform_service("modelroad-runner", workers=1)
-@bentoml.asgi_app(Starlette(routes=[Route("/{tag}", run_model, methods=["POST"])]), path="/run")
-class ModelRunner(ModelAPI):
+replace_bentoml_timeout()  # see its module: BentoML's leaks a timer per request
+
+
+@bentoml.service(**service_config("modelroad-runner", workers=1))
+@bentoml.asgi_app(build_app("modelroad-runner", "The platform's models, run in batches for its API workers.", [router]), path="/")
+class ModelRunner:
     """Every model the platform serves (the same MODELROAD_*_MODEL settings), no HTTP API of its own."""
 
-    image_model = ImageAPI.image_model
-    lstm_model = ForecastAPI.lstm_model
-    gru_model = ForecastAPI.gru_model
-    text_model = TextAPI.text_model
+    image_model = verified_model(SETTINGS.image_model)
+    lstm_model = verified_model(SETTINGS.lstm_model)
+    gru_model = verified_model(SETTINGS.gru_model)
+    text_model = verified_model(SETTINGS.text_model)
 
     def __init__(self) -> None:
-        super().__init__()
         self.by_tag: dict[str, OnnxRunner] = {}
-        for stored in (self.image_model, self.lstm_model, self.gru_model, self.text_model):
-            runner = OnnxRunner(stored, RUNNER_SETTINGS, run_calls, count_items=rows)
-            self.by_tag[runner.tag] = self.add_runner(runner, zero_feeds(runner.session.inputs))
+        for tag in (SETTINGS.image_model, SETTINGS.lstm_model, SETTINGS.gru_model, SETTINGS.text_model):
+            runner = OnnxRunner(bentoml.models.get(tag), RUNNER_SETTINGS)
+            runner.warm_up()
+            self.by_tag[runner.tag] = runner
+
+    def __is_ready__(self) -> bool:
+        return all(runner.warmed for runner in self.by_tag.values())

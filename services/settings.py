@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,6 @@ class ServeSettings:
     text_model: str = "wordnet-transformer:latest"  # or wordnet-transformer-int8:latest
     access_log: bool = False  # access logging costs 20-37% of throughput (FACTS.md)
     tracing: bool = False  # OpenTelemetry spans per request; off, BentoML's tracing middleware passes requests straight on
-    direct_uploads: bool = True  # file uploads answered by the edge middleware, not through BentoML's file input path
     runner_url: str = ""  # a runner service (services/runner_service.py) to run the models in; empty: in-process
     runner_wait_s: float = 120.0  # how long a worker waits at start for the runner service to be ready
 
@@ -53,3 +53,15 @@ class ServeSettings:
 
 
 SETTINGS = ServeSettings.from_env()
+
+
+def service_config(name: str, workers: int = SETTINGS.workers) -> dict[str, Any]:
+    """`@bentoml.service` arguments from the settings."""
+    return {
+        "name": name,
+        "workers": workers,
+        "logging": {"access": {"enabled": SETTINGS.access_log}},
+        "traffic": {"timeout": SETTINGS.request_timeout_s},
+        # Excluding every URL is the one switch BentoML has to take its tracing middleware off the hot path.
+        **({} if SETTINGS.tracing else {"tracing": {"excluded_urls": [".*"]}}),
+    }

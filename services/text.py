@@ -1,72 +1,110 @@
-"""Text classification API: one text, or a batch of texts, to WordNet noun categories."""
+"""Text classification: one text, or a batch of texts, to WordNet noun categories; and its pipeline."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated
 
 import bentoml
+import numpy as np
+from fastapi import APIRouter
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from tokenizers import Tokenizer
 
-from contracts.preprocessing import TextEncoding
-from services.base import ModelAPI, classify_rows, invalid
-from services.runner import OnnxRunner, verified_model
+from contracts.card import ModelCard
+from contracts.families import TextClassification, TextContract
+from services.errors import BadRequest
+from services.family import count_predictions, serving
+from services.http import ERROR_RESPONSES, json_response
+from services.oip import InferenceModel
+from services.runner import OnnxRunner, TensorSpec, padded_calls
 from services.settings import SETTINGS
 
 
-class TextClassification(BaseModel):
-    label: str
-    probabilities: dict[str, float]
+class TextFamily:
+    def __init__(self, stored: bentoml.Model):
+        card = ModelCard.from_metadata(stored.info.metadata)
+        self.contract = TextContract.from_card(card, stored.path)
+        self.tokenizer = self.contract.tokenizer()
+        # Requests of other lengths share a batch, padded to its longest text: the attention mask ignores padding.
+        pad = padded_calls({"input_ids": self.contract.encoding.pad_id, "attention_mask": 0})
+        self.runner = OnnxRunner(stored, SETTINGS, pad)
+        self.runners = [self.runner]
+
+    def pipelines(self) -> list[InferenceModel]:
+        return [TextPipeline(self)]
+
+    async def classify(self, texts: list[str]) -> list[TextClassification]:
+        outputs = await self.runner.submit(self.contract.feeds(self.contract.encoding.token_ids(self.tokenizer, texts)))
+        answers = self.contract.answers(outputs[self.runner.outputs[0].name])
+        count_predictions(self.runner.name, (a.label for a in answers))
+        return answers
+
+    @staticmethod
+    def routes(cards: list[ModelCard]) -> APIRouter:
+        return text_routes()
 
 
-def classify_token_batch(runner: OnnxRunner, payloads: Sequence[list[list[int]]]) -> list[list[TextClassification]]:
-    """payloads: each request's token id lists -> one list of classifications per request.
+class TextPipeline(InferenceModel):
+    """`<model>-pipeline`: texts (BYTES, UTF-8) in; labels and probabilities out."""
 
-    All requests in the batch are padded together to the batch's longest text.
-    """
-    labels: list[str] = runner.metadata["labels"]
-    encoding = TextEncoding(**runner.metadata["preprocessing"]["text"])
-    input_ids, attention_mask = encoding.pad([ids for payload in payloads for ids in payload])
-    logits = runner.run({"input_ids": input_ids, "attention_mask": attention_mask})
-    return [
-        [TextClassification(label=labels[i], probabilities=p) for i, p in answers]
-        for answers in classify_rows(runner, logits, [len(payload) for payload in payloads])
-    ]
+    platform = "modelroad_pipeline"
+
+    def __init__(self, family: TextFamily):
+        runner = family.runner
+        super().__init__(f"{runner.name}-pipeline", runner.version, [TensorSpec("text", "BYTES", (-1,))],
+                         [TensorSpec("label", "BYTES", (-1,)),
+                          TensorSpec("probabilities", "FP32", (-1, len(family.contract.labels)))])  # fmt: skip
+        self.family = family
+
+    @property
+    def ready(self) -> bool:
+        return self.family.runner.warmed
+
+    async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        array = tensors["text"]
+        problem = self.inputs[0].problem(array)
+        if problem:
+            raise BadRequest(problem)
+        if not 1 <= len(array) <= SETTINGS.max_batch_size:
+            raise BadRequest(f"text must hold from 1 to {SETTINGS.max_batch_size} texts; got {len(array)}")
+        texts = []
+        for i, raw in enumerate(array):
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                raise BadRequest(f"text {i} is not UTF-8") from None
+            if not text.strip() or len(text) > SETTINGS.max_text_chars:
+                raise BadRequest(f"text {i} must have from 1 to {SETTINGS.max_text_chars} characters, not only spaces")
+            texts.append(text)
+        answers = await self.family.classify(texts)
+        labels = self.family.contract.labels
+        return {"label": np.array([a.label.encode() for a in answers], dtype=np.object_),
+                "probabilities": np.array([[a.probabilities[k] for k in labels] for a in answers], dtype=np.float32)}  # fmt: skip
 
 
-class TextAPI(ModelAPI):
-    text_model = verified_model(SETTINGS.text_model)
+Text = Annotated[str, Field(strict=True, min_length=1, max_length=SETTINGS.max_text_chars, pattern=r"\S",
+                            description="a description of a thing, e.g. a dictionary gloss (not only spaces)")]  # fmt: skip
 
-    def __init__(self) -> None:
-        super().__init__()
-        stored = self.text_model
-        preprocessing = stored.info.metadata["preprocessing"]
-        self.tokenizer = Tokenizer.from_file(stored.path_of(preprocessing["tokenizer"]))
-        self.text_encoding = TextEncoding(**preprocessing["text"])
-        self.text_runner = OnnxRunner(stored, SETTINGS, classify_token_batch)
-        self.add_runner(self.text_runner, self.text_encoding.token_ids(self.tokenizer, ["a warm-up text"]))
 
-    def _token_ids(self, texts: list[str]) -> list[list[int]]:
-        for i, text in enumerate(texts):
-            if not text.strip():
-                raise invalid(f"text {i} is empty: send at least one word")
-            if len(text) > SETTINGS.max_text_chars:
-                raise invalid(f"text {i} has {len(text)} characters; at most {SETTINGS.max_text_chars} are allowed")
-        return self.text_encoding.token_ids(self.tokenizer, texts)
+class OneText(BaseModel):
+    text: Text
 
-    @bentoml.api(route="/classify_text")
-    async def classify_text(
-        self, text: Annotated[str, Field(strict=True, description="a description of a thing, e.g. a dictionary gloss")]
-    ) -> TextClassification:
+
+class Texts(BaseModel):
+    texts: Annotated[list[Text], Field(min_length=1, max_length=SETTINGS.max_batch_size, description="classified in order")]
+
+
+def text_routes() -> APIRouter:
+    router = APIRouter(tags=["text"])
+
+    @router.post("/classify_text", response_model=TextClassification, responses=ERROR_RESPONSES)
+    async def classify_text(body: OneText) -> Response:
         """Classify one text into a WordNet noun category (animal, food, person, ...)."""
-        (answer,) = await self.text_runner.submit(self._token_ids([text]))
-        return answer
+        (answer,) = await serving(TextFamily).classify([body.text])
+        return json_response(answer)
 
-    @bentoml.api(route="/classify_texts")
-    async def classify_texts(
-        self, texts: Annotated[list[Annotated[str, Field(strict=True)]], Field(description="texts, classified in order")]
-    ) -> list[TextClassification]:
+    @router.post("/classify_texts", response_model=list[TextClassification], responses=ERROR_RESPONSES)
+    async def classify_texts(body: Texts) -> Response:
         """Classify a batch of texts; the answers come in the same order."""
-        if not 1 <= len(texts) <= SETTINGS.max_batch_size:
-            raise invalid(f"texts must hold from 1 to {SETTINGS.max_batch_size} texts; got {len(texts)}")
-        return await self.text_runner.submit(self._token_ids(texts))
+        return json_response(await serving(TextFamily).classify(body.texts))
+
+    return router

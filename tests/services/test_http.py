@@ -1,112 +1,139 @@
-"""The edge middleware on a bare ASGI app: admission, size limits and the one JSON error shape."""
+"""The app's edge and error shape, on a small app built the platform's way: admission, limits, timeout, JSON errors."""
 import asyncio
 import dataclasses
 import gc
-import json
+from typing import Annotated
 
 import httpx
 import pytest
+from fastapi import APIRouter, Request
+from prometheus_client import REGISTRY
+from pydantic import BaseModel, Field
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from services import base
-from services.http import UNAVAILABLE, UNEXPECTED, EdgeMiddleware, error_message
+from services import settings
+from services.app import build_app
+from services.errors import BadRequest
+from services.http import ERROR_RESPONSES, UNEXPECTED, EdgeMiddleware
 from services.remote import RunnerUnavailable
 from services.settings import SETTINGS
 
-
-async def echo(request: Request):
-    body = await request.body()
-    return JSONResponse({"bytes": len(body)})
+router = APIRouter()
 
 
-async def upload(request: Request):
-    async with request.form() as form:
-        return JSONResponse({"fields": sorted(form.keys())})
+class Horizon(BaseModel):
+    horizon: Annotated[int, Field(strict=True, ge=1, le=52)]
 
 
-async def wrapped_error(request: Request):
-    return JSONResponse([{"error": "horizon must be 1..52"}], status_code=400)
+@router.post("/echo")
+async def echo(request: Request) -> dict:
+    return {"bytes": len(await request.body())}
 
 
-async def text_error(request: Request):
-    return PlainTextResponse("teapot says no", status_code=418)
+@router.post("/validated", responses=ERROR_RESPONSES)
+async def validated(body: Horizon) -> dict:
+    return {"horizon": body.horizon}
 
 
-async def unavailable(request: Request):
-    return JSONResponse({"error": UNEXPECTED}, status_code=503)  # what BentoML answers for ServiceUnavailable
+@router.get("/items/{name}")
+async def item(name: str) -> dict:
+    if name == "bad":
+        raise BadRequest("the item is bad")
+    if name == "down":
+        raise RunnerUnavailable("the runner is down")
+    if name == "bug":
+        raise RuntimeError("a bug")
+    return {"name": name}
 
 
-app = Starlette(routes=[
-    Route("/echo", echo, methods=["POST"]),
-    Route("/upload", upload, methods=["POST"]),
-    Route("/wrapped", wrapped_error),
-    Route("/text", text_error),
-    Route("/unavailable", unavailable),
-])  # fmt: skip
-client = TestClient(EdgeMiddleware(app, max_body_bytes=1000, api_fields={"/echo": ("x",), "/upload": ("image",)}))
+client = TestClient(build_app("probe", "a probe", [router]), raise_server_exceptions=False)
 
 
 def test_small_bodies_pass_untouched():
-    response = client.post("/echo", content=b"x" * 1000)
-    assert response.status_code == 200 and response.json() == {"bytes": 1000}
+    assert client.post("/echo", content=b"x" * 1000).json() == {"bytes": 1000}
 
 
-def test_declared_oversize_body_is_refused_with_413_before_reading():
-    response = client.post("/echo", content=b"x" * 1001)
-    assert response.status_code == 413
-    assert "over the limit of 1000 bytes" in response.json()["error"]
+def test_declared_oversize_body_is_refused_with_413_before_reading(monkeypatch):
+    response = client.post("/echo", content=b"x" * (SETTINGS.max_body_bytes + 1))
+    assert response.status_code == 413 and "over the limit" in response.json()["error"]
 
 
 def test_chunked_body_growing_past_the_limit_gets_413():
     def chunks():
-        for _ in range(5):
-            yield b"x" * 400
+        for _ in range(11):
+            yield b"x" * (1024 * 1024)
 
     response = client.post("/echo", content=chunks())
-    assert response.status_code == 413 and "limit" in response.json()["error"]
+    assert response.status_code == 413 and response.json() == {"error": f"request body is over the limit of {SETTINGS.max_body_bytes} bytes"}
 
 
 @pytest.mark.parametrize(
-    "path,method,status,error",
+    "method,path,status,error",
     [
-        ("/nowhere", "get", 404, "Not Found"),
-        ("/echo", "get", 405, "Method Not Allowed"),
-        ("/wrapped", "get", 400, "horizon must be 1..52"),
-        ("/text", "get", 418, "I'm a Teapot: teapot says no"),
+        ("GET", "/items/bad", 400, "the item is bad"),
+        ("GET", "/items/bug", 500, UNEXPECTED),
+        ("GET", "/nowhere", 404, "no route /nowhere; see /docs.json"),
+        ("TRACE", "/echo", 405, "TRACE is not served at /echo; use POST"),
+        ("DELETE", "/items/x", 405, "DELETE is not served at /items/x; use GET"),
     ],
 )
-def test_every_error_leaves_as_a_json_object_with_an_error_string(path, method, status, error):
-    response = getattr(client, method)(path)
+def test_every_error_leaves_as_a_json_object_with_an_error_string(method, path, status, error):
+    response = client.request(method, path)
     assert response.status_code == status
-    assert response.headers["content-type"] == "application/json"
     assert response.json() == {"error": error}
 
 
+def test_a_method_a_route_does_not_serve_gets_405_with_allow():
+    assert client.request("TRACE", "/echo").headers["allow"] == "POST"
+
+
 def test_a_503_says_it_is_temporary_and_when_to_retry():
-    response = client.get("/unavailable")
-    assert response.status_code == 503 and response.json() == {"error": UNAVAILABLE}
-    assert response.headers["retry-after"] == "1"
+    response = client.get("/items/down")
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert "the runner is down" in response.json()["error"]
 
 
-def test_multipart_fields_must_be_the_declared_ones():
-    ok = client.post("/upload", files={"image": ("a.png", b"123", "image/png")})
-    assert ok.status_code == 200 and ok.json() == {"fields": ["image"]}
-    wrong = client.post("/upload", files={"picture": ("a.png", b"123", "image/png")})
-    assert wrong.status_code == 400
-    assert wrong.json()["error"] == "multipart fields ['picture'] do not match the expected ['image']"
-    garbage = client.post("/upload", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=b"})
-    assert garbage.status_code == 400 and garbage.json()["error"].startswith("malformed multipart body")
+@pytest.mark.parametrize(
+    "body,error",
+    [
+        (b'{"horizon": 0}', "invalid request: horizon: Input should be greater than or equal to 1"),
+        (b'{"horizon": "4"}', "invalid request: horizon: Input should be a valid integer"),
+        (b"{", "Invalid JSON body"),
+        (b"[1]", "invalid request: body: Input should be a valid dictionary"),
+    ],
+)
+def test_validation_errors_get_400_with_a_readable_error_and_pydantics_list(body, error):
+    response = client.post("/validated", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(error)
+    assert isinstance(response.json()["detail"], list)
 
 
-def test_pydantic_details_become_a_readable_error():
-    body = b'{"error": "1 validation error for Input", "detail": [{"loc": ["horizon"], "msg": "Input should be > 0"}]}'
-    message = error_message(400, body)
-    assert message["error"] == "invalid request: horizon: Input should be > 0"
-    assert message["detail"][0]["loc"] == ["horizon"]
+def test_error_metrics_are_labelled_by_route_template_never_by_path():
+    def count(endpoint: str) -> float:
+        return REGISTRY.get_sample_value("modelroad_request_errors_total", {"endpoint": endpoint, "reason": "not_found"}) or 0
+
+    before_other = count("other")
+    for i in range(20):
+        client.get(f"/random-{i}")
+    assert count("other") - before_other == 20
+    assert all(count(f"/random-{i}") == 0 for i in range(20))
+    bad = REGISTRY.get_sample_value("modelroad_request_errors_total", {"endpoint": "/items/{name}", "reason": "bad_request"})
+    client.get("/items/bad")
+    assert REGISTRY.get_sample_value("modelroad_request_errors_total", {"endpoint": "/items/{name}", "reason": "bad_request"}) == (bad or 0) + 1
+
+
+def test_the_openapi_document_states_the_limits_and_the_400_error_shape():
+    document = client.get("/docs.json").json()
+    operation = document["paths"]["/validated"]["post"]
+    assert "422" not in operation["responses"] and "400" in operation["responses"]
+    schema = document["components"]["schemas"]["Horizon"]["properties"]["horizon"]
+    assert (schema["minimum"], schema["maximum"]) == (1, 52)
+    error = document["components"]["schemas"]["ErrorBody"]["properties"]
+    assert error["error"]["type"] == "string" and "array" in str(error["detail"])
 
 
 async def slow(request: Request):
@@ -114,13 +141,13 @@ async def slow(request: Request):
     return JSONResponse({"done": True})
 
 
-def test_requests_past_the_in_flight_bound_get_503_with_retry_after_at_once_and_health_stays_open():
-    bounded = EdgeMiddleware(Starlette(routes=[Route("/slow", slow, methods=["POST"]), Route("/livez", slow)]),
-                             max_body_bytes=1000, api_fields={"/slow": ()}, max_in_flight=2)  # fmt: skip
+def test_requests_past_the_in_flight_bound_get_503_with_retry_after_at_once_and_open_paths_stay_open():
+    bounded = EdgeMiddleware(Starlette(routes=[Route("/slow", slow, methods=["POST"]), Route("/v2/health/ready", slow)]),
+                             max_body_bytes=1000, max_in_flight=2, open_paths=("/v2/health/",))  # fmt: skip
 
     async def burst() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=bounded), base_url="http://edge") as c:
-            answers = await asyncio.gather(*[c.post("/slow") for _ in range(5)], c.get("/livez"))
+            answers = await asyncio.gather(*[c.post("/slow") for _ in range(5)], c.get("/v2/health/ready"))
             return list(answers[:5]), answers[5], await c.post("/slow")
 
     answers, health, after = asyncio.run(burst())
@@ -128,15 +155,14 @@ def test_requests_past_the_in_flight_bound_get_503_with_retry_after_at_once_and_
     for refused in (r for r in answers if r.status_code == 503):
         assert refused.headers["retry-after"] == "1"
         assert "server busy" in refused.json()["error"]
-    assert health.status_code == 200  # probes and /metrics are not API routes: never refused for load
+    assert health.status_code == 200  # probes and docs are never refused for load
     assert after.status_code == 200 and bounded.in_flight == 0
 
 
 @pytest.mark.parametrize("tracing,config", [(False, {"excluded_urls": [".*"]}), (True, None)])
 def test_the_tracing_setting_decides_the_services_tracing_config(monkeypatch, tracing, config):
-    monkeypatch.setattr(base, "SETTINGS", dataclasses.replace(SETTINGS, tracing=tracing))
-    service = base.platform_service("probe")(type("Probe", (), {}))
-    assert service.config.get("tracing") == config
+    monkeypatch.setattr(settings, "SETTINGS", dataclasses.replace(SETTINGS, tracing=tracing))
+    assert settings.service_config("probe").get("tracing") == config
 
 
 async def streamed(request: Request):
@@ -146,6 +172,10 @@ async def streamed(request: Request):
         yield b"ended"
 
     return StreamingResponse(parts())
+
+
+async def plain_echo(request: Request):
+    return JSONResponse({"bytes": len(await request.body())})
 
 
 def test_an_answer_not_begun_within_the_timeout_gets_504_and_its_work_is_cancelled():
@@ -158,10 +188,9 @@ def test_an_answer_not_begun_within_the_timeout_gets_504_and_its_work_is_cancell
             cancelled.set()
             raise
 
-    timed = EdgeMiddleware(Starlette(routes=[Route("/stuck", stuck, methods=["POST"]), Route("/echo", echo, methods=["POST"]),
+    timed = EdgeMiddleware(Starlette(routes=[Route("/stuck", stuck, methods=["POST"]), Route("/echo", plain_echo, methods=["POST"]),
                                              Route("/stream", streamed, methods=["POST"])]),
-                           max_body_bytes=1000, api_fields={"/stuck": (), "/echo": (), "/stream": ()},
-                           request_timeout_s=0.1)  # fmt: skip
+                           max_body_bytes=1000, request_timeout_s=0.1)  # fmt: skip
 
     async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response, float]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=timed), base_url="http://edge") as c:
@@ -195,25 +224,3 @@ def test_the_startup_heap_is_frozen_out_of_garbage_collection(client):
     assert gc.get_freeze_count() > 10_000
 
 
-def test_upload_routes_are_answered_by_their_handler_with_the_file_bytes():
-    async def handler(data: bytes) -> bytes:
-        if data == b"bad":
-            raise base.invalid("the file is bad")
-        if data == b"bug":
-            raise RuntimeError("a bug")
-        if data == b"down":
-            raise RunnerUnavailable("the runner is down")
-        return json.dumps({"size": len(data)}).encode()
-
-    edge = TestClient(EdgeMiddleware(app, max_body_bytes=1000, api_fields={"/upload": ("image",)}, uploads={"/upload": handler}),
-                      raise_server_exceptions=False)  # fmt: skip
-    answer = edge.post("/upload", files={"image": ("a.png", b"12345", "image/png")})
-    assert answer.status_code == 200 and answer.json() == {"size": 5}  # the handler's, not the app's {"fields": ...}
-    bad = edge.post("/upload", files={"image": ("a.png", b"bad", "image/png")})
-    assert bad.status_code == 400 and bad.json() == {"error": "the file is bad"}
-    bug = edge.post("/upload", files={"image": ("a.png", b"bug", "image/png")})
-    assert bug.status_code == 500 and "unexpected error" in bug.json()["error"]
-    down = edge.post("/upload", files={"image": ("a.png", b"down", "image/png")})
-    assert down.status_code == 503 and down.json() == {"error": UNAVAILABLE} and down.headers["retry-after"] == "1"
-    wrong = edge.post("/upload", files={"photo": ("a.png", b"12345", "image/png")})
-    assert wrong.status_code == 400 and "do not match" in wrong.json()["error"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.remote import RemoteSession, decode_array, decode_feeds, encode_array, encode_feeds
-from services.runner import OnnxRunner, rows, run_calls
+from services.runner import OnnxRunner, feeds_problem, padded_calls, zero_feeds
 from services.settings import ServeSettings
 
 
@@ -30,11 +30,11 @@ def test_anything_but_an_npz_of_plain_arrays_is_refused(body):
         decode_feeds(body)
 
 
-def recorded_runner(tag: str):
+def recorded_runner(tag: str, collate=None):
     """A runner service's runner (imported late: the module loads every registered model) that records its batches."""
     from services.runner_service import RUNNER_SETTINGS
 
-    runner = OnnxRunner(bentoml.models.get(tag), RUNNER_SETTINGS, run_calls, rows)
+    runner = OnnxRunner(bentoml.models.get(tag), RUNNER_SETTINGS, collate)
     batches: list[dict[str, tuple]] = []
     run = runner.run
 
@@ -53,7 +53,10 @@ def test_calls_of_one_shape_run_as_one_batch_and_each_gets_its_own_rows(register
     outputs = runner.infer(calls)
     assert batches == [{"pixels": (6, 1, 28, 28)}]
     for call, output in zip(calls, outputs):
-        np.testing.assert_allclose(output, runner.session.run(call), atol=1e-5)
+        alone = runner.session.run(call)
+        assert output.keys() == alone.keys()
+        for name in alone:
+            np.testing.assert_allclose(output[name], alone[name], atol=1e-5)
 
 
 def test_calls_of_other_lengths_run_apart_in_the_same_turn(registered):
@@ -62,32 +65,43 @@ def test_calls_of_other_lengths_run_apart_in_the_same_turn(registered):
              for n, length in ((2, 5), (1, 7), (1, 5))]  # fmt: skip
     outputs = runner.infer(calls)
     assert sorted(b["input_ids"] for b in batches) == [(1, 7), (3, 5)]
-    assert [len(o) for o in outputs] == [2, 1, 1]
-    np.testing.assert_allclose(outputs[1], runner.session.run(calls[1]), atol=1e-5)
+    (name,) = outputs[0]
+    assert [len(o[name]) for o in outputs] == [2, 1, 1]
+    np.testing.assert_allclose(outputs[1][name], runner.session.run(calls[1])[name], atol=1e-5)
+
+
+def test_the_texts_collate_pads_calls_of_other_lengths_into_one_batch_that_answers_as_each_alone(registered):
+    runner, batches = recorded_runner(registered["wordnet-transformer"]["tag"], padded_calls({"input_ids": 0, "attention_mask": 0}))
+    rng = np.random.default_rng(0)
+    calls = [{"input_ids": rng.integers(1, 50, (n, length)), "attention_mask": np.ones((n, length), np.int64)}
+             for n, length in ((2, 5), (1, 9), (1, 3))]  # fmt: skip
+    outputs = runner.infer(calls)
+    assert batches == [{"input_ids": (4, 9), "attention_mask": (4, 9)}]
+    (name,) = outputs[0]
+    for call, output in zip(calls, outputs):
+        np.testing.assert_allclose(output[name], runner.session.run(call)[name], atol=1e-4)
 
 
 @pytest.mark.parametrize("feeds,problem", [
     ({"pixels": np.zeros((2, 1, 28, 28), np.float32)}, None),
     ({"image": np.zeros((2, 1, 28, 28), np.float32)}, "the model's inputs are ['pixels']; got ['image']"),
-    ({"pixels": np.zeros((2, 1, 28, 28), np.float64)}, "pixels must be float32; got float64"),
-    ({"pixels": np.zeros((2, 28, 28), np.float32)}, "pixels must have shape ['batch', 1, 28, 28]; got [2, 28, 28]"),
-    ({"pixels": np.zeros((2, 1, 28, 27), np.float32)}, "pixels must have shape ['batch', 1, 28, 28]; got [2, 1, 28, 27]"),
+    ({"pixels": np.zeros((2, 1, 28, 28), np.float64)}, "pixels must be FP32; got float64"),
+    ({"pixels": np.zeros((2, 28, 28), np.float32)}, "pixels must have shape [-1, 1, 28, 28] (-1: any length); got [2, 28, 28]"),
+    ({"pixels": np.zeros((2, 1, 28, 27), np.float32)}, "pixels must have shape [-1, 1, 28, 28] (-1: any length); got [2, 1, 28, 27]"),
     ({"pixels": np.zeros((0, 1, 28, 28), np.float32)}, "every input must hold the same number of rows, at least one"),
 ])  # fmt: skip
 def test_a_calls_arrays_are_checked_against_the_models_inputs_before_they_join_a_batch(registered, feeds, problem):
-    from services.runner_service import feeds_problem, zero_feeds
-
     runner, _ = recorded_runner(registered["fashion-cnn"]["tag"])
-    assert feeds_problem(runner.session.inputs, feeds) == problem
-    warm = zero_feeds(runner.session.inputs)
-    assert feeds_problem(runner.session.inputs, warm) is None and warm["pixels"].shape == (1, 1, 28, 28)
+    assert feeds_problem(runner.inputs, feeds) == problem
+    warm = zero_feeds(runner.inputs)
+    assert feeds_problem(runner.inputs, warm) is None and warm["pixels"].shape == (1, 1, 28, 28)
 
 
 def test_a_worker_waits_for_its_runner_service_and_then_says_what_to_do(cnn_card):
     from deploy.image import free_port
 
     with pytest.raises(RuntimeError, match="not ready within 0.5 s .*MODELROAD_RUNNER_WAIT_S"):
-        RemoteSession(f"http://127.0.0.1:{free_port()}", cnn_card["tag"], timeout_s=1, wait_s=0.5)
+        RemoteSession(f"http://127.0.0.1:{free_port()}", cnn_card["tag"], "logits", timeout_s=1, wait_s=0.5)
 
 
 def test_the_runner_url_setting_decides_where_models_run(cnn_card, monkeypatch):
@@ -95,5 +109,5 @@ def test_the_runner_url_setting_decides_where_models_run(cnn_card, monkeypatch):
     assert (settings.runner_url, settings.runner_wait_s) == ("http://runner:3000", 0.0)
     made = []
     monkeypatch.setattr("services.runner.RemoteSession", lambda *args: made.append(args) or object())
-    OnnxRunner(bentoml.models.get(cnn_card["tag"]), settings, lambda runner, payloads: payloads)
-    assert made == [("http://runner:3000", cnn_card["tag"], settings.request_timeout_s, 0.0)]
+    runner = OnnxRunner(bentoml.models.get(cnn_card["tag"]), settings)
+    assert made == [("http://runner:3000", cnn_card["tag"], runner.outputs[0].name, settings.request_timeout_s, 0.0)]

@@ -1,0 +1,61 @@
+"""The model card: what the store records beside every model, read in one typed place.
+
+Training writes it as the model's BentoML metadata (plain JSON types); services, the benchmark, its peers
+and the tests read it back with `ModelCard.from_metadata` instead of indexing an untyped dict.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One ONNX input as training recorded it: numpy dtype name, dims (a str names a dynamic axis)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    task: str  # "image-classification", "forecasting", "text-classification", "imported"
+    family: str | None = None  # the net's name in models/ (None for an imported model)
+    inputs: tuple[InputRecord, ...] = ()
+    output: str = "output"
+    labels: tuple[str, ...] = ()  # class names, by class id
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # parameters the family's contract takes
+    key_metric: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)  # on the test split, from the exported graph
+    baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
+    parity_max_abs_diff: float | None = None
+    opset: int | None = None
+    model_config: dict[str, Any] = field(default_factory=dict)
+    train_config: dict[str, Any] = field(default_factory=dict)
+    val_loss: float | None = None
+    sha256: dict[str, str] = field(default_factory=dict)  # every stored file
+    git_commit: str = ""
+    created_at: str = ""
+    data_source: str = ""
+    data_fingerprint: str = ""
+    variant: str | None = None  # e.g. "int8"
+    variant_of: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # anything else recorded (history, timings)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> ModelCard:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "inputs", "labels"}
+        known = {k: v for k, v in metadata.items() if k in names}
+        return cls(
+            inputs=tuple(InputRecord(i["name"], i["dtype"], tuple(i["shape"])) for i in metadata.get("inputs", ())),
+            labels=tuple(metadata.get("labels") or ()),
+            extra={k: v for k, v in metadata.items() if k not in names and k not in ("inputs", "labels")},
+            **known,
+        )
+
+    @property
+    def classes(self) -> int:
+        return len(self.labels)

@@ -1,0 +1,115 @@
+"""Each family's request -> model input -> answer, once, torch-free.
+
+The services, the benchmark's peers and the tests all turn requests into ONNX feeds and outputs into
+answers with these; only the engine and the HTTP around them differ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from contracts.card import ModelCard
+from contracts.preprocessing import ImagePreprocessing, SeriesScaling, TextEncoding
+
+Feeds = dict[str, np.ndarray]  # ONNX input name -> array, batch axis first
+
+
+class ImageClassification(BaseModel):
+    label: str
+    class_id: int
+    probabilities: dict[str, float]
+
+
+class TextClassification(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
+class Forecast(BaseModel):
+    forecast: list[float]
+    model: str = Field(description="the store tag of the model that answered")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """(N, K) logits -> (N, K) probabilities, computed in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def ranked(logits: np.ndarray, labels: tuple[str, ...]) -> list[tuple[int, dict[str, float]]]:
+    """(N, K) logits -> per row (class id, {label: probability rounded to 6 places})."""
+    return [(int(row.argmax()), {label: round(float(p), 6) for label, p in zip(labels, row)}) for row in softmax(logits)]
+
+
+@dataclass(frozen=True)
+class ImageContract:
+    prep: ImagePreprocessing
+    labels: tuple[str, ...]
+
+    @classmethod
+    def from_card(cls, card: ModelCard) -> ImageContract:
+        return cls(ImagePreprocessing(**card.preprocessing["image"]), card.labels)
+
+    def feeds_from_files(self, files: list[bytes], max_pixels: int) -> Feeds:
+        """Encoded PNG/JPEG files -> the model's input (raises InvalidInput naming what is wrong)."""
+        return {"pixels": self.prep.normalize(np.stack([self.prep.pixels_from_bytes(f, max_pixels) for f in files]))}
+
+    def feeds_from_pixels(self, pixels: np.ndarray) -> Feeds:
+        """(N, H, W) grey values 0-255 at the model's size -> the model's input."""
+        return {"pixels": self.prep.normalize(pixels)}
+
+    def answers(self, logits: np.ndarray) -> list[ImageClassification]:
+        return [ImageClassification(label=self.labels[i], class_id=i, probabilities=p) for i, p in ranked(logits, self.labels)]
+
+
+@dataclass(frozen=True)
+class ForecastContract:
+    scaling: SeriesScaling
+    window: int  # the last `window` values of a history are used
+    min_history: int
+    horizon: int  # the most weeks the net forecasts
+
+    @classmethod
+    def from_card(cls, card: ModelCard) -> ForecastContract:
+        prep = card.preprocessing
+        return cls(SeriesScaling(**prep["series"]), prep["window"], prep["min_history"], prep["horizon"])
+
+    def recent(self, histories: np.ndarray) -> np.ndarray:
+        """(N, T) raw histories -> (N, min(T, window)) float64: the part the net reads."""
+        return np.asarray(histories, dtype=np.float64)[:, -self.window :]
+
+    def feeds(self, recent: np.ndarray) -> Feeds:
+        return {"history": self.scaling.encode(recent)}
+
+    def forecasts(self, output: np.ndarray, recent: np.ndarray, horizon: int) -> np.ndarray:
+        """(N, horizon) raw forecasts, from the net's (N, self.horizon) output and the histories it read."""
+        return self.scaling.decode(np.asarray(output)[:, :horizon], recent)
+
+
+@dataclass(frozen=True)
+class TextContract:
+    encoding: TextEncoding
+    tokenizer_path: str
+    labels: tuple[str, ...]
+
+    @classmethod
+    def from_card(cls, card: ModelCard, model_dir: str | Path) -> TextContract:
+        prep = card.preprocessing
+        return cls(TextEncoding(**prep["text"]), str(Path(model_dir) / prep["tokenizer"]), card.labels)
+
+    def tokenizer(self):  # -> tokenizers.Tokenizer; loaded by whoever holds it, once
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(self.tokenizer_path)
+
+    def feeds(self, token_ids: list[list[int]]) -> Feeds:
+        """Token id lists -> input_ids and attention_mask, padded to the longest."""
+        input_ids, attention_mask = self.encoding.pad(token_ids)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def answers(self, logits: np.ndarray) -> list[TextClassification]:
+        return [TextClassification(label=self.labels[i], probabilities=p) for i, p in ranked(logits, self.labels)]

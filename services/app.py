@@ -1,0 +1,55 @@
+"""A service's one HTTP app: its routes (for the platform: the family routes and the Open Inference Protocol),
+the OpenAPI document, the edge and the one error shape.
+
+BentoML mounts it (`@bentoml.asgi_app`) and keeps what it is good at: process management, the model
+store, /livez, /readyz and /metrics.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
+
+from services.http import EdgeMiddleware, FallbackRoute, install_error_handlers
+from services.settings import SETTINGS
+
+# Served by BentoML beside this app; listed in the OpenAPI document so that it describes the whole server.
+INFRA_PATHS = {
+    "/livez": {"get": {"summary": "the server is live", "tags": ["infra"], "responses": {"200": {"description": "live"}}}},
+    "/readyz": {"get": {"summary": "every model is loaded and warmed up", "tags": ["infra"],
+                        "responses": {"200": {"description": "ready"}, "503": {"description": "not ready yet"}}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics", "tags": ["infra"], "responses": {"200": {"description": "text format"}}}},
+}  # fmt: skip
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, saying what this app does: invalid requests get 400 (not FastAPI's 422)."""
+    document = app.openapi()
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        document.get("components", {}).get("schemas", {}).pop(unused, None)
+    document["paths"].update(INFRA_PATHS)
+    return document
+
+
+def build_app(title: str, description: str, routers: Sequence[APIRouter]) -> FastAPI:
+    app = FastAPI(title=title, version="0.1.0", description=description, docs_url=None, redoc_url=None, openapi_url=None)
+    for router in routers:  # the routes themselves, not FastAPI's lazy included routers: route.path is the template
+        app.router.routes.extend(router.routes)
+    document: dict[str, Any] = {}
+
+    @app.get("/docs.json", include_in_schema=False)
+    async def docs() -> JSONResponse:
+        if not document:
+            document.update(openapi_document(app))
+        return JSONResponse(document)
+
+    app.router.routes.append(FallbackRoute())
+    install_error_handlers(app)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=SETTINGS.max_body_bytes, max_in_flight=SETTINGS.max_in_flight,
+                       request_timeout_s=SETTINGS.request_timeout_s, open_paths=("/docs.json", "/v2/health/"))  # fmt: skip
+    return app

@@ -1,0 +1,295 @@
+"""The Open Inference Protocol v2 (REST), with Triton's binary tensor data extension.
+
+Three layers, as KServe splits them: typed request/response data (pydantic), a codec between HTTP bodies
+and NumPy tensors (JSON `data`, nested or flat, and the binary extension that `tritonclient` uses by
+default), and the data plane (`InferenceModel`: a raw ONNX model or a family's pipeline) that knows
+nothing of HTTP. The routes only translate.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import bentoml
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from contracts.families import Feeds
+from services.errors import BadRequest, NotFound, Unavailable
+from services.runner import NUMPY_TYPES, OnnxRunner, TensorSpec, feeds_problem
+
+HEADER_LENGTH = "inference-header-content-length"
+SERVER = {"name": "modelroad", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: Any = None
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+class InferenceModel:
+    """A model as the protocol sees it: named tensors in, named tensors out, batched where it can be."""
+
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, name: str, version: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]):
+        self.name, self.version = name, version
+        self.inputs, self.outputs = tuple(inputs), tuple(outputs)
+
+    @property
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def metadata(self) -> dict[str, Any]:
+        def tensors(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
+            return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
+
+        return {"name": self.name, "versions": [self.version], "platform": self.platform,
+                "inputs": tensors(self.inputs), "outputs": tensors(self.outputs)}  # fmt: skip
+
+    async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class OnnxModel(InferenceModel):
+    """A stored ONNX graph's own tensors, through its runner's micro-batcher (the family routes' batcher)."""
+
+    def __init__(self, runner: OnnxRunner):
+        super().__init__(runner.name, runner.version, runner.inputs, runner.outputs)
+        self.runner = runner
+
+    @property
+    def ready(self) -> bool:
+        return self.runner.warmed
+
+    async def infer(self, tensors: Feeds) -> Feeds:
+        problem = feeds_problem(self.inputs, tensors)
+        if problem:
+            raise BadRequest(f"{self.name}: {problem}")
+        return await self.runner.submit(tensors)
+
+
+class ModelRepository:
+    """The served models by name and version; the latest version answers a request that names none."""
+
+    def __init__(self, models: Sequence[InferenceModel]):
+        self.versions: dict[str, dict[str, InferenceModel]] = {}
+        for model in models:  # in order of age: the last one of a name is its latest
+            self.versions.setdefault(model.name, {})[model.version] = model
+
+    def get(self, name: str, version: str | None = None) -> InferenceModel:
+        versions = self.versions.get(name)
+        if not versions:
+            raise NotFound(f"no model named {name!r}; served: {sorted(self.versions)}")
+        if version is None:
+            return list(versions.values())[-1]
+        if version not in versions:
+            raise NotFound(f"{name} has no version {version!r}; served: {sorted(versions)}")
+        return versions[version]
+
+
+def _element_count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def _deserialize_bytes(buffer: bytes, count: int, name: str) -> np.ndarray:
+    """Triton's BYTES wire form: each element a 4-byte little-endian length, then its bytes."""
+    items, offset = [], 0
+    while offset < len(buffer):
+        if offset + 4 > len(buffer):
+            raise BadRequest(f"input {name}: BYTES data ends inside an element's length")
+        (length,) = struct.unpack_from("<I", buffer, offset)
+        offset += 4
+        if offset + length > len(buffer):
+            raise BadRequest(f"input {name}: a BYTES element runs past the data")
+        items.append(buffer[offset : offset + length])
+        offset += length
+    if len(items) != count:
+        raise BadRequest(f"input {name}: shape holds {count} elements; the data has {len(items)}")
+    return np.array(items, dtype=np.object_)
+
+
+def _serialize_bytes(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(data)) + data)
+    return b"".join(parts)
+
+
+def _tensor(spec: RequestInput, binary: bytes | None) -> np.ndarray:
+    """One input's array, from JSON `data` or its slice of the binary section."""
+    if spec.datatype not in NUMPY_TYPES:
+        raise BadRequest(f"input {spec.name}: unknown datatype {spec.datatype!r}; use one of {sorted(NUMPY_TYPES)}")
+    if any(d < 0 for d in spec.shape):
+        raise BadRequest(f"input {spec.name}: shape {spec.shape} has a negative dimension")
+    count, dtype = _element_count(spec.shape), NUMPY_TYPES[spec.datatype]
+    if binary is not None:
+        if spec.datatype == "BYTES":
+            return _deserialize_bytes(binary, count, spec.name).reshape(spec.shape)
+        if len(binary) != count * np.dtype(dtype).itemsize:
+            raise BadRequest(f"input {spec.name}: shape {spec.shape} of {spec.datatype} needs "
+                             f"{count * np.dtype(dtype).itemsize} bytes; got {len(binary)}")  # fmt: skip
+        return np.frombuffer(binary, dtype=dtype).reshape(spec.shape)
+    if spec.data is None:
+        raise BadRequest(f"input {spec.name}: no data (send `data`, or binary data with parameters.binary_data_size)")
+    try:
+        if spec.datatype == "BYTES":
+            flat = np.asarray(spec.data, dtype=np.object_).reshape(-1)
+            array = np.array([v.encode() if isinstance(v, str) else v for v in flat], dtype=np.object_)
+            if not all(isinstance(v, bytes) for v in array):
+                raise ValueError("BYTES data must be strings")
+        else:
+            array = np.asarray(spec.data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadRequest(f"input {spec.name}: data is not {spec.datatype} values in a regular array ({exc})") from None
+    if array.size != count:
+        raise BadRequest(f"input {spec.name}: shape {spec.shape} holds {count} elements; the data has {array.size}")
+    return array.reshape(spec.shape)
+
+
+def decode_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
+    """An infer request's body -> its JSON part and its input tensors by name."""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not a length within the body")
+        header, binary = body[: int(header_length)], body[int(header_length) :]
+    else:
+        header, binary = body, b""
+    try:
+        request = InferenceRequest.model_validate_json(header)
+    except ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        raise BadRequest(f"invalid inference request: {reasons}") from None
+    tensors: dict[str, np.ndarray] = {}
+    offset = 0
+    for spec in request.inputs:
+        size = (spec.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise BadRequest(f"input {spec.name}: binary_data_size {size!r} runs past the body's binary data")
+            tensors[spec.name] = _tensor(spec, binary[offset : offset + size])
+            offset += size
+        else:
+            tensors[spec.name] = _tensor(spec, None)
+    if offset != len(binary):
+        raise BadRequest(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
+    if len(tensors) != len(request.inputs):
+        raise BadRequest("each input may be sent once")
+    return request, tensors
+
+
+def _datatype(array: np.ndarray) -> str:
+    if array.dtype == np.object_:
+        return "BYTES"
+    return next(name for name, kind in NUMPY_TYPES.items() if np.dtype(kind) == array.dtype)
+
+
+def encode_response(model: InferenceModel, request: InferenceRequest, outputs: dict[str, np.ndarray]) -> Response:
+    """The infer response: requested outputs (all by default), each as JSON data or binary as asked."""
+    binary_default = bool((request.parameters or {}).get("binary_data_output", False))
+    wanted = request.outputs or [RequestOutput(name=name) for name in outputs]
+    entries, chunks = [], []
+    for requested in wanted:
+        if requested.name not in outputs:
+            raise BadRequest(f"{model.name} has no output {requested.name!r}; its outputs are {sorted(outputs)}")
+        array = outputs[requested.name]
+        entry: dict[str, Any] = {"name": requested.name, "datatype": _datatype(array), "shape": list(array.shape)}
+        if (requested.parameters or {}).get("binary_data", binary_default):
+            chunk = _serialize_bytes(array) if array.dtype == np.object_ else np.ascontiguousarray(array).tobytes()
+            entry["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        else:
+            flat = array.reshape(-1)
+            entry["data"] = [v.decode() for v in flat] if array.dtype == np.object_ else flat.tolist()
+        entries.append(entry)
+    answer: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": entries}
+    if request.id is not None:
+        answer["id"] = request.id
+    header = json.dumps(answer).encode()
+    if not chunks:
+        return Response(header, media_type="application/json")
+    return Response(header + b"".join(chunks), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+
+
+def repository() -> ModelRepository:
+    return bentoml.get_current_service().repository
+
+
+ERRORS = {400: {"description": "a bad request: wrong name, datatype, shape or data length"},
+          404: {"description": "no such model or version"},
+          503: {"description": "not ready or overloaded; retry after Retry-After seconds"}}  # fmt: skip
+INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": InferenceRequest.model_json_schema()},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                            "description": "Triton's binary tensor data extension: the JSON request "
+                                            "(Inference-Header-Content-Length bytes), then the binary tensors"}}}}}  # fmt: skip
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
+
+
+@router.get("", summary="server metadata")
+async def server_metadata() -> dict[str, Any]:
+    return SERVER
+
+
+@router.get("/health/live", summary="the server is live")
+async def server_live() -> dict[str, Any]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="every served model is ready", responses={503: ERRORS[503]})
+async def server_ready() -> dict[str, Any]:
+    if not bentoml.get_current_service().__is_ready__():
+        raise Unavailable("the models are still loading")
+    return {"ready": True}
+
+
+@router.get("/models/{name}", summary="model metadata", responses={404: ERRORS[404]})
+@router.get("/models/{name}/versions/{version}", summary="model version metadata", responses={404: ERRORS[404]})
+async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
+    return repository().get(name, version).metadata()
+
+
+@router.get("/models/{name}/ready", summary="the model is ready", responses={404: ERRORS[404], 503: ERRORS[503]})
+@router.get("/models/{name}/versions/{version}/ready", summary="the model version is ready",
+            responses={404: ERRORS[404], 503: ERRORS[503]})  # fmt: skip
+async def model_ready(name: str, version: str | None = None) -> dict[str, Any]:
+    model = repository().get(name, version)
+    if not model.ready:
+        raise Unavailable(f"{model.name} {model.version} is still loading")
+    return {"name": model.name, "ready": True}
+
+
+@router.post("/models/{name}/infer", summary="inference", responses=ERRORS, openapi_extra=INFER_BODY)
+@router.post("/models/{name}/versions/{version}/infer", summary="inference on a version", responses=ERRORS,
+             openapi_extra=INFER_BODY)  # fmt: skip
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    model = repository().get(name, version)
+    parsed, tensors = decode_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    unknown = set(tensors) - {spec.name for spec in model.inputs}
+    if unknown:
+        raise BadRequest(f"{model.name} has no input {sorted(unknown)}; its inputs are {[s.name for s in model.inputs]}")
+    return encode_response(model, parsed, await model.infer(tensors))
+
