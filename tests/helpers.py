@@ -8,9 +8,9 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
-from tokenizers import Tokenizer
 
-from contracts.preprocessing import ImagePreprocessing, SeriesScaling, TextEncoding
+from contracts.card import ModelCard
+from contracts.families import ForecastContract, ImageContract, TextContract, softmax
 from training.tasks.images import FASHION_MNIST_DIR, read_idx
 
 
@@ -28,12 +28,9 @@ def fashion_test_images(n: int) -> tuple[list[bytes], np.ndarray]:
 def offline_image_probabilities(tag: str, png_files: list[bytes]) -> np.ndarray:
     """What the registered ONNX file says about these files, computed without the service."""
     stored = bentoml.models.get(tag)
-    prep = ImagePreprocessing(**stored.info.metadata["preprocessing"]["image"])
-    batch = prep.normalize(np.stack([prep.pixels_from_bytes(f) for f in png_files]))
+    contract = ImageContract.from_card(ModelCard.from_metadata(stored.info.metadata))
     session = ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-    logits = session.run(None, {"pixels": batch})[0].astype(np.float64)
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
+    return softmax(session.run(None, contract.feeds_from_files(png_files, max_pixels=40_000_000))[0])
 
 
 def co2_history(weeks: int = 156, end: int = -52) -> list[float]:
@@ -47,27 +44,20 @@ def co2_history(weeks: int = 156, end: int = -52) -> list[float]:
 def offline_forecast(tag: str, history: list[float], horizon: int) -> np.ndarray:
     """What the registered ONNX forecaster says, computed without the service."""
     stored = bentoml.models.get(tag)
-    prep = stored.info.metadata["preprocessing"]
-    scaling = SeriesScaling(**prep["series"])
-    values = np.asarray(history, dtype=np.float64)[None, -prep["window"] :]
+    contract = ForecastContract.from_card(ModelCard.from_metadata(stored.info.metadata))
+    recent = contract.recent(np.asarray([history]))
     session = ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-    output = session.run(None, {"history": scaling.encode(values)})[0]
-    return scaling.decode(output[:, :horizon], values)[0]
+    return contract.forecasts(session.run(None, contract.feeds(recent))[0], recent, horizon)[0]
 
 
 def offline_text_probabilities(tag: str, texts: list[str]) -> np.ndarray:
     """What the registered ONNX text classifier says, each text alone, computed without the service."""
     stored = bentoml.models.get(tag)
-    prep = stored.info.metadata["preprocessing"]
-    tokenizer = Tokenizer.from_file(stored.path_of(prep["tokenizer"]))
-    encoding = TextEncoding(**prep["text"])
+    contract = TextContract.from_card(ModelCard.from_metadata(stored.info.metadata), stored.path)
+    tokenizer = contract.tokenizer()
     session = ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-    rows = []
-    for ids in encoding.token_ids(tokenizer, texts):
-        input_ids, mask = encoding.pad([ids])
-        logits = session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0].astype(np.float64)
-        rows.append(np.exp(logits[0] - logits[0].max()) / np.exp(logits[0] - logits[0].max()).sum())
-    return np.stack(rows)
+    ids = contract.encoding.token_ids(tokenizer, texts)
+    return np.concatenate([softmax(session.run(None, contract.feeds([row]))[0]) for row in ids])
 
 
 def prometheus_query(url: str, query: str) -> list[dict]:

@@ -2,7 +2,7 @@
 
 The benchmark resolves the models in the BentoML store (`model_files`) and writes a spec file
 (`write_spec`); a peer reads it (`load_families`) without BentoML, so the peers run in their own venv.
-Requests are turned into model inputs by `contracts.preprocessing`, as in the platform: only the engine
+Requests are turned into model inputs and outputs into answers by `contracts.families`, as in the platform: only the engine
 differs. The benchmark's in-process engines take their inputs from the same classes.
 """
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from contracts.preprocessing import ImagePreprocessing, SeriesScaling, TextEncoding
+from contracts.card import ModelCard
+from contracts.families import Forecast, ForecastContract, ImageContract, TextContract
+from contracts.preprocessing import TextEncoding
 
 SPEC_ENV = "MODELROAD_PEER_SPEC"
 Inputs = dict[str, np.ndarray]
@@ -62,69 +64,54 @@ class TextRequest(BaseModel):
     text: str
 
 
-def softmax_answer(labels: list[str], logits: np.ndarray) -> dict[str, Any]:
-    row = np.exp(logits - logits.max())
-    row /= row.sum()
-    class_id = int(row.argmax())
-    return {"label": labels[class_id], "class_id": class_id,
-            "probabilities": {label: round(float(p), 6) for label, p in zip(labels, row)}}  # fmt: skip
-
-
 class ImageFamily:
     def __init__(self, files: ModelFiles):
         self.files = files
-        self.prep = ImagePreprocessing(**files.metadata["preprocessing"]["image"])
-        self.labels: list[str] = files.metadata["labels"]
+        self.contract = ImageContract.from_card(ModelCard.from_metadata(files.metadata))
 
     def inputs(self, image: bytes) -> Inputs:
-        return {"pixels": self.prep.normalize(self.prep.pixels_from_bytes(image)[None])}
+        return self.contract.feeds_from_files([image], max_pixels=40_000_000)
 
     def stack(self, items: list[Inputs]) -> Inputs:
         return {"pixels": np.concatenate([item["pixels"] for item in items])}
 
     def answer(self, item: Inputs, output: np.ndarray) -> dict[str, Any]:
-        return softmax_answer(self.labels, output)
+        return self.contract.answers(output[None])[0].model_dump()
 
 
 class ForecastFamily:
     def __init__(self, files: ModelFiles):
         self.files = files
-        prep = files.metadata["preprocessing"]
-        self.scaling, self.window = SeriesScaling(**prep["series"]), prep["window"]
+        self.contract = ForecastContract.from_card(ModelCard.from_metadata(files.metadata))
 
     def inputs(self, history: list[float]) -> Inputs:
-        values = np.asarray(history, dtype=np.float64)[None, -self.window :]
-        return {"history": self.scaling.encode(values), "raw": values}
+        recent = self.contract.recent(np.asarray([history]))
+        return {**self.contract.feeds(recent), "raw": recent}
 
     def stack(self, items: list[Inputs]) -> Inputs:
         return {"history": np.concatenate([item["history"] for item in items])}  # the bench sends one length
 
     def answer(self, item: Inputs, output: np.ndarray, horizon: int) -> dict[str, Any]:
-        forecast = self.scaling.decode(output[None, :horizon], item["raw"])[0]
-        return {"forecast": [round(float(v), 4) for v in forecast], "model": "peer"}
+        forecast = self.contract.forecasts(output[None], item["raw"], horizon)[0]
+        return Forecast(forecast=[round(float(v), 4) for v in forecast], model="peer").model_dump()
 
 
 class TextFamily:
     def __init__(self, files: ModelFiles):
-        from tokenizers import Tokenizer
-
         self.files = files
-        self.encoding = TextEncoding(**files.metadata["preprocessing"]["text"])
-        self.tokenizer = Tokenizer.from_file(files.tokenizer)
-        self.labels: list[str] = files.metadata["labels"]
+        card = ModelCard.from_metadata(files.metadata)
+        self.contract = TextContract(TextEncoding(**card.preprocessing["text"]), files.tokenizer, card.labels)
+        self.tokenizer = self.contract.tokenizer()
 
     def inputs(self, text: str) -> Inputs:
-        (ids,) = self.encoding.token_ids(self.tokenizer, [text])
+        (ids,) = self.contract.encoding.token_ids(self.tokenizer, [text])
         return {"ids": np.asarray(ids, dtype=np.int64)}
 
     def stack(self, items: list[Inputs]) -> Inputs:
-        input_ids, mask = self.encoding.pad([item["ids"].tolist() for item in items])  # to the longest member
-        return {"input_ids": input_ids, "attention_mask": mask}
+        return self.contract.feeds([item["ids"].tolist() for item in items])  # padded to the longest member
 
     def answer(self, item: Inputs, output: np.ndarray) -> dict[str, Any]:
-        answer = softmax_answer(self.labels, output)
-        del answer["class_id"]
-        return answer
+        return self.contract.answers(output[None])[0].model_dump()
 
 
 FAMILIES = {"image": ImageFamily, "forecast": ForecastFamily, "text": TextFamily}

@@ -9,7 +9,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.image import free_port
 from loadtests.servers import stop, wait_ready
-from services.http import UNAVAILABLE
 from services.remote import NPZ, decode_array, encode_feeds
 from tests.helpers import (
     co2_history,
@@ -129,7 +128,7 @@ def test_api_workers_send_batches_and_the_runner_batches_calls_together(split, r
 @pytest.mark.parametrize("path,body,status,error", [
     ("/run/fashion-cnn:nope", encode_feeds({"pixels": np.zeros((1, 1, 28, 28), np.float32)}), 404, "this runner serves"),
     ("/run/{cnn}", b"not an archive", 400, "not an .npz archive"),
-    ("/run/{cnn}", encode_feeds({"pixels": np.zeros((1, 1, 28, 28), np.float64)}), 400, "pixels must be float32; got float64"),
+    ("/run/{cnn}", encode_feeds({"pixels": np.zeros((1, 1, 28, 28), np.float64)}), 400, "pixels must be FP32; got float64"),
     ("/run/{cnn}", encode_feeds({"pixels": np.zeros((1, 28, 28), np.float32)}), 400, "pixels must have shape"),
     ("/run/{cnn}", encode_feeds({"pixels": np.array([None, 1], dtype=object)}), 400, "plain arrays"),
 ])  # fmt: skip
@@ -151,5 +150,5 @@ def test_without_its_runner_the_api_answers_503_with_retry_after_and_stays_up(sp
     image = httpx.post(f"{api}/classify_image", files={"image": ("x.png", files[0], "image/png")}, timeout=10)
     for response in (text, image):
         assert response.status_code == 503
-        assert response.json() == {"error": UNAVAILABLE} and response.headers["retry-after"] == "1"
+        assert "model runner" in response.json()["error"] and response.headers["retry-after"] == "1"
     assert httpx.get(f"{api}/livez").status_code == 200
