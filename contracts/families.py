@@ -40,9 +40,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def ranked(logits: np.ndarray, labels: tuple[str, ...]) -> list[tuple[int, dict[str, float]]]:
-    """(N, K) logits -> per row (class id, {label: probability rounded to 6 places})."""
-    return [(int(row.argmax()), {label: round(float(p), 6) for label, p in zip(labels, row)}) for row in softmax(logits)]
+def ranked(probabilities: np.ndarray, labels: tuple[str, ...]) -> list[tuple[int, dict[str, float]]]:
+    """(N, K) probabilities -> per row (class id, {label: probability rounded to 6 places})."""
+    classes = probabilities.argmax(axis=-1).tolist()
+    return [(c, dict(zip(labels, row))) for c, row in zip(classes, np.round(probabilities, 6).tolist())]
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,17 @@ class ImageContract:
 
     def feeds_from_files(self, files: list[bytes], max_pixels: int) -> Feeds:
         """Encoded PNG/JPEG files -> the model's input (raises InvalidInput naming what is wrong)."""
+        if len(files) == 1:  # the common case, without a copy
+            return {"pixels": self.prep.normalize(self.prep.pixels_from_bytes(files[0], max_pixels)[None])}
         return {"pixels": self.prep.normalize(np.stack([self.prep.pixels_from_bytes(f, max_pixels) for f in files]))}
 
     def feeds_from_pixels(self, pixels: np.ndarray) -> Feeds:
         """(N, H, W) grey values 0-255 at the model's size -> the model's input."""
         return {"pixels": self.prep.normalize(pixels)}
 
-    def answers(self, logits: np.ndarray) -> list[ImageClassification]:
-        return [ImageClassification(label=self.labels[i], class_id=i, probabilities=p) for i, p in ranked(logits, self.labels)]
+    def answers(self, probabilities: np.ndarray) -> list[ImageClassification]:
+        """(N, K) softmax probabilities -> one answer per row."""
+        return [ImageClassification(label=self.labels[i], class_id=i, probabilities=p) for i, p in ranked(probabilities, self.labels)]
 
 
 @dataclass(frozen=True)
@@ -111,5 +115,6 @@ class TextContract:
         input_ids, attention_mask = self.encoding.pad(token_ids)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def answers(self, logits: np.ndarray) -> list[TextClassification]:
-        return [TextClassification(label=self.labels[i], probabilities=p) for i, p in ranked(logits, self.labels)]
+    def answers(self, probabilities: np.ndarray) -> list[TextClassification]:
+        """(N, K) softmax probabilities -> one answer per row."""
+        return [TextClassification(label=self.labels[i], probabilities=p) for i, p in ranked(probabilities, self.labels)]

@@ -37,7 +37,9 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
 
 
 def build_app(title: str, description: str, routers: Sequence[APIRouter]) -> FastAPI:
-    app = FastAPI(title=title, version="0.1.0", description=description, docs_url=None, redoc_url=None, openapi_url=None)
+    # FastAPI's own OpenTelemetry spans and metrics are off: BentoML's tracing setting and metrics cover requests.
+    app = FastAPI(title=title, version="0.1.0", description=description, docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})  # fmt: skip
     for router in routers:  # the routes themselves, not FastAPI's lazy included routers: route.path is the template
         app.router.routes.extend(router.routes)
     document: dict[str, Any] = {}

@@ -1,17 +1,20 @@
 """What every family shares: its runners, its routes, its inference-protocol pipelines, and how a route finds it."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVar
 
 import bentoml
+import numpy as np
 from fastapi import APIRouter
 
 from contracts.card import ModelCard
+from contracts.families import softmax
 from services.metrics import PREDICTIONS
 from services.runner import OnnxRunner
 
 F = TypeVar("F", bound="Family")
+PROBABILITIES = "probabilities"  # the output a classifier's runner derives from its logits
 
 
 class Family(Protocol):
@@ -32,11 +35,25 @@ class FamilyKind(Protocol):
     def routes(cards: dict[str, ModelCard]) -> APIRouter: ...
 
 
+current_service = bentoml.get_current_service  # looked up once: bentoml resolves its attributes lazily per access
+
+
 def serving(kind: type[F]) -> F:
     """This worker's instance of a family (the platform made it when BentoML made the service)."""
-    return bentoml.get_current_service().family(kind)
+    return current_service().family(kind)
 
 
-def count_predictions(model: str, labels: Iterable[str]) -> None:
-    for label in labels:
-        PREDICTIONS.labels(model, label).inc()
+def probabilities_of(output: str) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """A classifier runner's `derive`: softmax probabilities of its logits output, once per batch."""
+    return lambda outputs: {PROBABILITIES: softmax(outputs[output])}
+
+
+class PredictionCounter:
+    """modelroad_predictions_total for one model, its children made once (labels() costs per call)."""
+
+    def __init__(self, model: str, labels: Iterable[str]):
+        self.children = {label: PREDICTIONS.labels(model, label) for label in labels}
+
+    def count(self, labels: Iterable[str]) -> None:
+        for label in labels:
+            self.children[label].inc()

@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from contracts.card import ModelCard
 from contracts.families import ImageClassification, ImageContract
 from services.errors import BadRequest
-from services.family import count_predictions, serving
+from services.family import PROBABILITIES, PredictionCounter, probabilities_of, serving
 from services.http import ERROR_RESPONSES, json_response
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec
@@ -22,17 +22,18 @@ UPLOAD_FIELD = "image"
 
 class ImageFamily:
     def __init__(self, stored: bentoml.Model):
-        self.runner = OnnxRunner(stored, SETTINGS)
+        card = ModelCard.from_metadata(stored.info.metadata)
+        self.runner = OnnxRunner(stored, SETTINGS, derive=probabilities_of(card.output))
         self.runners = [self.runner]
-        self.contract = ImageContract.from_card(self.runner.card)
+        self.contract = ImageContract.from_card(card)
+        self.predictions = PredictionCounter(self.runner.name, card.labels)
 
     def pipelines(self) -> list[InferenceModel]:
         return [ImagePipeline(self)]
 
     async def classify(self, feeds: dict[str, np.ndarray]) -> list[ImageClassification]:
-        outputs = await self.runner.submit(feeds)
-        answers = self.contract.answers(outputs[self.runner.outputs[0].name])
-        count_predictions(self.runner.name, (a.label for a in answers))
+        answers = self.contract.answers((await self.runner.submit(feeds))[PROBABILITIES])
+        self.predictions.count(a.label for a in answers)
         return answers
 
     def feeds_from_files(self, files: list[bytes]) -> dict[str, np.ndarray]:

@@ -13,7 +13,6 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-import bentoml
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from contracts.families import Feeds
 from services.errors import BadRequest, NotFound, Unavailable
+from services.family import current_service
 from services.runner import NUMPY_TYPES, OnnxRunner, TensorSpec, feeds_problem
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -86,7 +86,8 @@ class OnnxModel(InferenceModel):
         problem = feeds_problem(self.inputs, tensors)
         if problem:
             raise BadRequest(f"{self.name}: {problem}")
-        return await self.runner.submit(tensors)
+        outputs = await self.runner.submit(tensors)
+        return {spec.name: outputs[spec.name] for spec in self.outputs}  # the graph's own, not those derived
 
 
 class ModelRepository:
@@ -234,7 +235,7 @@ def encode_response(model: InferenceModel, request: InferenceRequest, outputs: d
 
 
 def repository() -> ModelRepository:
-    return bentoml.get_current_service().repository
+    return current_service().repository
 
 
 ERRORS = {400: {"description": "a bad request: wrong name, datatype, shape or data length"},
@@ -261,7 +262,7 @@ async def server_live() -> dict[str, Any]:
 
 @router.get("/health/ready", summary="every served model is ready", responses={503: ERRORS[503]})
 async def server_ready() -> dict[str, Any]:
-    if not bentoml.get_current_service().__is_ready__():
+    if not current_service().__is_ready__():
         raise Unavailable("the models are still loading")
     return {"ready": True}
 

@@ -153,7 +153,8 @@ class OnnxRunner:
     A call is the feeds of one request (one or more rows); the batcher gathers calls and `collate` merges them.
     """
 
-    def __init__(self, stored: bentoml.Model, settings: ServeSettings, collate: Collate | None = None):
+    def __init__(self, stored: bentoml.Model, settings: ServeSettings, collate: Collate | None = None,
+                 derive: Callable[[Outputs], Outputs] | None = None):  # fmt: skip
         self.name = stored.tag.name
         self.tag, self.version = str(stored.tag), stored.tag.version
         self.card = ModelCard.from_metadata(stored.info.metadata)
@@ -168,6 +169,8 @@ class OnnxRunner:
             else LocalSession(session, wanted, self.tag, settings.ort_threads)
         )
         self._collate = collate or run_calls
+        # Outputs computed from the model's, once per batch in the runner's thread (e.g. softmax probabilities).
+        self._derive = derive
         self.warmed = False
         self.batcher = MicroBatcher(
             self.name, self.infer, rows,
@@ -185,9 +188,10 @@ class OnnxRunner:
         MODEL_INFO.labels(self.name, self.version, self.session.device, str(self.card.opset or "")).set(1)
 
     def run(self, feeds: Feeds) -> Outputs:
-        """One inference call (one batch)."""
+        """One inference call (one batch): the model's outputs, and those `derive` adds."""
         with INFERENCE_SECONDS.labels(self.name).time():
-            return self.session.run(feeds)
+            outputs = self.session.run(feeds)
+        return {**outputs, **self._derive(outputs)} if self._derive else outputs
 
     async def submit(self, feeds: Feeds) -> Outputs:
         """One call's outputs, computed in a batch with whatever else is queued."""

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from contracts.card import ModelCard
 from contracts.families import TextClassification, TextContract
 from services.errors import BadRequest
-from services.family import count_predictions, serving
+from services.family import PROBABILITIES, PredictionCounter, probabilities_of, serving
 from services.http import ERROR_RESPONSES, json_response
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec, padded_calls
@@ -26,16 +26,17 @@ class TextFamily:
         self.tokenizer = self.contract.tokenizer()
         # Requests of other lengths share a batch, padded to its longest text: the attention mask ignores padding.
         pad = padded_calls({"input_ids": self.contract.encoding.pad_id, "attention_mask": 0})
-        self.runner = OnnxRunner(stored, SETTINGS, pad)
+        self.runner = OnnxRunner(stored, SETTINGS, pad, derive=probabilities_of(card.output))
         self.runners = [self.runner]
+        self.predictions = PredictionCounter(self.runner.name, card.labels)
 
     def pipelines(self) -> list[InferenceModel]:
         return [TextPipeline(self)]
 
     async def classify(self, texts: list[str]) -> list[TextClassification]:
-        outputs = await self.runner.submit(self.contract.feeds(self.contract.encoding.token_ids(self.tokenizer, texts)))
-        answers = self.contract.answers(outputs[self.runner.outputs[0].name])
-        count_predictions(self.runner.name, (a.label for a in answers))
+        feeds = self.contract.feeds(self.contract.encoding.token_ids(self.tokenizer, texts))
+        answers = self.contract.answers((await self.runner.submit(feeds))[PROBABILITIES])
+        self.predictions.count(a.label for a in answers)
         return answers
 
     @staticmethod

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from contracts.card import ModelCard
-from contracts.families import Forecast, ForecastContract, ImageContract, TextContract
+from contracts.families import Forecast, ForecastContract, ImageContract, TextContract, softmax
 from contracts.preprocessing import TextEncoding
 
 SPEC_ENV = "MODELROAD_PEER_SPEC"
@@ -76,7 +76,7 @@ class ImageFamily:
         return {"pixels": np.concatenate([item["pixels"] for item in items])}
 
     def answer(self, item: Inputs, output: np.ndarray) -> dict[str, Any]:
-        return self.contract.answers(output[None])[0].model_dump()
+        return self.contract.answers(softmax(output[None]))[0].model_dump()
 
 
 class ForecastFamily:
@@ -111,7 +111,7 @@ class TextFamily:
         return self.contract.feeds([item["ids"].tolist() for item in items])  # padded to the longest member
 
     def answer(self, item: Inputs, output: np.ndarray) -> dict[str, Any]:
-        return self.contract.answers(output[None])[0].model_dump()
+        return self.contract.answers(softmax(output[None]))[0].model_dump()
 
 
 FAMILIES = {"image": ImageFamily, "forecast": ForecastFamily, "text": TextFamily}
