@@ -27,11 +27,14 @@ INFRA_PATHS = {
 def openapi_document(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document, saying what this app does: invalid requests get 400 (not FastAPI's 422)."""
     document = app.openapi()
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for operations in document["paths"].values():
         for operation in operations.values():
             operation.get("responses", {}).pop("422", None)
+            for content in operation.get("requestBody", {}).get("content", {}).values():
+                schemas.update(content.get("schema", {}).pop("$defs", {}))  # pydantic's, from openapi_extra
     for unused in ("HTTPValidationError", "ValidationError"):
-        document.get("components", {}).get("schemas", {}).pop(unused, None)
+        schemas.pop(unused, None)
     document["paths"].update(INFRA_PATHS)
     return document
 
@@ -50,7 +53,7 @@ def build_app(title: str, description: str, routers: Sequence[APIRouter]) -> Fas
             document.update(openapi_document(app))
         return JSONResponse(document)
 
-    app.router.routes.append(FallbackRoute())
+    app.router.routes.append(FallbackRoute(known={path: [m.upper() for m in ops] for path, ops in INFRA_PATHS.items()}))
     install_error_handlers(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=SETTINGS.max_body_bytes, max_in_flight=SETTINGS.max_in_flight,
                        request_timeout_s=SETTINGS.request_timeout_s, open_paths=("/docs.json", "/v2/health/"))  # fmt: skip

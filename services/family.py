@@ -43,6 +43,11 @@ def serving(kind: type[F]) -> F:
     return current_service().family(kind)
 
 
+def pipeline_name(model: str) -> str:
+    """A family's pipeline over a model is served by the inference protocol under this name."""
+    return f"{model}-pipeline"
+
+
 def probabilities_of(output: str) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
     """A classifier runner's `derive`: softmax probabilities of its logits output, once per batch."""
     return lambda outputs: {PROBABILITIES: softmax(outputs[output])}

@@ -5,12 +5,12 @@ import bentoml
 import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from contracts.card import ModelCard
 from contracts.families import Forecast, ForecastContract
 from services.errors import BadRequest
-from services.family import serving
+from services.family import pipeline_name, serving
 from services.http import ERROR_RESPONSES, json_response
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec
@@ -59,7 +59,7 @@ class ForecastPipeline(InferenceModel):
 
     def __init__(self, forecaster: Forecaster):
         runner, contract = forecaster.runner, forecaster.contract
-        super().__init__(f"{runner.name}-pipeline", runner.version, [TensorSpec("history", "FP32", (-1, -1))],
+        super().__init__(pipeline_name(runner.name), runner.version, [TensorSpec("history", "FP32", (-1, -1))],
                          [TensorSpec("forecast", "FP32", (-1, contract.horizon))])  # fmt: skip
         self.forecaster = forecaster
 
@@ -84,6 +84,11 @@ class ForecastPipeline(InferenceModel):
         return {"forecast": forecast.astype(np.float32)}
 
 
+def whole_number(value: object) -> object:
+    """JSON Schema counts 4.0 as an integer; strict int alone would refuse it (and rightly refuses "4" and 4.5)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def forecast_routes(min_history: int, max_horizon: int, cells: tuple[str, ...]) -> APIRouter:
     router = APIRouter(tags=["forecast"])
     Value = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
@@ -91,7 +96,8 @@ def forecast_routes(min_history: int, max_horizon: int, cells: tuple[str, ...]) 
     class ForecastRequest(BaseModel):
         history: Annotated[list[Value], Field(min_length=min_history, max_length=SETTINGS.max_history,
                                               description="past weekly values, oldest first")]  # fmt: skip
-        horizon: Annotated[int, Field(strict=True, ge=1, le=max_horizon, description="how many weeks to forecast")] = max_horizon
+        horizon: Annotated[int, Field(strict=True, ge=1, le=max_horizon, description="how many weeks to forecast"),
+                           BeforeValidator(whole_number)] = max_horizon  # fmt: skip
         model: Annotated[Literal[cells] | None, Field(description="the cell; default: the better on validation")] = None  # type: ignore[valid-type]
 
     @router.post("/forecast", response_model=Forecast, responses=ERROR_RESPONSES)

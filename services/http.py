@@ -135,9 +135,10 @@ class FallbackRoute(Route):
 
     LEFT_TO_BENTOML = ("/static_content/",)
 
-    def __init__(self) -> None:
+    def __init__(self, known: dict[str, list[str]] | None = None) -> None:
         super().__init__("/{path:path}", self.answer, include_in_schema=False)
         self.methods = None  # every method: a known path's other methods get their 405 here
+        self.known = known or {}  # paths served beside this app (BentoML's /livez, say) and their methods
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         path = scope.get("path", "")
@@ -147,7 +148,8 @@ class FallbackRoute(Route):
 
     async def answer(self, request: Request) -> Response:
         allowed = sorted({method for route in request.app.routes if route is not self
-                          and route.matches(request.scope)[0] == Match.PARTIAL for method in route.methods or ()})  # fmt: skip
+                          and route.matches(request.scope)[0] == Match.PARTIAL for method in route.methods or ()}
+                         | set(self.known.get(request.url.path, ())))  # fmt: skip
         if allowed:
             raise HTTPException(405, f"{request.method} is not served at {request.url.path}; use {', '.join(allowed)}",
                                 headers={"Allow": ", ".join(allowed)})  # fmt: skip

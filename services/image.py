@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from contracts.card import ModelCard
 from contracts.families import ImageClassification, ImageContract
 from services.errors import BadRequest
-from services.family import PROBABILITIES, PredictionCounter, probabilities_of, serving
+from services.family import pipeline_name, PROBABILITIES, PredictionCounter, probabilities_of, serving
 from services.http import ERROR_RESPONSES, json_response
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec
@@ -62,10 +62,11 @@ class ImagePipeline(InferenceModel):
     def __init__(self, family: ImageFamily):
         runner, prep = family.runner, family.contract.prep
         super().__init__(
-            f"{runner.name}-pipeline", runner.version,
+            pipeline_name(runner.name), runner.version,
             [TensorSpec("image", "BYTES", (-1,)), TensorSpec("pixels", "FP32", (-1, prep.height, prep.width))],
             [TensorSpec("label", "BYTES", (-1,)), TensorSpec("class_id", "INT64", (-1,)),
              TensorSpec("probabilities", "FP32", (-1, len(family.contract.labels)))],
+            required=(),  # one of the two
         )  # fmt: skip
         self.family = family
 

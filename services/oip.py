@@ -5,16 +5,14 @@ and NumPy tensors (JSON `data`, nested or flat, and the binary extension that `t
 default), and the data plane (`InferenceModel`: a raw ONNX model or a family's pipeline) that knows
 nothing of HTTP. The routes only translate.
 """
-from __future__ import annotations
-
 import json
 import math
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
@@ -52,9 +50,11 @@ class InferenceModel:
 
     platform = "onnxruntime_onnx"
 
-    def __init__(self, name: str, version: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]):
+    def __init__(self, name: str, version: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                 required: Sequence[str] | None = None):  # fmt: skip
         self.name, self.version = name, version
         self.inputs, self.outputs = tuple(inputs), tuple(outputs)
+        self.required = frozenset(spec.name for spec in inputs) if required is None else frozenset(required)
 
     @property
     def ready(self) -> bool:
@@ -242,55 +242,71 @@ ERRORS = {400: {"description": "a bad request: wrong name, datatype, shape or da
           404: {"description": "no such model or version"},
           503: {"description": "not ready or overloaded; retry after Retry-After seconds"}}  # fmt: skip
 INFER_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": InferenceRequest.model_json_schema()},
+    "application/json": {"schema": InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary",
                                             "description": "Triton's binary tensor data extension: the JSON request "
                                             "(Inference-Header-Content-Length bytes), then the binary tensors"}}}}}  # fmt: skip
 
-router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
+def routes(names: Sequence[str], versions: Sequence[str]) -> APIRouter:
+    """The protocol's routes; `names` and `versions` (what the store serves at start) document the path parameters."""
+    router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
+    Name = Annotated[str, Path(description="a served model's name", examples=list(names))]
+    Version = Annotated[str, Path(description="one of its versions", examples=list(versions))]
+
+    @router.get("", summary="server metadata")
+    async def server_metadata() -> dict[str, Any]:
+        return SERVER
+
+    @router.get("/health/live", summary="the server is live")
+    async def server_live() -> dict[str, Any]:
+        return {"live": True}
+
+    @router.get("/health/ready", summary="every served model is ready", responses={503: ERRORS[503]})
+    async def server_ready() -> dict[str, Any]:
+        if not current_service().__is_ready__():
+            raise Unavailable("the models are still loading")
+        return {"ready": True}
+
+    @router.get("/models/{name}", summary="model metadata", responses={404: ERRORS[404]})
+    async def model_metadata(name: Name) -> dict[str, Any]:
+        return repository().get(name).metadata()
+
+    @router.get("/models/{name}/versions/{version}", summary="model version metadata", responses={404: ERRORS[404]})
+    async def version_metadata(name: Name, version: Version) -> dict[str, Any]:
+        return repository().get(name, version).metadata()
+
+    @router.get("/models/{name}/ready", summary="the model is ready", responses={404: ERRORS[404], 503: ERRORS[503]})
+    async def model_ready(name: Name) -> dict[str, Any]:
+        return readiness(repository().get(name))
+
+    @router.get("/models/{name}/versions/{version}/ready", summary="the model version is ready",
+                responses={404: ERRORS[404], 503: ERRORS[503]})  # fmt: skip
+    async def version_ready(name: Name, version: Version) -> dict[str, Any]:
+        return readiness(repository().get(name, version))
+
+    @router.post("/models/{name}/infer", summary="inference", responses=ERRORS, openapi_extra=INFER_BODY)
+    async def model_infer(request: Request, name: Name) -> Response:
+        return await infer(request, repository().get(name))
+
+    @router.post("/models/{name}/versions/{version}/infer", summary="inference on a version", responses=ERRORS,
+                 openapi_extra=INFER_BODY)  # fmt: skip
+    async def version_infer(request: Request, name: Name, version: Version) -> Response:
+        return await infer(request, repository().get(name, version))
+
+    return router
 
 
-@router.get("", summary="server metadata")
-async def server_metadata() -> dict[str, Any]:
-    return SERVER
-
-
-@router.get("/health/live", summary="the server is live")
-async def server_live() -> dict[str, Any]:
-    return {"live": True}
-
-
-@router.get("/health/ready", summary="every served model is ready", responses={503: ERRORS[503]})
-async def server_ready() -> dict[str, Any]:
-    if not current_service().__is_ready__():
-        raise Unavailable("the models are still loading")
-    return {"ready": True}
-
-
-@router.get("/models/{name}", summary="model metadata", responses={404: ERRORS[404]})
-@router.get("/models/{name}/versions/{version}", summary="model version metadata", responses={404: ERRORS[404]})
-async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
-    return repository().get(name, version).metadata()
-
-
-@router.get("/models/{name}/ready", summary="the model is ready", responses={404: ERRORS[404], 503: ERRORS[503]})
-@router.get("/models/{name}/versions/{version}/ready", summary="the model version is ready",
-            responses={404: ERRORS[404], 503: ERRORS[503]})  # fmt: skip
-async def model_ready(name: str, version: str | None = None) -> dict[str, Any]:
-    model = repository().get(name, version)
+def readiness(model: InferenceModel) -> dict[str, Any]:
     if not model.ready:
         raise Unavailable(f"{model.name} {model.version} is still loading")
     return {"name": model.name, "ready": True}
 
 
-@router.post("/models/{name}/infer", summary="inference", responses=ERRORS, openapi_extra=INFER_BODY)
-@router.post("/models/{name}/versions/{version}/infer", summary="inference on a version", responses=ERRORS,
-             openapi_extra=INFER_BODY)  # fmt: skip
-async def infer(request: Request, name: str, version: str | None = None) -> Response:
-    model = repository().get(name, version)
+async def infer(request: Request, model: InferenceModel) -> Response:
     parsed, tensors = decode_request(await request.body(), request.headers.get(HEADER_LENGTH))
     unknown = set(tensors) - {spec.name for spec in model.inputs}
     if unknown:
         raise BadRequest(f"{model.name} has no input {sorted(unknown)}; its inputs are {[s.name for s in model.inputs]}")
+    if model.required - set(tensors):
+        raise BadRequest(f"{model.name} needs the inputs {sorted(model.required)}; missing {sorted(model.required - set(tensors))}")
     return encode_response(model, parsed, await model.infer(tensors))
-

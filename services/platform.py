@@ -9,7 +9,7 @@ import bentoml
 from contracts.card import ModelCard
 from services.app import build_app
 from services.bentoml_timeout import replace_bentoml_timeout
-from services.family import FamilyKind
+from services.family import FamilyKind, pipeline_name
 from services.forecast import ForecastFamily
 from services.image import ImageFamily
 from services import oip
@@ -28,13 +28,15 @@ FAMILIES: dict[FamilyKind, tuple[str, ...]] = {
 }
 # Checked against their sha256 at import, so `bentoml serve` refuses a changed file instead of restarting workers.
 REFERENCES = {tag: verified_model(tag) for tags in FAMILIES.values() for tag in tags}
+STORED = {tag: bentoml.models.get(tag) for tag in REFERENCES}
 APP = build_app(
     "modelroad",
     "CNN, RNN and Transformer models served with ONNX Runtime: family routes, and the Open Inference Protocol v2 "
     "(with Triton's binary tensor extension) for every model and each family's pipeline.",
-    [*(kind.routes([ModelCard.from_metadata(bentoml.models.get(t).info.metadata) for t in tags])
-       for kind, tags in FAMILIES.items()), oip.router],
-)
+    [*(kind.routes([ModelCard.from_metadata(STORED[t].info.metadata) for t in tags]) for kind, tags in FAMILIES.items()),
+     oip.routes(names=[n for m in STORED.values() for n in (m.tag.name, pipeline_name(m.tag.name))],
+                versions=[m.tag.version for m in STORED.values()])],
+)  # fmt: skip
 
 replace_bentoml_timeout()  # see its module: BentoML's leaks a timer per request
 
@@ -51,7 +53,7 @@ class Platform:
     text_model = REFERENCES[SETTINGS.text_model]
 
     def __init__(self) -> None:
-        self.families = {kind: kind(*(bentoml.models.get(t) for t in tags)) for kind, tags in FAMILIES.items()}
+        self.families = {kind: kind(*(STORED[t] for t in tags)) for kind, tags in FAMILIES.items()}
         self.runners = [runner for family in self.families.values() for runner in family.runners]
         for runner in self.runners:
             runner.warm_up()

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from contracts.card import ModelCard
 from contracts.families import TextClassification, TextContract
 from services.errors import BadRequest
-from services.family import PROBABILITIES, PredictionCounter, probabilities_of, serving
+from services.family import pipeline_name, PROBABILITIES, PredictionCounter, probabilities_of, serving
 from services.http import ERROR_RESPONSES, json_response
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec, padded_calls
@@ -51,7 +51,7 @@ class TextPipeline(InferenceModel):
 
     def __init__(self, family: TextFamily):
         runner = family.runner
-        super().__init__(f"{runner.name}-pipeline", runner.version, [TensorSpec("text", "BYTES", (-1,))],
+        super().__init__(pipeline_name(runner.name), runner.version, [TensorSpec("text", "BYTES", (-1,))],
                          [TensorSpec("label", "BYTES", (-1,)),
                           TensorSpec("probabilities", "FP32", (-1, len(family.contract.labels)))])  # fmt: skip
         self.family = family
