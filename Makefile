@@ -35,7 +35,7 @@ loadtest: setup
 
 ## wrk against the platform (batched and not, and overloaded), its floors (no-op BentoML, bare Starlette, ONNX Runtime and PyTorch eager alone) and the peers (~20 min).
 bench: setup
-	$(PY) -m loadtests.bench
+	$(PY) -m bench
 
 bento: setup
 	.venv/bin/bentoml build
@@ -55,5 +55,7 @@ pod: setup
 pod-down:
 	CONTAINERS_CONF=deploy/container/containers.conf podman play kube --down deploy/podman/modelroad-pod.yaml
 
+## The linter and the format check (rules in pyproject.toml); .ci/run runs it before the tests.
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .

@@ -3,6 +3,7 @@
 Training writes it as the model's BentoML metadata (plain JSON types); services, the benchmark, its peers
 and the tests read it back with `ModelCard.from_metadata` instead of indexing an untyped dict.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +26,7 @@ class ModelCard:
     task: str  # "image-classification", "forecasting", "text-classification", "imported"
     family: str | None = None  # the net's name in models/ (None for an imported model)
     inputs: tuple[InputRecord, ...] = ()
+    outputs: tuple[InputRecord, ...] = ()  # recorded for imported models; a family's model names its `output`
     output: str = "output"
     labels: tuple[str, ...] = ()  # class names, by class id
     preprocessing: dict[str, Any] = field(default_factory=dict)  # parameters the family's contract takes
@@ -47,13 +49,18 @@ class ModelCard:
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> ModelCard:
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "inputs", "labels"}
-        known = {k: v for k, v in metadata.items() if k in names}
+        special = ("inputs", "outputs", "labels")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra", *special}
+
+        def records(key: str) -> tuple[InputRecord, ...]:
+            return tuple(InputRecord(i["name"], i["dtype"], tuple(i["shape"])) for i in metadata.get(key, ()))
+
         return cls(
-            inputs=tuple(InputRecord(i["name"], i["dtype"], tuple(i["shape"])) for i in metadata.get("inputs", ())),
+            inputs=records("inputs"),
+            outputs=records("outputs"),
             labels=tuple(metadata.get("labels") or ()),
-            extra={k: v for k, v in metadata.items() if k not in names and k not in ("inputs", "labels")},
-            **known,
+            extra={k: v for k, v in metadata.items() if k not in names and k not in special},
+            **{k: v for k, v in metadata.items() if k in names},
         )
 
     @property

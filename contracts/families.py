@@ -3,6 +3,7 @@
 The services, the benchmark's peers and the tests all turn requests into ONNX feeds and outputs into
 answers with these; only the engine and the HTTP around them differ.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,7 +68,10 @@ class ImageContract:
 
     def answers(self, probabilities: np.ndarray) -> list[ImageClassification]:
         """(N, K) softmax probabilities -> one answer per row."""
-        return [ImageClassification(label=self.labels[i], class_id=i, probabilities=p) for i, p in ranked(probabilities, self.labels)]
+        return [
+            ImageClassification(label=self.labels[i], class_id=i, probabilities=p)
+            for i, p in ranked(probabilities, self.labels)
+        ]
 
 
 @dataclass(frozen=True)
@@ -117,4 +121,6 @@ class TextContract:
 
     def answers(self, probabilities: np.ndarray) -> list[TextClassification]:
         """(N, K) softmax probabilities -> one answer per row."""
-        return [TextClassification(label=self.labels[i], probabilities=p) for i, p in ranked(probabilities, self.labels)]
+        return [
+            TextClassification(label=self.labels[i], probabilities=p) for i, p in ranked(probabilities, self.labels)
+        ]

@@ -3,6 +3,7 @@
 Training calls these functions on its data; the service calls them on requests,
 with parameters read back from the model's metadata. numpy + Pillow only.
 """
+
 from __future__ import annotations
 
 import io
@@ -70,7 +71,9 @@ class ImagePreprocessing:
             raise InvalidInput(f"the file is not a readable PNG/JPEG image ({type(exc).__name__})") from None
         # Check the declared size before decoding, so a decompression bomb costs nothing.
         if image.width * image.height > max_pixels:
-            raise ImageTooLarge(f"the image is {image.width}x{image.height} pixels; at most {max_pixels} pixels are allowed")
+            raise ImageTooLarge(
+                f"the image is {image.width}x{image.height} pixels; at most {max_pixels} pixels are allowed"
+            )
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:

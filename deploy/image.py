@@ -7,6 +7,7 @@ a Debian base image made here with debootstrap when the engine has none (no regi
 `python -m deploy.image check IMAGE` starts an image on a loopback port, asks every endpoint once,
 reads /metrics, stops it with SIGTERM and prints the timings as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,18 +25,31 @@ from pathlib import Path
 import httpx
 import yaml
 
+from harness.servers import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 CONTAINER_DIR = ROOT / "deploy" / "container"
 PAYLOADS = ROOT / "loadtests" / "payloads"
 # One bentofile per variant: the same models, different runtime requirements and envs (runner-gpu: another service).
-VARIANTS = {"cpu": ROOT / "bentofile.yaml", "gpu": ROOT / "bentofile.gpu.yaml",
-            "runner-gpu": ROOT / "bentofile.runner-gpu.yaml"}  # the GPU runner service (deploy/k8s-gpu)
+VARIANTS = {
+    "cpu": ROOT / "bentofile.yaml",
+    "gpu": ROOT / "bentofile.gpu.yaml",
+    "runner-gpu": ROOT / "bentofile.runner-gpu.yaml",
+}  # the GPU runner service (deploy/k8s-gpu)
 DEBIAN_SUITE = "bookworm"  # its python3 is 3.11, the version the wheels are built for
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "tini")
 BASE_IMAGE = f"localhost/modelroad-base:{DEBIAN_SUITE}"
 # Left out of the base: nothing at run time reads them, and they are a third of a minbase system.
-BASE_TRIM = ("var/lib/apt/lists", "var/cache/apt", "var/cache/debconf", "usr/share/doc", "usr/share/man",
-             "usr/share/info", "usr/share/locale", "var/log")  # fmt: skip
+BASE_TRIM = (
+    "var/lib/apt/lists",
+    "var/cache/apt",
+    "var/cache/debconf",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "var/log",
+)
 
 
 @dataclass(frozen=True)
@@ -68,13 +81,15 @@ def run(command: list[str], engine: str | None = None, **kwargs) -> subprocess.C
 
 
 def image_exists(engine: str, image: str) -> bool:
-    result = subprocess.run([engine, "image", "inspect", image], env=engine_env(engine), capture_output=True, check=False)
+    result = subprocess.run(
+        [engine, "image", "inspect", image], env=engine_env(engine), capture_output=True, check=False
+    )
     return result.returncode == 0
 
 
 def debian_mirror() -> str:
     """The Debian mirror apt uses on this machine (deb822 or one-line sources), else deb.debian.org."""
-    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]
+    sources = [*sorted(Path("/etc/apt/sources.list.d").glob("*.sources")), Path("/etc/apt/sources.list")]
     for path in sources:
         text = path.read_text() if path.is_file() else ""
         match = re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.MULTILINE) or re.search(
@@ -90,12 +105,23 @@ def build_base(build: ImageBuild) -> None:
     if image_exists(build.engine, build.base_image):
         return
     if os.geteuid() != 0:
-        raise SystemExit(f"{build.base_image} is not in {build.engine} and debootstrap needs root: "
-                         "run this as root once, or pass --base-image with a Debian bookworm image you have")  # fmt: skip
+        raise SystemExit(
+            f"{build.base_image} is not in {build.engine} and debootstrap needs root: "
+            "run this as root once, or pass --base-image with a Debian bookworm image you have"
+        )
     rootfs = build.work_dir / "rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
-    run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", DEBIAN_SUITE, str(rootfs),
-         build.mirror or debian_mirror()], stdout=subprocess.DEVNULL)  # fmt: skip
+    run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(BASE_PACKAGES)}",
+            DEBIAN_SUITE,
+            str(rootfs),
+            build.mirror or debian_mirror(),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     if build.extra_ca:
         shutil.copy(build.extra_ca, rootfs / "usr/local/share/ca-certificates/extra-ca.crt")
         run(["chroot", str(rootfs), "update-ca-certificates"], stdout=subprocess.DEVNULL)
@@ -103,8 +129,12 @@ def build_base(build: ImageBuild) -> None:
         for child in (rootfs / trimmed).glob("*"):
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    run([build.engine, "import", "--change", "CMD [\"/bin/bash\"]", "-", build.base_image], build.engine,
-        stdin=tar.stdout, stdout=subprocess.DEVNULL)  # fmt: skip
+    run(
+        [build.engine, "import", "--change", 'CMD ["/bin/bash"]', "-", build.base_image],
+        build.engine,
+        stdin=tar.stdout,
+        stdout=subprocess.DEVNULL,
+    )
     if tar.wait() != 0:
         raise SystemExit("tar of the debootstrap root failed")
     shutil.rmtree(rootfs)
@@ -114,8 +144,9 @@ def build_bento(bentofile: Path, models_dir: Path) -> Path:
     """`bentoml build` with the variant's bentofile; returns the bento's folder, and copies the models it
     references into `models_dir` (a bento only references them; `bentoml containerize` does the same)."""
     bentoml_cli = Path(sys.executable).with_name("bentoml")
-    result = run([str(bentoml_cli), "build", "-f", str(bentofile), "--output", "tag"], cwd=ROOT,
-                 capture_output=True, text=True)  # fmt: skip
+    result = run(
+        [str(bentoml_cli), "build", "-f", str(bentofile), "--output", "tag"], cwd=ROOT, capture_output=True, text=True
+    )
     tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     import bentoml  # late: `--help` should not pay for it
 
@@ -129,11 +160,25 @@ def build_bento(bentofile: Path, models_dir: Path) -> Path:
 def build_wheels(requirements: Path, wheel_dir: Path) -> None:
     """Wheels of every requirement for the image's Python, from this machine's pip configuration."""
     if sys.version_info[:2] != (3, 11):
-        raise SystemExit(f"the image runs Debian {DEBIAN_SUITE}'s Python 3.11; run this with Python 3.11, "
-                         f"not {sys.version.split()[0]}")  # fmt: skip
+        raise SystemExit(
+            f"the image runs Debian {DEBIAN_SUITE}'s Python 3.11; run this with Python 3.11, "
+            f"not {sys.version.split()[0]}"
+        )
     wheel_dir.mkdir(parents=True, exist_ok=True)
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "-r", str(requirements),
-         "-w", str(wheel_dir)])  # fmt: skip
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            str(requirements),
+            "-w",
+            str(wheel_dir),
+        ]
+    )
     shutil.copy(requirements, wheel_dir / "requirements.txt")
 
 
@@ -156,8 +201,22 @@ def build_image(build: ImageBuild) -> str:
     envs = yaml.safe_load((bento / "bento.yaml").read_text()).get("envs") or []
     build_args = [f"--build-arg={env['name']}={env['value']}" for env in envs if env["name"].startswith("MODELROAD_")]
     image = f"{build.name}:{bento.name}"
-    run([build.engine, "build", f"--build-arg=BASE={build.base_image}", *build_args, "-t", image,
-         "-t", f"{build.name}:latest", "-f", str(context / "Containerfile"), str(context)], build.engine)  # fmt: skip
+    run(
+        [
+            build.engine,
+            "build",
+            f"--build-arg=BASE={build.base_image}",
+            *build_args,
+            "-t",
+            image,
+            "-t",
+            f"{build.name}:latest",
+            "-f",
+            str(context / "Containerfile"),
+            str(context),
+        ],
+        build.engine,
+    )
     return image
 
 
@@ -169,12 +228,27 @@ def build_prometheus_image(build: ImageBuild) -> str:
     build_base(build)
     context = build.work_dir / "context-prometheus"
     context.mkdir(parents=True, exist_ok=True)
-    for source in (Path(binary), ROOT / "deploy/prometheus/prometheus.yml", ROOT / "deploy/prometheus/rules.yml",
-                   CONTAINER_DIR / "Containerfile.prometheus"):  # fmt: skip
+    for source in (
+        Path(binary),
+        ROOT / "deploy/prometheus/prometheus.yml",
+        ROOT / "deploy/prometheus/rules.yml",
+        CONTAINER_DIR / "Containerfile.prometheus",
+    ):
         shutil.copy(source, context / source.name)
     image = "localhost/modelroad-prometheus:latest"
-    run([build.engine, "build", f"--build-arg=BASE={build.base_image}", "-t", image,
-         "-f", str(context / "Containerfile.prometheus"), str(context)], build.engine)  # fmt: skip
+    run(
+        [
+            build.engine,
+            "build",
+            f"--build-arg=BASE={build.base_image}",
+            "-t",
+            image,
+            "-f",
+            str(context / "Containerfile.prometheus"),
+            str(context),
+        ],
+        build.engine,
+    )
     return image
 
 
@@ -183,21 +257,19 @@ def image_megabytes(engine: str, image: str) -> float:
     return round(int(result.stdout.strip()) / 1e6, 1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ask_every_endpoint(url: str) -> dict[str, str]:
     """One real request per family; the answers' labels (or forecast length) by endpoint."""
     image = min((PAYLOADS / "images").glob("*.png"))
     with httpx.Client(base_url=url, timeout=30) as client:
         answers = {
-            "/classify_image": client.post("/classify_image", files={"image": (image.name, image.read_bytes(), "image/png")}),
+            "/classify_image": client.post(
+                "/classify_image", files={"image": (image.name, image.read_bytes(), "image/png")}
+            ),
             "/forecast": client.post("/forecast", json=json.loads((PAYLOADS / "forecast_example.json").read_text())),
-            "/classify_text": client.post("/classify_text", json={"text": "a small domesticated carnivore kept as a pet"}),
-        }  # fmt: skip
+            "/classify_text": client.post(
+                "/classify_text", json={"text": "a small domesticated carnivore kept as a pet"}
+            ),
+        }
     for endpoint, response in answers.items():
         if response.status_code != 200:
             raise RuntimeError(f"{endpoint} answered {response.status_code}: {response.text[:500]}")
@@ -220,8 +292,11 @@ def check_image(engine: str, image: str, ready_timeout: float = 120) -> CheckRep
     port, name = free_port(), f"modelroad-check-{os.getpid()}"
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    run([engine, "run", "-d", "--init", "--name", name, "-p", f"127.0.0.1:{port}:3000", image], engine,
-        stdout=subprocess.DEVNULL)  # fmt: skip
+    run(
+        [engine, "run", "-d", "--init", "--name", name, "-p", f"127.0.0.1:{port}:3000", image],
+        engine,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         ready_seconds = wait_ready(engine, name, url, started, ready_timeout)
         answers = ask_every_endpoint(url)
@@ -229,9 +304,18 @@ def check_image(engine: str, image: str, ready_timeout: float = 120) -> CheckRep
         stopping = time.monotonic()
         run([engine, "stop", "--time", "30", name], engine, stdout=subprocess.DEVNULL)  # SIGTERM, SIGKILL after 30 s
         stop_seconds = time.monotonic() - stopping
-        state = run([engine, "inspect", "--format", "{{.State.ExitCode}}", name], engine, capture_output=True, text=True)
-        return CheckReport(image, image_megabytes(engine, image), round(ready_seconds, 2), answers, metrics_ok,
-                           round(stop_seconds, 2), int(state.stdout.strip()))  # fmt: skip
+        state = run(
+            [engine, "inspect", "--format", "{{.State.ExitCode}}", name], engine, capture_output=True, text=True
+        )
+        return CheckReport(
+            image,
+            image_megabytes(engine, image),
+            round(ready_seconds, 2),
+            answers,
+            metrics_ok,
+            round(stop_seconds, 2),
+            int(state.stdout.strip()),
+        )
     finally:
         subprocess.run([engine, "rm", "--force", name], env=engine_env(engine), capture_output=True, check=False)
 
@@ -271,12 +355,16 @@ def main(argv: list[str] | None = None) -> int:
         report = check_image(args.engine, args.image)
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0 if report.exit_code == 0 and report.metrics_ok else 1
-    build = ImageBuild(getattr(args, "variant", "cpu"), args.engine, args.base_image, args.mirror, args.extra_ca,
-                       args.work_dir)  # fmt: skip
+    build = ImageBuild(
+        getattr(args, "variant", "cpu"), args.engine, args.base_image, args.mirror, args.extra_ca, args.work_dir
+    )
     started = time.monotonic()
     image = build_image(build) if args.command == "build" else build_prometheus_image(build)
-    summary: dict = {"image": image, "build_seconds": round(time.monotonic() - started, 1),
-                     "image_mb": image_megabytes(build.engine, image)}  # fmt: skip
+    summary: dict = {
+        "image": image,
+        "build_seconds": round(time.monotonic() - started, 1),
+        "image_mb": image_megabytes(build.engine, image),
+    }
     if getattr(args, "check", False):
         summary["check"] = dataclasses.asdict(check_image(build.engine, image))
     print(json.dumps(summary, indent=2))

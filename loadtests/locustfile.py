@@ -4,6 +4,7 @@ Run headless through `python -m loadtests.run` (bounded time, CSV + HTML reports
 (events.quitting) fails the run when any request failed or p95 exceeds LOADTEST_P95_MS.
 Payloads are real files under loadtests/payloads, loaded once.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ class ImageUser(FastHttpUser):
     def classify_image(self) -> None:
         name, data = random.choice(IMAGES)
         kind = "image/jpeg" if name.endswith(".jpg") else "image/png"
-        with self.client.post("/classify_image", files={"image": (name, data, kind)}, catch_response=True,
-                              name="/classify_image") as response:  # fmt: skip
+        with self.client.post(
+            "/classify_image", files={"image": (name, data, kind)}, catch_response=True, name="/classify_image"
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif "label" not in response.json():
@@ -56,8 +58,9 @@ class TextUser(FastHttpUser):
 
     @task(4)
     def classify_text(self) -> None:
-        with self.client.post("/classify_text", json={"text": random.choice(TEXTS)}, catch_response=True,
-                              name="/classify_text") as response:  # fmt: skip
+        with self.client.post(
+            "/classify_text", json={"text": random.choice(TEXTS)}, catch_response=True, name="/classify_text"
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif "label" not in response.json():
@@ -66,8 +69,9 @@ class TextUser(FastHttpUser):
     @task(1)
     def classify_texts(self) -> None:
         texts = random.sample(TEXTS, random.randint(2, 8))
-        with self.client.post("/classify_texts", json={"texts": texts}, catch_response=True,
-                              name="/classify_texts") as response:  # fmt: skip
+        with self.client.post(
+            "/classify_texts", json={"texts": texts}, catch_response=True, name="/classify_texts"
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif len(response.json()) != len(texts):
@@ -86,7 +90,9 @@ def gate(environment, **_kwargs) -> None:
         problems.append(f"failure ratio {total.fail_ratio:.2%} > {MAX_FAILURE_RATIO:.2%}")
     if p95 > P95_MS:
         problems.append(f"p95 {p95:.0f} ms > {P95_MS:.0f} ms")
-    summary = f"{total.num_requests} requests, {total.total_rps:.1f} RPS, p95 {p95:.0f} ms, failures {total.num_failures}"
+    summary = (
+        f"{total.num_requests} requests, {total.total_rps:.1f} RPS, p95 {p95:.0f} ms, failures {total.num_failures}"
+    )
     if problems:
         log.error("SLO gate FAILED: %s (%s)", "; ".join(problems), summary)
         environment.process_exit_code = 1

@@ -1,7 +1,8 @@
 """Run the Locust scenarios headless for a bounded time; CSV and HTML reports; exit code = the gate.
 
-    python -m loadtests.run --host http://127.0.0.1:3000 --users 8 --duration 30s --p95-ms 200
+python -m loadtests.run --host http://127.0.0.1:3000 --users 8 --duration 30s --p95-ms 200
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,29 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LOADTEST_P95_MS": str(args.p95_ms), "LOADTEST_MAX_FAILURE_RATIO": str(args.max_failure_ratio)}
     command = [
-        sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("locustfile.py")),
-        "--headless", "--host", args.host, "-u", str(args.users), "-r", str(args.spawn_rate),
-        "-t", args.duration, "--stop-timeout", "5", "--csv", str(out), "--html", f"{out}.html",
-        "--only-summary", *args.users_class,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(Path(__file__).with_name("locustfile.py")),
+        "--headless",
+        "--host",
+        args.host,
+        "-u",
+        str(args.users),
+        "-r",
+        str(args.spawn_rate),
+        "-t",
+        args.duration,
+        "--stop-timeout",
+        "5",
+        "--csv",
+        str(out),
+        "--html",
+        f"{out}.html",
+        "--only-summary",
+        *args.users_class,
+    ]
     # Locust (gevent) runs in its own process, away from anything that imports bentoml or torch.
     return subprocess.run(command, env=env, check=False).returncode
 

@@ -1,4 +1,5 @@
 """A small image classifier: two conv blocks (conv -> batch norm -> ReLU -> pool), dropout, an MLP head."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Name -> (config class, module class): the one way to build a net."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -4,6 +4,7 @@ Why a direct head rather than a decoder that feeds back its own predictions: one
 pass gives all `horizon` steps, errors do not compound step by step, and the exported
 ONNX graph has no loop. Serving asks for 1..horizon steps and takes the first ones.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,9 +35,12 @@ class RNNForecaster(nn.Module):
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {config.cell!r}")
         self.config = config
         self.rnn = CELLS[config.cell](
-            input_size=1, hidden_size=config.hidden, num_layers=config.layers,
-            dropout=config.dropout if config.layers > 1 else 0.0, batch_first=True,
-        )  # fmt: skip
+            input_size=1,
+            hidden_size=config.hidden,
+            num_layers=config.layers,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+            batch_first=True,
+        )
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.hidden, config.horizon))
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:

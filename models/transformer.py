@@ -1,5 +1,6 @@
 """A Transformer encoder text classifier: token + position embeddings, self-attention that
 ignores padding, mean pooling over the real tokens, a linear head."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,14 @@ class TransformerClassifier(nn.Module):
         self.tokens = nn.Embedding(config.vocab_size, config.d_model, padding_idx=0)
         self.positions = nn.Embedding(config.max_tokens, config.d_model)
         layer = nn.TransformerEncoderLayer(
-            config.d_model, config.heads, config.ff, config.dropout, activation="gelu", batch_first=True, norm_first=True,
-        )  # fmt: skip
+            config.d_model,
+            config.heads,
+            config.ff,
+            config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         # No nested tensors: the padded fast path would be one more computation to keep equal to ONNX.
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.d_model)

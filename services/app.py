@@ -4,6 +4,7 @@ the OpenAPI document, the edge and the one error shape.
 BentoML mounts it (`@bentoml.asgi_app`) and keeps what it is good at: process management, the model
 store, /livez, /readyz and /metrics.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,11 +18,24 @@ from services.settings import SETTINGS
 
 # Served by BentoML beside this app; listed in the OpenAPI document so that it describes the whole server.
 INFRA_PATHS = {
-    "/livez": {"get": {"summary": "the server is live", "tags": ["infra"], "responses": {"200": {"description": "live"}}}},
-    "/readyz": {"get": {"summary": "every model is loaded and warmed up", "tags": ["infra"],
-                        "responses": {"200": {"description": "ready"}, "503": {"description": "not ready yet"}}}},
-    "/metrics": {"get": {"summary": "Prometheus metrics", "tags": ["infra"], "responses": {"200": {"description": "text format"}}}},
-}  # fmt: skip
+    "/livez": {
+        "get": {"summary": "the server is live", "tags": ["infra"], "responses": {"200": {"description": "live"}}}
+    },
+    "/readyz": {
+        "get": {
+            "summary": "every model is loaded and warmed up",
+            "tags": ["infra"],
+            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready yet"}},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "tags": ["infra"],
+            "responses": {"200": {"description": "text format"}},
+        }
+    },
+}
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:
@@ -41,8 +55,15 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
 
 def build_app(title: str, description: str, routers: Sequence[APIRouter]) -> FastAPI:
     # FastAPI's own OpenTelemetry spans and metrics are off: BentoML's tracing setting and metrics cover requests.
-    app = FastAPI(title=title, version="0.1.0", description=description, docs_url=None, redoc_url=None, openapi_url=None,
-                  telemetry={"tracing": False, "metrics": False, "logs": False})  # fmt: skip
+    app = FastAPI(
+        title=title,
+        version="0.1.0",
+        description=description,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     for router in routers:  # the routes themselves, not FastAPI's lazy included routers: route.path is the template
         app.router.routes.extend(router.routes)
     document: dict[str, Any] = {}
@@ -55,6 +76,11 @@ def build_app(title: str, description: str, routers: Sequence[APIRouter]) -> Fas
 
     app.router.routes.append(FallbackRoute(known={path: [m.upper() for m in ops] for path, ops in INFRA_PATHS.items()}))
     install_error_handlers(app)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=SETTINGS.max_body_bytes, max_in_flight=SETTINGS.max_in_flight,
-                       request_timeout_s=SETTINGS.request_timeout_s, open_paths=("/docs.json", "/v2/health/"))  # fmt: skip
+    app.add_middleware(
+        EdgeMiddleware,
+        max_body_bytes=SETTINGS.max_body_bytes,
+        max_in_flight=SETTINGS.max_in_flight,
+        request_timeout_s=SETTINGS.request_timeout_s,
+        open_paths=("/docs.json", "/v2/health/"),
+    )
     return app

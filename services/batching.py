@@ -5,6 +5,7 @@ Requests queue while the runner is busy; when it is free, it takes everything qu
 it as one batch. An idle runner starts at once, or after `max_wait_s` when asked to wait
 for company. Nothing is rejected for a deadline: overload is for admission control.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -94,7 +95,7 @@ class MicroBatcher(Generic[P, R]):
             BATCH_SIZE.labels(self.name).observe(sum(p.items for p in batch))
             try:
                 results = await loop.run_in_executor(self._executor, self._infer, [p.payload for p in batch])
-            except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, never the batcher
+            except Exception as exc:
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(exc)

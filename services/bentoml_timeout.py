@@ -8,6 +8,7 @@ must be a positive number), so it is swapped for a pass-through before BentoML b
 platform's own edge (`services/http.py:EdgeMiddleware`) times requests and cancels their queued work.
 `tests/services/test_http.py::test_requests_leave_no_timer_behind` fails if BentoML stops using it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """The platform's refusals: each carries the HTTP status it is answered with, as `{"error": message}`."""
+
 from __future__ import annotations
 
 

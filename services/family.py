@@ -1,4 +1,5 @@
 """What every family shares: its runners, its routes, its inference-protocol pipelines, and how a route finds it."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable

@@ -1,4 +1,5 @@
 """Forecasting: weekly history in, `horizon` weeks out, from the LSTM or the GRU forecaster; and their pipelines."""
+
 from typing import Annotated, Literal
 
 import bentoml
@@ -59,8 +60,12 @@ class ForecastPipeline(InferenceModel):
 
     def __init__(self, forecaster: Forecaster):
         runner, contract = forecaster.runner, forecaster.contract
-        super().__init__(pipeline_name(runner.name), runner.version, [TensorSpec("history", "FP32", (-1, -1))],
-                         [TensorSpec("forecast", "FP32", (-1, contract.horizon))])  # fmt: skip
+        super().__init__(
+            pipeline_name(runner.name),
+            runner.version,
+            [TensorSpec("history", "FP32", (-1, -1))],
+            [TensorSpec("forecast", "FP32", (-1, contract.horizon))],
+        )
         self.forecaster = forecaster
 
     @property
@@ -76,8 +81,10 @@ class ForecastPipeline(InferenceModel):
         if not 1 <= len(history) <= SETTINGS.max_batch_size:
             raise BadRequest(f"history must hold from 1 to {SETTINGS.max_batch_size} series; got {len(history)}")
         if not contract.min_history <= history.shape[1] <= SETTINGS.max_history:
-            raise BadRequest(f"each history must have from {contract.min_history} to {SETTINGS.max_history} values; "
-                             f"got {history.shape[1]}")  # fmt: skip
+            raise BadRequest(
+                f"each history must have from {contract.min_history} to {SETTINGS.max_history} values; "
+                f"got {history.shape[1]}"
+            )
         if not np.isfinite(history).all() or np.abs(history).max() > MAX_ABS_VALUE:
             raise BadRequest(f"history values must be finite numbers within ±{MAX_ABS_VALUE:g}")
         forecast = await self.forecaster.forecast(history, contract.horizon)
@@ -94,10 +101,17 @@ def forecast_routes(min_history: int, max_horizon: int, cells: tuple[str, ...]) 
     Value = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
 
     class ForecastRequest(BaseModel):
-        history: Annotated[list[Value], Field(min_length=min_history, max_length=SETTINGS.max_history,
-                                              description="past weekly values, oldest first")]  # fmt: skip
-        horizon: Annotated[int, Field(strict=True, ge=1, le=max_horizon, description="how many weeks to forecast"),
-                           BeforeValidator(whole_number)] = max_horizon  # fmt: skip
+        history: Annotated[
+            list[Value],
+            Field(
+                min_length=min_history, max_length=SETTINGS.max_history, description="past weekly values, oldest first"
+            ),
+        ]
+        horizon: Annotated[
+            int,
+            Field(strict=True, ge=1, le=max_horizon, description="how many weeks to forecast"),
+            BeforeValidator(whole_number),
+        ] = max_horizon
         model: Annotated[Literal[cells] | None, Field(description="the cell; default: the better on validation")] = None  # type: ignore[valid-type]
 
     @router.post("/forecast", response_model=Forecast, responses=ERROR_RESPONSES)

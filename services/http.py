@@ -4,10 +4,10 @@ Every refusal leaves as `{"error": "<what was wrong>"}` (validation errors keep 
 with 503s saying when to come back (`Retry-After`). The middleware wraps only the platform's own app,
 so BentoML's health and metrics routes are never refused for load.
 """
+
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
@@ -147,20 +147,35 @@ class FallbackRoute(Route):
         return Match.FULL, {}
 
     async def answer(self, request: Request) -> Response:
-        allowed = sorted({method for route in request.app.routes if route is not self
-                          and route.matches(request.scope)[0] == Match.PARTIAL for method in route.methods or ()}
-                         | set(self.known.get(request.url.path, ())))  # fmt: skip
+        allowed = sorted(
+            {
+                method
+                for route in request.app.routes
+                if route is not self and route.matches(request.scope)[0] == Match.PARTIAL
+                for method in route.methods or ()
+            }
+            | set(self.known.get(request.url.path, ()))
+        )
         if allowed:
-            raise HTTPException(405, f"{request.method} is not served at {request.url.path}; use {', '.join(allowed)}",
-                                headers={"Allow": ", ".join(allowed)})  # fmt: skip
+            raise HTTPException(
+                405,
+                f"{request.method} is not served at {request.url.path}; use {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
         raise HTTPException(404, f"no route {request.url.path}; see /docs.json")
 
 
 class EdgeMiddleware:
     """Admission (at most `max_in_flight` requests at once, else 503 at once), the request timeout, the body limit."""
 
-    def __init__(self, app: Callable, max_body_bytes: int, max_in_flight: int = 256, request_timeout_s: float = 30.0,
-                 open_paths: tuple[str, ...] = ()):  # fmt: skip
+    def __init__(
+        self,
+        app: Callable,
+        max_body_bytes: int,
+        max_in_flight: int = 256,
+        request_timeout_s: float = 30.0,
+        open_paths: tuple[str, ...] = (),
+    ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
@@ -178,8 +193,12 @@ class EdgeMiddleware:
         if scope["path"].startswith(self.open_paths):
             return await self._answer_in_time(scope, receive, send)
         if self.in_flight >= self.max_in_flight:
-            return await self._reply(scope, send, 503, f"server busy: {self.in_flight} requests in flight, "
-                                     "the most this worker admits; retry shortly")  # fmt: skip
+            return await self._reply(
+                scope,
+                send,
+                503,
+                f"server busy: {self.in_flight} requests in flight, the most this worker admits; retry shortly",
+            )
         self.in_flight += 1
         try:
             await self._answer_in_time(scope, receive, send)
@@ -209,7 +228,9 @@ class EdgeMiddleware:
         limit = self.max_body_bytes
         declared = dict(scope.get("headers", ())).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await self._reply(scope, send, 413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+            return await self._reply(
+                scope, send, 413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes"
+            )
         received = 0
 
         async def limited_receive() -> Message:

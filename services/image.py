@@ -1,4 +1,5 @@
 """Image classification: an uploaded image file, or a JSON batch of grey pixel arrays; and its pipeline."""
+
 from typing import Annotated
 
 import bentoml
@@ -11,7 +12,7 @@ from starlette.datastructures import UploadFile
 from contracts.card import ModelCard
 from contracts.families import ImageClassification, ImageContract
 from services.errors import BadRequest
-from services.family import pipeline_name, PROBABILITIES, PredictionCounter, probabilities_of, serving
+from services.family import PROBABILITIES, PredictionCounter, pipeline_name, probabilities_of, serving
 from services.http import ERROR_RESPONSES, json_response
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec
@@ -42,7 +43,9 @@ class ImageFamily:
     def feeds_from_pixels(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         prep = self.contract.prep
         if pixels.ndim != 3 or pixels.shape[1:] != (prep.height, prep.width) or len(pixels) == 0:
-            raise BadRequest(f"pixels must have shape (N, {prep.height}, {prep.width}) with N >= 1; got {list(pixels.shape)}")
+            raise BadRequest(
+                f"pixels must have shape (N, {prep.height}, {prep.width}) with N >= 1; got {list(pixels.shape)}"
+            )
         if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
             raise BadRequest("pixel values must be finite numbers from 0 to 255")
         return self.contract.feeds_from_pixels(pixels)
@@ -62,12 +65,16 @@ class ImagePipeline(InferenceModel):
     def __init__(self, family: ImageFamily):
         runner, prep = family.runner, family.contract.prep
         super().__init__(
-            pipeline_name(runner.name), runner.version,
+            pipeline_name(runner.name),
+            runner.version,
             [TensorSpec("image", "BYTES", (-1,)), TensorSpec("pixels", "FP32", (-1, prep.height, prep.width))],
-            [TensorSpec("label", "BYTES", (-1,)), TensorSpec("class_id", "INT64", (-1,)),
-             TensorSpec("probabilities", "FP32", (-1, len(family.contract.labels)))],
+            [
+                TensorSpec("label", "BYTES", (-1,)),
+                TensorSpec("class_id", "INT64", (-1,)),
+                TensorSpec("probabilities", "FP32", (-1, len(family.contract.labels))),
+            ],
             required=(),  # one of the two
-        )  # fmt: skip
+        )
         self.family = family
 
     @property
@@ -95,18 +102,42 @@ class ImagePipeline(InferenceModel):
 
 def image_routes(height: int, width: int) -> APIRouter:
     router = APIRouter(tags=["image"])
-    Row = Annotated[list[Annotated[float, Field(ge=0, le=255, allow_inf_nan=False)]], Field(min_length=width, max_length=width)]
+    Row = Annotated[
+        list[Annotated[float, Field(ge=0, le=255, allow_inf_nan=False)]], Field(min_length=width, max_length=width)
+    ]
     Image = Annotated[list[Row], Field(min_length=height, max_length=height)]
 
     class Pixels(BaseModel):
-        pixels: Annotated[list[Image], Field(min_length=1, max_length=SETTINGS.max_batch_size,
-                          description=f"images as (N, {height}, {width}) grey values 0-255 at the model's size")]  # fmt: skip
+        pixels: Annotated[
+            list[Image],
+            Field(
+                min_length=1,
+                max_length=SETTINGS.max_batch_size,
+                description=f"images as (N, {height}, {width}) grey values 0-255 at the model's size",
+            ),
+        ]
 
-    upload_body = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": [UPLOAD_FIELD], "additionalProperties": False,
-        "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary", "description": "a PNG or JPEG file"}}}}}}}  # fmt: skip
+    upload_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [UPLOAD_FIELD],
+                        "additionalProperties": False,
+                        "properties": {
+                            UPLOAD_FIELD: {"type": "string", "format": "binary", "description": "a PNG or JPEG file"}
+                        },
+                    }
+                }
+            },
+        }
+    }
 
-    @router.post("/classify_image", response_model=ImageClassification, responses=ERROR_RESPONSES, openapi_extra=upload_body)
+    @router.post(
+        "/classify_image", response_model=ImageClassification, responses=ERROR_RESPONSES, openapi_extra=upload_body
+    )
     async def classify_image(request: Request) -> Response:
         """Classify one uploaded PNG/JPEG (multipart field `image`) of any size or colour."""
         family = serving(ImageFamily)
@@ -130,5 +161,7 @@ async def uploaded_file(request: Request, field: str) -> bytes:
     async with request.form() as form:
         items = form.multi_items()
         if [name for name, _ in items] != [field] or not isinstance(items[0][1], UploadFile):
-            raise BadRequest(f"multipart fields {sorted(name for name, _ in items)} do not match the expected ['{field}'] (one file)")
+            raise BadRequest(
+                f"multipart fields {sorted(name for name, _ in items)} do not match the expected ['{field}'] (one file)"
+            )
         return await items[0][1].read()

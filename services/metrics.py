@@ -2,6 +2,7 @@
 
 BentoML's own request metrics stay as they are; these describe the models.
 """
+
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -25,8 +26,12 @@ BATCH_SIZE = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
-PREDICTIONS = Counter("modelroad_predictions_total", "Predictions served, by model and predicted class.", ["model", "label"])
-ERRORS = Counter("modelroad_request_errors_total", "Requests refused or failed, by endpoint and reason.", ["endpoint", "reason"])
+PREDICTIONS = Counter(
+    "modelroad_predictions_total", "Predictions served, by model and predicted class.", ["model", "label"]
+)
+ERRORS = Counter(
+    "modelroad_request_errors_total", "Requests refused or failed, by endpoint and reason.", ["endpoint", "reason"]
+)
 MODEL_INFO = Gauge(
     "modelroad_model_info",
     "Loaded models (value 1): store tag, ONNX opset and the device ONNX Runtime runs on.",

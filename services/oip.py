@@ -5,6 +5,7 @@ and NumPy tensors (JSON `data`, nested or flat, and the binary extension that `t
 default), and the data plane (`InferenceModel`: a raw ONNX model or a family's pipeline) that knows
 nothing of HTTP. The routes only translate.
 """
+
 import json
 import math
 import struct
@@ -50,8 +51,14 @@ class InferenceModel:
 
     platform = "onnxruntime_onnx"
 
-    def __init__(self, name: str, version: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-                 required: Sequence[str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        required: Sequence[str] | None = None,
+    ):
         self.name, self.version = name, version
         self.inputs, self.outputs = tuple(inputs), tuple(outputs)
         self.required = frozenset(spec.name for spec in inputs) if required is None else frozenset(required)
@@ -60,12 +67,17 @@ class InferenceModel:
     def ready(self) -> bool:
         raise NotImplementedError
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self, versions: Sequence[str]) -> dict[str, Any]:
         def tensors(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
             return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
 
-        return {"name": self.name, "versions": [self.version], "platform": self.platform,
-                "inputs": tensors(self.inputs), "outputs": tensors(self.outputs)}  # fmt: skip
+        return {
+            "name": self.name,
+            "versions": list(versions),
+            "platform": self.platform,
+            "inputs": tensors(self.inputs),
+            "outputs": tensors(self.outputs),
+        }
 
     async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -94,9 +106,13 @@ class ModelRepository:
     """The served models by name and version; the latest version answers a request that names none."""
 
     def __init__(self, models: Sequence[InferenceModel]):
+        """`models` oldest first: the last of a name is its latest."""
         self.versions: dict[str, dict[str, InferenceModel]] = {}
-        for model in models:  # in order of age: the last one of a name is its latest
+        for model in models:
             self.versions.setdefault(model.name, {})[model.version] = model
+
+    def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        return self.get(name, version).metadata(list(self.versions[name]))
 
     def get(self, name: str, version: str | None = None) -> InferenceModel:
         versions = self.versions.get(name)
@@ -149,8 +165,10 @@ def _tensor(spec: RequestInput, binary: bytes | None) -> np.ndarray:
         if spec.datatype == "BYTES":
             return _deserialize_bytes(binary, count, spec.name).reshape(spec.shape)
         if len(binary) != count * np.dtype(dtype).itemsize:
-            raise BadRequest(f"input {spec.name}: shape {spec.shape} of {spec.datatype} needs "
-                             f"{count * np.dtype(dtype).itemsize} bytes; got {len(binary)}")  # fmt: skip
+            raise BadRequest(
+                f"input {spec.name}: shape {spec.shape} of {spec.datatype} needs "
+                f"{count * np.dtype(dtype).itemsize} bytes; got {len(binary)}"
+            )
         return np.frombuffer(binary, dtype=dtype).reshape(spec.shape)
     if spec.data is None:
         raise BadRequest(f"input {spec.name}: no data (send `data`, or binary data with parameters.binary_data_size)")
@@ -230,22 +248,41 @@ def encode_response(model: InferenceModel, request: InferenceRequest, outputs: d
     header = json.dumps(answer).encode()
     if not chunks:
         return Response(header, media_type="application/json")
-    return Response(header + b"".join(chunks), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+    return Response(
+        header + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
 
 
 def repository() -> ModelRepository:
     return current_service().repository
 
 
-ERRORS = {400: {"description": "a bad request: wrong name, datatype, shape or data length"},
-          404: {"description": "no such model or version"},
-          503: {"description": "not ready or overloaded; retry after Retry-After seconds"}}  # fmt: skip
-INFER_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary",
-                                            "description": "Triton's binary tensor data extension: the JSON request "
-                                            "(Inference-Header-Content-Length bytes), then the binary tensors"}}}}}  # fmt: skip
+ERRORS = {
+    400: {"description": "a bad request: wrong name, datatype, shape or data length"},
+    404: {"description": "no such model or version"},
+    503: {"description": "not ready or overloaded; retry after Retry-After seconds"},
+}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            },
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "Triton's binary tensor data extension: the JSON request "
+                    "(Inference-Header-Content-Length bytes), then the binary tensors",
+                }
+            },
+        },
+    }
+}
+
 
 def routes(names: Sequence[str], versions: Sequence[str]) -> APIRouter:
     """The protocol's routes; `names` and `versions` (what the store serves at start) document the path parameters."""
@@ -269,18 +306,21 @@ def routes(names: Sequence[str], versions: Sequence[str]) -> APIRouter:
 
     @router.get("/models/{name}", summary="model metadata", responses={404: ERRORS[404]})
     async def model_metadata(name: Name) -> dict[str, Any]:
-        return repository().get(name).metadata()
+        return repository().metadata(name)
 
     @router.get("/models/{name}/versions/{version}", summary="model version metadata", responses={404: ERRORS[404]})
     async def version_metadata(name: Name, version: Version) -> dict[str, Any]:
-        return repository().get(name, version).metadata()
+        return repository().metadata(name, version)
 
     @router.get("/models/{name}/ready", summary="the model is ready", responses={404: ERRORS[404], 503: ERRORS[503]})
     async def model_ready(name: Name) -> dict[str, Any]:
         return readiness(repository().get(name))
 
-    @router.get("/models/{name}/versions/{version}/ready", summary="the model version is ready",
-                responses={404: ERRORS[404], 503: ERRORS[503]})  # fmt: skip
+    @router.get(
+        "/models/{name}/versions/{version}/ready",
+        summary="the model version is ready",
+        responses={404: ERRORS[404], 503: ERRORS[503]},
+    )
     async def version_ready(name: Name, version: Version) -> dict[str, Any]:
         return readiness(repository().get(name, version))
 
@@ -288,8 +328,12 @@ def routes(names: Sequence[str], versions: Sequence[str]) -> APIRouter:
     async def model_infer(request: Request, name: Name) -> Response:
         return await infer(request, repository().get(name))
 
-    @router.post("/models/{name}/versions/{version}/infer", summary="inference on a version", responses=ERRORS,
-                 openapi_extra=INFER_BODY)  # fmt: skip
+    @router.post(
+        "/models/{name}/versions/{version}/infer",
+        summary="inference on a version",
+        responses=ERRORS,
+        openapi_extra=INFER_BODY,
+    )
     async def version_infer(request: Request, name: Name, version: Version) -> Response:
         return await infer(request, repository().get(name, version))
 
@@ -306,7 +350,11 @@ async def infer(request: Request, model: InferenceModel) -> Response:
     parsed, tensors = decode_request(await request.body(), request.headers.get(HEADER_LENGTH))
     unknown = set(tensors) - {spec.name for spec in model.inputs}
     if unknown:
-        raise BadRequest(f"{model.name} has no input {sorted(unknown)}; its inputs are {[s.name for s in model.inputs]}")
+        raise BadRequest(
+            f"{model.name} has no input {sorted(unknown)}; its inputs are {[s.name for s in model.inputs]}"
+        )
     if model.required - set(tensors):
-        raise BadRequest(f"{model.name} needs the inputs {sorted(model.required)}; missing {sorted(model.required - set(tensors))}")
+        raise BadRequest(
+            f"{model.name} needs the inputs {sorted(model.required)}; missing {sorted(model.required - set(tensors))}"
+        )
     return encode_response(model, parsed, await model.infer(tensors))

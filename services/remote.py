@@ -6,6 +6,7 @@ Arrays travel in NumPy's own formats, loaded with allow_pickle=False: feeds as a
 output as .npy. Nothing is unpickled (BentoML's `bentoml.depends` between co-served services would
 send pickles), and the arrays cross as raw bytes, not JSON numbers.
 """
+
 from __future__ import annotations
 
 import io
@@ -39,7 +40,13 @@ def decode_feeds(data: bytes) -> Feeds:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # np.load's errors for a foreign or cut-off body
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        KeyError,
+        zipfile.BadZipFile,
+    ) as exc:  # np.load's errors for a foreign or cut-off body
         raise ValueError(f"the body is not an .npz archive of plain arrays: {exc}") from None
 
 
@@ -68,8 +75,9 @@ class RemoteSession:
         self.route = f"/run/{tag}"
         self.device = "unknown"  # until the runner names it
         # Idle connections are dropped before the server's keep-alive (uvicorn: 5 s) would close them under us.
-        self.client = httpx.Client(base_url=self.url, timeout=timeout_s,
-                                   limits=httpx.Limits(max_connections=4, keepalive_expiry=2.0))  # fmt: skip
+        self.client = httpx.Client(
+            base_url=self.url, timeout=timeout_s, limits=httpx.Limits(max_connections=4, keepalive_expiry=2.0)
+        )
         self.wait_until_ready(wait_s)
 
     def wait_until_ready(self, wait_s: float) -> None:
@@ -83,8 +91,10 @@ class RemoteSession:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the runner service at {self.url} was not ready within {wait_s:g} s "
-                                   "(MODELROAD_RUNNER_WAIT_S); start it, or unset MODELROAD_RUNNER_URL to run in-process")  # fmt: skip
+                raise RuntimeError(
+                    f"the runner service at {self.url} was not ready within {wait_s:g} s "
+                    "(MODELROAD_RUNNER_WAIT_S); start it, or unset MODELROAD_RUNNER_URL to run in-process"
+                )
             if not logged:
                 log.info("waiting for the runner service at %s", self.url)
                 logged = True
@@ -110,5 +120,5 @@ class RemoteSession:
         try:
             return self.client.post(self.route, content=body, headers={"content-type": NPZ})
         except (httpx.RemoteProtocolError, httpx.ConnectError):
-            # A kept-alive connection the runner closed (or a runner restarting): inference is idempotent, try once more.
+            # A kept-alive connection the runner closed (or a runner restarting): inference is idempotent, so once more.
             return self.client.post(self.route, content=body, headers={"content-type": NPZ})

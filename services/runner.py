@@ -1,4 +1,5 @@
-"""A runner: one stored model's ONNX Runtime session on one device (or in a runner service), behind its own micro-batcher."""
+"""A runner: one stored model's ONNX Runtime session on one device (or in a runner service), behind a micro-batcher."""
+
 from __future__ import annotations
 
 import hashlib
@@ -58,18 +59,44 @@ def choose_providers(device: str, available: Sequence[str]) -> tuple[list[str], 
             log.warning("device=auto: ONNX Runtime has no CUDA provider here; running on CPU")
         return ["CPUExecutionProvider"], "cpu"
     if not has_cuda:
-        raise RuntimeError("device=cuda but this ONNX Runtime has no CUDA provider: install onnxruntime-gpu or set MODELROAD_DEVICE=cpu")
+        raise RuntimeError(
+            "device=cuda but this ONNX Runtime has no CUDA provider: "
+            "install onnxruntime-gpu or set MODELROAD_DEVICE=cpu"
+        )
     return ["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda"
 
 
 # ONNX Runtime's element types -> the inference protocol's datatypes and NumPy's.
-DATATYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16", "tensor(int64)": "INT64",
-             "tensor(int32)": "INT32", "tensor(int16)": "INT16", "tensor(int8)": "INT8", "tensor(uint8)": "UINT8",
-             "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(bool)": "BOOL",
-             "tensor(string)": "BYTES"}  # fmt: skip
-NUMPY_TYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
-               "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-               "UINT64": np.uint64, "BOOL": np.bool_, "BYTES": np.object_}  # fmt: skip
+DATATYPES = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(float16)": "FP16",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(int16)": "INT16",
+    "tensor(int8)": "INT8",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+}
+NUMPY_TYPES = {
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "FP16": np.float16,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "INT16": np.int16,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "BOOL": np.bool_,
+    "BYTES": np.object_,
+}
 
 
 @dataclass(frozen=True)
@@ -82,7 +109,9 @@ class TensorSpec:
 
     @classmethod
     def from_ort(cls, arg: ort.NodeArg) -> TensorSpec:
-        return cls(arg.name, DATATYPES.get(arg.type, arg.type), tuple(d if isinstance(d, int) else -1 for d in arg.shape))
+        return cls(
+            arg.name, DATATYPES.get(arg.type, arg.type), tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+        )
 
     def problem(self, array: np.ndarray) -> str | None:
         """What keeps `array` from being this tensor, or None."""
@@ -117,7 +146,9 @@ def feeds_problem(inputs: Sequence[TensorSpec], feeds: Feeds) -> str | None:
 
 def zero_feeds(inputs: Sequence[TensorSpec]) -> Feeds:
     """A one-row call of zeros (dynamic axes of length 1), to warm a session up."""
-    return {spec.name: np.zeros([1 if d == -1 else d for d in spec.shape], NUMPY_TYPES[spec.datatype]) for spec in inputs}
+    return {
+        spec.name: np.zeros([1 if d == -1 else d for d in spec.shape], NUMPY_TYPES[spec.datatype]) for spec in inputs
+    }
 
 
 def session_options(settings: ServeSettings) -> ort.SessionOptions:
@@ -153,29 +184,43 @@ class OnnxRunner:
     A call is the feeds of one request (one or more rows); the batcher gathers calls and `collate` merges them.
     """
 
-    def __init__(self, stored: bentoml.Model, settings: ServeSettings, collate: Collate | None = None,
-                 derive: Callable[[Outputs], Outputs] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        stored: bentoml.Model,
+        settings: ServeSettings,
+        collate: Collate | None = None,
+        derive: Callable[[Outputs], Outputs] | None = None,
+    ):
         self.name = stored.tag.name
         self.tag, self.version = str(stored.tag), stored.tag.version
         self.card = ModelCard.from_metadata(stored.info.metadata)
         providers, wanted = choose_providers(settings.device, ort.get_available_providers())
         # The API worker reads the graph's signature itself, also when a runner service computes.
-        session = ort.InferenceSession(stored.path_of("model.onnx"), session_options(settings),
-                                       providers=providers if not settings.runner_url else ["CPUExecutionProvider"])  # fmt: skip
+        session = ort.InferenceSession(
+            stored.path_of("model.onnx"),
+            session_options(settings),
+            providers=providers if not settings.runner_url else ["CPUExecutionProvider"],
+        )
         self.inputs, self.outputs = onnx_signature(session)
         self.session: LocalSession | RemoteSession = (
-            RemoteSession(settings.runner_url, self.tag, self.outputs[0].name, settings.request_timeout_s, settings.runner_wait_s)
+            RemoteSession(
+                settings.runner_url, self.tag, self.outputs[0].name, settings.request_timeout_s, settings.runner_wait_s
+            )
             if settings.runner_url
             else LocalSession(session, wanted, self.tag, settings.ort_threads)
         )
-        self._collate = collate or run_calls
+        # Calls merge into one batch only where every input's first axis is dynamic (an imported model's may not be).
+        self._collate = collate or (run_calls if all(spec.shape[:1] == (-1,) for spec in self.inputs) else each_alone)
         # Outputs computed from the model's, once per batch in the runner's thread (e.g. softmax probabilities).
         self._derive = derive
         self.warmed = False
         self.batcher = MicroBatcher(
-            self.name, self.infer, rows,
-            max_items=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
-        )  # fmt: skip
+            self.name,
+            self.infer,
+            rows,
+            max_items=settings.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000,
+        )
 
     def infer(self, calls: Sequence[Feeds]) -> list[Outputs]:
         return self._collate(self, calls)
@@ -221,9 +266,18 @@ def run_calls(runner: OnnxRunner, calls: Sequence[Feeds]) -> list[Outputs]:
     for i, feeds in enumerate(calls):
         groups[tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(feeds.items()))].append(i)
     for indices in groups.values():
-        split(runner.run({name: np.concatenate([calls[i][name] for i in indices]) for name in calls[indices[0]]}),
-              calls, indices, results)  # fmt: skip
+        split(
+            runner.run({name: np.concatenate([calls[i][name] for i in indices]) for name in calls[indices[0]]}),
+            calls,
+            indices,
+            results,
+        )
     return results
+
+
+def each_alone(runner: OnnxRunner, calls: Sequence[Feeds]) -> list[Outputs]:
+    """For a model whose batch axis is fixed: every call its own run."""
+    return [runner.run(feeds) for feeds in calls]
 
 
 def padded_calls(pad_values: dict[str, int]) -> Collate:
@@ -235,10 +289,14 @@ def padded_calls(pad_values: dict[str, int]) -> Collate:
     def collate(runner: OnnxRunner, calls: Sequence[Feeds]) -> list[Outputs]:
         longest = max(array.shape[1] for feeds in calls for array in feeds.values())
         merged = {
-            name: np.concatenate([np.pad(feeds[name], ((0, 0), (0, longest - feeds[name].shape[1])),
-                                         constant_values=pad_values[name]) for feeds in calls])
+            name: np.concatenate(
+                [
+                    np.pad(feeds[name], ((0, 0), (0, longest - feeds[name].shape[1])), constant_values=pad_values[name])
+                    for feeds in calls
+                ]
+            )
             for name in calls[0]
-        }  # fmt: skip
+        }
         results: list[Outputs] = [{}] * len(calls)
         split(runner.run(merged), calls, range(len(calls)), results)
         return results

@@ -8,6 +8,7 @@ runner stays in the API process: this hop costs more than it saves there.
 `POST /run/<model tag>`: an .npz of the model's input arrays -> the .npy of its first output
 (services/remote.py). Calls whose inputs have the same shapes past the batch axis run as one batch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,15 +43,18 @@ async def run_model(request: Request, tag: str) -> Response:
     if problem:
         raise BadRequest(f"{tag}: {problem}")
     outputs = await runner.submit(feeds)
-    return Response(encode_array(outputs[runner.outputs[0].name]), media_type=NPY,
-                    headers={DEVICE_HEADER: runner.session.device})  # fmt: skip
+    return Response(
+        encode_array(outputs[runner.outputs[0].name]), media_type=NPY, headers={DEVICE_HEADER: runner.session.device}
+    )
 
 
 replace_bentoml_timeout()  # see its module: BentoML's leaks a timer per request
 
 
 @bentoml.service(**service_config("modelroad-runner", workers=1))
-@bentoml.asgi_app(build_app("modelroad-runner", "The platform's models, run in batches for its API workers.", [router]), path="/")
+@bentoml.asgi_app(
+    build_app("modelroad-runner", "The platform's models, run in batches for its API workers.", [router]), path="/"
+)
 class ModelRunner:
     """Every model the platform serves (the same MODELROAD_*_MODEL settings), no HTTP API of its own."""
 

@@ -1,4 +1,5 @@
 """Serving configuration: one frozen dataclass, read once from MODELROAD_* environment variables."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,10 +25,19 @@ class ServeSettings:
     lstm_model: str = "co2-lstm:latest"
     gru_model: str = "co2-gru:latest"
     text_model: str = "wordnet-transformer:latest"  # or wordnet-transformer-int8:latest
+    # More store tags, comma-separated, served beside the families' through the inference protocol (tensors in and
+    # out): an imported model (`python -m training import`), or another version of a family's model side by side.
+    models: str = ""
     access_log: bool = False  # access logging costs 20-37% of throughput (FACTS.md)
-    tracing: bool = False  # OpenTelemetry spans per request; off, BentoML's tracing middleware passes requests straight on
+    tracing: bool = (
+        False  # OpenTelemetry spans per request; off, BentoML's tracing middleware passes requests straight on
+    )
     runner_url: str = ""  # a runner service (services/runner_service.py) to run the models in; empty: in-process
     runner_wait_s: float = 120.0  # how long a worker waits at start for the runner service to be ready
+
+    @property
+    def extra_models(self) -> tuple[str, ...]:
+        return tuple(tag.strip() for tag in self.models.split(",") if tag.strip())
 
     @property
     def ort_threads(self) -> int:

@@ -1,4 +1,5 @@
 """Text classification: one text, or a batch of texts, to WordNet noun categories; and its pipeline."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -12,7 +13,7 @@ from pydantic import BaseModel, Field
 from contracts.card import ModelCard
 from contracts.families import TextClassification, TextContract
 from services.errors import BadRequest
-from services.family import pipeline_name, PROBABILITIES, PredictionCounter, probabilities_of, serving
+from services.family import PROBABILITIES, PredictionCounter, pipeline_name, probabilities_of, serving
 from services.http import ERROR_RESPONSES, json_response
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec, padded_calls
@@ -51,9 +52,15 @@ class TextPipeline(InferenceModel):
 
     def __init__(self, family: TextFamily):
         runner = family.runner
-        super().__init__(pipeline_name(runner.name), runner.version, [TensorSpec("text", "BYTES", (-1,))],
-                         [TensorSpec("label", "BYTES", (-1,)),
-                          TensorSpec("probabilities", "FP32", (-1, len(family.contract.labels)))])  # fmt: skip
+        super().__init__(
+            pipeline_name(runner.name),
+            runner.version,
+            [TensorSpec("text", "BYTES", (-1,))],
+            [
+                TensorSpec("label", "BYTES", (-1,)),
+                TensorSpec("probabilities", "FP32", (-1, len(family.contract.labels))),
+            ],
+        )
         self.family = family
 
     @property
@@ -78,12 +85,22 @@ class TextPipeline(InferenceModel):
             texts.append(text)
         answers = await self.family.classify(texts)
         labels = self.family.contract.labels
-        return {"label": np.array([a.label.encode() for a in answers], dtype=np.object_),
-                "probabilities": np.array([[a.probabilities[k] for k in labels] for a in answers], dtype=np.float32)}  # fmt: skip
+        return {
+            "label": np.array([a.label.encode() for a in answers], dtype=np.object_),
+            "probabilities": np.array([[a.probabilities[k] for k in labels] for a in answers], dtype=np.float32),
+        }
 
 
-Text = Annotated[str, Field(strict=True, min_length=1, max_length=SETTINGS.max_text_chars, pattern=r"\S",
-                            description="a description of a thing, e.g. a dictionary gloss (not only spaces)")]  # fmt: skip
+Text = Annotated[
+    str,
+    Field(
+        strict=True,
+        min_length=1,
+        max_length=SETTINGS.max_text_chars,
+        pattern=r"\S",
+        description="a description of a thing, e.g. a dictionary gloss (not only spaces)",
+    ),
+]
 
 
 class OneText(BaseModel):
@@ -91,7 +108,9 @@ class OneText(BaseModel):
 
 
 class Texts(BaseModel):
-    texts: Annotated[list[Text], Field(min_length=1, max_length=SETTINGS.max_batch_size, description="classified in order")]
+    texts: Annotated[
+        list[Text], Field(min_length=1, max_length=SETTINGS.max_batch_size, description="classified in order")
+    ]
 
 
 def text_routes() -> APIRouter:

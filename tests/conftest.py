@@ -1,5 +1,6 @@
 """Shared fixtures. The model store and Prometheus folder are private to the test session,
 so tests never touch ~/bentoml and never see another run's metrics."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_SESSION_DIR / "prometheus")
 (_SESSION_DIR / "prometheus").mkdir()
 
-import pytest
+import pytest  # noqa: E402 - after the environment above, which bentoml reads at import
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """Inputs and offline predictions shared by the service tests."""
+
 from __future__ import annotations
 
 import io

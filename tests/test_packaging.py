@@ -1,4 +1,5 @@
 """What ships: the serving code is torch-free, and `bentoml build` packs it with the registered models."""
+
 import os
 import re
 import subprocess
@@ -15,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("module", ["services.platform", "services.runner_service"])
 def test_the_services_import_without_torch(registered, module):
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=os.environ, capture_output=True, text=True,
-                            check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=os.environ, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr[-2000:] or f"{module} imported torch"
 
 
@@ -38,8 +40,15 @@ def test_serving_requirements_are_the_packages_dependencies():
 
 @pytest.mark.slow
 def test_bentoml_build_packs_the_service_and_references_every_model(registered, session_dir):
-    result = subprocess.run([str(Path(sys.executable).with_name("bentoml")), "build", "--output", "tag"],
-                            cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("bentoml")), "build", "--output", "tag"],
+        cwd=ROOT,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")  # --output tag prints __tag__:NAME:VERSION
     bento_dir = session_dir / "bentoml" / "bentos" / "modelroad" / tag.split(":")[1]
@@ -53,7 +62,10 @@ def test_bentoml_build_packs_the_service_and_references_every_model(registered, 
 
 
 def test_the_gpu_variant_differs_from_the_cpu_one_only_in_its_runtime():
-    cpu, gpu = yaml.safe_load((ROOT / "bentofile.yaml").read_text()), yaml.safe_load((ROOT / "bentofile.gpu.yaml").read_text())
+    cpu, gpu = (
+        yaml.safe_load((ROOT / "bentofile.yaml").read_text()),
+        yaml.safe_load((ROOT / "bentofile.gpu.yaml").read_text()),
+    )
     for key in ("service", "include"):
         assert gpu[key] == cpu[key], key
     assert {e["name"]: e["value"] for e in gpu["envs"]}["MODELROAD_DEVICE"] == "cuda"
@@ -61,8 +73,9 @@ def test_the_gpu_variant_differs_from_the_cpu_one_only_in_its_runtime():
     gpu_lines = (ROOT / gpu["python"]["requirements_txt"]).read_text().splitlines()
     requirements = [line for line in cpu_lines if line and not line.startswith("#")]
     gpu_requirements = [line for line in gpu_lines if line and not line.startswith("#")]
-    assert gpu_requirements == [line.replace("onnxruntime>=1.20", "onnxruntime-gpu[cuda,cudnn]>=1.21")
-                                for line in requirements]  # fmt: skip
+    assert gpu_requirements == [
+        line.replace("onnxruntime>=1.20", "onnxruntime-gpu[cuda,cudnn]>=1.21") for line in requirements
+    ]
 
 
 def test_the_gpu_variant_declares_a_cuda_base_bentoml_can_build_with_onnx_runtime_cuda_12():
@@ -82,11 +95,19 @@ def test_the_runner_gpu_variant_is_the_gpu_variant_serving_the_runner_service():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bentofile,name", [("bentofile.gpu.yaml", "modelroad-gpu"), ("bentofile.runner-gpu.yaml", "modelroad-runner-gpu")])
+@pytest.mark.parametrize(
+    "bentofile,name", [("bentofile.gpu.yaml", "modelroad-gpu"), ("bentofile.runner-gpu.yaml", "modelroad-runner-gpu")]
+)
 def test_bentoml_builds_the_gpu_variants_with_every_served_model(registered, session_dir, bentofile, name):
-    result = subprocess.run([str(Path(sys.executable).with_name("bentoml")), "build", "-f", bentofile,
-                             "--output", "tag"], cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=300,
-                            check=False)  # fmt: skip
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("bentoml")), "build", "-f", bentofile, "--output", "tag"],
+        cwd=ROOT,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     assert tag.startswith(f"{name}:")

@@ -1,4 +1,5 @@
-"""Command line: `python -m training train fashion-cnn`, `python -m training list`, `python -m training ensure`."""
+"""Command line: `python -m training train fashion-cnn`, `list`, `ensure`, `import FILE.onnx --name NAME`."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,7 @@ import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 
 from training.config import TrainConfig
 from training.tasks import TASKS
@@ -26,8 +28,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         elif f.name == "model":
-            parser.add_argument(flag, type=json.loads, default=argparse.SUPPRESS,
-                                help='net config overrides as JSON, e.g. \'{"dropout": 0.2}\'')  # fmt: skip
+            parser.add_argument(
+                flag,
+                type=json.loads,
+                default=argparse.SUPPRESS,
+                help="net config overrides as JSON, e.g. '{\"dropout\": 0.2}'",
+            )
         else:
             kind = float if f.name == "max_minutes" else type(default) if default is not None else str
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"default: {default}")
@@ -49,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     ensure = commands.add_parser("ensure", help="train every default task that has no model in the store")
     add_config_flags(ensure)
     commands.add_parser("list", help="list registered models with their key test metric")
+    imported = commands.add_parser(
+        "import", help="check a user's ONNX model and register it (served by the OIP routes)"
+    )
+    imported.add_argument("file", type=Path, help="the .onnx file (external data files beside it, if any)")
+    imported.add_argument("--name", required=True, help="its name in the store and the inference protocol")
+    imported.add_argument("--labels", type=Path, help="a text file of class names, one per line, by class id")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for chatty in ("onnxscript", "onnx_ir", "torch.onnx"):
@@ -57,6 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     # Imported late: `--help` should not pay for torch and bentoml.
     from training.pipeline import run
     from training.register import list_registered
+
+    if args.command == "import":
+        from training.import_model import ImportRefused, import_model
+
+        try:
+            tag = import_model(args.file, args.name, args.labels)
+        except ImportRefused as exc:
+            log.error("not imported: %s", exc)
+            return 2
+        log.info("registered %s; serve it with MODELROAD_MODELS=%s", tag, tag)
+        return 0
 
     if args.command == "list":
         rows = list_registered()

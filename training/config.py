@@ -1,4 +1,5 @@
 """The training configuration: one dataclass, defaults that run, saved beside what it produced."""
+
 from __future__ import annotations
 
 import json

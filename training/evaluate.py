@@ -1,4 +1,5 @@
 """Scores and plots shared by the families: scikit-learn metrics, matplotlib PNGs."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,5 @@
 """Export a trained net to one ONNX file and prove it computes what the PyTorch net computes."""
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,7 @@ class ExportError(RuntimeError):
 
 
 def export_onnx(model: nn.Module, task: Task, example: tuple[torch.Tensor, ...], path: Path) -> int:
-    """Write model.onnx (one file, dynamo exporter) with the dynamic axes of the task's input spec; returns the opset."""
+    """Write model.onnx (one file, dynamo exporter) with the dynamic axes of the task's inputs; returns the opset."""
     if len(example[0]) < 2:
         raise ExportError("export with a batch of at least 2: a batch of 1 fixes the batch axis at 1")
     model.eval()
@@ -44,7 +45,9 @@ def export_onnx(model: nn.Module, task: Task, example: tuple[torch.Tensor, ...],
     return graph.opset_import[0].version
 
 
-def output_difference(model: nn.Module, task: Task, path: Path, batches: list[tuple[torch.Tensor, ...]]) -> tuple[float, bool]:
+def output_difference(
+    model: nn.Module, task: Task, path: Path, batches: list[tuple[torch.Tensor, ...]]
+) -> tuple[float, bool]:
     """Max |torch - onnxruntime| over the batches, and whether every batch led to the same decisions."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst, same = 0.0, True
@@ -62,6 +65,8 @@ def check_parity(model: nn.Module, task: Task, path: Path, batches: list[tuple[t
     """Max |torch - onnxruntime| over the held-out batches; raises ExportError beyond the task's tolerance."""
     worst, same = output_difference(model, task, path, batches)
     if worst > task.parity_tolerance or not same:
-        raise ExportError(f"ONNX output differs from PyTorch: max abs diff {worst:.2e} (tolerance "
-                          f"{task.parity_tolerance:.0e}), same decisions: {same}")  # fmt: skip
+        raise ExportError(
+            f"ONNX output differs from PyTorch: max abs diff {worst:.2e} (tolerance "
+            f"{task.parity_tolerance:.0e}), same decisions: {same}"
+        )
     return worst

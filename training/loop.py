@@ -3,6 +3,7 @@
 AdamW, linear warm-up then cosine decay, early stopping on validation (score, else loss),
 a checkpoint every epoch ({model, optimizer, scheduler, config, epoch, best}; never a pickled module).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,16 +49,21 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_loader(task: Task, dataset: TensorDataset, batch_size: int, shuffle: bool, generator: torch.Generator) -> DataLoader:
+def make_loader(
+    task: Task, dataset: TensorDataset, batch_size: int, shuffle: bool, generator: torch.Generator
+) -> DataLoader:
     sampler = task.batches(dataset, batch_size, shuffle, generator)
     if sampler is not None:
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=task.collate)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, generator=generator,
-                      collate_fn=task.collate)  # fmt: skip
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, generator=generator, collate_fn=task.collate
+    )
 
 
 @torch.no_grad()
-def validate(model: nn.Module, task: Task, loader: DataLoader, class_weights: torch.Tensor | None) -> tuple[float, float | None]:
+def validate(
+    model: nn.Module, task: Task, loader: DataLoader, class_weights: torch.Tensor | None
+) -> tuple[float, float | None]:
     """Mean loss, and the task's score over the whole validation set (e.g. macro-F1 is not a mean of batches)."""
     model.eval()
     total, all_outputs, all_targets = 0.0, [], []
@@ -103,8 +109,14 @@ def fit(task: Task, data: Prepared, cfg: TrainConfig, run_dir: Path) -> Trained:
     for epoch in range(start_epoch, epochs):
         model.train()
         running, seen = 0.0, 0
-        bar = tqdm(train_loader, total=steps_per_epoch, desc=f"{task.name} epoch {epoch + 1}/{epochs}",
-                   leave=False, mininterval=1.0, disable=None)  # disable=None: no bar in logs, only on a terminal
+        bar = tqdm(
+            train_loader,
+            total=steps_per_epoch,
+            desc=f"{task.name} epoch {epoch + 1}/{epochs}",
+            leave=False,
+            mininterval=1.0,
+            disable=None,
+        )  # disable=None: no bar in logs, only on a terminal
         for step, (*inputs, targets) in enumerate(bar):
             if step == steps_per_epoch:
                 break
@@ -118,10 +130,17 @@ def fit(task: Task, data: Prepared, cfg: TrainConfig, run_dir: Path) -> Trained:
             running, seen = running + loss.item(), seen + 1
             if not bar.disable:
                 score = task.score(outputs.detach(), targets)
-                bar.set_postfix(loss=f"{running / seen:.4f}", **({"score": f"{score:.3f}"} if score is not None else {}))
+                bar.set_postfix(
+                    loss=f"{running / seen:.4f}", **({"score": f"{score:.3f}"} if score is not None else {})
+                )
 
         val_loss, val_score = validate(model, task, val_loader, data.class_weights)
-        record = {"epoch": epoch + 1, "train_loss": running / seen, "val_loss": val_loss, "lr": scheduler.get_last_lr()[0]}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": running / seen,
+            "val_loss": val_loss,
+            "lr": scheduler.get_last_lr()[0],
+        }
         if val_score is not None:
             record["val_score"] = val_score
         history.append(record)
@@ -134,14 +153,25 @@ def fit(task: Task, data: Prepared, cfg: TrainConfig, run_dir: Path) -> Trained:
             torch.save({"model": model.state_dict(), "model_config": model_config, "epoch": epoch}, best_path)
         torch.save(
             {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(), "model_config": model_config, "epoch": epoch,
-                "best": best, "stale": stale, "history": history,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "model_config": model_config,
+                "epoch": epoch,
+                "best": best,
+                "stale": stale,
+                "history": history,
             },
             last_path,
-        )  # fmt: skip
-        log.info("%s epoch %d: %s%s", task.name, epoch + 1, {k: round(v, 4) for k, v in record.items()},
-                 " (best)" if improved else "")  # fmt: skip
+        )
+        log.info(
+            "%s epoch %d: %s%s",
+            task.name,
+            epoch + 1,
+            {k: round(v, 4) for k, v in record.items()},
+            " (best)" if improved else "",
+        )
         if stale >= cfg.patience:
             log.info("early stop: no better validation result for %d epochs", stale)
             break

@@ -1,4 +1,5 @@
 """train -> evaluate -> export -> parity -> register: the road every task takes."""
+
 from __future__ import annotations
 
 import json
@@ -33,11 +34,22 @@ def onnx_predictor(task: Task, path: Path) -> Predict:
     return predict
 
 
-def save_card(task: Task, cfg: TrainConfig, name: str, onnx_path: Path, files: dict[str, Path],
-              card: dict[str, Any], out_dir: Path) -> None:  # fmt: skip
+def save_card(
+    task: Task,
+    cfg: TrainConfig,
+    name: str,
+    onnx_path: Path,
+    files: dict[str, Path],
+    card: dict[str, Any],
+    out_dir: Path,
+) -> None:
     """Register the model (when asked; the card gains its `tag`) and write card.json beside it."""
     if cfg.register:
-        labels = {"family": task.model, "task": task.kind, **({"variant": card["variant"]} if "variant" in card else {})}
+        labels = {
+            "family": task.model,
+            "task": task.kind,
+            **({"variant": card["variant"]} if "variant" in card else {}),
+        }
         card["tag"] = register_model(name, {"model.onnx": onnx_path, **files}, card, labels=labels)
     (out_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
 
@@ -50,7 +62,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     cfg.save(run_dir / "config.json")
 
     data = task.load_data(cfg)
-    log.info("%s: %d train / %d val / %d test from %s", task.name, len(data.train), len(data.val), len(data.test), data.source)
+    log.info(
+        "%s: %d train / %d val / %d test from %s",
+        task.name,
+        len(data.train),
+        len(data.val),
+        len(data.test),
+        data.source,
+    )
     trained = fit(task, data, cfg, run_dir)
     plot_history(trained.history, run_dir / "training_curves.png")
 
@@ -92,12 +111,30 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         (run_dir / suffix).mkdir(exist_ok=True)
         difference, same = output_difference(net, task, path, examples)
         variant = {k: v for k, v in card.items() if k != "tag"}
-        variant.update(variant=suffix, variant_of=card.get("tag"), parity_max_abs_diff=difference,
-                       parity_same_decisions=same, metrics=task.evaluate(onnx_predictor(task, path), data, run_dir / suffix))  # fmt: skip
+        variant.update(
+            variant=suffix,
+            variant_of=card.get("tag"),
+            parity_max_abs_diff=difference,
+            parity_same_decisions=same,
+            metrics=task.evaluate(onnx_predictor(task, path), data, run_dir / suffix),
+        )
         save_card(task, cfg, f"{task.name}-{suffix}", path, data.files, variant, run_dir / suffix)
-        log.info("%s-%s: test %s %.4f%s", task.name, suffix, task.key_metric, variant["metrics"][task.key_metric],
-                 f", registered {variant['tag']}" if "tag" in variant else "")  # fmt: skip
+        log.info(
+            "%s-%s: test %s %.4f%s",
+            task.name,
+            suffix,
+            task.key_metric,
+            variant["metrics"][task.key_metric],
+            f", registered {variant['tag']}" if "tag" in variant else "",
+        )
     baselines = ", ".join(f"{name} {scores[task.key_metric]:.4f}" for name, scores in baseline.items())
-    log.info("%s: test %s %.4f (baselines: %s), parity %.1e%s", task.name, task.key_metric,
-             metrics[task.key_metric], baselines, parity, f", registered {card['tag']}" if "tag" in card else "")  # fmt: skip
+    log.info(
+        "%s: test %s %.4f (baselines: %s), parity %.1e%s",
+        task.name,
+        task.key_metric,
+        metrics[task.key_metric],
+        baselines,
+        parity,
+        f", registered {card['tag']}" if "tag" in card else "",
+    )
     return card

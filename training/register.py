@@ -1,4 +1,5 @@
 """Put an exported model into the BentoML model store with the card the service and people read."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,14 @@ def sha256_file(path: Path) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
-                             cwd=Path(__file__).parent)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+            cwd=Path(__file__).parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -46,6 +53,7 @@ def register_model(name: str, files: dict[str, Path], card: dict[str, Any], labe
     metadata["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
         for file_name, path in files.items():
+            Path(model.path_of(file_name)).parent.mkdir(parents=True, exist_ok=True)  # external data in a subfolder
             shutil.copyfile(path, model.path_of(file_name))
     return str(model.tag)
 
@@ -58,13 +66,15 @@ def list_registered() -> list[dict[str, Any]]:
         test = meta.get("metrics", {})
         key = meta.get("key_metric", "")
         baselines = {name: scores.get(key) for name, scores in meta.get("baseline", {}).items()}
-        rows.append({
-            "tag": str(model.tag),
-            "family": model.info.labels.get("family", "?"),
-            "created_at": meta.get("created_at", ""),
-            "metric": key,
-            "value": test.get(key),
-            "baselines": baselines,
-            "parity_max_abs_diff": meta.get("parity_max_abs_diff"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "tag": str(model.tag),
+                "family": model.info.labels.get("family", "?"),
+                "created_at": meta.get("created_at", ""),
+                "metric": key,
+                "value": test.get(key),
+                "baselines": baselines,
+                "parity_max_abs_diff": meta.get("parity_max_abs_diff"),
+            }
+        )
     return sorted(rows, key=lambda r: (r["tag"].split(":")[0], r["created_at"]))

@@ -1,5 +1,6 @@
 """The serving image built from an empty engine with podman, run, asked, stopped with SIGTERM; the pod
 of deploy/podman runs it beside Prometheus. Each engine's storage is private to the test and removed."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,8 @@ import httpx
 import pytest
 import yaml
 
-from deploy.image import ROOT, ImageBuild, build_image, build_prometheus_image, check_image, engine_env, free_port
+from deploy.image import ROOT, ImageBuild, build_image, build_prometheus_image, check_image, engine_env
+from harness.servers import free_port
 from tests.helpers import prometheus_query
 
 pytestmark = [pytest.mark.slow, pytest.mark.container]
@@ -34,7 +36,9 @@ def build(tmp_path_factory) -> Iterator[ImageBuild]:
     if problem:
         (pytest.fail if REQUIRED else pytest.skip)(f"container test {problem}: scripts/setup.sh installs them as root")
     root = tmp_path_factory.mktemp("engine")
-    (root / "storage.conf").write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n')
+    (root / "storage.conf").write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n'
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CONTAINERS_STORAGE_CONF", str(root / "storage.conf"))  # an empty engine of its own
         try:
@@ -47,8 +51,26 @@ def build(tmp_path_factory) -> Iterator[ImageBuild]:
 
 def self_signed_certificate(folder: Path) -> Path:
     """A CA certificate of our own, standing in for a proxy that re-signs HTTPS."""
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=modelroad test CA",
-                    "-keyout", str(folder / "ca.key"), "-out", str(folder / "ca.crt")], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=modelroad test CA",
+            "-keyout",
+            str(folder / "ca.key"),
+            "-out",
+            str(folder / "ca.crt"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return folder / "ca.crt"
 
 
@@ -72,7 +94,10 @@ def test_the_image_serves_every_family_reports_metrics_and_stops_cleanly_on_sigt
 
 
 def test_the_image_carries_onnx_runtime_and_no_torch(image):
-    code = "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None or u.find_spec('onnxruntime') is None)"
+    code = (
+        "import importlib.util as u, sys; "
+        "sys.exit(u.find_spec('torch') is not None or u.find_spec('onnxruntime') is None)"
+    )
     result = podman("run", "--rm", "--entrypoint", "python", image, "-c", code)
     assert result.returncode == 0, result.stderr or "torch is in the serving image, or onnxruntime is not"
 

@@ -1,6 +1,7 @@
 """An offline validator for deploy/: the Kubernetes manifests, the pod file and the container build
 must agree with each other and with the service they deploy, so a renamed endpoint, port, setting
 or image breaks a test here rather than a rollout. (Metric names: tests/integration/test_prometheus.py.)"""
+
 from __future__ import annotations
 
 import dataclasses
@@ -94,8 +95,11 @@ def test_service_hpa_pdb_and_monitor_point_at_the_deployment(resources):
 
 
 def test_the_autoscaling_metric_is_the_one_the_adapter_serves(resources):
-    (pods_metric,) = [m["pods"]["metric"]["name"] for m in resources["HorizontalPodAutoscaler"]["spec"]["metrics"]
-                      if m["type"] == "Pods"]  # fmt: skip
+    (pods_metric,) = [
+        m["pods"]["metric"]["name"]
+        for m in resources["HorizontalPodAutoscaler"]["spec"]["metrics"]
+        if m["type"] == "Pods"
+    ]
     (rule,) = load(K8S / "prometheus-adapter.yaml")["rules"]
     assert rule["seriesQuery"].startswith(pods_metric + "{")
 
@@ -143,19 +147,30 @@ def test_the_gpu_overlay_points_every_api_pod_at_a_gpu_runner_that_serves_the_im
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["ports"] == [{"name": "http", "containerPort": served_port()}]
     assert {env["name"] for env in container["env"]} <= SETTINGS_VARIABLES
-    assert [container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")] == ["/readyz", "/readyz", "/livez"]
+    assert [container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")] == [
+        "/readyz",
+        "/readyz",
+        "/livez",
+    ]
     assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     (port,) = service["spec"]["ports"]
     (patched,) = load(overlay / "api-calls-runner.yaml")["spec"]["template"]["spec"]["containers"]
-    assert patched["env"] == [{"name": "MODELROAD_RUNNER_URL", "value": f"http://{service['metadata']['name']}:{port['port']}"}]
+    assert patched["env"] == [
+        {"name": "MODELROAD_RUNNER_URL", "value": f"http://{service['metadata']['name']}:{port['port']}"}
+    ]
     assert load(overlay / "kustomization.yaml")["resources"] == ["../k8s", "runner.yaml"]
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 def test_the_gpu_overlay_renders_with_kustomize_and_patches_the_api_deployment():
-    rendered = subprocess.run(["kubectl", "kustomize", str(ROOT / "deploy" / "k8s-gpu")], capture_output=True, text=True,
-                              check=True, timeout=60).stdout  # fmt: skip
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "deploy" / "k8s-gpu")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     deployments = {d["metadata"]["name"]: d for d in yaml.safe_load_all(rendered) if d["kind"] == "Deployment"}
     assert set(deployments) == {"modelroad", "modelroad-runner"}
     api_env = {e["name"]: e for e in deployments["modelroad"]["spec"]["template"]["spec"]["containers"][0]["env"]}

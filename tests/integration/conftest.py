@@ -1,4 +1,5 @@
 """Real `bentoml serve` processes on free loopback ports."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.image import free_port
-from loadtests.servers import stop, wait_ready
+from harness.servers import free_port, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,15 +26,24 @@ def private_home(session_dir: Path, name: str) -> Path:
     return home
 
 
-def start_server(bentoml_home: Path, log_path: Path, service: str = "services.platform:Platform",
-                 extra_env: dict[str, str] | None = None, port: int | None = None) -> tuple[subprocess.Popen, str]:  # fmt: skip
+def start_server(
+    bentoml_home: Path,
+    log_path: Path,
+    service: str = "services.platform:Platform",
+    extra_env: dict[str, str] | None = None,
+    port: int | None = None,
+) -> tuple[subprocess.Popen, str]:
     port = port or free_port()
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true", **(extra_env or {})}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server keeps its own under BENTOML_HOME
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("bentoml")), "serve", service, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=open(log_path, "wb"),  # noqa: SIM115 - the server process holds it
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return process, f"http://127.0.0.1:{port}"
 
 

@@ -1,4 +1,5 @@
-"""Triton's own client (`tritonclient[http]`) against a real `bentoml serve`: the Open Inference Protocol as its users speak it."""
+"""Triton's own client (`tritonclient[http]`) against a real `bentoml serve`: the protocol as its users speak it."""
+
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -54,14 +55,19 @@ def test_every_raw_model_answers_as_the_offline_onnx_model(triton_client, regist
     result = infer(triton_client, "fashion-cnn", pixels, "pixels", "FP32", binary)
     assert result.get_response()["id"] == "req-7"
     logits = result.as_numpy(result.get_response()["outputs"][0]["name"])
-    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True),
-                               offline_image_probabilities(registered["fashion-cnn"]["tag"], files), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        np.exp(logits) / np.exp(logits).sum(1, keepdims=True),
+        offline_image_probabilities(registered["fashion-cnn"]["tag"], files),
+        atol=1e-5,
+    )
 
     history = co2_history()
     for cell in ("lstm", "gru"):
         name = f"co2-{cell}"
         result = infer(triton_client, f"{name}-pipeline", np.asarray([history], np.float32), "history", "FP32", binary)
-        np.testing.assert_allclose(result.as_numpy("forecast")[0], offline_forecast(registered[name]["tag"], history, 52), atol=0.05)
+        np.testing.assert_allclose(
+            result.as_numpy("forecast")[0], offline_forecast(registered[name]["tag"], history, 52), atol=0.05
+        )
 
     card = ModelCard.from_metadata(registered["wordnet-transformer"])
     # the raw text model takes token ids (the pipeline takes strings)
@@ -77,15 +83,20 @@ def test_the_pipelines_take_what_a_user_has(triton_client, registered, binary):
     files, pixels = fashion_test_images(3)
     expected = offline_image_probabilities(registered["fashion-cnn"]["tag"], files)
     if binary:  # encoded files are not UTF-8: JSON's BYTES are strings, so they go in the binary section
-        by_file = infer(triton_client, "fashion-cnn-pipeline", np.array(files, dtype=np.object_), "image", "BYTES", binary)
+        by_file = infer(
+            triton_client, "fashion-cnn-pipeline", np.array(files, dtype=np.object_), "image", "BYTES", binary
+        )
         np.testing.assert_allclose(by_file.as_numpy("probabilities"), expected, atol=1e-5)
     by_pixels = infer(triton_client, "fashion-cnn-pipeline", pixels.astype(np.float32), "pixels", "FP32", binary)
     assert by_pixels.as_numpy("class_id").tolist() == expected.argmax(1).tolist()
 
     texts = np.array([t.encode() for t in TEXTS], dtype=np.object_)
     result = infer(triton_client, "wordnet-transformer-pipeline", texts, "text", "BYTES", binary)
-    np.testing.assert_allclose(result.as_numpy("probabilities"),
-                               offline_text_probabilities(registered["wordnet-transformer"]["tag"], TEXTS), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        result.as_numpy("probabilities"),
+        offline_text_probabilities(registered["wordnet-transformer"]["tag"], TEXTS),
+        atol=1e-5,
+    )
     labels = [label.decode() if isinstance(label, bytes) else label for label in result.as_numpy("label")]
     assert all(label in registered["wordnet-transformer"]["labels"] for label in labels)
 
@@ -102,7 +113,11 @@ def test_every_error_is_parsed_by_tritonclient(triton_client):
         (lambda: triton_client.get_model_metadata("fashion-cnn", "0"), "404", "has no version '0'"),
         (lambda: triton_client.infer("fashion-cnn", [bad]), "400", "must have shape [-1, 1, 28, 28]"),
         (lambda: triton_client.infer("fashion-cnn", [wrong_type]), "400", "pixels must be FP32"),
-        (lambda: triton_client.infer("fashion-cnn", [fine], outputs=[triton.InferRequestedOutput("nope")]), "400", "no output 'nope'"),
+        (
+            lambda: triton_client.infer("fashion-cnn", [fine], outputs=[triton.InferRequestedOutput("nope")]),
+            "400",
+            "no output 'nope'",
+        ),
         (lambda: triton_client.infer("nope", [fine]), "404", "no model named 'nope'"),
     ]
     for call, status, message in cases:

@@ -1,4 +1,5 @@
 """Schemathesis, a client nobody here wrote, against the served platform's OpenAPI document, every check on."""
+
 import shutil
 import subprocess
 import sys
@@ -11,8 +12,21 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")  # what is configured, an
 
 
 def test_schemathesis_finds_no_failure_in_the_served_openapi_contract(server, tmp_path):
-    command = [str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(CONFIG), "run", f"{server}/docs.json",
-               "--max-examples", "15", "--seed", "20261128", "--report", "junit", "--report-dir", str(tmp_path)]  # fmt: skip
+    command = [
+        str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file",
+        str(CONFIG),
+        "run",
+        f"{server}/docs.json",
+        "--max-examples",
+        "15",
+        "--seed",
+        "20261128",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path),
+    ]
     assert shutil.which(command[0]), "schemathesis is in the dev extra (scripts/setup.sh installs it)"
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 0, result.stdout[-6000:]

@@ -1,4 +1,5 @@
 """A real Prometheus server (Debian `prometheus`) scraping the served platform with the project's config."""
+
 import json
 import re
 import shutil
@@ -10,9 +11,9 @@ import httpx
 import pytest
 import yaml
 
-from loadtests.servers import stop
+from harness.servers import free_port, stop
 from tests.helpers import prometheus_query
-from tests.integration.conftest import ROOT, free_port
+from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 DEPLOY = ROOT / "deploy" / "prometheus"
@@ -41,10 +42,16 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_rules(server, tmp_path
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     process = subprocess.Popen(
-        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=open(tmp_path / "prometheus.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
-    )  # fmt: skip
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115 - the server process holds it
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
         info = query_until(api, 'modelroad_model_info{model="wordnet-transformer"}', process, tmp_path)

@@ -1,4 +1,5 @@
-"""The models in a runner service of their own, the API workers calling it (MODELROAD_RUNNER_URL), both served for real."""
+"""The models in a runner service of their own, API workers calling it (MODELROAD_RUNNER_URL), both served for real."""
+
 import asyncio
 import time
 
@@ -7,8 +8,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.image import free_port
-from loadtests.servers import stop, wait_ready
+from harness.servers import free_port, stop, wait_ready
 from services.remote import NPZ, decode_array, encode_feeds
 from tests.helpers import (
     co2_history,
@@ -26,8 +26,13 @@ MODELS = ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer")  # what t
 def model_samples(url: str, model: str) -> dict[str, float]:
     """The server's modelroad_* samples for one model, by sample name (e.g. modelroad_batch_size_count)."""
     families = text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
-    return {sample.name: sample.value for family in families if family.name.startswith("modelroad_")
-            for sample in family.samples if sample.labels.get("model") == model}  # fmt: skip
+    return {
+        sample.name: sample.value
+        for family in families
+        if family.name.startswith("modelroad_")
+        for sample in family.samples
+        if sample.labels.get("model") == model
+    }
 
 
 def wait_for_warm_up_calls(runner: str, workers: int, timeout: float = 60) -> None:
@@ -47,10 +52,18 @@ def split(registered, session_dir):
     runner_url = f"http://127.0.0.1:{runner_port}"
     api_log, runner_log = session_dir / "split-api.log", session_dir / "split-runner.log"
     # Two API workers; a lone call waits 20 ms on the runner for another worker's, so merging is certain under load.
-    api, api_url = start_server(private_home(session_dir, "split-api"), api_log,
-                                extra_env={"MODELROAD_RUNNER_URL": runner_url, "MODELROAD_WORKERS": "2"})  # fmt: skip
-    runner, _ = start_server(private_home(session_dir, "split-runner"), runner_log, "services.runner_service:ModelRunner",
-                             extra_env={"MODELROAD_DEVICE": "cpu", "MODELROAD_MAX_WAIT_MS": "20"}, port=runner_port)  # fmt: skip
+    api, api_url = start_server(
+        private_home(session_dir, "split-api"),
+        api_log,
+        extra_env={"MODELROAD_RUNNER_URL": runner_url, "MODELROAD_WORKERS": "2"},
+    )
+    runner, _ = start_server(
+        private_home(session_dir, "split-runner"),
+        runner_log,
+        "services.runner_service:ModelRunner",
+        extra_env={"MODELROAD_DEVICE": "cpu", "MODELROAD_MAX_WAIT_MS": "20"},
+        port=runner_port,
+    )
     try:
         wait_ready(runner, runner_url, runner_log)
         wait_ready(api, api_url, api_log)
@@ -73,7 +86,9 @@ def test_answers_through_the_runner_service_equal_the_offline_onnx_ones(split, r
     history = co2_history()
     for cell in ("lstm", "gru"):
         body = httpx.post(f"{api}/forecast", json={"history": history, "horizon": 52, "model": cell}, timeout=10).json()
-        np.testing.assert_allclose(body["forecast"], offline_forecast(registered[f"co2-{cell}"]["tag"], history, 52), atol=1e-3)
+        np.testing.assert_allclose(
+            body["forecast"], offline_forecast(registered[f"co2-{cell}"]["tag"], history, 52), atol=1e-3
+        )
     texts = ["a small domesticated carnivore kept as a pet", "a sweet baked food made of flour and sugar"]
     card = registered["wordnet-transformer"]
     answers = httpx.post(f"{api}/classify_texts", json={"texts": texts}, timeout=10).json()
@@ -89,7 +104,10 @@ def test_answers_through_the_runner_service_equal_the_offline_onnx_ones(split, r
 def fashion_counts(runner: str) -> tuple[float, float, float]:
     """The runner's (calls, batches, items) of the CNN so far."""
     samples = model_samples(runner, "fashion-cnn")
-    return tuple(samples[name] for name in ("modelroad_queue_seconds_count", "modelroad_batch_size_count", "modelroad_batch_size_sum"))
+    return tuple(
+        samples[name]
+        for name in ("modelroad_queue_seconds_count", "modelroad_batch_size_count", "modelroad_batch_size_sum")
+    )
 
 
 def test_api_workers_send_batches_and_the_runner_batches_calls_together(split, registered):
@@ -99,6 +117,7 @@ def test_api_workers_send_batches_and_the_runner_batches_calls_together(split, r
 
     async def load() -> list[int]:
         async with httpx.AsyncClient(base_url=api, timeout=30, limits=httpx.Limits(max_connections=32)) as client:
+
             async def classify(i: int) -> int:
                 png = files[i % len(files)]
                 return (await client.post("/classify_image", files={"image": ("x.png", png, "image/png")})).status_code
@@ -125,19 +144,34 @@ def test_api_workers_send_batches_and_the_runner_batches_calls_together(split, r
     assert (calls, items) == (16, 32) and batches < calls
 
 
-@pytest.mark.parametrize("path,body,status,error", [
-    ("/run/fashion-cnn:nope", encode_feeds({"pixels": np.zeros((1, 1, 28, 28), np.float32)}), 404, "this runner serves"),
-    ("/run/{cnn}", b"not an archive", 400, "not an .npz archive"),
-    ("/run/{cnn}", encode_feeds({"pixels": np.zeros((1, 1, 28, 28), np.float64)}), 400, "pixels must be FP32; got float64"),
-    ("/run/{cnn}", encode_feeds({"pixels": np.zeros((1, 28, 28), np.float32)}), 400, "pixels must have shape"),
-    ("/run/{cnn}", encode_feeds({"pixels": np.array([None, 1], dtype=object)}), 400, "plain arrays"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "path,body,status,error",
+    [
+        (
+            "/run/fashion-cnn:nope",
+            encode_feeds({"pixels": np.zeros((1, 1, 28, 28), np.float32)}),
+            404,
+            "this runner serves",
+        ),
+        ("/run/{cnn}", b"not an archive", 400, "not an .npz archive"),
+        (
+            "/run/{cnn}",
+            encode_feeds({"pixels": np.zeros((1, 1, 28, 28), np.float64)}),
+            400,
+            "pixels must be FP32; got float64",
+        ),
+        ("/run/{cnn}", encode_feeds({"pixels": np.zeros((1, 28, 28), np.float32)}), 400, "pixels must have shape"),
+        ("/run/{cnn}", encode_feeds({"pixels": np.array([None, 1], dtype=object)}), 400, "plain arrays"),
+    ],
+)
 def test_bad_calls_to_the_runner_get_a_4xx_json_error_and_it_goes_on(split, registered, path, body, status, error):
     _, runner, _ = split
     cnn = registered["fashion-cnn"]["tag"]
     response = httpx.post(runner + path.format(cnn=cnn), content=body, headers={"content-type": NPZ}, timeout=10)
     assert response.status_code == status and error in response.json()["error"]
-    good = httpx.post(f"{runner}/run/{cnn}", content=encode_feeds({"pixels": np.zeros((3, 1, 28, 28), np.float32)}), timeout=10)
+    good = httpx.post(
+        f"{runner}/run/{cnn}", content=encode_feeds({"pixels": np.zeros((3, 1, 28, 28), np.float32)}), timeout=10
+    )
     assert good.status_code == 200 and good.headers["x-modelroad-device"] == "cpu"
     assert decode_array(good.content).shape == (3, 10)
 

@@ -1,4 +1,5 @@
 """Over real HTTP against `bentoml serve`: uploads, bad input, metrics, the load-test gate, overload."""
+
 import asyncio
 import os
 import shutil
@@ -13,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
-from loadtests.servers import stop, wait_ready
+from harness.servers import stop, wait_ready
 from tests.helpers import (
     co2_history,
     fashion_test_images,
@@ -40,7 +41,9 @@ def test_served_predictions_equal_the_offline_onnx_predictions(server, cnn_card)
 def test_served_forecast_equals_the_offline_onnx_forecast(server, registered):
     history = co2_history()
     for cell in ("lstm", "gru"):
-        body = httpx.post(f"{server}/forecast", json={"history": history, "horizon": 52, "model": cell}, timeout=10).json()
+        body = httpx.post(
+            f"{server}/forecast", json={"history": history, "horizon": 52, "model": cell}, timeout=10
+        ).json()
         expected = offline_forecast(registered[f"co2-{cell}"]["tag"], history, 52)
         np.testing.assert_allclose(body["forecast"], expected, atol=1e-3)
 
@@ -62,11 +65,19 @@ def test_served_text_classes_equal_the_offline_onnx_classes(server, registered):
         ({"files": {"image": ("x.png", b"GIF89a-not-really", "image/png")}}, 400, "not a readable PNG/JPEG"),
         ({"files": {"file": ("x.png", b"1", "image/png")}}, 400, "expected ['image']"),
         ({"content": b"x" * (11 * 1024 * 1024), "headers": {"content-type": "image/png"}}, 413, "over the limit"),
-        ({"content": b"{", "headers": {"content-type": "application/json"}}, 400, "send the file as multipart/form-data"),
+        (
+            {"content": b"{", "headers": {"content-type": "application/json"}},
+            400,
+            "send the file as multipart/form-data",
+        ),
         ({"content": b"{", "headers": {"content-type": "application/json"}, "path": "/forecast"}, 400, "Invalid JSON"),
         ({"json": {"history": [1.0] * 10, "horizon": 5}, "path": "/forecast"}, 400, "at least 52 items"),
         ({"json": {"history": [1.0] * 60, "horizon": 99}, "path": "/forecast"}, 400, "less than or equal to 52"),
-        ({"content": b"[1,2]", "headers": {"content-type": "application/json"}, "path": "/forecast"}, 400, "body: Input should be a valid dictionary"),
+        (
+            {"content": b"[1,2]", "headers": {"content-type": "application/json"}, "path": "/forecast"},
+            400,
+            "body: Input should be a valid dictionary",
+        ),
         ({"json": {"text": ""}, "path": "/classify_text"}, 400, "text: String should have at least 1 character"),
         ({"json": {"text": None}, "path": "/classify_text"}, 400, "text: Input should be a valid string"),
     ],
@@ -116,11 +127,18 @@ def test_metrics_describe_models_and_pass_promtool(server):
         httpx.post(f"{server}/classify_image", files={"image": ("x.png", png, "image/png")})
     httpx.post(f"{server}/classify_image", files={"image": ("x.png", b"junk", "image/png")})
     text = httpx.get(f"{server}/metrics").text
-    for series in ("modelroad_inference_seconds_bucket{", "modelroad_batch_size_bucket{", "modelroad_queue_seconds_bucket{",
-                   "modelroad_predictions_total{", 'modelroad_request_errors_total{endpoint="/classify_image",reason="bad_request"}',
-                   'modelroad_model_info{device="cpu",model="fashion-cnn"', 'modelroad_model_info{device="cpu",model="co2-gru"',
-                   'modelroad_model_info{device="cpu",model="co2-lstm"', 'modelroad_model_info{device="cpu",model="wordnet-transformer"',
-                   "bentoml_service_request_total{"):  # fmt: skip
+    for series in (
+        "modelroad_inference_seconds_bucket{",
+        "modelroad_batch_size_bucket{",
+        "modelroad_queue_seconds_bucket{",
+        "modelroad_predictions_total{",
+        'modelroad_request_errors_total{endpoint="/classify_image",reason="bad_request"}',
+        'modelroad_model_info{device="cpu",model="fashion-cnn"',
+        'modelroad_model_info{device="cpu",model="co2-gru"',
+        'modelroad_model_info{device="cpu",model="co2-lstm"',
+        'modelroad_model_info{device="cpu",model="wordnet-transformer"',
+        "bentoml_service_request_total{",
+    ):
         assert series in text, series
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -131,8 +149,21 @@ def test_metrics_describe_models_and_pass_promtool(server):
 
 def test_locust_gate_passes_on_a_healthy_server_and_fails_past_its_p95(server, tmp_path):
     def locust(p95_ms: float) -> int:
-        command = [sys.executable, "-m", "loadtests.run", "--host", server, "--users", "4", "--duration", "4s",
-                   "--p95-ms", str(p95_ms), "--out", str(tmp_path / f"p95-{p95_ms}")]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "loadtests.run",
+            "--host",
+            server,
+            "--users",
+            "4",
+            "--duration",
+            "4s",
+            "--p95-ms",
+            str(p95_ms),
+            "--out",
+            str(tmp_path / f"p95-{p95_ms}"),
+        ]
         return subprocess.run(command, capture_output=True, timeout=60, check=False).returncode
 
     assert locust(2000) == 0
@@ -184,7 +215,9 @@ def test_an_overloaded_server_refuses_with_503_and_retry_after_and_keeps_serving
 
 def test_requests_past_the_timeout_get_504_and_the_server_goes_on(registered, session_dir):
     log_path = session_dir / "timeout.log"
-    process, url = start_server(Path(os.environ["BENTOML_HOME"]), log_path, extra_env={"MODELROAD_REQUEST_TIMEOUT_S": "0.3"})
+    process, url = start_server(
+        Path(os.environ["BENTOML_HOME"]), log_path, extra_env={"MODELROAD_REQUEST_TIMEOUT_S": "0.3"}
+    )
     texts = ["the act of putting something in working order again after it was broken or damaged " * 8] * 64
 
     async def burst() -> list[httpx.Response]:  # ~40 full batches queue for longer than 0.3 s
@@ -230,4 +263,3 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_cleanly(registered, s
             httpx.get(f"{url}/readyz", timeout=2)
     finally:
         stop(process)
-

@@ -37,9 +37,9 @@ def test_config_round_trips_through_a_plain_dict(name):
 
 
 def test_unknown_names_and_fields_are_refused_with_the_known_ones():
-    with pytest.raises(KeyError, match="registered: .*cnn"):
+    with pytest.raises(KeyError, match=r"registered: .*cnn"):
         build_model("nope")
-    with pytest.raises(ValueError, match="unknown config fields \\['widht'\\]"):
+    with pytest.raises(ValueError, match=r"unknown config fields \['widht'\]"):
         config_from_dict("cnn", {"widht": 3})
 
 
@@ -61,7 +61,7 @@ def test_rnn_cell_is_a_config_field_and_any_history_length_works(cell):
 
 
 def test_unknown_rnn_cell_is_refused():
-    with pytest.raises(ValueError, match="cell must be one of \\['gru', 'lstm'\\]"):
+    with pytest.raises(ValueError, match=r"cell must be one of \['gru', 'lstm'\]"):
         build_model("rnn", RNNConfig(cell="rnn"))
 
 

@@ -1,4 +1,5 @@
 """/forecast on the in-process platform service."""
+
 import json
 
 import numpy as np
@@ -47,8 +48,14 @@ def test_short_histories_down_to_one_season_are_served(client):
         ({"history": HISTORY, "horizon": 0}, "horizon: Input should be greater than or equal to 1"),
         ({"history": HISTORY, "horizon": 53}, "horizon: Input should be less than or equal to 52"),
         ({"history": [], "horizon": 4}, "history: List should have at least 52 items after validation, not 0"),
-        ({"history": HISTORY[:51], "horizon": 4}, "history: List should have at least 52 items after validation, not 51"),
-        ({"history": HISTORY * 40, "horizon": 4}, "history: List should have at most 5000 items after validation, not 6240"),
+        (
+            {"history": HISTORY[:51], "horizon": 4},
+            "history: List should have at least 52 items after validation, not 51",
+        ),
+        (
+            {"history": HISTORY * 40, "horizon": 4},
+            "history: List should have at most 5000 items after validation, not 6240",
+        ),
         ({"history": [*HISTORY[:-1], "300"], "horizon": 4}, "history.155: Input should be a valid number"),
         ({"history": [*HISTORY[:-1], None]}, "history.155: Input should be a valid number"),
         ({"history": HISTORY, "horizon": "4"}, "horizon: Input should be a valid integer"),

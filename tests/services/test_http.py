@@ -1,4 +1,5 @@
 """The app's edge and error shape, on a small app built the platform's way: admission, limits, timeout, JSON errors."""
+
 import asyncio
 import dataclasses
 import gc
@@ -67,7 +68,9 @@ def test_chunked_body_growing_past_the_limit_gets_413():
             yield b"x" * (1024 * 1024)
 
     response = client.post("/echo", content=chunks())
-    assert response.status_code == 413 and response.json() == {"error": f"request body is over the limit of {SETTINGS.max_body_bytes} bytes"}
+    assert response.status_code == 413 and response.json() == {
+        "error": f"request body is over the limit of {SETTINGS.max_body_bytes} bytes"
+    }
 
 
 @pytest.mark.parametrize(
@@ -114,16 +117,26 @@ def test_validation_errors_get_400_with_a_readable_error_and_pydantics_list(body
 
 def test_error_metrics_are_labelled_by_route_template_never_by_path():
     def count(endpoint: str) -> float:
-        return REGISTRY.get_sample_value("modelroad_request_errors_total", {"endpoint": endpoint, "reason": "not_found"}) or 0
+        return (
+            REGISTRY.get_sample_value("modelroad_request_errors_total", {"endpoint": endpoint, "reason": "not_found"})
+            or 0
+        )
 
     before_other = count("other")
     for i in range(20):
         client.get(f"/random-{i}")
     assert count("other") - before_other == 20
     assert all(count(f"/random-{i}") == 0 for i in range(20))
-    bad = REGISTRY.get_sample_value("modelroad_request_errors_total", {"endpoint": "/items/{name}", "reason": "bad_request"})
+    bad = REGISTRY.get_sample_value(
+        "modelroad_request_errors_total", {"endpoint": "/items/{name}", "reason": "bad_request"}
+    )
     client.get("/items/bad")
-    assert REGISTRY.get_sample_value("modelroad_request_errors_total", {"endpoint": "/items/{name}", "reason": "bad_request"}) == (bad or 0) + 1
+    assert (
+        REGISTRY.get_sample_value(
+            "modelroad_request_errors_total", {"endpoint": "/items/{name}", "reason": "bad_request"}
+        )
+        == (bad or 0) + 1
+    )
 
 
 def test_the_openapi_document_states_the_limits_and_the_400_error_shape():
@@ -142,8 +155,12 @@ async def slow(request: Request):
 
 
 def test_requests_past_the_in_flight_bound_get_503_with_retry_after_at_once_and_open_paths_stay_open():
-    bounded = EdgeMiddleware(Starlette(routes=[Route("/slow", slow, methods=["POST"]), Route("/v2/health/ready", slow)]),
-                             max_body_bytes=1000, max_in_flight=2, open_paths=("/v2/health/",))  # fmt: skip
+    bounded = EdgeMiddleware(
+        Starlette(routes=[Route("/slow", slow, methods=["POST"]), Route("/v2/health/ready", slow)]),
+        max_body_bytes=1000,
+        max_in_flight=2,
+        open_paths=("/v2/health/",),
+    )
 
     async def burst() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=bounded), base_url="http://edge") as c:
@@ -188,9 +205,17 @@ def test_an_answer_not_begun_within_the_timeout_gets_504_and_its_work_is_cancell
             cancelled.set()
             raise
 
-    timed = EdgeMiddleware(Starlette(routes=[Route("/stuck", stuck, methods=["POST"]), Route("/echo", plain_echo, methods=["POST"]),
-                                             Route("/stream", streamed, methods=["POST"])]),
-                           max_body_bytes=1000, request_timeout_s=0.1)  # fmt: skip
+    timed = EdgeMiddleware(
+        Starlette(
+            routes=[
+                Route("/stuck", stuck, methods=["POST"]),
+                Route("/echo", plain_echo, methods=["POST"]),
+                Route("/stream", streamed, methods=["POST"]),
+            ]
+        ),
+        max_body_bytes=1000,
+        request_timeout_s=0.1,
+    )
 
     async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response, float]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=timed), base_url="http://edge") as c:
@@ -222,5 +247,3 @@ def test_requests_leave_no_timer_behind(client):
 def test_the_startup_heap_is_frozen_out_of_garbage_collection(client):
     # BentoML ran the service's startup hook when the in-process app started (the `client` fixture).
     assert gc.get_freeze_count() > 10_000
-
-

@@ -1,4 +1,5 @@
 """/classify_image and /classify_pixels on the in-process platform service."""
+
 import numpy as np
 import pytest
 
@@ -76,5 +77,3 @@ def test_the_service_stays_healthy_after_bad_input(client):
     assert client.get("/readyz").status_code == 200
     files, _ = fashion_test_images(1)
     assert client.post("/classify_image", files={"image": ("a.png", files[0], "image/png")}).status_code == 200
-
-

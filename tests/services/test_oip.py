@@ -3,6 +3,7 @@
 Bodies are made and read by tritonclient's own codec (`generate_request_body`, `parse_response_body`),
 so the binary extension is the one its users send.
 """
+
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -21,7 +22,9 @@ def binary_infer(client, model: str, inputs: list, outputs: list | None = None):
     response = client.post(f"/v2/models/{model}/infer", content=body, headers=headers)
     assert response.status_code == 200, response.text
     length = response.headers.get("inference-header-content-length")
-    return triton.InferenceServerClient.parse_response_body(response.content, header_length=int(length) if length else None)
+    return triton.InferenceServerClient.parse_response_body(
+        response.content, header_length=int(length) if length else None
+    )
 
 
 def test_server_metadata_names_the_binary_extension(client):
@@ -48,7 +51,10 @@ def test_raw_model_in_json_answers_as_the_offline_onnx_model(client, cnn_card):
     files, pixels = fashion_test_images(3)
     expected = offline_image_probabilities(cnn_card["tag"], files)
     batch = ((pixels.astype(np.float32) / 255 - 0.2860) / 0.3530)[:, None]
-    request = {"id": "r-1", "inputs": [{"name": "pixels", "shape": list(batch.shape), "datatype": "FP32", "data": batch.tolist()}]}
+    request = {
+        "id": "r-1",
+        "inputs": [{"name": "pixels", "shape": list(batch.shape), "datatype": "FP32", "data": batch.tolist()}],
+    }
     body = client.post("/v2/models/fashion-cnn/infer", json=request).json()
     assert body["id"] == "r-1" and body["model_name"] == "fashion-cnn"
     (output,) = body["outputs"]
@@ -68,7 +74,10 @@ def test_the_image_pipeline_takes_encoded_files_in_binary_and_answers_labels(cli
     grey = triton.InferInput("pixels", list(pixels.shape), "FP32")
     grey.set_data_from_numpy(pixels.astype(np.float32), binary_data=False)
     wanted = [triton.InferRequestedOutput("class_id", binary_data=False)]
-    assert binary_infer(client, "fashion-cnn-pipeline", [grey], wanted).as_numpy("class_id").tolist() == expected.argmax(1).tolist()
+    assert (
+        binary_infer(client, "fashion-cnn-pipeline", [grey], wanted).as_numpy("class_id").tolist()
+        == expected.argmax(1).tolist()
+    )
 
 
 def test_the_text_pipeline_takes_strings(client, registered):
@@ -76,8 +85,9 @@ def test_the_text_pipeline_takes_strings(client, registered):
     expected = offline_text_probabilities(registered["wordnet-transformer"]["tag"], texts)
     text = triton.InferInput("text", [2], "BYTES")
     text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
-    np.testing.assert_allclose(binary_infer(client, "wordnet-transformer-pipeline", [text]).as_numpy("probabilities"),
-                               expected, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        binary_infer(client, "wordnet-transformer-pipeline", [text]).as_numpy("probabilities"), expected, atol=1e-5
+    )
 
 
 def test_the_forecast_pipeline_answers_as_the_family_route(client):
@@ -99,21 +109,53 @@ PIXELS = {"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data":
     [
         ("/v2/models/nothing/infer", {"inputs": [PIXELS]}, 404, "no model named 'nothing'"),
         ("/v2/models/fashion-cnn/versions/nope/infer", {"inputs": [PIXELS]}, 404, "has no version 'nope'"),
-        ("/v2/models/fashion-cnn/infer", {"inputs": [{**PIXELS, "datatype": "FP64"}]}, 400, "pixels must be FP32; got float64"),
+        (
+            "/v2/models/fashion-cnn/infer",
+            {"inputs": [{**PIXELS, "datatype": "FP64"}]},
+            400,
+            "pixels must be FP32; got float64",
+        ),
         ("/v2/models/fashion-cnn/infer", {"inputs": [{**PIXELS, "datatype": "FP17"}]}, 400, "unknown datatype 'FP17'"),
-        ("/v2/models/fashion-cnn/infer", {"inputs": [{**PIXELS, "shape": [1, 28, 28]}]}, 400, "must have shape [-1, 1, 28, 28]"),
-        ("/v2/models/fashion-cnn/infer", {"inputs": [{**PIXELS, "data": [0.0] * 783}]}, 400, "holds 784 elements; the data has 783"),
+        (
+            "/v2/models/fashion-cnn/infer",
+            {"inputs": [{**PIXELS, "shape": [1, 28, 28]}]},
+            400,
+            "must have shape [-1, 1, 28, 28]",
+        ),
+        (
+            "/v2/models/fashion-cnn/infer",
+            {"inputs": [{**PIXELS, "data": [0.0] * 783}]},
+            400,
+            "holds 784 elements; the data has 783",
+        ),
         ("/v2/models/fashion-cnn/infer", {"inputs": [{**PIXELS, "data": ["a"] * 784}]}, 400, "not FP32 values"),
         ("/v2/models/fashion-cnn/infer", {"inputs": [{**PIXELS, "name": "image"}]}, 400, "has no input ['image']"),
-        ("/v2/models/fashion-cnn/infer", {"inputs": [PIXELS], "outputs": [{"name": "nope"}]}, 400, "has no output 'nope'"),
+        (
+            "/v2/models/fashion-cnn/infer",
+            {"inputs": [PIXELS], "outputs": [{"name": "nope"}]},
+            400,
+            "has no output 'nope'",
+        ),
         ("/v2/models/fashion-cnn/infer", {"inputs": [{**PIXELS, "shape": [-1, 1, 28, 28]}]}, 400, "negative dimension"),
         ("/v2/models/fashion-cnn/infer", {"input": []}, 400, "inputs: Field required"),
-        ("/v2/models/fashion-cnn-pipeline/infer", {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}]},
-         400, "not a readable PNG/JPEG"),
-        ("/v2/models/wordnet-transformer-pipeline/infer",
-         {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [" "]}]}, 400, "not only spaces"),
-        ("/v2/models/co2-gru-pipeline/infer", {"inputs": [{"name": "history", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
-         400, "from 52 to 5000 values; got 3"),
+        (
+            "/v2/models/fashion-cnn-pipeline/infer",
+            {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}]},
+            400,
+            "not a readable PNG/JPEG",
+        ),
+        (
+            "/v2/models/wordnet-transformer-pipeline/infer",
+            {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [" "]}]},
+            400,
+            "not only spaces",
+        ),
+        (
+            "/v2/models/co2-gru-pipeline/infer",
+            {"inputs": [{"name": "history", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
+            400,
+            "from 52 to 5000 values; got 3",
+        ),
     ],
 )
 def test_bad_infer_requests_get_the_status_and_error_the_protocol_says(client, path, body, status, error):
@@ -123,12 +165,20 @@ def test_bad_infer_requests_get_the_status_and_error_the_protocol_says(client, p
 
 
 def test_binary_data_sizes_that_do_not_add_up_are_refused(client):
-    header = b'{"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "parameters": {"binary_data_size": 3136}}]}'
+    header = (
+        b'{"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", '
+        b'"parameters": {"binary_data_size": 3136}}]}'
+    )
     for binary, error in ((b"\0" * 3000, "runs past the body's binary data"), (b"\0" * 3200, "that no input claims")):
-        response = client.post("/v2/models/fashion-cnn/infer", content=header + binary,
-                               headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+        response = client.post(
+            "/v2/models/fashion-cnn/infer",
+            content=header + binary,
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
         assert response.status_code == 400 and error in response.json()["error"]
-    bad_length = client.post("/v2/models/fashion-cnn/infer", content=header, headers={"Inference-Header-Content-Length": "x"})
+    bad_length = client.post(
+        "/v2/models/fashion-cnn/infer", content=header, headers={"Inference-Header-Content-Length": "x"}
+    )
     assert bad_length.status_code == 400 and "Inference-Header-Content-Length" in bad_length.json()["error"]
 
 

@@ -20,25 +20,36 @@ def test_auto_takes_cuda_when_onnxruntime_has_it():
 def test_auto_falls_back_to_cpu_with_one_log_line(caplog):
     with caplog.at_level("WARNING"):
         assert choose_providers("auto", [CPU]) == ([CPU], "cpu")
-    assert [r.message for r in caplog.records] == ["device=auto: ONNX Runtime has no CUDA provider here; running on CPU"]
+    assert [r.message for r in caplog.records] == [
+        "device=auto: ONNX Runtime has no CUDA provider here; running on CPU"
+    ]
 
 
 def test_cuda_without_a_cuda_build_refuses_to_start():
-    with pytest.raises(RuntimeError, match="install onnxruntime-gpu"):
+    with pytest.raises(RuntimeError, match=r"install onnxruntime-gpu"):
         choose_providers("cuda", [CPU])
 
 
 def test_settings_come_from_the_environment_and_split_cores_among_workers():
-    settings = ServeSettings.from_env({"MODELROAD_DEVICE": "cpu", "MODELROAD_WORKERS": "2", "MODELROAD_CPU_COUNT": "8",
-                                       "MODELROAD_ACCESS_LOG": "true"})  # fmt: skip
+    settings = ServeSettings.from_env(
+        {
+            "MODELROAD_DEVICE": "cpu",
+            "MODELROAD_WORKERS": "2",
+            "MODELROAD_CPU_COUNT": "8",
+            "MODELROAD_ACCESS_LOG": "true",
+        }
+    )
     assert (settings.device, settings.workers, settings.ort_threads, settings.access_log) == ("cpu", 2, 4, True)
     assert ServeSettings.from_env({"MODELROAD_WORKERS": "4", "MODELROAD_CPU_COUNT": "2"}).ort_threads == 1
 
 
-@pytest.mark.parametrize("env,message", [
-    ({"MODELROAD_DEVICE": "tpu"}, "choose cpu, cuda or auto"),
-    ({"MODELROAD_WORKERS": "two"}, "MODELROAD_WORKERS='two' is not a valid int"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"MODELROAD_DEVICE": "tpu"}, "choose cpu, cuda or auto"),
+        ({"MODELROAD_WORKERS": "two"}, "MODELROAD_WORKERS='two' is not a valid int"),
+    ],
+)
 def test_bad_settings_say_which_variable_is_wrong(env, message):
     with pytest.raises(ValueError, match=message):
         ServeSettings.from_env(env)
@@ -53,7 +64,7 @@ def test_a_model_file_changed_after_registration_is_refused(cnn_card, tmp_path):
     try:
         with open(onnx_path, "ab") as f:
             f.write(b"\0")
-        with pytest.raises(ModelIntegrityError, match="model.onnx has sha256 .* registered"):
+        with pytest.raises(ModelIntegrityError, match=r"model.onnx has sha256 .* registered"):
             verified_model(cnn_card["tag"])
     finally:
         shutil.copyfile(backup, onnx_path)

@@ -1,4 +1,5 @@
 """The runner service's parts without a server: the wire format, batching of calls, checks of a call's arrays."""
+
 import pickle
 
 import bentoml
@@ -13,20 +14,24 @@ from services.settings import ServeSettings
 def test_arrays_cross_the_wire_unchanged():
     feeds = {"input_ids": np.arange(6, dtype=np.int64).reshape(2, 3), "attention_mask": np.ones((2, 3), np.int64)}
     decoded = decode_feeds(encode_feeds(feeds))
-    assert decoded.keys() == feeds.keys() and all(np.array_equal(decoded[k], feeds[k]) and decoded[k].dtype == feeds[k].dtype
-                                                  for k in feeds)  # fmt: skip
+    assert decoded.keys() == feeds.keys() and all(
+        np.array_equal(decoded[k], feeds[k]) and decoded[k].dtype == feeds[k].dtype for k in feeds
+    )
     output = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
     assert np.array_equal(decode_array(encode_array(output)), output)
 
 
-@pytest.mark.parametrize("body", [
-    pickle.dumps({"pixels": [1.0]}),  # never unpickled
-    encode_array(np.zeros(3)),  # an .npy, not an .npz
-    encode_feeds({"x": np.array([None], dtype=object)}),  # an object array inside an .npz
-    encode_feeds({"x": np.zeros(3)})[:40],  # cut off
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "body",
+    [
+        pickle.dumps({"pixels": [1.0]}),  # never unpickled
+        encode_array(np.zeros(3)),  # an .npy, not an .npz
+        encode_feeds({"x": np.array([None], dtype=object)}),  # an object array inside an .npz
+        encode_feeds({"x": np.zeros(3)})[:40],  # cut off
+    ],
+)
 def test_anything_but_an_npz_of_plain_arrays_is_refused(body):
-    with pytest.raises(ValueError, match="not an .npz archive"):
+    with pytest.raises(ValueError, match=r"not an .npz archive"):
         decode_feeds(body)
 
 
@@ -61,8 +66,10 @@ def test_calls_of_one_shape_run_as_one_batch_and_each_gets_its_own_rows(register
 
 def test_calls_of_other_lengths_run_apart_in_the_same_turn(registered):
     runner, batches = recorded_runner(registered["wordnet-transformer"]["tag"])
-    calls = [{"input_ids": np.full((n, length), 5, np.int64), "attention_mask": np.ones((n, length), np.int64)}
-             for n, length in ((2, 5), (1, 7), (1, 5))]  # fmt: skip
+    calls = [
+        {"input_ids": np.full((n, length), 5, np.int64), "attention_mask": np.ones((n, length), np.int64)}
+        for n, length in ((2, 5), (1, 7), (1, 5))
+    ]
     outputs = runner.infer(calls)
     assert sorted(b["input_ids"] for b in batches) == [(1, 7), (3, 5)]
     (name,) = outputs[0]
@@ -71,10 +78,14 @@ def test_calls_of_other_lengths_run_apart_in_the_same_turn(registered):
 
 
 def test_the_texts_collate_pads_calls_of_other_lengths_into_one_batch_that_answers_as_each_alone(registered):
-    runner, batches = recorded_runner(registered["wordnet-transformer"]["tag"], padded_calls({"input_ids": 0, "attention_mask": 0}))
+    runner, batches = recorded_runner(
+        registered["wordnet-transformer"]["tag"], padded_calls({"input_ids": 0, "attention_mask": 0})
+    )
     rng = np.random.default_rng(0)
-    calls = [{"input_ids": rng.integers(1, 50, (n, length)), "attention_mask": np.ones((n, length), np.int64)}
-             for n, length in ((2, 5), (1, 9), (1, 3))]  # fmt: skip
+    calls = [
+        {"input_ids": rng.integers(1, 50, (n, length)), "attention_mask": np.ones((n, length), np.int64)}
+        for n, length in ((2, 5), (1, 9), (1, 3))
+    ]
     outputs = runner.infer(calls)
     assert batches == [{"input_ids": (4, 9), "attention_mask": (4, 9)}]
     (name,) = outputs[0]
@@ -82,14 +93,26 @@ def test_the_texts_collate_pads_calls_of_other_lengths_into_one_batch_that_answe
         np.testing.assert_allclose(output[name], runner.session.run(call)[name], atol=1e-4)
 
 
-@pytest.mark.parametrize("feeds,problem", [
-    ({"pixels": np.zeros((2, 1, 28, 28), np.float32)}, None),
-    ({"image": np.zeros((2, 1, 28, 28), np.float32)}, "the model's inputs are ['pixels']; got ['image']"),
-    ({"pixels": np.zeros((2, 1, 28, 28), np.float64)}, "pixels must be FP32; got float64"),
-    ({"pixels": np.zeros((2, 28, 28), np.float32)}, "pixels must have shape [-1, 1, 28, 28] (-1: any length); got [2, 28, 28]"),
-    ({"pixels": np.zeros((2, 1, 28, 27), np.float32)}, "pixels must have shape [-1, 1, 28, 28] (-1: any length); got [2, 1, 28, 27]"),
-    ({"pixels": np.zeros((0, 1, 28, 28), np.float32)}, "every input must hold the same number of rows, at least one"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "feeds,problem",
+    [
+        ({"pixels": np.zeros((2, 1, 28, 28), np.float32)}, None),
+        ({"image": np.zeros((2, 1, 28, 28), np.float32)}, "the model's inputs are ['pixels']; got ['image']"),
+        ({"pixels": np.zeros((2, 1, 28, 28), np.float64)}, "pixels must be FP32; got float64"),
+        (
+            {"pixels": np.zeros((2, 28, 28), np.float32)},
+            "pixels must have shape [-1, 1, 28, 28] (-1: any length); got [2, 28, 28]",
+        ),
+        (
+            {"pixels": np.zeros((2, 1, 28, 27), np.float32)},
+            "pixels must have shape [-1, 1, 28, 28] (-1: any length); got [2, 1, 28, 27]",
+        ),
+        (
+            {"pixels": np.zeros((0, 1, 28, 28), np.float32)},
+            "every input must hold the same number of rows, at least one",
+        ),
+    ],
+)
 def test_a_calls_arrays_are_checked_against_the_models_inputs_before_they_join_a_batch(registered, feeds, problem):
     runner, _ = recorded_runner(registered["fashion-cnn"]["tag"])
     assert feeds_problem(runner.inputs, feeds) == problem
@@ -98,9 +121,9 @@ def test_a_calls_arrays_are_checked_against_the_models_inputs_before_they_join_a
 
 
 def test_a_worker_waits_for_its_runner_service_and_then_says_what_to_do(cnn_card):
-    from deploy.image import free_port
+    from harness.servers import free_port
 
-    with pytest.raises(RuntimeError, match="not ready within 0.5 s .*MODELROAD_RUNNER_WAIT_S"):
+    with pytest.raises(RuntimeError, match=r"not ready within 0.5 s .*MODELROAD_RUNNER_WAIT_S"):
         RemoteSession(f"http://127.0.0.1:{free_port()}", cnn_card["tag"], "logits", timeout_s=1, wait_s=0.5)
 
 

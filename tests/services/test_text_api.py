@@ -1,11 +1,15 @@
 """/classify_text and /classify_texts on the in-process platform service."""
+
 import numpy as np
 import pytest
 
 from tests.helpers import offline_text_probabilities
 
-TEXTS = ["a small domesticated carnivore kept as a pet", "a person who repairs shoes",
-         "the period of time between sunrise and sunset; the daylight hours of a day, " * 8]  # fmt: skip
+TEXTS = [
+    "a small domesticated carnivore kept as a pet",
+    "a person who repairs shoes",
+    "the period of time between sunrise and sunset; the daylight hours of a day, " * 8,
+]
 
 
 def test_one_text_is_classified_as_the_offline_onnx_model_does(client, registered):
@@ -38,7 +42,11 @@ def test_a_batch_padded_together_answers_as_each_text_alone(client, registered):
         ("/classify_text", {"txt": "a dog"}, "text: Field required"),
         ("/classify_text", {"text": "x" * 2001}, "text: String should have at most 2000 characters"),
         ("/classify_texts", {"texts": []}, "texts: List should have at least 1 item after validation, not 0"),
-        ("/classify_texts", {"texts": ["a dog"] * 65}, "texts: List should have at most 64 items after validation, not 65"),
+        (
+            "/classify_texts",
+            {"texts": ["a dog"] * 65},
+            "texts: List should have at most 64 items after validation, not 65",
+        ),
         ("/classify_texts", {"texts": ["a dog", ""]}, "texts.1: String should have at least 1 character"),
         ("/classify_texts", {"texts": "a dog"}, "texts: Input should be a valid list"),
     ],

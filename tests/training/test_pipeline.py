@@ -1,4 +1,5 @@
 """The whole road for one task: train -> export -> parity -> evaluate -> register."""
+
 import bentoml
 import pytest
 
@@ -9,8 +10,23 @@ from training.register import sha256_file
 def test_registered_model_carries_its_card(cnn_card):
     stored = bentoml.models.get(cnn_card["tag"])
     meta = stored.info.metadata
-    for key in ("family", "task", "inputs", "preprocessing", "labels", "metrics", "baseline", "parity_max_abs_diff",
-                "opset", "model_config", "train_config", "data_fingerprint", "git_commit", "created_at", "sha256"):
+    for key in (
+        "family",
+        "task",
+        "inputs",
+        "preprocessing",
+        "labels",
+        "metrics",
+        "baseline",
+        "parity_max_abs_diff",
+        "opset",
+        "model_config",
+        "train_config",
+        "data_fingerprint",
+        "git_commit",
+        "created_at",
+        "sha256",
+    ):
         assert key in meta, key
     assert meta["sha256"]["model.onnx"] == sha256_file(stored.path_of("model.onnx"))
     assert meta["labels"][9] == "Ankle boot"

@@ -18,7 +18,9 @@ TASK = TextClassificationTask()
 
 def test_wordnet_glosses_carry_readable_categories():
     frame = read_wordnet_glosses(WORDNET_NOUNS)
-    assert len(frame) > 80_000 and frame["label"].nunique() == 26  # lexicographer files 03 (noun.Tops) .. 28 (noun.time)
+    assert (
+        len(frame) > 80_000 and frame["label"].nunique() == 26
+    )  # lexicographer files 03 (noun.Tops) .. 28 (noun.time)
     entity = frame.iloc[0]
     assert entity["label"] == "Tops" and entity["text"].startswith("that which is perceived")
     assert {"animal", "food", "artifact", "person", "plant"} <= set(frame["label"])
@@ -53,8 +55,10 @@ def test_length_buckets_cover_every_row_once_with_similar_lengths():
 
 
 def test_batches_are_trimmed_to_their_longest_text():
-    rows = [(torch.tensor([5, 6, 0, 0]), torch.tensor([1, 1, 0, 0]), torch.tensor(1)),
-            (torch.tensor([7, 0, 0, 0]), torch.tensor([1, 0, 0, 0]), torch.tensor(2))]  # fmt: skip
+    rows = [
+        (torch.tensor([5, 6, 0, 0]), torch.tensor([1, 1, 0, 0]), torch.tensor(1)),
+        (torch.tensor([7, 0, 0, 0]), torch.tensor([1, 0, 0, 0]), torch.tensor(2)),
+    ]
     ids, mask, y = TASK.collate(rows)
     assert ids.shape == (2, 2) and mask.tolist() == [[1, 1], [1, 0]] and y.tolist() == [1, 2]
 

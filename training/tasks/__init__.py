@@ -1,4 +1,5 @@
 """The tasks the road knows, by the name their models get in the store."""
+
 from __future__ import annotations
 
 from training.tasks.base import Task
@@ -7,7 +8,8 @@ from training.tasks.series import ForecastTask
 from training.tasks.text import TextClassificationTask
 
 TASKS: dict[str, Task] = {
-    task.name: task for task in (ImageClassificationTask(), ForecastTask("lstm"), ForecastTask("gru"), TextClassificationTask())
+    task.name: task
+    for task in (ImageClassificationTask(), ForecastTask("lstm"), ForecastTask("gru"), TextClassificationTask())
 }
 
 

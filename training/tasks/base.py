@@ -1,4 +1,5 @@
 """What a family brings to the shared road: its data, loss, evaluation, baseline and export inputs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -63,7 +64,9 @@ class Task(ABC):
         """Net config fields the data decides (e.g. the number of classes)."""
 
     @abstractmethod
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor: ...
+    def loss(
+        self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None
+    ) -> torch.Tensor: ...
 
     @abstractmethod
     def evaluate(self, predict: Predict, data: Prepared, run_dir: Path) -> dict[str, Any]:
@@ -73,7 +76,9 @@ class Task(ABC):
     def baseline(self, data: Prepared) -> dict[str, dict[str, Any]]:
         """The classical models to beat, by name, scored the same way on the same test split."""
 
-    def batches(self, dataset: TensorDataset, batch_size: int, shuffle: bool, generator: torch.Generator) -> Sampler | None:
+    def batches(
+        self, dataset: TensorDataset, batch_size: int, shuffle: bool, generator: torch.Generator
+    ) -> Sampler | None:
         """A batch sampler for this task's data; None: plain batches (shuffled when training)."""
         return None
 

@@ -4,6 +4,7 @@ Split by time: the last `test_weeks` are the test period, the `val_weeks` before
 the rest training. A window's targets never cross into a later split. The test is a rolling origin:
 every `origin_stride` weeks of the test period, forecast the next `horizon` weeks from all the past.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,7 +84,13 @@ class ForecastTask(Task):
     test_weeks = 4 * SEASON
     origin_stride = 13
     # ~1,700 training windows: small batches for enough steps; both cells train in ~2 min on 2 cores.
-    train_defaults: ClassVar[dict[str, Any]] = {"epochs": 60, "batch_size": 32, "lr": 2e-3, "patience": 8, "warmup_steps": 50}
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 60,
+        "batch_size": 32,
+        "lr": 2e-3,
+        "patience": 8,
+        "warmup_steps": 50,
+    }
 
     def __init__(self, cell: str):
         self.cell = cell
@@ -96,7 +103,9 @@ class ForecastTask(Task):
         test_start = n - self.test_weeks
         val_start = test_start - self.val_weeks
         if val_start < self.window + self.horizon:
-            raise ValueError(f"{n} points are too few: need {self.window + self.horizon + self.val_weeks + self.test_weeks}")
+            raise ValueError(
+                f"{n} points are too few: need {self.window + self.horizon + self.val_weeks + self.test_weeks}"
+            )
         train_series = series[:val_start]
         # Scale: the typical size of the change a forecast must predict, on training data only.
         deltas = np.concatenate([train_series[h:] - train_series[:-h] for h in range(1, self.horizon + 1)])
@@ -124,10 +133,20 @@ class ForecastTask(Task):
             test=dataset(test_history, test_future),
             source=str(cfg.data or "statsmodels co2 (weekly, Mauna Loa)"),
             fingerprint=fingerprint_arrays(series),
-            preprocessing={"series": scaling.to_dict(), "window": self.window, "min_history": self.min_history,
-                           "horizon": self.horizon},
-            extras={"series": series, "dates": raw.index.strftime("%Y-%m-%d").tolist(), "test_ends": test_ends,
-                    "test_history": test_history, "test_future": test_future, "scaling": scaling},
+            preprocessing={
+                "series": scaling.to_dict(),
+                "window": self.window,
+                "min_history": self.min_history,
+                "horizon": self.horizon,
+            },
+            extras={
+                "series": series,
+                "dates": raw.index.strftime("%Y-%m-%d").tolist(),
+                "test_ends": test_ends,
+                "test_history": test_history,
+                "test_future": test_future,
+                "scaling": scaling,
+            },
         )
 
     def model_config(self, data: Prepared) -> dict[str, Any]:

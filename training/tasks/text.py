@@ -1,5 +1,6 @@
 """Text classification: WordNet 3.0 noun glosses (Debian wordnet-base) labelled with their
 lexicographer file (25 categories: animal, food, person, ...), or a user's CSV (text, label)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,10 +26,33 @@ from training.tasks.base import InputSpec, Predict, Prepared, Task, balanced_cla
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")  # Debian package wordnet-base
 # Lexicographer files 03-28 hold the nouns (WordNet's lexnames(5WN)); "noun." is dropped from the names.
 NOUN_LEXNAMES = [
-    "Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication", "event", "feeling",
-    "food", "group", "location", "motive", "object", "person", "phenomenon", "plant", "possession", "process",
-    "quantity", "relation", "shape", "state", "substance", "time",
-]  # fmt: skip
+    "Tops",
+    "act",
+    "animal",
+    "artifact",
+    "attribute",
+    "body",
+    "cognition",
+    "communication",
+    "event",
+    "feeling",
+    "food",
+    "group",
+    "location",
+    "motive",
+    "object",
+    "person",
+    "phenomenon",
+    "plant",
+    "possession",
+    "process",
+    "quantity",
+    "relation",
+    "shape",
+    "state",
+    "substance",
+    "time",
+]
 FIRST_NOUN_FILE = 3
 SPECIAL_TOKENS = ["[PAD]", "[UNK]"]  # [PAD] is id 0: TextEncoding.pad_id and the embedding's padding_idx
 
@@ -55,8 +79,10 @@ def load_texts(cfg: TrainConfig) -> pd.DataFrame:
     elif WORDNET_NOUNS.exists():
         frame = read_wordnet_glosses(WORDNET_NOUNS)
     else:
-        raise FileNotFoundError(f"{WORDNET_NOUNS} not found: install the Debian package wordnet-base "
-                                "(apt-get install wordnet-base) or pass --data FILE.csv")  # fmt: skip
+        raise FileNotFoundError(
+            f"{WORDNET_NOUNS} not found: install the Debian package wordnet-base "
+            "(apt-get install wordnet-base) or pass --data FILE.csv"
+        )
     # The same text under two labels would be noise in every split: keep its first label.
     return frame[frame["text"].str.strip() != ""].drop_duplicates("text").reset_index(drop=True)
 
@@ -67,7 +93,9 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS))
+    tokenizer.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+    )
     return tokenizer
 
 
@@ -75,8 +103,16 @@ class LengthBuckets(Sampler[list[int]]):
     """Batches of texts of similar length: shuffle, sort each pool of `pool` batches by length, cut,
     shuffle the batches. Glosses average 16 tokens but a random batch's longest averages 53."""
 
-    def __init__(self, lengths: torch.Tensor, batch_size: int, shuffle: bool, generator: torch.Generator, pool: int = 50):
-        self.lengths, self.batch_size, self.shuffle, self.generator, self.pool = lengths, batch_size, shuffle, generator, pool
+    def __init__(
+        self, lengths: torch.Tensor, batch_size: int, shuffle: bool, generator: torch.Generator, pool: int = 50
+    ):
+        self.lengths, self.batch_size, self.shuffle, self.generator, self.pool = (
+            lengths,
+            batch_size,
+            shuffle,
+            generator,
+            pool,
+        )
 
     def _chunks(self, order: torch.Tensor) -> list[torch.Tensor]:
         return list(order.split(self.batch_size * self.pool))
@@ -99,14 +135,22 @@ class TextClassificationTask(Task):
     name = "wordnet-transformer"
     model = "transformer"
     kind = "text-classification"
-    inputs = (InputSpec("input_ids", "int64", ("batch", "tokens")), InputSpec("attention_mask", "int64", ("batch", "tokens")))
+    inputs = (
+        InputSpec("input_ids", "int64", ("batch", "tokens")),
+        InputSpec("attention_mask", "int64", ("batch", "tokens")),
+    )
     output_name = "logits"
     key_metric = "macro_f1"
     vocab_size = 12000
     max_tokens = 64  # 99.9% of WordNet glosses are shorter
     train_defaults: ClassVar[dict[str, Any]] = {
-        "epochs": 11, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05, "patience": 3, "max_minutes": 9.5,
-    }  # fmt: skip  ~48 s an epoch on 2 cores; the budget keeps a slower machine inside 10 minutes
+        "epochs": 11,
+        "batch_size": 128,
+        "lr": 2e-3,
+        "weight_decay": 0.05,
+        "patience": 3,
+        "max_minutes": 9.5,
+    }  # ~48 s an epoch on 2 cores; the budget keeps a slower machine inside 10 minutes
 
     def load_data(self, cfg: TrainConfig) -> Prepared:
         frame = load_texts(cfg)
@@ -130,7 +174,9 @@ class TextClassificationTask(Task):
 
         test_texts = [texts[i] for i in test]
         return Prepared(
-            train=dataset(train), val=dataset(val), test=dataset(test),
+            train=dataset(train),
+            val=dataset(val),
+            test=dataset(test),
             source=str(cfg.data or WORDNET_NOUNS),
             fingerprint=fingerprint_arrays(np.array(texts, dtype=object).astype(str), y),
             preprocessing={"text": encoding.to_dict(), "tokenizer": "tokenizer.json"},
@@ -138,9 +184,13 @@ class TextClassificationTask(Task):
             files={"tokenizer.json": tokenizer_path},
             # Half-way to balanced (power 0.5): full balancing cost 3 points of accuracy and no macro-F1.
             class_weights=balanced_class_weights(y[train], len(labels), power=0.5),
-            extras={"train_texts": [texts[i] for i in train], "train_labels": y[train], "test_texts": test_texts,
-                    "vocab_size": tokenizer.get_vocab_size()},
-        )  # fmt: skip
+            extras={
+                "train_texts": [texts[i] for i in train],
+                "train_labels": y[train],
+                "test_texts": test_texts,
+                "vocab_size": tokenizer.get_vocab_size(),
+            },
+        )
 
     def model_config(self, data: Prepared) -> dict[str, Any]:
         return {"vocab_size": data.extras["vocab_size"], "num_classes": len(data.labels), "max_tokens": self.max_tokens}
@@ -171,8 +221,12 @@ class TextClassificationTask(Task):
             return ids[rows, :length], mask[rows, :length]
 
         # Parity at several batch sizes and lengths: with padding (mixed lengths), one token, the longest.
-        return [trimmed(slice(0, 8)), trimmed(slice(8, 9)), (ids[:3, :1], torch.ones_like(ids[:3, :1])),
-                (ids[:16], mask[:16])]  # fmt: skip
+        return [
+            trimmed(slice(0, 8)),
+            trimmed(slice(8, 9)),
+            (ids[:3, :1], torch.ones_like(ids[:3, :1])),
+            (ids[:16], mask[:16]),
+        ]
 
     def variants(self, onnx_path: Path, run_dir: Path) -> dict[str, Path]:
         # Dynamic int8 quantization of the weights (MatMul/Gemm); activations stay float and are quantized per call.

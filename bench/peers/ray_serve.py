@@ -1,11 +1,12 @@
 """Peer: Ray Serve with `@serve.batch` and ONNX Runtime, behind Ray's HTTP proxy.
 
-    MODELROAD_PEER_SPEC=spec.json PYTHONPATH=. .venv-peers/bin/python -m loadtests.peers.ray_serve --port 8000
+    MODELROAD_PEER_SPEC=spec.json PYTHONPATH=. .venv-peers/bin/python -m bench.peers.ray_serve --port 8000
 
 Ray's own recipe for batched model serving: one deployment with a FastAPI ingress, `--replicas`
 replicas (the platform's worker count), each batching every family with `@serve.batch` and running
 the same ONNX files with the same thread settings as the platform's CPU runner.
 """
+
 # No `from __future__ import annotations`: Serve's class ingress would read the string annotations
 # as query parameters.
 import argparse
@@ -20,7 +21,7 @@ import onnxruntime as ort
 from fastapi import FastAPI, UploadFile
 from ray import serve
 
-from loadtests.peers.families import ForecastRequest, Inputs, TextRequest, load_families
+from bench.peers.families import ForecastRequest, Inputs, TextRequest, load_families
 
 # Batch limits as the platform's defaults (MODELROAD_MAX_BATCH_SIZE, MODELROAD_MAX_WAIT_MS).
 MAX_BATCH, WAIT_S = 64, 0.001
@@ -36,8 +37,10 @@ class RayPeer:
         self.image, self.forecast_family, self.text = load_families()
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        self.sessions = {f: ort.InferenceSession(f.files.onnx, options, providers=["CPUExecutionProvider"])
-                         for f in (self.image, self.forecast_family, self.text)}  # fmt: skip
+        self.sessions = {
+            f: ort.InferenceSession(f.files.onnx, options, providers=["CPUExecutionProvider"])
+            for f in (self.image, self.forecast_family, self.text)
+        }
 
     def run(self, family: Any, items: list[Inputs]) -> list[np.ndarray]:
         return list(self.sessions[family].run(None, family.stack(items))[0])
@@ -75,7 +78,7 @@ class RayPeer:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.peers.ray_serve", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.peers.ray_serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--replicas", type=int, default=2)
     args = parser.parse_args()

@@ -1,11 +1,11 @@
 """The benchmark's peers serve the platform's own models: their answers equal the registered ONNX files'."""
+
 import httpx
 import numpy as np
 import pytest
 
-from deploy.image import free_port
-from loadtests.bench import PEERS, ROOT, prepare_peers, server_command
-from loadtests.servers import served
+from bench.run import PEERS, ROOT, prepare_peers, server_command
+from harness.servers import free_port, served
 from tests.helpers import (
     co2_history,
     fashion_test_images,
@@ -19,7 +19,9 @@ from tests.helpers import (
 @pytest.mark.parametrize("peer", PEERS)
 def test_a_peer_answers_as_the_registered_models_do(peer, registered, tmp_path):
     port = free_port()
-    with served(server_command(peer, port, workers=1), port, prepare_peers(tmp_path), tmp_path / "peer.log", ROOT) as url:
+    with served(
+        server_command(peer, port, workers=1), port, prepare_peers(tmp_path), tmp_path / "peer.log", ROOT
+    ) as url:
         files, _ = fashion_test_images(2)
         image_card, text_card = registered["fashion-cnn"], registered["wordnet-transformer"]
         for png, row in zip(files, offline_image_probabilities(image_card["tag"], files)):
@@ -33,4 +35,6 @@ def test_a_peer_answers_as_the_registered_models_do(peer, registered, tmp_path):
 
         history = co2_history()
         body = httpx.post(f"{url}/forecast", json={"history": history, "horizon": 13}, timeout=10).json()
-        np.testing.assert_allclose(body["forecast"], offline_forecast(registered["co2-gru"]["tag"], history, 13), atol=1e-3)
+        np.testing.assert_allclose(
+            body["forecast"], offline_forecast(registered["co2-gru"]["tag"], history, 13), atol=1e-3
+        )

@@ -1,10 +1,12 @@
-"""Servers started as child processes on loopback ports: wait until /readyz answers, stop them whole.
+"""Servers started as child processes on loopback ports: a free port, wait until /readyz answers, stop them whole.
 
-Used by the benchmark for every target and by the tests for real `bentoml serve` processes.
+Used by the benchmark for every target, by the image check, and by the tests for real `bentoml serve` processes.
 """
+
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,6 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 90) -> None:
@@ -41,12 +50,14 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def served(command: list[str], port: int, env: dict[str, str], log_path: Path, cwd: Path,
-           timeout: float = 120) -> Iterator[str]:  # fmt: skip
+def served(
+    command: list[str], port: int, env: dict[str, str], log_path: Path, cwd: Path, timeout: float = 120
+) -> Iterator[str]:
     """Run `command` (a server on 127.0.0.1:`port`) until the block ends; yields its URL once ready."""
     with open(log_path, "wb") as out:
-        process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(process, url, log_path, timeout)

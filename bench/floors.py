@@ -1,9 +1,10 @@
 """The floors the platform is measured against: the same routes and answer shapes, no inference.
 
-- `starlette_app`: a bare Starlette app (`uvicorn loadtests.floors:starlette_app`): the HTTP floor.
-- `NoopService`: a default BentoML `@bentoml.api` service (`bentoml serve loadtests.floors:NoopService`):
+- `starlette_app`: a bare Starlette app (`uvicorn bench.floors:starlette_app`): the HTTP floor.
+- `NoopService`: a default BentoML `@bentoml.api` service (`bentoml serve bench.floors:NoopService`):
   BentoML's own floor, with the platform's worker count and access log setting.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 LABELS = [f"class-{i}" for i in range(10)]
-PROBABILITIES = {label: 0.1 for label in LABELS}
+PROBABILITIES = dict.fromkeys(LABELS, 0.1)
 IMAGE_ANSWER = {"label": LABELS[0], "class_id": 0, "probabilities": PROBABILITIES}
 TEXT_ANSWER = {"label": LABELS[0], "probabilities": PROBABILITIES}
 
@@ -47,15 +48,19 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({})
 
 
-starlette_app = Starlette(routes=[
-    Route("/classify_image", classify_image, methods=["POST"]),
-    Route("/forecast", forecast, methods=["POST"]),
-    Route("/classify_text", classify_text, methods=["POST"]),
-    Route("/readyz", ready),
-])  # fmt: skip
+starlette_app = Starlette(
+    routes=[
+        Route("/classify_image", classify_image, methods=["POST"]),
+        Route("/forecast", forecast, methods=["POST"]),
+        Route("/classify_text", classify_text, methods=["POST"]),
+        Route("/readyz", ready),
+    ]
+)
 
 
-@bentoml.service(name="noop", workers=int(os.environ.get("MODELROAD_WORKERS", "1")), logging={"access": {"enabled": False}})
+@bentoml.service(
+    name="noop", workers=int(os.environ.get("MODELROAD_WORKERS", "1")), logging={"access": {"enabled": False}}
+)
 class NoopService:
     @bentoml.api(route="/classify_image")
     async def classify_image(self, image: Path) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """A stored model against its variants (the Transformer against its int8 form): ONNX Runtime in-process,
 the same token batches, timed in turn within one run, so the speed-up is a ratio from one machine state.
 
-    .venv/bin/python -m loadtests.variants                     # wordnet-transformer vs wordnet-transformer-int8
-    .venv/bin/python -m loadtests.variants --batch-sizes 1 8 64 --threads 1
+    .venv/bin/python -m bench.variants                     # wordnet-transformer vs wordnet-transformer-int8
+    .venv/bin/python -m bench.variants --batch-sizes 1 8 64 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def time_calls(runner: ort.InferenceSession, batches: list[dict[str, np.ndarray]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.variants", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.variants", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", default="wordnet-transformer", help="store name of the float model")
     parser.add_argument("--variants", nargs="+", default=["int8"], help="variant suffixes registered beside it")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
@@ -79,17 +80,25 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             median_ms = statistics.median(timings[name]) * 1e3
             metrics = stored[name].info.metadata["metrics"]
-            rows.append({
-                "model": str(stored[name].tag), "batch": batch_size, "median_ms": round(median_ms, 3),
-                "p90_ms": round(float(np.percentile(timings[name], 90)) * 1e3, 3),
-                "items_per_s": round(batch_size / median_ms * 1e3, 1), "speedup": round(base_ms / median_ms, 2),
-                "accuracy": round(metrics["accuracy"], 4), "macro_f1": round(metrics["macro_f1"], 4),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model": str(stored[name].tag),
+                    "batch": batch_size,
+                    "median_ms": round(median_ms, 3),
+                    "p90_ms": round(float(np.percentile(timings[name], 90)) * 1e3, 3),
+                    "items_per_s": round(batch_size / median_ms * 1e3, 1),
+                    "speedup": round(base_ms / median_ms, 2),
+                    "accuracy": round(metrics["accuracy"], 4),
+                    "macro_f1": round(metrics["macro_f1"], 4),
+                }
+            )
     print("| model | batch | median ms | p90 ms | items/s | speed-up | test accuracy | test macro-F1 |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['batch']} | {r['median_ms']} | {r['p90_ms']} | {r['items_per_s']} | "
-              f"{r['speedup']}× | {r['accuracy']} | {r['macro_f1']} |")  # fmt: skip
+        print(
+            f"| {r['model']} | {r['batch']} | {r['median_ms']} | {r['p90_ms']} | {r['items_per_s']} | "
+            f"{r['speedup']}× | {r['accuracy']} | {r['macro_f1']} |"
+        )
     print(json.dumps({"threads": args.threads, "ort": ort.__version__, "rows": rows}))
     return 0
 

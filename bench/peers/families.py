@@ -2,9 +2,11 @@
 
 The benchmark resolves the models in the BentoML store (`model_files`) and writes a spec file
 (`write_spec`); a peer reads it (`load_families`) without BentoML, so the peers run in their own venv.
-Requests are turned into model inputs and outputs into answers by `contracts.families`, as in the platform: only the engine
+Requests are turned into model inputs and outputs into answers by `contracts.families`, as in the platform:
+only the engine
 differs. The benchmark's in-process engines take their inputs from the same classes.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,13 +41,18 @@ def model_files() -> dict[str, ModelFiles]:
     from services.settings import SETTINGS
 
     files = {}
-    for family, tag in {"image": SETTINGS.image_model, "forecast": SETTINGS.gru_model, "text": SETTINGS.text_model}.items():
+    for family, tag in {
+        "image": SETTINGS.image_model,
+        "forecast": SETTINGS.gru_model,
+        "text": SETTINGS.text_model,
+    }.items():
         stored = bentoml.models.get(tag)
         meta = stored.info.metadata
         tokenizer = meta["preprocessing"].get("tokenizer")
         checkpoint = Path(meta["train_config"]["out_dir"]) / meta["train_config"]["task"] / "best.pt"
-        files[family] = ModelFiles(meta, stored.path_of("model.onnx"), str(checkpoint),
-                                   stored.path_of(tokenizer) if tokenizer else None)  # fmt: skip
+        files[family] = ModelFiles(
+            meta, stored.path_of("model.onnx"), str(checkpoint), stored.path_of(tokenizer) if tokenizer else None
+        )
     return files
 
 

@@ -3,6 +3,7 @@
 `ensure_venv()` builds it from requirements.txt on first use (~1.5 min here), so neither FastAPI
 for the peer nor Ray is ever a dependency of the product.
 """
+
 from __future__ import annotations
 
 import hashlib

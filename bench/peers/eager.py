@@ -1,4 +1,5 @@
 """PyTorch eager models from the platform's training checkpoints (the FastAPI peer and the benchmark)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,7 +1,7 @@
 """wrk against the platform and its floors, per family and concurrency, side by side in one run.
 
-    .venv/bin/python -m loadtests.bench                                 # results/bench/bench.{json,md,png}
-    .venv/bin/python -m loadtests.bench --families text --concurrency 32 --duration 5
+    .venv/bin/python -m bench                                 # results/bench/bench.{json,md,png}
+    .venv/bin/python -m bench --families text --concurrency 32 --duration 5
 
 Targets (served one after another on this machine, BentoML ones with `--workers` workers):
 - `platform`: `bentoml serve services.platform:Platform`, the product;
@@ -14,14 +14,15 @@ Targets (served one after another on this machine, BentoML ones with `--workers`
 - `ort`: ONNX Runtime in-process on one preprocessed item per call (the compute limit; no HTTP);
 - `torch-eager`: the same items through the same trained nets in PyTorch eager, in-process, with
   as many threads as a worker's ONNX Runtime session (the engine ONNX Runtime replaces);
-- `fastapi-torch`, `ray-serve`: the peers (loadtests/peers), the same models in PyTorch eager behind
+- `fastapi-torch`, `ray-serve`: the peers (bench/peers), the same models in PyTorch eager behind
   FastAPI, and in Ray Serve with `@serve.batch` and ONNX Runtime; in .venv-peers, built on first use;
 - `platform-overload`: the product admitting the sustainable concurrency (the ratio concurrency, 32) and
   no more (MODELROAD_MAX_IN_FLIGHT), under `--overload-factor` (4) times that many connections: answers
-  counted by status, refusals and admitted requests timed apart by a probe (loadtests/overload.py).
+  counted by status, refusals and admitted requests timed apart by a probe (bench/overload.py).
 wrk runs on the same cores as the server, as a client on this machine would; each point is the
 median of `--rounds` wrk runs (see `median_run`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deploy.image import free_port
-from loadtests.overload import Overload, run_overload
-from loadtests.peers import VENV, ensure_venv
-from loadtests.peers.families import FAMILIES, SPEC_ENV, Inputs, ModelFiles, model_files, write_spec
-from loadtests.servers import served
+from bench.overload import Overload, run_overload
+from bench.peers import VENV, ensure_venv
+from bench.peers.families import FAMILIES, SPEC_ENV, Inputs, ModelFiles, model_files, write_spec
+from harness.servers import free_port, served
 from services.settings import ServeSettings
 
 PAYLOADS = Path(__file__).with_name("payloads")
@@ -60,8 +60,14 @@ def family_requests() -> dict[str, Request]:
     """One realistic request per family, from the load-test payloads."""
     image = (PAYLOADS / "images" / "ankle-boot-0.png").read_bytes()
     boundary = "modelroadbench"
-    multipart = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="boot.png"\r\n'
-                 f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    multipart = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="boot.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     text = json.loads((PAYLOADS / "texts.json").read_text())[10]
     return {
         "image": Request("/classify_image", f"multipart/form-data; boundary={boundary}", multipart),
@@ -88,7 +94,10 @@ UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
 def parse_wrk(output: str) -> tuple[float, dict[str, float], int]:
     """Requests/sec, latency percentiles in ms (50/75/90/99) and errors from `wrk --latency` output."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    percentiles = {p: round(float(v) * UNITS_MS[u], 3) for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.MULTILINE)}
+    percentiles = {
+        p: round(float(v) * UNITS_MS[u], 3)
+        for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.MULTILINE)
+    }
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     errors += sum(int(n) for n in socket.groups()) if socket else 0
@@ -110,15 +119,27 @@ def wrk_script(request: Request, workdir: Path) -> Path:
     script = workdir / "request.lua"
     body_file = workdir / "body.bin"
     body_file.write_bytes(request.body)
-    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{request.content_type}"\n'
-                      f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*all")\nf:close()\n')  # fmt: skip
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{request.content_type}"\n'
+        f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*all")\nf:close()\n'
+    )
     return script
 
 
 def run_wrk(url: str, request: Request, concurrency: int, duration: int, workdir: Path) -> tuple[float, dict, int]:
     script = wrk_script(request, workdir)
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "--timeout", "10s", "-s", str(script),
-               url + request.route]  # fmt: skip
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{duration}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url + request.route,
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 30).stdout
     return parse_wrk(output)
 
@@ -152,7 +173,15 @@ def runner_for(target: str, env: dict[str, str], workdir: Path) -> Iterator[str]
         yield ""
         return
     port = free_port()
-    command = [str(BIN / "bentoml"), "serve", "services.runner_service:ModelRunner", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        str(BIN / "bentoml"),
+        "serve",
+        "services.runner_service:ModelRunner",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with served(command, port, env, workdir / "runner-service.log", ROOT) as url:
         yield url
 
@@ -162,17 +191,38 @@ def server_command(target: str, port: int, workers: int) -> list[str]:
     peers = VENV / "bin"
     platform = [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host]
     commands = {
-        **{target: platform for target in ("platform", "platform-unbatched", SPLIT, OVERLOAD)},  # settings differ: target_env
-        "bentoml-noop": [str(BIN / "bentoml"), "serve", "loadtests.floors:NoopService", *host],
+        **dict.fromkeys(("platform", "platform-unbatched", SPLIT, OVERLOAD), platform),  # settings differ: target_env
+        "bentoml-noop": [str(BIN / "bentoml"), "serve", "bench.floors:NoopService", *host],
         # One process: uvicorn 0.54's --workers mode answered every request 44 ms late here (Nagle and
         # delayed-ACK timing), which would make the floor meaningless; one process is the honest floor.
-        "starlette": [str(BIN / "uvicorn"), "loadtests.floors:starlette_app", *host, "--no-access-log",
-                      "--log-level", "warning"],
-        "fastapi-torch": [str(peers / "uvicorn"), "loadtests.peers.fastapi_torch:app", *host, "--workers", str(workers),
-                          "--no-access-log", "--log-level", "warning"],
-        "ray-serve": [str(peers / "python"), "-m", "loadtests.peers.ray_serve", "--port", str(port),
-                      "--replicas", str(workers)],
-    }  # fmt: skip
+        "starlette": [
+            str(BIN / "uvicorn"),
+            "bench.floors:starlette_app",
+            *host,
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        "fastapi-torch": [
+            str(peers / "uvicorn"),
+            "bench.peers.fastapi_torch:app",
+            *host,
+            "--workers",
+            str(workers),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        "ray-serve": [
+            str(peers / "python"),
+            "-m",
+            "bench.peers.ray_serve",
+            "--port",
+            str(port),
+            "--replicas",
+            str(workers),
+        ],
+    }
     return commands[target]
 
 
@@ -207,7 +257,7 @@ def torch_calls(threads: int) -> dict[str, Callable[[], object]]:
     """The same items through the same trained nets in PyTorch eager, with as many threads."""
     import torch
 
-    from loadtests.peers.eager import eager_model
+    from bench.peers.eager import eager_model
 
     torch.set_num_threads(threads)
     calls = {}
@@ -242,14 +292,20 @@ def measure_calls(target: str, family: str, call: Callable[[], object], duration
 
 def ratio_table(results: list[Result], concurrency: int) -> list[str]:
     """The platform against every other served target at one concurrency, from the same run."""
-    lines = [f"| family | platform vs | RPS ratio at c={concurrency} | platform p99 ms | its p99 ms |", "|---|---|---|---|---|"]
+    lines = [
+        f"| family | platform vs | RPS ratio at c={concurrency} | platform p99 ms | its p99 ms |",
+        "|---|---|---|---|---|",
+    ]
     for family in dict.fromkeys(r.family for r in results):
         at = {r.target: r for r in results if r.family == family and r.concurrency == concurrency}
         if "platform" not in at:
             continue
         ours = at.pop("platform")
-        lines += [f"| {family} | {target} | {ours.rps / other.rps:.2f} | {ours.p99_ms:.1f} | {other.p99_ms:.1f} |"
-                  for target, other in at.items() if other.rps > 0]  # fmt: skip
+        lines += [
+            f"| {family} | {target} | {ours.rps / other.rps:.2f} | {ours.p99_ms:.1f} | {other.p99_ms:.1f} |"
+            for target, other in at.items()
+            if other.rps > 0
+        ]
     return lines
 
 
@@ -265,25 +321,44 @@ def engine_table(results: list[Result]) -> list[str]:
 
 
 def overload_table(overloads: list[Overload]) -> list[str]:
-    header = "| family | connections | admitted per worker | 200/s | refused/s | statuses | refusal p99 ms | admitted p99 ms | held |"
+    header = (
+        "| family | connections | admitted per worker | 200/s | refused/s | statuses "
+        "| refusal p99 ms | admitted p99 ms | held |"
+    )
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for o in overloads:
         statuses = ", ".join(f"{s}: {n}" for s, n in sorted(o.statuses.items()))
-        lines.append(f"| {o.family} | {o.concurrency} | {o.max_in_flight} | {o.ok_rps:.0f} | {o.refused_rps:.0f} | {statuses} | "
-                     f"{o.probe_refused_p99_ms:.1f} | {o.probe_ok_p99_ms:.1f} | {'; '.join(o.problems) or 'yes'} |")  # fmt: skip
+        lines.append(
+            f"| {o.family} | {o.concurrency} | {o.max_in_flight} | {o.ok_rps:.0f} | {o.refused_rps:.0f} | {statuses} | "
+            f"{o.probe_refused_p99_ms:.1f} | {o.probe_ok_p99_ms:.1f} | {'; '.join(o.problems) or 'yes'} |"
+        )
     return lines
 
 
-def write_reports(results: list[Result], overloads: list[Overload], out: Path, settings: dict,
-                  ratio_concurrency: int) -> None:  # fmt: skip
+def write_reports(
+    results: list[Result], overloads: list[Overload], out: Path, settings: dict, ratio_concurrency: int
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps({
-        "settings": settings, "results": [asdict(r) for r in results],
-        "overload": [{**asdict(o), "problems": o.problems} for o in overloads],
-    }, indent=2))  # fmt: skip
-    lines = ["| family | target | concurrency | RPS | p50 ms | p90 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r.family} | {r.target} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | "
-              f"{r.errors} |" for r in results]  # fmt: skip
+    (out / "bench.json").write_text(
+        json.dumps(
+            {
+                "settings": settings,
+                "results": [asdict(r) for r in results],
+                "overload": [{**asdict(o), "problems": o.problems} for o in overloads],
+            },
+            indent=2,
+        )
+    )
+    lines = [
+        "| family | target | concurrency | RPS | p50 ms | p90 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.family} | {r.target} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p90_ms:.2f} "
+        f"| {r.p99_ms:.2f} | "
+        f"{r.errors} |"
+        for r in results
+    ]
     lines += ["", *ratio_table(results, ratio_concurrency)]
     if engines := engine_table(results):
         lines += ["", *engines]
@@ -313,14 +388,16 @@ def plot(results: list[Result], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=TARGETS)
     parser.add_argument("--families", nargs="+", default=["image", "forecast", "text"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64])
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="wrk runs per point; the median one is reported")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (MODELROAD_WORKERS)")
-    parser.add_argument("--overload-factor", type=int, default=4, help="platform-overload: connections per admitted request")
+    parser.add_argument(
+        "--overload-factor", type=int, default=4, help="platform-overload: connections per admitted request"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     args = parser.parse_args(argv)
 
@@ -339,22 +416,41 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             port = free_port()
             command = server_command(target, port, args.workers)
-            with (runner_for(target, env, workdir) as runner_url,
-                  served(command, port, {**env, **target_env(target, admitted, runner_url)}, workdir / f"{target}.log", ROOT) as url):
+            with (
+                runner_for(target, env, workdir) as runner_url,
+                served(
+                    command, port, {**env, **target_env(target, admitted, runner_url)}, workdir / f"{target}.log", ROOT
+                ) as url,
+            ):
                 if target == OVERLOAD:
                     for family in args.families:
                         request = requests[family]
-                        overloads.append(run_overload(url + request.route, family, wrk_script(request, workdir),
-                                                      request.content_type, request.body, args.overload_factor * sustainable,
-                                                      args.duration, admitted))  # fmt: skip
+                        overloads.append(
+                            run_overload(
+                                url + request.route,
+                                family,
+                                wrk_script(request, workdir),
+                                request.content_type,
+                                request.body,
+                                args.overload_factor * sustainable,
+                                args.duration,
+                                admitted,
+                            )
+                        )
                         print(json.dumps(asdict(overloads[-1])), flush=True)
                     continue
                 for family in args.families:
                     for concurrency in args.concurrency:
-                        runs = [run_wrk(url, requests[family], concurrency, args.duration, workdir) for _ in range(args.rounds)]
+                        runs = [
+                            run_wrk(url, requests[family], concurrency, args.duration, workdir)
+                            for _ in range(args.rounds)
+                        ]
                         rps, p, errors = median_run(runs)
-                        results.append(Result(target, family, concurrency, rps, p.get("50", 0), p.get("90", 0),
-                                              p.get("99", 0), errors))  # fmt: skip
+                        results.append(
+                            Result(
+                                target, family, concurrency, rps, p.get("50", 0), p.get("90", 0), p.get("99", 0), errors
+                            )
+                        )
                         print(json.dumps(asdict(results[-1])), flush=True)
     settings = {"workers": args.workers, "duration_s": args.duration, "rounds": args.rounds, "cores": os.cpu_count()}
     write_reports(results, overloads, args.out, settings, ratio_concurrency=sustainable)

@@ -5,6 +5,7 @@ The platform serves it with MODELROAD_MAX_IN_FLIGHT set to the sustainable concu
 passes: only 200 and 429/503 answers, every refusal with Retry-After, refusals within `REFUSAL_MS`,
 and admitted requests still answered.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,7 +23,11 @@ REFUSED = (429, 503)
 
 # Counts answers by status in every wrk thread and prints them when the run ends (wrk's own summary
 # only says how many were not 2xx/3xx).
-COUNT_STATUSES = "local refused = {" + ", ".join(f"[{status}] = true" for status in REFUSED) + "}" + """
+COUNT_STATUSES = (
+    "local refused = {"
+    + ", ".join(f"[{status}] = true" for status in REFUSED)
+    + "}"
+    + """
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init(args) statuses = {}; without_retry_after = 0 end
@@ -39,6 +44,7 @@ function done(summary, latency, requests)
   end
 end
 """
+)
 
 
 @dataclass
@@ -99,8 +105,16 @@ def p99(values: list[float]) -> float:
     return round(float(np.percentile(values, 99)), 2) if values else 0.0
 
 
-def run_overload(url: str, family: str, script: Path, content_type: str, body: bytes, concurrency: int,
-                 duration: int, max_in_flight: int) -> Overload:  # fmt: skip
+def run_overload(
+    url: str,
+    family: str,
+    script: Path,
+    content_type: str,
+    body: bytes,
+    concurrency: int,
+    duration: int,
+    max_in_flight: int,
+) -> Overload:
     """wrk at `concurrency` for `duration` s; the probe runs from the 2nd second to 1 s before the end."""
     script.write_text(script.read_text() + COUNT_STATUSES)
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "10s", "-s", str(script), url]
@@ -118,9 +132,17 @@ def run_overload(url: str, family: str, script: Path, content_type: str, body: b
     probe_other = [status for status, _ in timings if status != 200 and status not in REFUSED]
     for status in probe_other:  # the probe's odd answers count with wrk's
         statuses[status] = statuses.get(status, 0) + 1
-    return Overload(family, concurrency, max_in_flight,
-                    ok_rps=round(statuses.get(200, 0) / duration, 1),
-                    refused_rps=round(sum(statuses.get(s, 0) for s in REFUSED) / duration, 1),
-                    statuses=statuses, socket_errors=socket_errors, refused_without_retry_after=missing,
-                    probe_ok=len(admitted), probe_ok_p99_ms=p99(admitted),
-                    probe_refused=len(refused), probe_refused_p99_ms=p99(refused))  # fmt: skip
+    return Overload(
+        family,
+        concurrency,
+        max_in_flight,
+        ok_rps=round(statuses.get(200, 0) / duration, 1),
+        refused_rps=round(sum(statuses.get(s, 0) for s in REFUSED) / duration, 1),
+        statuses=statuses,
+        socket_errors=socket_errors,
+        refused_without_retry_after=missing,
+        probe_ok=len(admitted),
+        probe_ok_p99_ms=p99(admitted),
+        probe_refused=len(refused),
+        probe_refused_p99_ms=p99(refused),
+    )

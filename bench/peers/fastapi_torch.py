@@ -1,10 +1,11 @@
 """Peer: the same models in PyTorch eager behind plain FastAPI, one forward pass per request (no batching).
 
-    MODELROAD_PEER_SPEC=spec.json PYTHONPATH=. .venv-peers/bin/uvicorn loadtests.peers.fastapi_torch:app --workers 2
+    MODELROAD_PEER_SPEC=spec.json PYTHONPATH=. .venv-peers/bin/uvicorn bench.peers.fastapi_torch:app --workers 2
 
 The common way a model gets served: sync handlers in FastAPI's thread pool, pydantic request models,
 `torch.inference_mode()`, one intra-op thread per worker process so workers do not fight over cores.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,8 +14,8 @@ import numpy as np
 import torch
 from fastapi import FastAPI, UploadFile
 
-from loadtests.peers.eager import eager_model
-from loadtests.peers.families import ForecastRequest, Inputs, TextRequest, load_families
+from bench.peers.eager import eager_model
+from bench.peers.families import ForecastRequest, Inputs, TextRequest, load_families
 
 torch.set_num_threads(1)
 

@@ -1,0 +1,101 @@
+"""`python -m training import`: a user's own ONNX file checked and registered, or refused with the reason."""
+
+import os
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import convert_model_to_external_data
+
+from training.__main__ import main
+from training.import_model import ImportRefused, import_model
+
+
+def scale_graph(factor: float, batch: int | str = "batch", opset: int = 17) -> onnx.ModelProto:
+    """y = x * factor over (batch, 3) float32: the tiniest model worth serving."""
+    weight = numpy_helper.from_array(np.full((3,), factor, np.float32), "factor")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "factor"], ["y"])],
+        "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
+        [weight],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def write(model: onnx.ModelProto, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_imported_model_is_registered_with_its_tensors_labels_and_checksums(session_dir, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+    tag = import_model(write(scale_graph(2.0), tmp_path / "scale.onnx"), "scale-import", labels)
+    stored = bentoml.models.get(tag)
+    meta = stored.info.metadata
+    assert meta["task"] == "imported" and meta["labels"] == ["a", "b", "c"] and "family" not in meta
+    assert meta["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 3]}]
+    assert meta["outputs"] == [{"name": "y", "dtype": "float32", "shape": ["batch", 3]}]
+    assert set(meta["sha256"]) == {"model.onnx"}
+
+
+def test_external_data_inside_the_models_folder_is_stored_beside_it(tmp_path):
+    model = scale_graph(3.0)
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="scale.bin", size_threshold=0)
+    tag = import_model(write(model, tmp_path / "m" / "scale.onnx"), "scale-external")
+    stored = bentoml.models.get(tag)
+    assert set(stored.info.metadata["sha256"]) == {"model.onnx", "scale.bin"}
+    assert Path(stored.path_of("scale.bin")).is_file()
+
+
+def external(location: str, tmp_path: Path) -> Path:
+    """A model whose one tensor claims its data lies at `location`."""
+    model = scale_graph(2.0)
+    tensor = model.graph.initializer[0]
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    return write(model, tmp_path / "m" / "model.onnx")
+
+
+@pytest.mark.parametrize(
+    "location,error",
+    [
+        ("/etc/passwd", "must be a plain relative path"),
+        ("../secret.bin", "must be a plain relative path"),
+        ("link.bin", "leads outside the model's folder"),
+        ("missing.bin", "is missing"),
+    ],
+)
+def test_external_data_outside_the_models_folder_is_refused(tmp_path, location, error):
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 12)
+    path = external(location, tmp_path)
+    os.symlink(tmp_path / "secret.bin", path.parent / "link.bin")
+    with pytest.raises(ImportRefused, match=error):
+        import_model(path, "refused")
+
+
+def test_a_graph_the_checker_refuses_an_unknown_opset_and_a_bad_name_are_refused(tmp_path):
+    broken = scale_graph(2.0)
+    broken.graph.node[0].input[1] = "nowhere"
+    with pytest.raises(ImportRefused, match=r"onnx\.checker refused"):
+        import_model(write(broken, tmp_path / "broken.onnx"), "broken")
+    with pytest.raises(ImportRefused, match="opset 99 is outside"):
+        import_model(write(scale_graph(2.0, opset=99), tmp_path / "future.onnx"), "future")
+    with pytest.raises(ImportRefused, match="lower-case letters"):
+        import_model(write(scale_graph(2.0), tmp_path / "ok.onnx"), "Bad Name")
+
+
+def test_the_command_line_imports_or_says_why_not(tmp_path, caplog):
+    good = write(scale_graph(2.0, batch=1), tmp_path / "fixed.onnx")
+    assert main(["import", str(good), "--name", "scale-fixed"]) == 0
+    assert main(["import", str(tmp_path / "absent.onnx"), "--name", "absent"]) == 2
+    assert "not a regular file" in caplog.text
