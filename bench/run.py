@@ -44,8 +44,8 @@ from bench.peers.families import FAMILIES, SPEC_ENV, Inputs, ModelFiles, model_f
 from harness.servers import free_port, served
 from services.settings import ServeSettings
 
-PAYLOADS = Path(__file__).with_name("payloads")
 ROOT = Path(__file__).resolve().parents[1]
+PAYLOADS = ROOT / "loadtests" / "payloads"  # the load tests' real requests
 BIN = Path(sys.executable).parent
 
 

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 
 from contracts.preprocessing import TextEncoding
 
-TEXTS = Path(__file__).with_name("payloads") / "texts.json"
+TEXTS = Path(__file__).resolve().parents[1] / "loadtests" / "payloads" / "texts.json"
 
 
 def session(stored: bentoml.Model, threads: int) -> ort.InferenceSession:
