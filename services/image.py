@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 from contracts.card import ModelCard
 from contracts.families import ImageClassification, ImageContract
 from services.errors import BadRequest
-from services.family import PROBABILITIES, PredictionCounter, pipeline_name, probabilities_of, serving
+from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, serving
 from services.http import ERROR_RESPONSES, json_response
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec
@@ -24,16 +24,16 @@ UPLOAD_FIELD = "image"
 class ImageFamily:
     def __init__(self, stored: bentoml.Model):
         card = ModelCard.from_metadata(stored.info.metadata)
-        self.runner = OnnxRunner(stored, SETTINGS, derive=probabilities_of(card.output))
-        self.runners = [self.runner]
         self.contract = ImageContract.from_card(card)
+        self.runner = OnnxRunner(stored, SETTINGS, derive=answers_of(card.output, self.contract.answers))
+        self.runners = [self.runner]
         self.predictions = PredictionCounter(self.runner.name, card.labels)
 
     def pipelines(self) -> list[InferenceModel]:
         return [ImagePipeline(self)]
 
     async def classify(self, feeds: dict[str, np.ndarray]) -> list[ImageClassification]:
-        answers = self.contract.answers((await self.runner.submit(feeds))[PROBABILITIES])
+        answers: list[ImageClassification] = list((await self.runner.submit(feeds))[ANSWERS])
         self.predictions.count(a.label for a in answers)
         return answers
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from contracts.card import ModelCard
 from contracts.families import TextClassification, TextContract
 from services.errors import BadRequest
-from services.family import PROBABILITIES, PredictionCounter, pipeline_name, probabilities_of, serving
+from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, serving
 from services.http import ERROR_RESPONSES, json_response
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec, padded_calls
@@ -27,7 +27,7 @@ class TextFamily:
         self.tokenizer = self.contract.tokenizer()
         # Requests of other lengths share a batch, padded to its longest text: the attention mask ignores padding.
         pad = padded_calls({"input_ids": self.contract.encoding.pad_id, "attention_mask": 0})
-        self.runner = OnnxRunner(stored, SETTINGS, pad, derive=probabilities_of(card.output))
+        self.runner = OnnxRunner(stored, SETTINGS, pad, derive=answers_of(card.output, self.contract.answers))
         self.runners = [self.runner]
         self.predictions = PredictionCounter(self.runner.name, card.labels)
 
@@ -36,7 +36,7 @@ class TextFamily:
 
     async def classify(self, texts: list[str]) -> list[TextClassification]:
         feeds = self.contract.feeds(self.contract.encoding.token_ids(self.tokenizer, texts))
-        answers = self.contract.answers((await self.runner.submit(feeds))[PROBABILITIES])
+        answers: list[TextClassification] = list((await self.runner.submit(feeds))[ANSWERS])
         self.predictions.count(a.label for a in answers)
         return answers
 
