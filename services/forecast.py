@@ -62,21 +62,14 @@ class ForecastPipeline(InferenceModel):
         runner, contract = forecaster.runner, forecaster.contract
         super().__init__(
             pipeline_name(runner.name),
-            runner.version,
+            runner,
             [TensorSpec("history", "FP32", (-1, -1))],
             [TensorSpec("forecast", "FP32", (-1, contract.horizon))],
         )
         self.forecaster = forecaster
 
-    @property
-    def ready(self) -> bool:
-        return self.forecaster.runner.warmed
-
     async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         history = tensors["history"]
-        problem = self.inputs[0].problem(history)
-        if problem:
-            raise BadRequest(problem)
         contract = self.forecaster.contract
         if not 1 <= len(history) <= SETTINGS.max_batch_size:
             raise BadRequest(f"history must hold from 1 to {SETTINGS.max_batch_size} series; got {len(history)}")

@@ -66,7 +66,7 @@ class ImagePipeline(InferenceModel):
         runner, prep = family.runner, family.contract.prep
         super().__init__(
             pipeline_name(runner.name),
-            runner.version,
+            runner,
             [TensorSpec("image", "BYTES", (-1,)), TensorSpec("pixels", "FP32", (-1, prep.height, prep.width))],
             [
                 TensorSpec("label", "BYTES", (-1,)),
@@ -77,17 +77,10 @@ class ImagePipeline(InferenceModel):
         )
         self.family = family
 
-    @property
-    def ready(self) -> bool:
-        return self.family.runner.warmed
-
     async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(tensors) != 1:
             raise BadRequest(f"{self.name} takes one input: `image` (encoded files) or `pixels`; got {sorted(tensors)}")
         ((name, array),) = tensors.items()
-        problem = next(spec for spec in self.inputs if spec.name == name).problem(array)
-        if problem:
-            raise BadRequest(problem)
         if not 1 <= len(array) <= SETTINGS.max_batch_size:
             raise BadRequest(f"{name} must hold from 1 to {SETTINGS.max_batch_size} images; got {len(array)}")
         feeds = self.family.feeds_from_files(list(array)) if name == "image" else self.family.feeds_from_pixels(array)

@@ -54,18 +54,28 @@ class InferenceModel:
     def __init__(
         self,
         name: str,
-        version: str,
+        runner: OnnxRunner,
         inputs: Sequence[TensorSpec],
         outputs: Sequence[TensorSpec],
         required: Sequence[str] | None = None,
     ):
-        self.name, self.version = name, version
+        self.name, self.version, self.runner = name, runner.version, runner
         self.inputs, self.outputs = tuple(inputs), tuple(outputs)
         self.required = frozenset(spec.name for spec in inputs) if required is None else frozenset(required)
 
     @property
     def ready(self) -> bool:
-        raise NotImplementedError
+        return self.runner.warmed
+
+    def problem(self, tensors: dict[str, np.ndarray]) -> str | None:
+        """What keeps these tensors from being this model's inputs (names, datatypes, shapes), or None."""
+        specs = {spec.name: spec for spec in self.inputs}
+        unknown, missing = set(tensors) - set(specs), self.required - set(tensors)
+        if unknown:
+            return f"{self.name} has no input {sorted(unknown)}; its inputs are {list(specs)}"
+        if missing:
+            return f"{self.name} needs the inputs {sorted(self.required)}; missing {sorted(missing)}"
+        return next((p for name, array in tensors.items() if (p := specs[name].problem(array))), None)
 
     def metadata(self, versions: Sequence[str]) -> dict[str, Any]:
         def tensors(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
@@ -87,12 +97,7 @@ class OnnxModel(InferenceModel):
     """A stored ONNX graph's own tensors, through its runner's micro-batcher (the family routes' batcher)."""
 
     def __init__(self, runner: OnnxRunner):
-        super().__init__(runner.name, runner.version, runner.inputs, runner.outputs)
-        self.runner = runner
-
-    @property
-    def ready(self) -> bool:
-        return self.runner.warmed
+        super().__init__(runner.name, runner, runner.inputs, runner.outputs)
 
     async def infer(self, tensors: Feeds) -> Feeds:
         problem = feeds_problem(self.inputs, tensors)
@@ -348,13 +353,7 @@ def readiness(model: InferenceModel) -> dict[str, Any]:
 
 async def infer(request: Request, model: InferenceModel) -> Response:
     parsed, tensors = decode_request(await request.body(), request.headers.get(HEADER_LENGTH))
-    unknown = set(tensors) - {spec.name for spec in model.inputs}
-    if unknown:
-        raise BadRequest(
-            f"{model.name} has no input {sorted(unknown)}; its inputs are {[s.name for s in model.inputs]}"
-        )
-    if model.required - set(tensors):
-        raise BadRequest(
-            f"{model.name} needs the inputs {sorted(model.required)}; missing {sorted(model.required - set(tensors))}"
-        )
+    problem = model.problem(tensors)
+    if problem:
+        raise BadRequest(problem)
     return encode_response(model, parsed, await model.infer(tensors))

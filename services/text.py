@@ -54,7 +54,7 @@ class TextPipeline(InferenceModel):
         runner = family.runner
         super().__init__(
             pipeline_name(runner.name),
-            runner.version,
+            runner,
             [TensorSpec("text", "BYTES", (-1,))],
             [
                 TensorSpec("label", "BYTES", (-1,)),
@@ -63,15 +63,8 @@ class TextPipeline(InferenceModel):
         )
         self.family = family
 
-    @property
-    def ready(self) -> bool:
-        return self.family.runner.warmed
-
     async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         array = tensors["text"]
-        problem = self.inputs[0].problem(array)
-        if problem:
-            raise BadRequest(problem)
         if not 1 <= len(array) <= SETTINGS.max_batch_size:
             raise BadRequest(f"text must hold from 1 to {SETTINGS.max_batch_size} texts; got {len(array)}")
         texts = []
