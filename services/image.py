@@ -95,9 +95,8 @@ class ImagePipeline(InferenceModel):
 
 def image_routes(height: int, width: int) -> APIRouter:
     router = APIRouter(tags=["image"])
-    Row = Annotated[
-        list[Annotated[float, Field(ge=0, le=255, allow_inf_nan=False)]], Field(min_length=width, max_length=width)
-    ]
+    Grey = Annotated[float, Field(strict=True, ge=0, le=255, allow_inf_nan=False)]  # strict: true/false are not grey
+    Row = Annotated[list[Grey], Field(min_length=width, max_length=width)]
     Image = Annotated[list[Row], Field(min_length=height, max_length=height)]
 
     class Pixels(BaseModel):

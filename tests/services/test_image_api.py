@@ -77,3 +77,9 @@ def test_the_service_stays_healthy_after_bad_input(client):
     assert client.get("/readyz").status_code == 200
     files, _ = fashion_test_images(1)
     assert client.post("/classify_image", files={"image": ("a.png", files[0], "image/png")}).status_code == 200
+
+
+def test_booleans_are_not_pixel_values(client):
+    # JSON Schema's numbers exclude true/false; pydantic's lax floats would take them as 1.0 and 0.0
+    response = client.post("/classify_pixels", json={"pixels": [[[True] * 28] * 28]})
+    assert response.status_code == 400 and "valid number" in response.json()["error"]
