@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import bentoml
 import numpy as np
@@ -14,6 +14,9 @@ from contracts.families import softmax
 from services.metrics import PREDICTIONS
 from services.runner import OnnxRunner, Outputs
 
+if TYPE_CHECKING:  # services.oip finds the serving instance through this module
+    from services.oip import InferenceModel
+
 F = TypeVar("F", bound="Family")
 ANSWERS = "answers"  # what a classifier's runner derives from its logits: one answer per row (an object array)
 
@@ -23,17 +26,18 @@ class Family(Protocol):
 
     runners: list[OnnxRunner]
 
-    def pipelines(self) -> list:  # list[services.oip.InferenceModel]: what users with raw inputs call
+    def pipelines(self) -> list[InferenceModel]:
+        """The family's pipelines for the inference protocol: what users with raw inputs call."""
         ...
 
 
 class FamilyKind(Protocol):
-    """A family's class: what the platform needs before any worker exists (cards -> routes)."""
+    """A family's class: its routes exist before any worker (built from the cards); instances per worker."""
 
-    def __call__(self, stored: dict[str, bentoml.Model]) -> Family: ...
+    def __call__(self, *stored: bentoml.Model) -> Family: ...
 
     @staticmethod
-    def routes(cards: dict[str, ModelCard]) -> APIRouter: ...
+    def routes(cards: list[ModelCard]) -> APIRouter: ...
 
 
 current_service = bentoml.get_current_service  # looked up once: bentoml resolves its attributes lazily per access
