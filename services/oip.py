@@ -23,6 +23,8 @@ from services.family import current_service
 from services.runner import NUMPY_TYPES, OnnxRunner, TensorSpec, feeds_problem
 
 HEADER_LENGTH = "inference-header-content-length"
+# NumPy kinds of JSON data each tensor kind takes: no int from a float (4.5 would become 4), bools from bools only.
+JSON_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 SERVER = {"name": "modelroad", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
 
@@ -184,7 +186,10 @@ def _tensor(spec: RequestInput, binary: bytes | None) -> np.ndarray:
             if not all(isinstance(v, bytes) for v in array):
                 raise ValueError("BYTES data must be strings")
         else:
-            array = np.asarray(spec.data, dtype=dtype)
+            given = np.asarray(spec.data)
+            if given.size and given.dtype.kind not in JSON_KINDS[np.dtype(dtype).kind]:
+                raise ValueError(f"JSON {given.dtype.name} values cannot be {spec.datatype} without loss")
+            array = given.astype(dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise BadRequest(f"input {spec.name}: data is not {spec.datatype} values in a regular array ({exc})") from None
     if array.size != count:

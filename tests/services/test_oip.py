@@ -129,6 +129,17 @@ PIXELS = {"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data":
             "holds 784 elements; the data has 783",
         ),
         ("/v2/models/fashion-cnn/infer", {"inputs": [{**PIXELS, "data": ["a"] * 784}]}, 400, "not FP32 values"),
+        (
+            "/v2/models/wordnet-transformer/infer",
+            {
+                "inputs": [
+                    {"name": n, "shape": [1, 2], "datatype": "INT64", "data": [1.5, 2]}
+                    for n in ("input_ids", "attention_mask")
+                ]
+            },
+            400,
+            "cannot be INT64 without loss",
+        ),
         ("/v2/models/fashion-cnn/infer", {"inputs": [{**PIXELS, "name": "image"}]}, 400, "has no input ['image']"),
         (
             "/v2/models/fashion-cnn/infer",
