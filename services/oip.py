@@ -132,10 +132,6 @@ class ModelRepository:
         return versions[version]
 
 
-def _element_count(shape: Sequence[int]) -> int:
-    return math.prod(shape)
-
-
 def _deserialize_bytes(buffer: bytes, count: int, name: str) -> np.ndarray:
     """Triton's BYTES wire form: each element a 4-byte little-endian length, then its bytes."""
     items, offset = [], 0
@@ -167,7 +163,7 @@ def _tensor(spec: RequestInput, binary: bytes | None) -> np.ndarray:
         raise BadRequest(f"input {spec.name}: unknown datatype {spec.datatype!r}; use one of {sorted(NUMPY_TYPES)}")
     if any(d < 0 for d in spec.shape):
         raise BadRequest(f"input {spec.name}: shape {spec.shape} has a negative dimension")
-    count, dtype = _element_count(spec.shape), NUMPY_TYPES[spec.datatype]
+    count, dtype = math.prod(spec.shape), NUMPY_TYPES[spec.datatype]
     if binary is not None:
         if spec.datatype == "BYTES":
             return _deserialize_bytes(binary, count, spec.name).reshape(spec.shape)

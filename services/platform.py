@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from typing import TypeVar
 
 import bentoml
@@ -10,13 +9,13 @@ import bentoml
 from contracts.card import ModelCard
 from services import oip
 from services.app import build_app
-from services.bentoml_timeout import replace_bentoml_timeout
 from services.family import FamilyKind, pipeline_name
 from services.forecast import ForecastFamily
 from services.image import ImageFamily
 from services.oip import InferenceModel, ModelRepository, OnnxModel
 from services.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS, service_config
+from services.startup import quiet_garbage_collector
 from services.text import TextFamily
 
 F = TypeVar("F")
@@ -47,8 +46,6 @@ APP = build_app(
     ],
 )
 
-replace_bentoml_timeout()  # see its module: BentoML's leaks a timer per request
-
 
 class Platform:
     """All model families in one process: one port, one /metrics, no inter-service hop; more models by OIP alone."""
@@ -68,14 +65,8 @@ class Platform:
         return self.families[kind]
 
     @bentoml.on_startup
-    def freeze_startup_heap(self) -> None:
-        """Keep the garbage collector off what start-up loaded (modules, sessions, schemas: ~120k objects).
-
-        Otherwise every full collection walks all of it: 80-115 ms pauses, about one per second per
-        worker at 32 connections (measured with gc.callbacks), the p99 tail of the service.
-        """
-        gc.collect()
-        gc.freeze()
+    def quiet_garbage_collector(self) -> None:
+        quiet_garbage_collector()
 
     def __is_ready__(self) -> bool:
         return all(runner.warmed for runner in self.runners)

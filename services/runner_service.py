@@ -18,11 +18,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.app import build_app
-from services.bentoml_timeout import replace_bentoml_timeout
 from services.errors import BadRequest, NotFound
 from services.remote import DEVICE_HEADER, NPY, decode_feeds, encode_array
 from services.runner import OnnxRunner, feeds_problem, verified_model
 from services.settings import SETTINGS, service_config
+from services.startup import quiet_garbage_collector
 
 # One worker owns the device; it runs the models itself, whatever MODELROAD_RUNNER_URL says.
 RUNNER_SETTINGS = dataclasses.replace(SETTINGS, workers=1, runner_url="")
@@ -48,9 +48,6 @@ async def run_model(request: Request, tag: str) -> Response:
     )
 
 
-replace_bentoml_timeout()  # see its module: BentoML's leaks a timer per request
-
-
 @bentoml.service(**service_config("modelroad-runner", workers=1))
 @bentoml.asgi_app(
     build_app("modelroad-runner", "The platform's models, run in batches for its API workers.", [router]), path="/"
@@ -69,6 +66,10 @@ class ModelRunner:
             runner = OnnxRunner(bentoml.models.get(tag), RUNNER_SETTINGS)
             runner.warm_up()
             self.by_tag[runner.tag] = runner
+
+    @bentoml.on_startup
+    def quiet_garbage_collector(self) -> None:
+        quiet_garbage_collector()
 
     def __is_ready__(self) -> bool:
         return all(runner.warmed for runner in self.by_tag.values())

@@ -232,16 +232,11 @@ def test_an_answer_not_begun_within_the_timeout_gets_504_and_its_work_is_cancell
     assert timed.in_flight == 0
 
 
-def test_requests_leave_no_timer_behind(client):
-    # BentoML's own timeout middleware kept a live timer per request for the whole timeout (30 s), which the
-    # platform replaces; such timers are what made full garbage collections slow.
-    def live_timers() -> int:
-        return sum(1 for o in gc.get_objects() if isinstance(o, asyncio.TimerHandle) and not o.cancelled())
-
-    before = live_timers()
-    for _ in range(50):
-        assert client.post("/classify_text", json={"text": "a sweet baked food"}).status_code == 200
-    assert live_timers() - before < 10
+def test_full_garbage_collections_are_made_rare_at_start(client):
+    # BentoML's timeout middleware keeps a live timer per request for its whole timeout; with CPython's
+    # default thresholds the full collections that walk them tripled the p99 (services/startup.py; the
+    # side-by-side figures are in the README). The startup hook ran when the in-process app started.
+    assert gc.get_threshold()[2] >= 1000
 
 
 def test_the_startup_heap_is_frozen_out_of_garbage_collection(client):
