@@ -60,6 +60,15 @@ class MicroBatcher(Generic[P, R]):
         self._wakeup.set()
         return await pending.future
 
+    def close(self) -> None:
+        """Stop the worker task and the thread; calls still queued (none, once drained) are cancelled."""
+        if self._worker is not None:
+            self._worker.cancel()
+        for pending in self._queue:
+            pending.future.cancel()
+        self._queue.clear()
+        self._executor.shutdown(wait=False)
+
     def _take_batch(self) -> list[_Pending[P, R]]:
         """The next batch; requests whose client timed out or left while queued are dropped, not computed.
 

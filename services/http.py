@@ -87,7 +87,8 @@ def error_response(request: Request, status: int, message: str, detail: list | N
     return JSONResponse(body, status_code=status, headers={"Retry-After": RETRY_AFTER} if status == 503 else None)
 
 
-def _validation_message(errors: Sequence[dict[str, Any]]) -> str:
+def validation_message(errors: Sequence[dict[str, Any]]) -> str:
+    """Pydantic's errors in one line (the first five), each where it is and what is wrong."""
     if errors and errors[0].get("type") == "json_invalid":
         return f"Invalid JSON body: {errors[0].get('ctx', {}).get('error', 'cannot be parsed')}"
     reasons = []
@@ -101,14 +102,16 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every way a request can fail, answered in the one shape."""
 
     async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
-        return error_response(request, exc.status, str(exc))
+        response = error_response(request, exc.status, str(exc))
+        response.headers.update(exc.headers or {})
+        return response
 
     async def invalid_input(request: Request, exc: InvalidInput) -> JSONResponse:
         return error_response(request, 413 if isinstance(exc, ImageTooLarge) else 400, str(exc))
 
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
-        return error_response(request, 400, _validation_message(errors), errors)
+        return error_response(request, 400, validation_message(errors), errors)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         response = error_response(request, exc.status_code, str(exc.detail))

@@ -6,11 +6,15 @@ default), and the data plane (`InferenceModel`: a raw ONNX model or a family's p
 nothing of HTTP. The routes only translate.
 """
 
+import asyncio
 import json
 import math
 import struct
-from collections.abc import Sequence
-from typing import Annotated, Any
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Path, Request
@@ -18,14 +22,19 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from contracts.families import Feeds
-from services.errors import BadRequest, NotFound, Unavailable
+from services.errors import BadRequest, Unavailable
 from services.family import current_service
+from services.http import validation_message
 from services.runner import NUMPY_TYPES, OnnxRunner, TensorSpec, feeds_problem
+
+if TYPE_CHECKING:
+    from services.repository import ModelRepository
 
 HEADER_LENGTH = "inference-header-content-length"
 # NumPy kinds of JSON data each tensor kind takes: no int from a float (4.5 would become 4), bools from bools only.
 JSON_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
-SERVER = {"name": "modelroad", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+SERVER = {"name": "modelroad", "version": "0.1.0"}
+EXTENSIONS = ["binary_tensor_data"]
 
 
 class RequestInput(BaseModel):
@@ -64,10 +73,32 @@ class InferenceModel:
         self.name, self.version, self.runner = name, runner.version, runner
         self.inputs, self.outputs = tuple(inputs), tuple(outputs)
         self.required = frozenset(spec.name for spec in inputs) if required is None else frozenset(required)
+        self.tag: str | None = None  # the store tag, for a stored graph served as it is (not for a pipeline)
+        self.in_flight = 0
 
     @property
     def ready(self) -> bool:
         return self.runner.warmed
+
+    @property
+    def created(self) -> datetime:
+        return self.runner.created
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Counts a request in flight, so that unloading the model can wait for it."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Whether the requests in flight finished within `timeout_s` (new ones must no longer find the model)."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return not self.in_flight
 
     def problem(self, tensors: dict[str, np.ndarray]) -> str | None:
         """What keeps these tensors from being this model's inputs (names, datatypes, shapes), or None."""
@@ -100,6 +131,7 @@ class OnnxModel(InferenceModel):
 
     def __init__(self, runner: OnnxRunner):
         super().__init__(runner.name, runner, runner.inputs, runner.outputs)
+        self.tag = runner.tag
 
     async def infer(self, tensors: Feeds) -> Feeds:
         problem = feeds_problem(self.inputs, tensors)
@@ -107,29 +139,6 @@ class OnnxModel(InferenceModel):
             raise BadRequest(f"{self.name}: {problem}")
         outputs = await self.runner.submit(tensors)
         return {spec.name: outputs[spec.name] for spec in self.outputs}  # the graph's own, not those derived
-
-
-class ModelRepository:
-    """The served models by name and version; the latest version answers a request that names none."""
-
-    def __init__(self, models: Sequence[InferenceModel]):
-        """`models` oldest first: the last of a name is its latest."""
-        self.versions: dict[str, dict[str, InferenceModel]] = {}
-        for model in models:
-            self.versions.setdefault(model.name, {})[model.version] = model
-
-    def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        return self.get(name, version).metadata(list(self.versions[name]))
-
-    def get(self, name: str, version: str | None = None) -> InferenceModel:
-        versions = self.versions.get(name)
-        if not versions:
-            raise NotFound(f"no model named {name!r}; served: {sorted(self.versions)}")
-        if version is None:
-            return list(versions.values())[-1]
-        if version not in versions:
-            raise NotFound(f"{name} has no version {version!r}; served: {sorted(versions)}")
-        return versions[version]
 
 
 def _deserialize_bytes(buffer: bytes, count: int, name: str) -> np.ndarray:
@@ -204,8 +213,7 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferenceReq
     try:
         request = InferenceRequest.model_validate_json(header)
     except ValidationError as exc:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-        raise BadRequest(f"invalid inference request: {reasons}") from None
+        raise BadRequest(validation_message(exc.errors())) from None
     tensors: dict[str, np.ndarray] = {}
     offset = 0
     for spec in request.inputs:
@@ -261,7 +269,7 @@ def encode_response(model: InferenceModel, request: InferenceRequest, outputs: d
     )
 
 
-def repository() -> ModelRepository:
+def repository() -> "ModelRepository":
     return current_service().repository
 
 
@@ -290,15 +298,19 @@ INFER_BODY = {
 }
 
 
-def routes(names: Sequence[str], versions: Sequence[str]) -> APIRouter:
-    """The protocol's routes; `names` and `versions` (what the store serves at start) document the path parameters."""
+def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[str] = ()) -> APIRouter:
+    """The protocol's routes; `names` and `versions` (what the store serves at start) document the path parameters.
+
+    `extensions`: those served beside the binary tensor data extension (e.g. the model repository's routes).
+    """
+    server = {**SERVER, "extensions": [*EXTENSIONS, *extensions]}
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
     Name = Annotated[str, Path(description="a served model's name", examples=list(names))]
     Version = Annotated[str, Path(description="one of its versions", examples=list(versions))]
 
     @router.get("", summary="server metadata")
     async def server_metadata() -> dict[str, Any]:
-        return SERVER
+        return server
 
     @router.get("/health/live", summary="the server is live")
     async def server_live() -> dict[str, Any]:
@@ -353,8 +365,10 @@ def readiness(model: InferenceModel) -> dict[str, Any]:
 
 
 async def infer(request: Request, model: InferenceModel) -> Response:
-    parsed, tensors = decode_request(await request.body(), request.headers.get(HEADER_LENGTH))
-    problem = model.problem(tensors)
-    if problem:
-        raise BadRequest(problem)
-    return encode_response(model, parsed, await model.infer(tensors))
+    # Counted before the first await, in the same step as the repository lookup: an unload cannot slip between.
+    with model.serving():
+        parsed, tensors = decode_request(await request.body(), request.headers.get(HEADER_LENGTH))
+        problem = model.problem(tensors)
+        if problem:
+            raise BadRequest(problem)
+        return encode_response(model, parsed, await model.infer(tensors))

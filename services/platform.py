@@ -7,12 +7,13 @@ from typing import TypeVar
 import bentoml
 
 from contracts.card import ModelCard
-from services import oip
+from services import oip, repository
 from services.app import build_app
 from services.family import FamilyKind, pipeline_name
 from services.forecast import ForecastFamily
 from services.image import ImageFamily
-from services.oip import InferenceModel, ModelRepository, OnnxModel
+from services.oip import InferenceModel, OnnxModel
+from services.repository import ModelRepository, RepositoryAdmin, ServedState
 from services.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS, service_config
 from services.startup import quiet_garbage_collector
@@ -30,6 +31,9 @@ FAMILIES: dict[FamilyKind, tuple[str, ...]] = {
 SERVED = [*(tag for tags in FAMILIES.values() for tag in tags), *SETTINGS.extra_models]
 REFERENCES = {tag: verified_model(tag) for tag in SERVED}
 STORED = {tag: bentoml.models.get(tag) for tag in REFERENCES}  # `latest` resolved once, at start
+PINNED = {str(STORED[tag].tag) for tags in FAMILIES.values() for tag in tags}  # a family route runs them
+# With the repository extension on, what is served may change; the workers share it through this state.
+STATE = ServedState.of_server([str(m.tag) for m in STORED.values()]) if SETTINGS.admin_token else None
 APP = build_app(
     "modelroad",
     "CNN, RNN and Transformer models served with ONNX Runtime: family routes, and the Open Inference Protocol v2 "
@@ -42,9 +46,19 @@ APP = build_app(
         oip.routes(
             names=[n for m in STORED.values() for n in (m.tag.name, pipeline_name(m.tag.name))],
             versions=[m.tag.version for m in STORED.values()],
+            extensions=["model_repository"] if STATE else [],
         ),
+        *([repository.routes(SETTINGS.admin_token)] if STATE else []),
     ],
 )
+
+
+def open_model(tag: str) -> InferenceModel:
+    """A stored model served as its graph (tensors in and out), checked, loaded and warmed up."""
+    verified_model(tag)
+    runner = OnnxRunner(bentoml.models.get(tag), SETTINGS)
+    runner.warm_up()
+    return OnnxModel(runner)
 
 
 class Platform:
@@ -58,18 +72,26 @@ class Platform:
             runner.warm_up()
         models: list[InferenceModel] = [OnnxModel(runner) for runner in self.runners]
         models += [pipeline for family in self.families.values() for pipeline in family.pipelines()]
-        created = {m.tag.version: m.info.creation_time for m in STORED.values()}
-        self.repository = ModelRepository(sorted(models, key=lambda m: created[m.version]))
+        self.repository = ModelRepository(models, pinned=PINNED)
+        self.admin = (
+            RepositoryAdmin(self.repository, STATE, open_model, SETTINGS.workers, SETTINGS.request_timeout_s)
+            if STATE
+            else None
+        )
 
     def family(self, kind: type[F]) -> F:
         return self.families[kind]
 
     @bentoml.on_startup
-    def quiet_garbage_collector(self) -> None:
+    async def start(self) -> None:
         quiet_garbage_collector()
+        if self.admin:
+            self.admin.start_following()  # also catches up a restarted worker on what was loaded before
 
     def __is_ready__(self) -> bool:
-        return all(runner.warmed for runner in self.runners)
+        # What is served now (models unloaded since start are not), and with the extension, all of it caught up.
+        ready = all(model.ready for model in self.repository.models())
+        return ready and (self.admin is None or self.admin.caught_up())
 
 
 # Store references at class scope, so that `bentoml build` packs every served model into the bento.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import bentoml
 import numpy as np
 import onnxruntime as ort
+from prometheus_client import Gauge
 
 from contracts.card import ModelCard
 from contracts.families import Feeds
@@ -193,6 +194,7 @@ class OnnxRunner:
     ):
         self.name = stored.tag.name
         self.tag, self.version = str(stored.tag), stored.tag.version
+        self.created = stored.info.creation_time
         self.card = ModelCard.from_metadata(stored.info.metadata)
         providers, wanted = choose_providers(settings.device, ort.get_available_providers())
         # The API worker reads the graph's signature itself, also when a runner service computes.
@@ -230,7 +232,16 @@ class OnnxRunner:
         # (and a runner service names its device).
         self.infer([zero_feeds(self.inputs)])
         self.warmed = True
-        MODEL_INFO.labels(self.name, self.version, self.session.device, str(self.card.opset or "")).set(1)
+        self._info().set(1)
+
+    def close(self) -> None:
+        """Stop taking calls (an unloaded model's; its requests in flight have finished)."""
+        self.warmed = False
+        self.batcher.close()
+        self._info().set(0)
+
+    def _info(self) -> Gauge:
+        return MODEL_INFO.labels(self.name, self.version, self.session.device, str(self.card.opset or ""))
 
     def run(self, feeds: Feeds) -> Outputs:
         """One inference call (one batch): the model's outputs, and those `derive` adds."""

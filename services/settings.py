@@ -28,6 +28,8 @@ class ServeSettings:
     # More store tags, comma-separated, served beside the families' through the inference protocol (tensors in and
     # out): an imported model (`python -m training import`), or another version of a family's model side by side.
     models: str = ""
+    # Turns on the model repository extension (/v2/repository: index, load, unload), for bearers of this token.
+    admin_token: str = dataclasses.field(default="", repr=False)
     access_log: bool = False  # access logging costs 20-37% of throughput (FACTS.md)
     tracing: bool = (
         False  # OpenTelemetry spans per request; off, BentoML's tracing middleware passes requests straight on

@@ -34,7 +34,10 @@ def infer(client, model: str, array: np.ndarray, input_name: str, datatype: str,
 
 def test_server_and_model_metadata_and_readiness(triton_client, registered):
     assert triton_client.is_server_live() and triton_client.is_server_ready()
-    assert "binary_tensor_data" in triton_client.get_server_metadata()["extensions"]
+    assert triton_client.get_server_metadata()["extensions"] == ["binary_tensor_data"]  # no admin token: no repository
+    with pytest.raises(InferenceServerException) as off:
+        triton_client.get_model_repository_index()
+    assert off.value.status() == "404"
     for name, card in registered.items():
         if name.endswith("-int8"):
             continue  # registered, not served by default
