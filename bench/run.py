@@ -16,6 +16,10 @@ Targets (served one after another on this machine, BentoML ones with `--workers`
   as many threads as a worker's ONNX Runtime session (the engine ONNX Runtime replaces);
 - `fastapi-torch`, `ray-serve`: the peers (bench/peers), the same models in PyTorch eager behind
   FastAPI, and in Ray Serve with `@serve.batch` and ONNX Runtime; in .venv-peers, built on first use;
+- `kserve`, `mlserver`: the Open Inference Protocol peers, KServe's Python ModelServer and MLServer with a
+  custom runtime, serving the CNN's ONNX file with ONNX Runtime (in .venv-kserve and .venv-mlserver);
+  they answer the `oip-json` and `oip-binary` families (the CNN's raw tensors by the protocol, in JSON and
+  in Triton's binary form; MLServer has no binary form), which the platform answers too;
 - `platform-overload`: the product admitting the sustainable concurrency (the ratio concurrency, 32) and
   no more (MODELROAD_MAX_IN_FLIGHT), under `--overload-factor` (4) times that many connections: answers
   counted by status, refusals and admitted requests timed apart by a probe (bench/overload.py).
@@ -39,7 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.overload import Overload, run_overload
-from bench.peers import VENV, ensure_venv
+from bench.peers import ensure_venv, venv
 from bench.peers.families import FAMILIES, SPEC_ENV, Inputs, ModelFiles, model_files, write_spec
 from harness.servers import free_port, served
 from services.settings import ServeSettings
@@ -54,6 +58,7 @@ class Request:
     route: str
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def family_requests() -> dict[str, Request]:
@@ -119,9 +124,11 @@ def wrk_script(request: Request, workdir: Path) -> Path:
     script = workdir / "request.lua"
     body_file = workdir / "body.bin"
     body_file.write_bytes(request.body)
+    headers = "".join(
+        f'wrk.headers["{k}"] = "{v}"\n' for k, v in (("Content-Type", request.content_type), *request.headers)
+    )
     script.write_text(
-        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{request.content_type}"\n'
-        f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*all")\nf:close()\n'
+        f'wrk.method = "POST"\n{headers}local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*all")\nf:close()\n'
     )
     return script
 
@@ -145,16 +152,36 @@ def run_wrk(url: str, request: Request, concurrency: int, duration: int, workdir
 
 
 PEERS = ("fastapi-torch", "ray-serve")
+OIP_PEERS = ("kserve", "mlserver")
 OVERLOAD = "platform-overload"
 SPLIT = "platform-runner-service"
-TARGETS = ["platform", "platform-unbatched", SPLIT, "bentoml-noop", "starlette", "ort", "torch-eager", *PEERS, OVERLOAD]
+PLATFORMS = ("platform", "platform-unbatched", SPLIT)
+TARGETS = [*PLATFORMS, "bentoml-noop", "starlette", "ort", "torch-eager", *PEERS, *OIP_PEERS, OVERLOAD]
+CLASSIC = ("image", "forecast", "text")  # the family routes
+OIP = ("oip-json", "oip-binary")  # the CNN's raw tensors by the inference protocol
+FAMILY_NAMES = (*CLASSIC, *OIP)
+OIP_MODEL = "fashion-cnn"
 
 
-def prepare_peers(workdir: Path) -> dict[str, str]:
-    """Build the peers' venv if needed and point them at the platform's models; returns their environment."""
-    ensure_venv()
+def serves(target: str) -> tuple[str, ...]:
+    """The request families a target answers."""
+    if target in PLATFORMS:
+        return FAMILY_NAMES
+    return {"kserve": OIP, "mlserver": ("oip-json",)}.get(target, CLASSIC)  # MLServer 1.7: no binary form
+
+
+def prepare_peers(workdir: Path, targets: list[str]) -> dict[str, str]:
+    """Build the peers' venvs that `targets` need and point them at the platform's models; their environment."""
+    if set(PEERS) & set(targets):
+        ensure_venv("peers")
+    for peer in set(OIP_PEERS) & set(targets):
+        ensure_venv(peer)
     write_spec(workdir / "peers.json")
     return {SPEC_ENV: str(workdir / "peers.json"), "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def ready_path(target: str) -> str:
+    return "/v2/health/ready" if target in OIP_PEERS else "/readyz"
 
 
 def target_env(target: str, admitted: int, runner_url: str) -> dict[str, str]:
@@ -188,7 +215,7 @@ def runner_for(target: str, env: dict[str, str], workdir: Path) -> Iterator[str]
 
 def server_command(target: str, port: int, workers: int) -> list[str]:
     host = ["--host", "127.0.0.1", "--port", str(port)]
-    peers = VENV / "bin"
+    peers = venv("peers") / "bin"
     platform = [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host]
     commands = {
         **dict.fromkeys(("platform", "platform-unbatched", SPLIT, OVERLOAD), platform),  # settings differ: target_env
@@ -223,7 +250,39 @@ def server_command(target: str, port: int, workers: int) -> list[str]:
             str(workers),
         ],
     }
+    if target in OIP_PEERS:
+        python, model = (
+            str(venv(target) / "bin" / "python"),
+            ["--model", model_files()["image"].onnx, "--name", OIP_MODEL],
+        )
+        commands["kserve"] = [python, "-m", "bench.peers.kserve_peer", *model, "--http_port", str(port)]
+        commands["mlserver"] = [python, "-m", "bench.peers.mlserver_peer", *model, "--port", str(port)]
+        commands[target] += ["--workers", str(workers)]
     return commands[target]
+
+
+def oip_requests() -> dict[str, Request]:
+    """The CNN's input for the load-test image by the inference protocol: as JSON, and in Triton's binary form."""
+    ((name, pixels),) = family_feeds()["image"][1].items()
+    route = f"/v2/models/{OIP_MODEL}/infer"
+    tensor = {"name": name, "shape": list(pixels.shape), "datatype": "FP32"}
+    header = json.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": pixels.nbytes}}],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return {
+        "oip-json": Request(
+            route, "application/json", json.dumps({"inputs": [{**tensor, "data": pixels.ravel().tolist()}]}).encode()
+        ),
+        "oip-binary": Request(
+            route,
+            "application/octet-stream",
+            header + pixels.astype("float32").tobytes(),
+            (("Inference-Header-Content-Length", str(len(header))),),
+        ),
+    }
 
 
 def family_feeds() -> dict[str, tuple[ModelFiles, Inputs]]:
@@ -390,7 +449,7 @@ def plot(results: list[Result], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=TARGETS)
-    parser.add_argument("--families", nargs="+", default=["image", "forecast", "text"])
+    parser.add_argument("--families", nargs="+", choices=FAMILY_NAMES, default=list(FAMILY_NAMES))
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64])
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="wrk runs per point; the median one is reported")
@@ -402,28 +461,39 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     requests, results, overloads = family_requests(), [], []
+    if set(OIP) & set(args.families):
+        requests.update(oip_requests())
     env = {"MODELROAD_WORKERS": str(args.workers), "BENTOML_DO_NOT_TRACK": "true"}
     sustainable = 32 if 32 in args.concurrency else max(args.concurrency)  # where RPS stops growing here
     admitted = max(1, sustainable // args.workers)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
-        if set(PEERS) & set(args.targets):
-            env.update(prepare_peers(workdir))
+        if {*PEERS, *OIP_PEERS} & set(args.targets):
+            env.update(prepare_peers(workdir, args.targets))
         for target in args.targets:
             if target in IN_PROCESS:
                 calls = IN_PROCESS[target](ServeSettings(workers=args.workers).ort_threads)
-                results += [measure_calls(target, family, calls[family], args.duration) for family in args.families]
+                results += [
+                    measure_calls(target, family, calls[family], args.duration)
+                    for family in args.families
+                    if family in calls
+                ]
                 continue
             port = free_port()
             command = server_command(target, port, args.workers)
             with (
                 runner_for(target, env, workdir) as runner_url,
                 served(
-                    command, port, {**env, **target_env(target, admitted, runner_url)}, workdir / f"{target}.log", ROOT
+                    command,
+                    port,
+                    {**env, **target_env(target, admitted, runner_url)},
+                    workdir / f"{target}.log",
+                    ROOT,
+                    ready_path=ready_path(target),
                 ) as url,
             ):
                 if target == OVERLOAD:
-                    for family in args.families:
+                    for family in (f for f in args.families if f in CLASSIC):
                         request = requests[family]
                         overloads.append(
                             run_overload(
@@ -439,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         print(json.dumps(asdict(overloads[-1])), flush=True)
                     continue
-                for family in args.families:
+                for family in (f for f in args.families if f in serves(target)):
                     for concurrency in args.concurrency:
                         runs = [
                             run_wrk(url, requests[family], concurrency, args.duration, workdir)

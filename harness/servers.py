@@ -23,14 +23,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 90) -> None:
-    """Return once `url`/readyz answers 200; raise with the log's end if the process exits or time runs out."""
+def wait_ready(
+    process: subprocess.Popen, url: str, log_path: Path, timeout: float = 90, ready_path: str = "/readyz"
+) -> None:
+    """Return once `url`+`ready_path` answers 200; raise with the log's end if the process exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -51,7 +53,13 @@ def stop(process: subprocess.Popen) -> None:
 
 @contextmanager
 def served(
-    command: list[str], port: int, env: dict[str, str], log_path: Path, cwd: Path, timeout: float = 120
+    command: list[str],
+    port: int,
+    env: dict[str, str],
+    log_path: Path,
+    cwd: Path,
+    timeout: float = 120,
+    ready_path: str = "/readyz",
 ) -> Iterator[str]:
     """Run `command` (a server on 127.0.0.1:`port`) until the block ends; yields its URL once ready."""
     with open(log_path, "wb") as out:
@@ -60,7 +68,7 @@ def served(
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_ready(process, url, log_path, timeout)
+        wait_ready(process, url, log_path, timeout, ready_path)
         yield url
     finally:
         stop(process)

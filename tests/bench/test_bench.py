@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bench.overload import Overload, parse_counts
-from bench.run import Result, engine_table, main, median_run, parse_wrk, ratio_table
+from bench.run import Result, engine_table, main, median_run, parse_wrk, ratio_table, serves
 
 WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:3000/classify_text
   1 threads and 8 connections
@@ -126,6 +126,8 @@ def test_a_short_benchmark_measures_every_target_and_writes_its_reports(register
         "torch-eager",
         "fastapi-torch",
         "ray-serve",
+        "kserve",
+        "mlserver",
     ]
     assert (
         main(
@@ -135,6 +137,7 @@ def test_a_short_benchmark_measures_every_target_and_writes_its_reports(register
                 "platform-overload",
                 "--families",
                 "text",
+                "oip-json",
                 "--concurrency",
                 "4",
                 "--duration",
@@ -151,8 +154,10 @@ def test_a_short_benchmark_measures_every_target_and_writes_its_reports(register
     )
     report = json.loads((tmp_path / "bench.json").read_text())
     results, (overloaded,) = report["results"], report["overload"]
-    assert [r["target"] for r in results] == targets
-    assert all(r["family"] == "text" and r["rps"] > 0 and r["errors"] == 0 for r in results)
+    served = [(t, f) for t in targets for f in ("text", "oip-json") if f in serves(t)]
+    assert [(r["target"], r["family"]) for r in results] == served
+    assert {"kserve", "mlserver", "platform"} <= {t for t, f in served if f == "oip-json"}
+    assert all(r["rps"] > 0 and r["errors"] == 0 for r in results)
     assert (tmp_path / "bench.png").stat().st_size > 0
     # 4 admitted, 16 connections: every answer a 200 or a 503 with Retry-After, some of each
     assert (overloaded["concurrency"], overloaded["max_in_flight"]) == (16, 4)
@@ -163,3 +168,4 @@ def test_a_short_benchmark_measures_every_target_and_writes_its_reports(register
     assert (
         "| text | platform | 4 |" in markdown and "| text | ray-serve |" in markdown and "| text | 16 | 4 |" in markdown
     )
+    assert "| oip-json | kserve |" in markdown and "| oip-json | mlserver |" in markdown

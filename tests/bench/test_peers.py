@@ -4,7 +4,18 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.run import PEERS, ROOT, prepare_peers, server_command
+from bench.peers.families import model_files
+from bench.run import (
+    OIP_PEERS,
+    PEERS,
+    ROOT,
+    family_feeds,
+    oip_requests,
+    prepare_peers,
+    ready_path,
+    server_command,
+    serves,
+)
 from harness.servers import free_port, served
 from tests.helpers import (
     co2_history,
@@ -20,7 +31,7 @@ from tests.helpers import (
 def test_a_peer_answers_as_the_registered_models_do(peer, registered, tmp_path):
     port = free_port()
     with served(
-        server_command(peer, port, workers=1), port, prepare_peers(tmp_path), tmp_path / "peer.log", ROOT
+        server_command(peer, port, workers=1), port, prepare_peers(tmp_path, [peer]), tmp_path / "peer.log", ROOT
     ) as url:
         files, _ = fashion_test_images(2)
         image_card, text_card = registered["fashion-cnn"], registered["wordnet-transformer"]
@@ -38,3 +49,35 @@ def test_a_peer_answers_as_the_registered_models_do(peer, registered, tmp_path):
         np.testing.assert_allclose(
             body["forecast"], offline_forecast(registered["co2-gru"]["tag"], history, 13), atol=1e-3
         )
+
+
+def logits_of(response: httpx.Response) -> np.ndarray:
+    """The one output of an inference-protocol answer, in JSON or Triton's binary form."""
+    header_length = response.headers.get("inference-header-content-length")
+    if header_length is None:
+        return np.array(response.json()["outputs"][0]["data"], np.float32)
+    return np.frombuffer(response.content[int(header_length) :], np.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", OIP_PEERS)
+def test_an_inference_protocol_peer_answers_the_benchmark_requests_as_the_onnx_file_does(peer, registered, tmp_path):
+    import onnxruntime as ort
+
+    expected = ort.InferenceSession(model_files()["image"].onnx).run(None, family_feeds()["image"][1])[0].ravel()
+    port = free_port()
+    with served(
+        server_command(peer, port, workers=1),
+        port,
+        prepare_peers(tmp_path, [peer]),
+        tmp_path / "peer.log",
+        ROOT,
+        ready_path=ready_path(peer),
+    ) as url:
+        requests = oip_requests()
+        for family in serves(peer):
+            request = requests[family]
+            headers = {"Content-Type": request.content_type, **dict(request.headers)}
+            response = httpx.post(url + request.route, content=request.body, headers=headers, timeout=10)
+            assert response.status_code == 200, response.text
+            np.testing.assert_allclose(logits_of(response), expected, atol=1e-5)
