@@ -97,7 +97,10 @@ def forecast_routes(min_history: int, max_horizon: int, cells: tuple[str, ...]) 
         history: Annotated[
             list[Value],
             Field(
-                min_length=min_history, max_length=SETTINGS.max_history, description="past weekly values, oldest first"
+                min_length=min_history,
+                max_length=SETTINGS.max_history,
+                fail_fast=True,  # one error for a bad list, not one per item (error bodies stay small)
+                description="past weekly values, oldest first",
             ),
         ]
         horizon: Annotated[

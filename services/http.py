@@ -32,6 +32,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 RETRY_AFTER = "1"
+MAX_DETAIL = 5  # validation errors listed in an answer
 UNEXPECTED = "an unexpected error occurred on the server (the server log says which); the request was not served"
 
 
@@ -92,7 +93,7 @@ def validation_message(errors: Sequence[dict[str, Any]]) -> str:
     if errors and errors[0].get("type") == "json_invalid":
         return f"Invalid JSON body: {errors[0].get('ctx', {}).get('error', 'cannot be parsed')}"
     reasons = []
-    for e in errors[:5]:
+    for e in errors[:MAX_DETAIL]:
         loc = [str(p) for p in e.get("loc", ())]
         reasons.append(f"{'.'.join(loc[1:] if loc[:1] == ['body'] else loc) or 'body'}: {e.get('msg', '')}")
     return "invalid request: " + "; ".join(reasons)
@@ -110,7 +111,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(request, 413 if isinstance(exc, ImageTooLarge) else 400, str(exc))
 
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
+        # The first few only: a body of many bad items must not get an answer many times its size.
+        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()[:MAX_DETAIL]]
         return error_response(request, 400, validation_message(errors), errors)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:

@@ -96,8 +96,9 @@ class ImagePipeline(InferenceModel):
 def image_routes(height: int, width: int) -> APIRouter:
     router = APIRouter(tags=["image"])
     Grey = Annotated[float, Field(strict=True, ge=0, le=255, allow_inf_nan=False)]  # strict: true/false are not grey
-    Row = Annotated[list[Grey], Field(min_length=width, max_length=width)]
-    Image = Annotated[list[Row], Field(min_length=height, max_length=height)]
+    # fail_fast: one error for a bad list, not one per item (error bodies stay small)
+    Row = Annotated[list[Grey], Field(min_length=width, max_length=width, fail_fast=True)]
+    Image = Annotated[list[Row], Field(min_length=height, max_length=height, fail_fast=True)]
 
     class Pixels(BaseModel):
         pixels: Annotated[
@@ -105,6 +106,7 @@ def image_routes(height: int, width: int) -> APIRouter:
             Field(
                 min_length=1,
                 max_length=SETTINGS.max_batch_size,
+                fail_fast=True,
                 description=f"images as (N, {height}, {width}) grey values 0-255 at the model's size",
             ),
         ]

@@ -102,7 +102,8 @@ class OneText(BaseModel):
 
 class Texts(BaseModel):
     texts: Annotated[
-        list[Text], Field(min_length=1, max_length=SETTINGS.max_batch_size, description="classified in order")
+        list[Text],
+        Field(min_length=1, max_length=SETTINGS.max_batch_size, fail_fast=True, description="classified in order"),
     ]
 
 

@@ -90,6 +90,29 @@ def test_bad_requests_get_a_4xx_json_error_over_http(server, request_kwargs, sta
     assert error in response.json()["error"]
 
 
+# Bodies under the size limit made of many bad items: each bad item used to add an error to the answer.
+AMPLIFIERS = {
+    "pixels, every grey a string": ("/classify_pixels", {"pixels": [[["x"] * 28] * 28] * 64}),
+    "pixels, a million rows": ("/classify_pixels", {"pixels": [[[1] * 28] * 28] * 63 + [[[1] * 100_000] * 28]}),
+    "history, strings": ("/forecast", {"history": [1.0] * 4000 + ["x"] * 300_000}),
+    "texts, numbers": ("/classify_texts", {"texts": ["a gloss"] * 63 + [[1] * 300_000]}),
+    "tensor data, strings": (
+        "/v2/models/fashion-cnn/infer",
+        {"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": ["x"] * 300_000}]},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", AMPLIFIERS)
+def test_a_body_of_many_bad_items_gets_a_small_answer_and_no_traceback(served, session_dir, case):
+    _, url = served
+    path, body = AMPLIFIERS[case]
+    response = httpx.post(url + path, json=body, timeout=30)
+    assert response.status_code == 400
+    assert len(response.content) < 2048 and len(response.json().get("detail", [])) <= 5
+    assert "Traceback" not in (session_dir / "server.log").read_text()
+
+
 def test_unknown_paths_and_methods_answer_json(server):
     assert httpx.get(f"{server}/nowhere").json() == {"error": "no route /nowhere; see /docs.json"}
     wrong = httpx.get(f"{server}/classify_image")
