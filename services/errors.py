@@ -39,6 +39,12 @@ class Conflict(ServingError):
     status = 409
 
 
+class UnsupportedMediaType(ServingError):
+    """A body in a media type the route does not take."""
+
+    status = 415
+
+
 class Unavailable(ServingError):
     """Temporary: not ready, overloaded, or the runner service unreachable (answered with Retry-After)."""
 

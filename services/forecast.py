@@ -12,7 +12,7 @@ from contracts.card import ModelCard
 from contracts.families import Forecast, ForecastContract
 from services.errors import BadRequest
 from services.family import pipeline_name, serving
-from services.http import ERROR_RESPONSES, json_response
+from services.http import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec
 from services.settings import SETTINGS
@@ -90,7 +90,7 @@ def whole_number(value: object) -> object:
 
 
 def forecast_routes(min_history: int, max_horizon: int, cells: tuple[str, ...]) -> APIRouter:
-    router = APIRouter(tags=["forecast"])
+    router = APIRouter(tags=["forecast"], dependencies=[JSON_ONLY])
     Value = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
 
     class ForecastRequest(BaseModel):

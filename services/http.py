@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
 from contracts.preprocessing import ImageTooLarge, InvalidInput
-from services.errors import ServingError
+from services.errors import ServingError, UnsupportedMediaType
 from services.metrics import ERRORS
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,30 @@ def _error(description: str) -> dict[str, Any]:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("the request is not valid; `error` says what to change"),
     413: _error("the body or the image is over the limit"),
+    415: _error("the body's Content-Type is not one the route takes"),
     503: _error("busy or not ready; retry after Retry-After seconds"),
     504: _error("not answered within the request timeout"),
 }
+
+
+def media_types(*accepted: str | None) -> Any:
+    """A route dependency: bodies of other media types get 415 (None accepts a body sent without Content-Type).
+
+    JSON routes taking only application/json keep cross-site pages from posting to them without a CORS
+    preflight (text/plain, form and multipart bodies need none).
+    """
+
+    async def check(request: Request) -> None:
+        declared = request.headers.get("content-type")
+        media = declared.split(";")[0].strip().lower() if declared else None
+        if media not in accepted:
+            wanted = " or ".join(a or "no Content-Type" for a in accepted)
+            raise UnsupportedMediaType(f"this route takes {wanted}; got {declared or 'no Content-Type'}")
+
+    return Depends(check)
+
+
+JSON_ONLY = media_types("application/json")
 
 
 def json_response(answer: BaseModel | Sequence[BaseModel]) -> Response:

@@ -13,7 +13,7 @@ from contracts.card import ModelCard
 from contracts.families import ImageClassification, ImageContract
 from services.errors import BadRequest
 from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, serving
-from services.http import ERROR_RESPONSES, json_response
+from services.http import ERROR_RESPONSES, JSON_ONLY, json_response, media_types
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec
 from services.settings import SETTINGS
@@ -130,7 +130,11 @@ def image_routes(height: int, width: int) -> APIRouter:
     }
 
     @router.post(
-        "/classify_image", response_model=ImageClassification, responses=ERROR_RESPONSES, openapi_extra=upload_body
+        "/classify_image",
+        response_model=ImageClassification,
+        responses=ERROR_RESPONSES,
+        openapi_extra=upload_body,
+        dependencies=[media_types("multipart/form-data")],
     )
     async def classify_image(request: Request) -> Response:
         """Classify one uploaded PNG/JPEG (multipart field `image`) of any size or colour."""
@@ -138,7 +142,12 @@ def image_routes(height: int, width: int) -> APIRouter:
         (answer,) = await family.classify(family.feeds_from_files([await uploaded_file(request, UPLOAD_FIELD)]))
         return json_response(answer)
 
-    @router.post("/classify_pixels", response_model=list[ImageClassification], responses=ERROR_RESPONSES)
+    @router.post(
+        "/classify_pixels",
+        response_model=list[ImageClassification],
+        responses=ERROR_RESPONSES,
+        dependencies=[JSON_ONLY],
+    )
     async def classify_pixels(body: Pixels) -> Response:
         """Classify a JSON batch of grey-value images already at the model's size."""
         family = serving(ImageFamily)
@@ -150,8 +159,6 @@ def image_routes(height: int, width: int) -> APIRouter:
 
 async def uploaded_file(request: Request, field: str) -> bytes:
     """The one file of a multipart/form-data body, under `field`."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise BadRequest(f"send the file as multipart/form-data, field `{field}`")
     async with request.form() as form:
         items = form.multi_items()
         if [name for name, _ in items] != [field] or not isinstance(items[0][1], UploadFile):

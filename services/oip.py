@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from contracts.families import Feeds
 from services.errors import BadRequest, Unavailable
 from services.family import current_service
-from services.http import validation_message
+from services.http import media_types, validation_message
 from services.runner import NUMPY_TYPES, OnnxRunner, TensorSpec, feeds_problem
 
 if TYPE_CHECKING:
@@ -273,8 +273,11 @@ def repository() -> "ModelRepository":
     return current_service().repository
 
 
+# tritonclient sends its bodies, JSON or binary, without a Content-Type.
+INFER_TYPES = media_types("application/json", "application/octet-stream", None)
 ERRORS = {
     400: {"description": "a bad request: wrong name, datatype, shape or data length"},
+    415: {"description": "a body neither JSON nor binary tensors"},
     404: {"description": "no such model or version"},
     503: {"description": "not ready or overloaded; retry after Retry-After seconds"},
 }
@@ -342,7 +345,13 @@ def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[s
     async def version_ready(name: Name, version: Version) -> dict[str, Any]:
         return readiness(repository().get(name, version))
 
-    @router.post("/models/{name}/infer", summary="inference", responses=ERRORS, openapi_extra=INFER_BODY)
+    @router.post(
+        "/models/{name}/infer",
+        summary="inference",
+        responses=ERRORS,
+        openapi_extra=INFER_BODY,
+        dependencies=[INFER_TYPES],
+    )
     async def model_infer(request: Request, name: Name) -> Response:
         return await infer(request, repository().get(name))
 
@@ -351,6 +360,7 @@ def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[s
         summary="inference on a version",
         responses=ERRORS,
         openapi_extra=INFER_BODY,
+        dependencies=[INFER_TYPES],
     )
     async def version_infer(request: Request, name: Name, version: Version) -> Response:
         return await infer(request, repository().get(name, version))

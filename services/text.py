@@ -14,7 +14,7 @@ from contracts.card import ModelCard
 from contracts.families import TextClassification, TextContract
 from services.errors import BadRequest
 from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, serving
-from services.http import ERROR_RESPONSES, json_response
+from services.http import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec, padded_calls
 from services.settings import SETTINGS
@@ -108,7 +108,7 @@ class Texts(BaseModel):
 
 
 def text_routes() -> APIRouter:
-    router = APIRouter(tags=["text"])
+    router = APIRouter(tags=["text"], dependencies=[JSON_ONLY])
 
     @router.post("/classify_text", response_model=TextClassification, responses=ERROR_RESPONSES)
     async def classify_text(body: OneText) -> Response:

@@ -1,6 +1,7 @@
 """Over real HTTP against `bentoml serve`: uploads, bad input, metrics, the load-test gate, overload."""
 
 import asyncio
+import io
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from PIL import Image
 
 from harness.servers import stop, wait_ready
 from tests.helpers import (
@@ -59,16 +61,43 @@ def test_served_text_classes_equal_the_offline_onnx_classes(server, registered):
     assert single["label"] == card["labels"][int(expected[0].argmax())]
 
 
+def image_file(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (28, 28), (200, 10, 10)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+PNG = image_file("PNG")
+
+
 @pytest.mark.parametrize(
     "request_kwargs,status,error",
     [
         ({"files": {"image": ("x.png", b"GIF89a-not-really", "image/png")}}, 400, "not a readable PNG/JPEG"),
         ({"files": {"file": ("x.png", b"1", "image/png")}}, 400, "expected ['image']"),
         ({"content": b"x" * (11 * 1024 * 1024), "headers": {"content-type": "image/png"}}, 413, "over the limit"),
+        ({"content": b"{", "headers": {"content-type": "application/json"}}, 415, "takes multipart/form-data"),
         (
-            {"content": b"{", "headers": {"content-type": "application/json"}},
+            {"files": [("image", ("a.png", PNG, "image/png")), ("image", ("b.png", PNG, "image/png"))]},
             400,
-            "send the file as multipart/form-data",
+            "(one file)",
+        ),
+        ({"files": {"image": ("x.gif", image_file("GIF"), "image/gif")}}, 400, "not a readable PNG/JPEG"),
+        ({"files": {"image": ("x.webp", image_file("WEBP"), "image/webp")}}, 400, "not a readable PNG/JPEG"),
+        ({"files": {"image": ("x.bmp", image_file("BMP"), "image/bmp")}}, 400, "not a readable PNG/JPEG"),
+        ({"files": {"image": ("x.tiff", image_file("TIFF"), "image/tiff")}}, 400, "not a readable PNG/JPEG"),
+        # JSON routes take application/json only: other types need no CORS preflight from a cross-site page.
+        (
+            {"content": b'{"text": "a cat"}', "headers": {"content-type": "text/plain"}, "path": "/classify_text"},
+            415,
+            "takes application/json; got text/plain",
+        ),
+        ({"content": b'{"text": "a cat"}', "path": "/classify_text"}, 415, "got no Content-Type"),
+        ({"data": {"history": "1"}, "path": "/forecast"}, 415, "application/x-www-form-urlencoded"),
+        (
+            {"content": b"{}", "headers": {"content-type": "text/plain"}, "path": "/v2/models/fashion-cnn/infer"},
+            415,
+            "takes application/json or application/octet-stream or no Content-Type",
         ),
         ({"content": b"{", "headers": {"content-type": "application/json"}, "path": "/forecast"}, 400, "Invalid JSON"),
         ({"json": {"history": [1.0] * 10, "horizon": 5}, "path": "/forecast"}, 400, "at least 52 items"),
