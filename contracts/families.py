@@ -10,10 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, Field
 
 from contracts.card import ModelCard
-from contracts.preprocessing import ImagePreprocessing, SeriesScaling, TextEncoding
+from contracts.preprocessing import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    ImagePreprocessing,
+    SeriesScaling,
+    TextEncoding,
+)
 
 Feeds = dict[str, np.ndarray]  # ONNX input name -> array, batch axis first
 
@@ -56,11 +63,20 @@ class ImageContract:
     def from_card(cls, card: ModelCard) -> ImageContract:
         return cls(ImagePreprocessing(**card.preprocessing["image"]), card.labels)
 
-    def feeds_from_files(self, files: list[bytes], max_pixels: int) -> Feeds:
+    def feeds_from_files(
+        self, files: list[bytes], max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES
+    ) -> Feeds:
         """Encoded PNG/JPEG files -> the model's input (raises InvalidInput naming what is wrong)."""
-        if len(files) == 1:  # the common case, without a copy
-            return {"pixels": self.prep.normalize(self.prep.pixels_from_bytes(files[0], max_pixels)[None])}
-        return {"pixels": self.prep.normalize(np.stack([self.prep.pixels_from_bytes(f, max_pixels) for f in files]))}
+        return self.feeds_from_images(self.open_files(files, max_pixels, max_bytes))
+
+    def open_files(self, files: list[bytes], max_pixels: int, max_bytes: int) -> list[Image.Image]:
+        """Each file's header read and checked: cheap, and what decoding them would cost is known."""
+        return [self.prep.open(f, max_pixels, max_bytes) for f in files]
+
+    def feeds_from_images(self, images: list[Image.Image]) -> Feeds:
+        if len(images) == 1:  # the common case, without a copy
+            return {"pixels": self.prep.normalize(self.prep.decode(images[0])[None])}
+        return {"pixels": self.prep.normalize(np.stack([self.prep.decode(image) for image in images]))}
 
     def feeds_from_pixels(self, pixels: np.ndarray) -> Feeds:
         """(N, H, W) grey values 0-255 at the model's size -> the model's input."""

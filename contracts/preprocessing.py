@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 
 IMAGE_FORMATS = ("PNG", "JPEG")
+# Default limits of an uploaded image (the service's come from its settings): declared pixels, and bytes decoded.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_BYTES = 48 * 2**20
 
 
 class InvalidInput(ValueError):
@@ -54,16 +57,23 @@ class ImagePreprocessing:
 
     def pixels_from_image(self, image: Image.Image) -> np.ndarray:
         """Any PIL image (any size or colour) -> (C, H, W) uint8, converted as the training data was."""
+        size = (self.width, self.height)
         if image.mode in ("RGBA", "LA", "P"):
-            # Flatten transparency onto black, the background of Fashion-MNIST.
-            image = image.convert("RGBA")
-            background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-            image = Image.alpha_composite(background, image)
-        image = image.convert(self.mode).resize((self.width, self.height), Image.Resampling.BILINEAR)
+            # Flatten transparency onto black, the background of Fashion-MNIST, once made small: compositing
+            # is linear, so it commutes with the (alpha-premultiplied) resize, and at full size it held the GIL.
+            image = image.convert("RGBA").resize(size, Image.Resampling.BILINEAR)
+            image = Image.alpha_composite(Image.new("RGBA", size, (0, 0, 0, 255)), image)
+        image = image.convert(self.mode).resize(size, Image.Resampling.BILINEAR)
         pixels = np.asarray(image, dtype=np.uint8)
         return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
-    def pixels_from_bytes(self, data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    def pixels_from_bytes(
+        self, data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES
+    ) -> np.ndarray:
+        return self.decode(self.open(data, max_pixels, max_bytes))
+
+    def open(self, data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES) -> Image.Image:
+        """The file's header, read and checked (format, declared pixels, decoded bytes); no pixel decoded yet."""
         if not data:
             raise InvalidInput("the image file is empty")
         try:
@@ -78,6 +88,16 @@ class ImagePreprocessing:
             raise ImageTooLarge(
                 f"the image is {image.width}x{image.height} pixels; at most {max_pixels} pixels are allowed"
             )
+        decoded = image.width * image.height * len(image.getbands())  # bytes, at 8 bits a band
+        if decoded > max_bytes:
+            raise ImageTooLarge(
+                f"the image is {image.width}x{image.height} {image.mode}: {decoded / 2**20:.0f} MiB decoded; "
+                f"at most {max_bytes / 2**20:.0f} MiB are allowed"
+            )
+        return image
+
+    def decode(self, image: Image.Image) -> np.ndarray:
+        """An opened image's pixels, as `pixels_from_image` makes them."""
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:

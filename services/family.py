@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import bentoml
 import numpy as np
@@ -13,11 +15,13 @@ from contracts.card import ModelCard
 from contracts.families import softmax
 from services.metrics import PREDICTIONS
 from services.runner import OnnxRunner, Outputs
+from services.settings import SETTINGS
 
 if TYPE_CHECKING:  # services.oip finds the serving instance through this module
     from services.oip import InferenceModel
 
 F = TypeVar("F", bound="Family")
+T = TypeVar("T")
 ANSWERS = "answers"  # what a classifier's runner derives from its logits: one answer per row (an object array)
 
 
@@ -38,6 +42,19 @@ class FamilyKind(Protocol):
 
     @staticmethod
     def routes(cards: list[ModelCard]) -> APIRouter: ...
+
+
+# Decoding big images and tokenizing long texts take milliseconds to seconds of CPU: they run in these threads,
+# so that the event loop keeps answering (/livez, timeouts, other requests). Small inputs are prepared inline,
+# where a thread hop would cost more than the work.
+PREPARING = ThreadPoolExecutor(max_workers=SETTINGS.ort_threads, thread_name_prefix="prepare")
+
+
+async def prepared(work: Callable[..., T], *args: Any, heavy: bool) -> T:
+    """`work(*args)`, in the preparing threads when `heavy`, else right here."""
+    if not heavy:
+        return work(*args)
+    return await asyncio.get_running_loop().run_in_executor(PREPARING, work, *args)
 
 
 current_service = bentoml.get_current_service  # looked up once: bentoml resolves its attributes lazily per access

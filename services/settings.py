@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from contracts.preprocessing import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -18,7 +20,8 @@ class ServeSettings:
     max_body_bytes: int = 10 * 1024 * 1024  # larger requests get 413 before their body is read
     request_timeout_s: float = 30.0  # a request still unanswered after this gets 504 (and its queued work is dropped)
     max_in_flight: int = 256  # API requests a worker admits at once (~4 full batches); more get 503 + Retry-After
-    max_image_pixels: int = 40_000_000  # decoded size limit of an uploaded image
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # an uploaded image's declared pixels, checked before decoding
+    max_image_bytes: int = MAX_IMAGE_BYTES  # and its size decoded (width x height x bands), checked before decoding
     max_text_chars: int = 2_000  # longest /classify_text text accepted (tokens past the model's limit are cut)
     max_history: int = 5_000  # longest /forecast history accepted (the last `window` values are used)
     image_model: str = "fashion-cnn:latest"

@@ -13,11 +13,13 @@ from pydantic import BaseModel, Field
 from contracts.card import ModelCard
 from contracts.families import TextClassification, TextContract
 from services.errors import BadRequest
-from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, serving
+from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, prepared, serving
 from services.http import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.oip import InferenceModel
 from services.runner import OnnxRunner, TensorSpec, padded_calls
 from services.settings import SETTINGS
+
+INLINE_CHARS = 4_000  # characters of a request tokenized on the event loop (~1 ms); more go to a thread
 
 
 class TextFamily:
@@ -35,10 +37,14 @@ class TextFamily:
         return [TextPipeline(self)]
 
     async def classify(self, texts: list[str]) -> list[TextClassification]:
-        feeds = self.contract.feeds(self.contract.encoding.token_ids(self.tokenizer, texts))
+        heavy = sum(map(len, texts)) > INLINE_CHARS
+        feeds = await prepared(self.feeds, texts, heavy=heavy)
         answers: list[TextClassification] = list((await self.runner.submit(feeds))[ANSWERS])
         self.predictions.count(a.label for a in answers)
         return answers
+
+    def feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self.contract.feeds(self.contract.encoding.token_ids(self.tokenizer, texts))
 
     @staticmethod
     def routes(cards: list[ModelCard]) -> APIRouter:

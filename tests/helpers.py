@@ -31,7 +31,7 @@ def offline_image_probabilities(tag: str, png_files: list[bytes]) -> np.ndarray:
     stored = bentoml.models.get(tag)
     contract = ImageContract.from_card(ModelCard.from_metadata(stored.info.metadata))
     session = ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-    return softmax(session.run(None, contract.feeds_from_files(png_files, max_pixels=40_000_000))[0])
+    return softmax(session.run(None, contract.feeds_from_files(png_files))[0])
 
 
 def co2_history(weeks: int = 156, end: int = -52) -> list[float]:

@@ -77,7 +77,7 @@ class ImageFamily:
         self.contract = ImageContract.from_card(ModelCard.from_metadata(files.metadata))
 
     def inputs(self, image: bytes) -> Inputs:
-        return self.contract.feeds_from_files([image], max_pixels=40_000_000)
+        return self.contract.feeds_from_files([image])
 
     def stack(self, items: list[Inputs]) -> Inputs:
         return {"pixels": np.concatenate([item["pixels"] for item in items])}

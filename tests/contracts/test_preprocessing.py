@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from contracts.preprocessing import ImagePreprocessing, InvalidInput, SeriesScaling
+from contracts.preprocessing import ImagePreprocessing, ImageTooLarge, InvalidInput, SeriesScaling
 
 PREP = ImagePreprocessing(mean=0.5, std=0.25)
 NOISE = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
@@ -68,3 +68,19 @@ def test_series_scaling_is_relative_to_the_last_value_and_round_trips():
     np.testing.assert_allclose(encoded, [[-2, -1, 0], [-1, -0.5, 0]])
     # an output of +1 means one scale above the last observed value
     np.testing.assert_allclose(scaling.decode(np.array([[1.0, -0.5], [0.0, 2.0]]), history), [[306, 303], [12, 16]])
+
+
+def test_an_image_too_big_once_decoded_is_refused_from_its_header():
+    with pytest.raises(ImageTooLarge, match="MiB decoded"):
+        PREP.pixels_from_bytes(encode(Image.new("RGBA", (600, 600)), "PNG"), max_bytes=600 * 600 * 3)
+    assert PREP.pixels_from_bytes(encode(Image.new("L", (600, 600)), "PNG"), max_bytes=600 * 600 * 3).shape == (
+        1,
+        28,
+        28,
+    )
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "WEBP"])
+def test_only_png_and_jpeg_are_decoded(fmt):
+    with pytest.raises(InvalidInput, match="not a readable PNG/JPEG"):
+        PREP.pixels_from_bytes(encode(Image.new("RGB", (28, 28)), fmt))

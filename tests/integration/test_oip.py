@@ -54,7 +54,7 @@ def test_every_raw_model_answers_as_the_offline_onnx_model(triton_client, regist
     from contracts.families import ImageContract
 
     image = ImageContract.from_card(ModelCard.from_metadata(registered["fashion-cnn"]))
-    pixels = image.feeds_from_files(files, 40_000_000)["pixels"]
+    pixels = image.feeds_from_files(files)["pixels"]
     result = infer(triton_client, "fashion-cnn", pixels, "pixels", "FP32", binary)
     assert result.get_response()["id"] == "req-7"
     logits = result.as_numpy(result.get_response()["outputs"][0]["name"])
