@@ -7,6 +7,7 @@ and the tests read it back with `ModelCard.from_metadata` instead of indexing an
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,3 +67,13 @@ class ModelCard:
     @property
     def classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def digest(self) -> str:
+        """One digest of every stored file (their recorded sha256), to pin a model as container images are pinned."""
+        return digest_of(self.sha256)
+
+
+def digest_of(files: Mapping[str, str]) -> str:
+    manifest = "".join(f"{name} {sha}\n" for name, sha in sorted(files.items()))
+    return "sha256:" + hashlib.sha256(manifest.encode()).hexdigest()

@@ -29,7 +29,7 @@ FAMILIES: dict[FamilyKind, tuple[str, ...]] = {
 }
 # Checked against their sha256 at import, so `bentoml serve` refuses a changed file instead of restarting workers.
 SERVED = [*(tag for tags in FAMILIES.values() for tag in tags), *SETTINGS.extra_models]
-REFERENCES = {tag: verified_model(tag) for tag in SERVED}
+REFERENCES = {tag: verified_model(tag, SETTINGS.pinned_digests) for tag in SERVED}
 STORED = {tag: bentoml.models.get(tag) for tag in REFERENCES}  # `latest` resolved once, at start
 PINNED = {str(STORED[tag].tag) for tags in FAMILIES.values() for tag in tags}  # a family route runs them
 # With the repository extension on, what is served may change; the workers share it through this state.
@@ -55,7 +55,7 @@ APP = build_app(
 
 def open_model(tag: str) -> InferenceModel:
     """A stored model served as its graph (tensors in and out), checked, loaded and warmed up."""
-    verified_model(tag)
+    verified_model(tag, SETTINGS.pinned_digests)
     runner = OnnxRunner(bentoml.models.get(tag), SETTINGS)
     runner.warm_up()
     return OnnxModel(runner)

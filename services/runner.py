@@ -29,14 +29,26 @@ class ModelIntegrityError(RuntimeError):
     """A stored model's files do not match the sha256 recorded when it was registered."""
 
 
-def verified_model(tag: str) -> bentoml.models.BentoModel:
-    """The store reference for `tag`, after checking every file against its recorded sha256.
+class ModelLoadError(RuntimeError):
+    """ONNX Runtime cannot open a stored model (e.g. external data outside its folder, an unsupported operator)."""
 
-    Called at import time, so `bentoml serve` refuses to start on a mismatch instead of
-    restarting workers in a loop.
+
+def verified_model(tag: str, pins: dict[str, str] | None = None) -> bentoml.models.BentoModel:
+    """The store reference for `tag`, after checking every file against its recorded sha256, the digest pinned
+    for its name (if any), and that ONNX Runtime opens it.
+
+    Called at import time, so `bentoml serve` refuses to start with one error instead of restarting
+    workers in a loop.
     """
     stored = bentoml.models.get(tag)
-    recorded: dict[str, str] = stored.info.metadata.get("sha256", {})
+    card = ModelCard.from_metadata(stored.info.metadata)
+    pinned = {t: d for t, d in (pins or {}).items() if t.split(":")[0] == stored.tag.name}
+    if pinned and pinned.get(str(stored.tag)) != card.digest:
+        raise ModelIntegrityError(
+            f"{stored.tag} (digest {card.digest}) is not what MODELROAD_MODEL_DIGESTS pins for {stored.tag.name}: "
+            f"{', '.join(f'{t}={d}' for t, d in pinned.items())}"
+        )
+    recorded = card.sha256
     if "model.onnx" not in recorded:
         raise ModelIntegrityError(f"{stored.tag} has no sha256 for model.onnx in its metadata; re-register it")
     for name, expected in recorded.items():
@@ -49,6 +61,10 @@ def verified_model(tag: str) -> bentoml.models.BentoModel:
                 f"{stored.tag}: {name} has sha256 {digest.hexdigest()[:12]}…, registered {expected[:12]}…; "
                 "the file was changed after registration: re-train or re-import the model"
             )
+    try:
+        ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelLoadError(f"{stored.tag}: ONNX Runtime cannot load model.onnx: {exc}") from None
     return bentoml.models.BentoModel(str(stored.tag))
 
 

@@ -55,10 +55,10 @@ async def run_model(request: Request, tag: str) -> Response:
 class ModelRunner:
     """Every model the platform serves (the same MODELROAD_*_MODEL settings), no HTTP API of its own."""
 
-    image_model = verified_model(SETTINGS.image_model)
-    lstm_model = verified_model(SETTINGS.lstm_model)
-    gru_model = verified_model(SETTINGS.gru_model)
-    text_model = verified_model(SETTINGS.text_model)
+    image_model = verified_model(SETTINGS.image_model, SETTINGS.pinned_digests)
+    lstm_model = verified_model(SETTINGS.lstm_model, SETTINGS.pinned_digests)
+    gru_model = verified_model(SETTINGS.gru_model, SETTINGS.pinned_digests)
+    text_model = verified_model(SETTINGS.text_model, SETTINGS.pinned_digests)
 
     def __init__(self) -> None:
         self.by_tag: dict[str, OnnxRunner] = {}

@@ -31,6 +31,9 @@ class ServeSettings:
     # More store tags, comma-separated, served beside the families' through the inference protocol (tensors in and
     # out): an imported model (`python -m training import`), or another version of a family's model side by side.
     models: str = ""
+    # Pins, comma-separated `name:version=sha256:...` (from `python -m training list --digests`): a pinned name
+    # serves only that version with exactly those files, or the server does not start.
+    model_digests: str = ""
     # Turns on the model repository extension (/v2/repository: index, load, unload), for bearers of this token.
     admin_token: str = dataclasses.field(default="", repr=False)
     access_log: bool = False  # access logging costs 20-37% of throughput (FACTS.md)
@@ -43,6 +46,13 @@ class ServeSettings:
     @property
     def extra_models(self) -> tuple[str, ...]:
         return tuple(tag.strip() for tag in self.models.split(",") if tag.strip())
+
+    @property
+    def pinned_digests(self) -> dict[str, str]:
+        pins = [pin.strip() for pin in self.model_digests.split(",") if pin.strip()]
+        if not all("=" in pin and ":" in pin.split("=")[0] for pin in pins):
+            raise ValueError(f"MODELROAD_MODEL_DIGESTS={self.model_digests!r}: write name:version=sha256:<hex>, ...")
+        return dict(pin.split("=", 1) for pin in pins)
 
     @property
     def ort_threads(self) -> int:

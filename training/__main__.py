@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     add_config_flags(train)
     ensure = commands.add_parser("ensure", help="train every default task that has no model in the store")
     add_config_flags(ensure)
-    commands.add_parser("list", help="list registered models with their key test metric")
+    listing = commands.add_parser("list", help="list registered models with their key test metric")
+    listing.add_argument(
+        "--digests", action="store_true", help="print each model's tag=digest instead, for MODELROAD_MODEL_DIGESTS"
+    )
     imported = commands.add_parser(
         "import", help="check a user's ONNX model and register it (served by the OIP routes)"
     )
@@ -83,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "list":
         rows = list_registered()
+        if args.digests:
+            print("\n".join(f"{r['tag']}={r['digest']}" for r in rows))
+            return 0
         print(f"{'tag':40} {'family':12} {'metric':9} {'value':>8} {'parity':>8}  baselines")
         for r in rows:
             value = f"{r['value']:.4f}" if isinstance(r["value"], float) else "-"

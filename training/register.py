@@ -12,6 +12,8 @@ from typing import Any
 
 import bentoml
 
+from contracts.card import ModelCard
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -75,6 +77,7 @@ def list_registered() -> list[dict[str, Any]]:
                 "value": test.get(key),
                 "baselines": baselines,
                 "parity_max_abs_diff": meta.get("parity_max_abs_diff"),
+                "digest": ModelCard.from_metadata(meta).digest,
             }
         )
     return sorted(rows, key=lambda r: (r["tag"].split(":")[0], r["created_at"]))

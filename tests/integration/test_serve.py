@@ -1,6 +1,7 @@
 """Over real HTTP against `bentoml serve`: uploads, bad input, metrics, the load-test gate, overload."""
 
 import asyncio
+import hashlib
 import io
 import os
 import shutil
@@ -278,6 +279,28 @@ def test_a_tampered_model_file_stops_the_server_from_starting(registered, sessio
     finally:
         stop(process)
     assert "ModelIntegrityError" in log_path.read_text() and "changed after registration" in log_path.read_text()
+
+
+def test_a_model_onnx_runtime_cannot_load_stops_the_server_with_one_error(registered, session_dir):
+    """Files as registered (sha256 updated too), but not a graph ONNX Runtime opens: exit, not restart forever."""
+    home = session_dir / "unloadable-home"
+    shutil.copytree(session_dir / "bentoml" / "models", home / "models")
+    (onnx_file,) = (home / "models" / "co2-gru").glob("*/model.onnx")
+    card = onnx_file.with_name("model.yaml")
+    old, new = (hashlib.sha256(data).hexdigest() for data in (onnx_file.read_bytes(), b"not a graph"))
+    onnx_file.write_bytes(b"not a graph")
+    card.write_text(card.read_text().replace(old, new))
+    log_path = session_dir / "unloadable.log"
+    started = time.monotonic()
+    process, _ = start_server(home, log_path)
+    try:
+        process.wait(60)
+    finally:
+        stop(process)
+    log = log_path.read_text()
+    assert process.returncode not in (None, 0) and time.monotonic() - started < 60
+    last = log.strip().splitlines()[-1]  # the line to read: what failed and why
+    assert last.startswith("services.runner.ModelLoadError: co2-gru:") and "cannot load model.onnx" in last
 
 
 def test_an_overloaded_server_refuses_with_503_and_retry_after_and_keeps_serving(registered, session_dir):

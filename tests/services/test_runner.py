@@ -1,9 +1,11 @@
+import hashlib
 import shutil
 
 import bentoml
 import pytest
 
-from services.runner import ModelIntegrityError, choose_providers, verified_model
+from contracts.card import ModelCard
+from services.runner import ModelIntegrityError, ModelLoadError, choose_providers, verified_model
 from services.settings import ServeSettings
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -68,3 +70,31 @@ def test_a_model_file_changed_after_registration_is_refused(cnn_card, tmp_path):
             verified_model(cnn_card["tag"])
     finally:
         shutil.copyfile(backup, onnx_path)
+
+
+def test_a_pinned_digest_admits_only_that_version_with_those_files(cnn_card):
+    tag = cnn_card["tag"]
+    digest = ModelCard.from_metadata(bentoml.models.get(tag).info.metadata).digest
+    assert verified_model(tag, {tag: digest}).tag == bentoml.models.get(tag).tag
+    assert verified_model(tag, {"other-model:v1": "sha256:0"}).tag  # pins of other names do not apply
+    with pytest.raises(ModelIntegrityError, match="is not what MODELROAD_MODEL_DIGESTS pins"):
+        verified_model(tag, {tag: "sha256:" + "0" * 64})
+    with pytest.raises(ModelIntegrityError, match="is not what MODELROAD_MODEL_DIGESTS pins"):
+        verified_model(tag, {f"{tag.split(':')[0]}:another-version": digest})
+    assert ServeSettings(model_digests=f" {tag}={digest} ,").pinned_digests == {tag: digest}
+    with pytest.raises(ValueError, match="write name:version=sha256"):
+        _ = ServeSettings(model_digests="fashion-cnn").pinned_digests
+
+
+def test_a_model_onnx_runtime_cannot_open_is_refused_at_start_even_with_matching_sha256():
+    """As a model whose external data points out of its folder: the files are as registered, ONNX Runtime says no."""
+    garbage = b"not an onnx graph"
+    with (
+        bentoml.models.create(
+            "unloadable", metadata={"task": "imported", "sha256": {"model.onnx": hashlib.sha256(garbage).hexdigest()}}
+        ) as model,
+        open(model.path_of("model.onnx"), "wb") as f,
+    ):
+        f.write(garbage)
+    with pytest.raises(ModelLoadError, match=r"unloadable:.* ONNX Runtime cannot load model\.onnx"):
+        verified_model(str(model.tag))
