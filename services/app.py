@@ -11,12 +11,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.http import EdgeMiddleware, FallbackRoute, install_error_handlers
+from services.metrics import exposition
 from services.settings import SETTINGS
 
-# Served by BentoML beside this app; listed in the OpenAPI document so that it describes the whole server.
+# Served beside the app's own routes (/livez and /readyz by BentoML, /metrics by the app outside its schema);
+# listed in the OpenAPI document so that it describes the whole server.
 INFRA_PATHS = {
     "/livez": {
         "get": {"summary": "the server is live", "tags": ["infra"], "responses": {"200": {"description": "live"}}}
@@ -68,6 +71,10 @@ def build_app(title: str, description: str, routers: Sequence[APIRouter]) -> Fas
         app.router.routes.extend(router.routes)
     document: dict[str, Any] = {}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/docs.json", include_in_schema=False)
     async def docs() -> JSONResponse:
         if not document:
@@ -81,6 +88,6 @@ def build_app(title: str, description: str, routers: Sequence[APIRouter]) -> Fas
         max_body_bytes=SETTINGS.max_body_bytes,
         max_in_flight=SETTINGS.max_in_flight,
         request_timeout_s=SETTINGS.request_timeout_s,
-        open_paths=("/docs.json", "/v2/health/"),
+        open_paths=("/docs.json", "/metrics", "/v2/health/"),
     )
     return app

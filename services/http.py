@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -22,7 +23,7 @@ from starlette.routing import Match, Route
 
 from contracts.preprocessing import ImageTooLarge, InvalidInput
 from services.errors import ServingError, UnsupportedMediaType
-from services.metrics import ERRORS
+from services.metrics import ERRORS, IN_PROGRESS, METHODS, REQUEST_SECONDS, REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,14 @@ class BodyTooLarge(HTTPException):
 def _reason(status: int) -> str:
     """A low-cardinality label for the errors counter: the status phrase in snake case."""
     return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+
+
+def template(scope: Scope) -> str:
+    """The template of the route that answered (set in the scope by the router), or `other`: a bounded label."""
+    route = scope.get("route")
+    if route is None:  # refused before routing (busy, too large): what it was sent to
+        return endpoint(scope.get("app"), scope)
+    return "other" if isinstance(route, FallbackRoute) else route.path
 
 
 def endpoint(app: Any, scope: Scope) -> str:
@@ -216,6 +225,24 @@ class EdgeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        arrived, status = time.perf_counter(), 500
+
+        async def counted_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                REQUEST_SECONDS.labels(template(scope)).observe(time.perf_counter() - arrived)
+            await send(message)
+
+        IN_PROGRESS.inc()
+        try:
+            await self._admit(scope, receive, counted_send)
+        finally:
+            IN_PROGRESS.dec()
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            REQUESTS.labels(template(scope), method, str(status)).inc()
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["path"].startswith(self.open_paths):
             return await self._answer_in_time(scope, receive, send)
         if self.in_flight >= self.max_in_flight:

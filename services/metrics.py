@@ -1,11 +1,33 @@
-"""The platform's Prometheus series, defined once at module level (they add up across workers).
+"""The platform's Prometheus series, defined once at module level (they add up across workers), and /metrics.
 
-BentoML's own request metrics stay as they are; these describe the models.
+BentoML's own request metrics are off: they are labelled by the raw path, so requests to random paths
+grew the series (and the worker's memory) without bound. The requests are counted here instead, by
+route template (or `other`), bounded method and status.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import REGISTRY as OWN_PROCESS
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others are counted as `other`
+
+REQUESTS = Counter(
+    "modelroad_requests_total",
+    "HTTP requests answered, by route template (or `other`), method and status.",
+    ["endpoint", "method", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "modelroad_request_seconds",
+    "Time from a request's arrival to the start of its answer, by route template (or `other`).",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+IN_PROGRESS = Gauge(
+    "modelroad_requests_in_progress", "Requests being answered (the HPA's metric).", multiprocess_mode="livesum"
+)
 
 # Compute of one ONNX Runtime call; a small CNN batch takes ~0.1-5 ms, a text batch up to ~100 ms.
 INFERENCE_SECONDS = Histogram(
@@ -37,3 +59,12 @@ MODEL_INFO = Gauge(
     "Loaded models (value 1): store tag, ONNX opset and the device ONNX Runtime runs on.",
     ["model", "version", "device", "opset"],
 )
+
+
+def exposition() -> bytes:
+    """Every series in Prometheus' text format: all workers' (BentoML sets PROMETHEUS_MULTIPROC_DIR), or this one's."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(OWN_PROCESS)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)

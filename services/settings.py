@@ -88,6 +88,8 @@ def service_config(name: str, workers: int = SETTINGS.workers) -> dict[str, Any]
         "logging": {"access": {"enabled": SETTINGS.access_log}},
         # A backstop only: the edge answers 504 at request_timeout_s and cancels the work (services/http.py).
         "traffic": {"timeout": SETTINGS.request_timeout_s + 1},
+        # BentoML labels its request metrics by raw path (unbounded series); the app counts requests instead.
+        "metrics": {"enabled": False},
         # Excluding every URL is the one switch BentoML has to take its tracing middleware off the hot path.
         **({} if SETTINGS.tracing else {"tracing": {"excluded_urls": [".*"]}}),
     }

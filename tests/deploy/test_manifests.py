@@ -125,16 +125,17 @@ def test_every_bentofile_env_reaches_the_image():
                 assert f"ARG {env['name']}" in containerfile, f"{bentofile}: {env['name']} is not a build ARG"
 
 
-def test_prometheus_keeps_bentoml_series_for_exactly_the_service_routes():
-    from fastapi.routing import APIRoute
+def test_rules_dashboards_and_autoscaling_use_only_series_the_service_exports():
+    from prometheus_client.metrics import MetricWrapperBase
 
-    from services.platform import APP
+    from services import metrics
 
-    scrape = load(ROOT / "deploy" / "prometheus" / "prometheus.yml")["scrape_configs"][0]
-    (keep,) = [rule for rule in scrape["metric_relabel_configs"] if rule.get("target_label") == "__tmp_route_known"]
-    templates = {route.path for route in APP.routes if isinstance(route, APIRoute)}  # family, OIP, docs
-    routes = {re.sub(r"\{[^}]+\}", "[^/]+", t) for t in templates} | {"/readyz", "/livez", "/healthz", "/metrics", ""}
-    assert set(keep["regex"].split("|")) == routes  # "": series with no endpoint
+    exported = {m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
+    used = set()
+    for path in ("prometheus/rules.yml", "grafana/modelroad.json", "k8s/hpa.yaml", "k8s/prometheus-adapter.yaml"):
+        used |= set(re.findall(r"\b((?:modelroad|bentoml)_[a-z_]+)", (ROOT / "deploy" / path).read_text()))
+    assert "modelroad_requests_in_progress" in used
+    assert {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used} <= exported
 
 
 def test_the_gpu_overlay_points_every_api_pod_at_a_gpu_runner_that_serves_the_image_port():

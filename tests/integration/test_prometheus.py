@@ -58,7 +58,7 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_rules(server, tmp_path
         assert info[0]["metric"]["device"] == "cpu" and info[0]["metric"]["job"] == "modelroad"
         predictions = query_until(api, 'modelroad_predictions_total{model="wordnet-transformer"}', process, tmp_path)
         assert sum(float(r["value"][1]) for r in predictions) >= 1
-        assert query_until(api, 'bentoml_service_request_total{endpoint="/classify_text"}', process, tmp_path)
+        assert query_until(api, 'modelroad_requests_total{endpoint="/classify_text"}', process, tmp_path)
         scanned = httpx.get(f"{api}/query", params={"query": '{endpoint="/wp-admin.php"}'}, timeout=5).json()
         assert scanned["data"]["result"] == [], "the scrape config let a raw-path series through"
         rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]

@@ -198,6 +198,32 @@ def test_workers_run_on_uvloop_and_httptools(served):
         assert "uvloop" in libraries and "httptools" in libraries, worker.cmdline()
 
 
+def test_requests_to_random_paths_and_methods_add_no_series_and_no_memory(served):
+    """Scanners cannot grow /metrics or the worker: every label is a route template or `other`."""
+    process, url = served
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "BREW", "PROPFIND"]
+    rng = np.random.default_rng(7)
+
+    def scan(client: httpx.Client, count: int) -> None:
+        for _ in range(count):
+            path = "/" + "/".join(str(part) for part in rng.integers(0, 10**9, size=rng.integers(1, 4)))
+            client.request(methods[rng.integers(len(methods))], path)
+
+    def series(client: httpx.Client) -> int:
+        return sum(1 for line in client.get("/metrics").text.splitlines() if not line.startswith("#"))
+
+    def rss() -> int:
+        return sum(p.memory_info().rss for p in psutil.Process(process.pid).children(recursive=True))
+
+    with httpx.Client(base_url=url, timeout=10) as client:
+        scan(client, 500)  # every method's `other` series made once
+        series(client)  # and /metrics' own (counted after it answers)
+        before, memory = series(client), rss()
+        scan(client, 10_000)
+        assert series(client) == before
+        assert rss() - memory < 10 * 2**20
+
+
 def test_tracing_is_off_by_default(server):
     # BentoML's tracing middleware gives every traced request an id header; excluded URLs get none.
     answer = httpx.post(f"{server}/classify_text", json={"text": "a sweet baked food"}, timeout=10)
@@ -227,7 +253,9 @@ def test_metrics_describe_models_and_pass_promtool(server):
         'modelroad_model_info{device="cpu",model="co2-gru"',
         'modelroad_model_info{device="cpu",model="co2-lstm"',
         'modelroad_model_info{device="cpu",model="wordnet-transformer"',
-        "bentoml_service_request_total{",
+        'modelroad_requests_total{endpoint="/classify_image",method="POST",status="200"}',
+        'modelroad_request_seconds_bucket{endpoint="/classify_image",',
+        "modelroad_requests_in_progress ",
     ):
         assert series in text, series
     promtool = shutil.which("promtool")
