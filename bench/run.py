@@ -124,9 +124,10 @@ def wrk_script(request: Request, workdir: Path) -> Path:
     script = workdir / "request.lua"
     body_file = workdir / "body.bin"
     body_file.write_bytes(request.body)
-    headers = "".join(
-        f'wrk.headers["{k}"] = "{v}"\n' for k, v in (("Content-Type", request.content_type), *request.headers)
-    )
+    # A server with MODELROAD_API_KEYS_FILE needs a key: wrk sends MODELROAD_API_KEY when it is set.
+    key = (("Authorization", f"Bearer {os.environ['MODELROAD_API_KEY']}"),) if "MODELROAD_API_KEY" in os.environ else ()
+    pairs = (("Content-Type", request.content_type), *request.headers, *key)
+    headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in pairs)
     script.write_text(
         f'wrk.method = "POST"\n{headers}local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*all")\nf:close()\n'
     )

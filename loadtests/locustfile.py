@@ -22,9 +22,16 @@ TEXTS = json.loads((PAYLOADS / "texts.json").read_text())  # WordNet glosses and
 P95_MS = float(os.environ.get("LOADTEST_P95_MS", "500"))
 MAX_FAILURE_RATIO = float(os.environ.get("LOADTEST_MAX_FAILURE_RATIO", "0"))
 log = logging.getLogger("loadtests.gate")
+# A server with MODELROAD_API_KEYS_FILE needs a key: the load test sends MODELROAD_API_KEY when it is set.
+AUTHORIZATION = {"Authorization": f"Bearer {key}"} if (key := os.environ.get("MODELROAD_API_KEY")) else {}
 
 
-class ImageUser(FastHttpUser):
+class PlatformUser(FastHttpUser):
+    abstract = True
+    default_headers = AUTHORIZATION
+
+
+class ImageUser(PlatformUser):
     wait_time = between(0.0, 0.05)
 
     @task
@@ -40,7 +47,7 @@ class ImageUser(FastHttpUser):
                 response.failure("answer has no label")
 
 
-class ForecastUser(FastHttpUser):
+class ForecastUser(PlatformUser):
     wait_time = between(0.0, 0.05)
 
     @task
@@ -53,7 +60,7 @@ class ForecastUser(FastHttpUser):
                 response.failure("forecast length differs from the horizon asked for")
 
 
-class TextUser(FastHttpUser):
+class TextUser(PlatformUser):
     wait_time = between(0.0, 0.05)
 
     @task(4)

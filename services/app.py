@@ -8,6 +8,7 @@ store, /livez, /readyz and /metrics.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -15,8 +16,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.http import EdgeMiddleware, FallbackRoute, install_error_handlers
+from services.keys import KeyRing, RateLimiter
 from services.metrics import exposition
-from services.settings import SETTINGS
+from services.settings import SETTINGS, ServeSettings
+
+OPEN_PATHS = ("/docs.json", "/metrics", "/v2/health/")  # never refused for load or rate
 
 # Served beside the app's own routes (/livez and /readyz by BentoML, /metrics by the app outside its schema);
 # listed in the OpenAPI document so that it describes the whole server.
@@ -56,7 +60,8 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     return document
 
 
-def build_app(title: str, description: str, routers: Sequence[APIRouter]) -> FastAPI:
+def build_app(title: str, description: str, routers: Sequence[APIRouter], guarded: bool = False) -> FastAPI:
+    """`guarded`: the API keys and rate limit of the settings apply (the platform; not its internal runner service)."""
     # FastAPI's own OpenTelemetry spans and metrics are off: BentoML's tracing setting and metrics cover requests.
     app = FastAPI(
         title=title,
@@ -88,6 +93,17 @@ def build_app(title: str, description: str, routers: Sequence[APIRouter]) -> Fas
         max_body_bytes=SETTINGS.max_body_bytes,
         max_in_flight=SETTINGS.max_in_flight,
         request_timeout_s=SETTINGS.request_timeout_s,
-        open_paths=("/docs.json", "/metrics", "/v2/health/"),
+        open_paths=OPEN_PATHS,
+        keys=KeyRing(Path(SETTINGS.api_keys_file)) if guarded and SETTINGS.api_keys_file else None,
+        # Probes, and the repository extension, which its admin token guards; docs and metrics as set.
+        keyless_paths=("/v2/health/", "/v2/repository/", *(() if SETTINGS.protect_docs_and_metrics else OPEN_PATHS)),
+        limiter=rate_limiter(SETTINGS) if guarded and SETTINGS.rate_limit > 0 else None,
     )
     return app
+
+
+def rate_limiter(settings: ServeSettings) -> RateLimiter:
+    """A worker's share of the rate limit: connections spread over the workers, so each keeps 1/workers of it."""
+    workers = max(1, settings.workers)
+    burst = settings.rate_burst or max(1.0, settings.rate_limit)
+    return RateLimiter(settings.rate_limit / workers, max(1.0, burst / workers))

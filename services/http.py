@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
@@ -23,6 +24,7 @@ from starlette.routing import Match, Route
 
 from contracts.preprocessing import ImageTooLarge, InvalidInput
 from services.errors import ServingError, UnsupportedMediaType
+from services.keys import KeyRing, RateLimiter, presented_key
 from services.metrics import ERRORS, IN_PROGRESS, METHODS, REQUEST_SECONDS, REQUESTS
 
 log = logging.getLogger(__name__)
@@ -110,12 +112,15 @@ def endpoint(app: Any, scope: Scope) -> str:
     return "other"
 
 
-def error_response(request: Request, status: int, message: str, detail: list | None = None) -> JSONResponse:
+def error_response(
+    request: Request, status: int, message: str, detail: list | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     ERRORS.labels(endpoint(request.scope.get("app"), request.scope), _reason(status)).inc()
     body: dict[str, Any] = {"error": message}
     if detail is not None:
         body["detail"] = detail
-    return JSONResponse(body, status_code=status, headers={"Retry-After": RETRY_AFTER} if status == 503 else None)
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 and headers is None else headers
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def validation_message(errors: Sequence[dict[str, Any]]) -> str:
@@ -201,7 +206,8 @@ class FallbackRoute(Route):
 
 
 class EdgeMiddleware:
-    """Admission (at most `max_in_flight` requests at once, else 503 at once), the request timeout, the body limit."""
+    """In order: API keys (401), the per-client rate limit (429), admission (at most `max_in_flight` requests at
+    once, else 503 at once), the request timeout (504), the body limit (413); and the request metrics."""
 
     def __init__(
         self,
@@ -210,16 +216,23 @@ class EdgeMiddleware:
         max_in_flight: int = 256,
         request_timeout_s: float = 30.0,
         open_paths: tuple[str, ...] = (),
+        keys: KeyRing | None = None,
+        keyless_paths: tuple[str, ...] = (),
+        limiter: RateLimiter | None = None,
     ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.request_timeout_s = request_timeout_s
-        self.open_paths = open_paths  # never refused for load: health and docs
+        self.open_paths = open_paths  # never refused for load or rate: health and docs
+        self.keys, self.keyless_paths = keys, keyless_paths  # keyless: probes, docs (by setting), the admin's
+        self.limiter = limiter
         self.in_flight = 0
 
-    async def _reply(self, scope: Scope, send: Send, status: int, message: str) -> None:
-        response = error_response(Request(scope), status, message)
+    async def _reply(
+        self, scope: Scope, send: Send, status: int, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        response = error_response(Request(scope), status, message, headers=headers)
         await response(scope, _no_body, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -243,8 +256,27 @@ class EdgeMiddleware:
             REQUESTS.labels(template(scope), method, str(status)).inc()
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope["client"][0] if scope.get("client") else "unknown"
+        if self.keys is not None and not scope["path"].startswith(self.keyless_paths):
+            client = self.keys.identify(presented_key(dict(scope["headers"])))
+            if client is None:
+                return await self._reply(
+                    scope,
+                    send,
+                    401,
+                    "send a valid API key: `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+                    {"WWW-Authenticate": "Bearer"},
+                )
         if scope["path"].startswith(self.open_paths):
             return await self._answer_in_time(scope, receive, send)
+        if self.limiter is not None and (wait := self.limiter.wait(client)):
+            return await self._reply(
+                scope,
+                send,
+                429,
+                f"over the rate limit of {self.limiter.rate:g} requests/s; retry after Retry-After seconds",
+                {"Retry-After": str(math.ceil(wait))},
+            )
         if self.in_flight >= self.max_in_flight:
             return await self._reply(
                 scope,

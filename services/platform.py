@@ -50,6 +50,7 @@ APP = build_app(
         ),
         *([repository.routes(SETTINGS.admin_token)] if STATE else []),
     ],
+    guarded=True,
 )
 
 

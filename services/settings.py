@@ -36,6 +36,12 @@ class ServeSettings:
     model_digests: str = ""
     # Turns on the model repository extension (/v2/repository: index, load, unload), for bearers of this token.
     admin_token: str = dataclasses.field(default="", repr=False)
+    # A file of API keys (one a line, the key or `sha256:<hex>` of it; services/keys.py): when set, every
+    # prediction and inference-protocol route needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+    api_keys_file: str = ""
+    protect_docs_and_metrics: bool = False  # with keys: /docs.json and /metrics need one too (else they stay open)
+    rate_limit: float = 0.0  # requests/s per key (per client address without keys), all workers together; 0: off
+    rate_burst: float = 0.0  # requests a quiet key may send at once; 0: the rate, at least 1
     access_log: bool = False  # access logging costs 20-37% of throughput (FACTS.md)
     tracing: bool = (
         False  # OpenTelemetry spans per request; off, BentoML's tracing middleware passes requests straight on

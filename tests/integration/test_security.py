@@ -1,0 +1,133 @@
+"""API keys and the per-key rate limit on a real `bentoml serve`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from harness.servers import stop, wait_ready
+from tests.integration.conftest import private_home, start_server
+
+pytestmark = pytest.mark.slow
+
+NOISY, QUIET, LATER = "noisy-key-0123456789", "quiet-key-9876543210", "later-key-5555555555"
+RATE = 20  # requests/s per key
+
+
+@pytest.fixture(scope="module")
+def guarded(registered, session_dir, tmp_path_factory):
+    keys_file = tmp_path_factory.mktemp("keys") / "keys"
+    keys_file.write_text(f"{NOISY}\nsha256:{hashlib.sha256(QUIET.encode()).hexdigest()}  # quiet, stored hashed\n")
+    home = private_home(session_dir, "guarded-home")
+    log_path = session_dir / "guarded.log"
+    env = {"MODELROAD_API_KEYS_FILE": str(keys_file), "MODELROAD_RATE_LIMIT": str(RATE), "MODELROAD_RATE_BURST": "60"}
+    process, url = start_server(home, log_path, extra_env=env)
+    try:
+        wait_ready(process, url, log_path)
+        yield url, keys_file, log_path
+    finally:
+        stop(process)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_prediction_and_protocol_routes_need_a_key_and_probes_docs_and_metrics_do_not(guarded):
+    url, _, _ = guarded
+    for method, path in [("POST", "/classify_text"), ("GET", "/v2"), ("GET", "/v2/models/fashion-cnn"), ("GET", "/x")]:
+        for headers in ({}, bearer("wrong-key"), {"X-API-Key": NOISY[:-1]}, {"Authorization": f"Basic {NOISY}"}):
+            refused = httpx.request(method, url + path, headers=headers, json={"text": "a cat"})
+            assert refused.status_code == 401, (path, headers)
+            assert "API key" in refused.json()["error"] and refused.headers["www-authenticate"] == "Bearer"
+    for headers in (bearer(NOISY), {"X-API-Key": QUIET}):
+        assert httpx.post(f"{url}/classify_text", json={"text": "a cat"}, headers=headers).status_code == 200
+    for path in ("/livez", "/readyz", "/v2/health/ready", "/docs.json", "/metrics"):
+        assert httpx.get(url + path).status_code == 200, path
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
+    assert client.get_model_metadata("fashion-cnn", headers=bearer(QUIET))["name"] == "fashion-cnn"
+    with pytest.raises(InferenceServerException) as refused:
+        client.get_model_metadata("fashion-cnn")
+    assert refused.value.status() == "401"
+
+
+def test_the_keys_file_is_reread_without_a_restart(guarded):
+    url, keys_file, _ = guarded
+
+    def status() -> int:
+        return httpx.get(f"{url}/v2/models/fashion-cnn", headers=bearer(LATER)).status_code
+
+    assert status() == 401
+    original = keys_file.read_text()
+    keys_file.write_text(original + f"{LATER}\n")
+    deadline = time.monotonic() + 10
+    while status() != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status() == 200
+    keys_file.write_text(original)
+    while status() != 401 and time.monotonic() < deadline + 10:
+        time.sleep(0.2)
+    assert status() == 401
+
+
+def test_keys_never_reach_the_log_or_the_metrics(guarded):
+    url, _, log_path = guarded
+    httpx.get(f"{url}/v2/models/fashion-cnn", headers=bearer(NOISY))
+    httpx.get(f"{url}/v2/models/fashion-cnn", headers=bearer("a-wrong-key-to-log"))
+    exposed = log_path.read_text() + httpx.get(f"{url}/metrics").text
+    assert all(key not in exposed for key in (NOISY, QUIET, LATER, "a-wrong-key-to-log"))
+
+
+def test_a_noisy_key_is_limited_with_429_and_retry_after_while_a_quiet_one_is_served(guarded, tmp_path):
+    url, _, _ = guarded
+    quiet: list[int] = []
+
+    def quiet_client() -> None:  # a quarter of the rate, for as long as wrk runs
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            quiet.append(httpx.get(f"{url}/v2/models/fashion-cnn", headers=bearer(QUIET)).status_code)
+            time.sleep(4 / RATE)
+
+    thread = threading.Thread(target=quiet_client)
+    thread.start()
+    wrk = subprocess.run(
+        ["wrk", "-t1", "-c8", "-d4s", "-H", f"Authorization: Bearer {NOISY}", f"{url}/v2/models/fashion-cnn"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    thread.join()
+    sent = int(re.search(r"(\d+) requests in", wrk).group(1))
+    refused = int(re.search(r"Non-2xx or 3xx responses: (\d+)", wrk).group(1))
+    assert refused > sent / 2, wrk  # thousands sent, at most burst + rate x 4 s answered
+    assert quiet and set(quiet) == {200}, quiet
+    with httpx.Client(base_url=url, headers=bearer(NOISY)) as noisy:  # faster than the rate refills
+        answers = (noisy.get("/v2/models/fashion-cnn") for _ in range(200))
+        limited = next(answer for answer in answers if answer.status_code != 200)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert "rate limit of 20 requests/s" in limited.json()["error"]
+
+
+def test_the_load_test_sends_the_key_it_is_given(guarded, tmp_path):
+    url, _, _ = guarded
+
+    def failures(env: dict[str, str], name: str) -> str:
+        command = [sys.executable, "-m", "loadtests.run", "--host", url, "--users", "2", "--duration", "3s"]
+        command += ["--users-class", "ForecastUser", "--out", str(tmp_path / name)]
+        subprocess.run(command, capture_output=True, timeout=60, check=False, env=env)
+        return (tmp_path / f"{name}_failures.csv").read_text()
+
+    others = {k: v for k, v in os.environ.items() if k != "MODELROAD_API_KEY"}
+    # With the key, Locust outruns the 20 requests/s allowed: its only failures are 429s.
+    assert "HTTP 401" not in failures({**others, "MODELROAD_API_KEY": QUIET}, "keyed")
+    assert "HTTP 401" in failures(others, "unkeyed")
