@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -99,6 +100,16 @@ def build_app(title: str, description: str, routers: Sequence[APIRouter], guarde
         keyless_paths=("/v2/health/", "/v2/repository/", *(() if SETTINGS.protect_docs_and_metrics else OPEN_PATHS)),
         limiter=rate_limiter(SETTINGS) if guarded and SETTINGS.rate_limit > 0 else None,
     )
+    if guarded and SETTINGS.cors_origin_list:
+        # Outside the edge: a preflight carries no key and is answered here; listed origins only.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=SETTINGS.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Inference-Header-Content-Length"],
+            expose_headers=["Retry-After", "Inference-Header-Content-Length"],
+            max_age=600,
+        )
     return app
 
 

@@ -42,6 +42,11 @@ class ServeSettings:
     protect_docs_and_metrics: bool = False  # with keys: /docs.json and /metrics need one too (else they stay open)
     rate_limit: float = 0.0  # requests/s per key (per client address without keys), all workers together; 0: off
     rate_burst: float = 0.0  # requests a quiet key may send at once; 0: the rate, at least 1
+    # Origins whose pages may call the API from a browser, comma-separated (e.g. https://app.example.com);
+    # empty: no CORS headers at all, and browsers keep other origins' pages from reading answers.
+    cors_origins: str = ""
+    ssl_certfile: str = ""  # both set: the server speaks HTTPS only (TLS 1.2 or later)
+    ssl_keyfile: str = ""
     access_log: bool = False  # access logging costs 20-37% of throughput (FACTS.md)
     tracing: bool = (
         False  # OpenTelemetry spans per request; off, BentoML's tracing middleware passes requests straight on
@@ -52,6 +57,10 @@ class ServeSettings:
     @property
     def extra_models(self) -> tuple[str, ...]:
         return tuple(tag.strip() for tag in self.models.split(",") if tag.strip())
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def pinned_digests(self) -> dict[str, str]:
@@ -96,6 +105,11 @@ def service_config(name: str, workers: int = SETTINGS.workers) -> dict[str, Any]
         "traffic": {"timeout": SETTINGS.request_timeout_s + 1},
         # BentoML labels its request metrics by raw path (unbounded series); the app counts requests instead.
         "metrics": {"enabled": False},
+        **(
+            {"ssl": {"enabled": True, "certfile": SETTINGS.ssl_certfile, "keyfile": SETTINGS.ssl_keyfile}}
+            if SETTINGS.ssl_certfile and SETTINGS.ssl_keyfile
+            else {}
+        ),
         # Excluding every URL is the one switch BentoML has to take its tracing middleware off the hot path.
         **({} if SETTINGS.tracing else {"tracing": {"excluded_urls": [".*"]}}),
     }

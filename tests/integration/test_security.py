@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -131,3 +132,79 @@ def test_the_load_test_sends_the_key_it_is_given(guarded, tmp_path):
     # With the key, Locust outruns the 20 requests/s allowed: its only failures are 429s.
     assert "HTTP 401" not in failures({**others, "MODELROAD_API_KEY": QUIET}, "keyed")
     assert "HTTP 401" in failures(others, "unkeyed")
+
+
+ORIGIN = "https://app.example.com"
+
+
+@pytest.fixture(scope="module")
+def tls_cors(registered, session_dir, tmp_path_factory):
+    """HTTPS with a self-signed certificate made here, and CORS for one origin."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    subprocess.run(
+        ["openssl", *request, "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    home = private_home(session_dir, "tls-home")
+    log_path = session_dir / "tls.log"
+    env = {"MODELROAD_SSL_CERTFILE": str(cert), "MODELROAD_SSL_KEYFILE": str(key), "MODELROAD_CORS_ORIGINS": ORIGIN}
+    process, url = start_server(home, log_path, extra_env=env)
+    url = url.replace("http://", "https://")
+    try:
+        deadline = time.monotonic() + 90
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", verify=str(cert), timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            pytest.fail(f"the TLS server did not start:\n{log_path.read_text()[-3000:]}")
+        yield url, cert
+    finally:
+        stop(process)
+
+
+def test_the_server_speaks_tls_1_2_or_later_only(tls_cors):
+    url, cert = tls_cors
+    assert httpx.get(f"{url}/livez", verify=str(cert)).status_code == 200
+    old = ssl.create_default_context(cafile=str(cert))
+    old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/livez", verify=old)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url.replace("https://", "http://") + "/livez", timeout=5)
+
+
+def test_a_listed_origins_preflight_gets_cors_headers_and_another_gets_none(tls_cors):
+    url, cert = tls_cors
+    with httpx.Client(base_url=url, verify=str(cert)) as client:
+
+        def preflight(origin: str) -> httpx.Response:
+            headers = {
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            }
+            return client.options("/classify_text", headers=headers)
+
+        allowed = preflight(ORIGIN)
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ORIGIN
+        assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+        assert "access-control-allow-origin" not in preflight("https://evil.example").headers
+        answer = client.post("/classify_text", json={"text": "a cat"}, headers={"Origin": ORIGIN})
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == ORIGIN
+        other = client.post("/classify_text", json={"text": "a cat"}, headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_without_cors_origins_no_cors_header_is_sent(server):
+    preflight = httpx.options(
+        f"{server}/classify_text", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
+    )
+    assert not [name for name in preflight.headers if name.lower().startswith("access-control-")]
