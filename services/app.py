@@ -99,6 +99,7 @@ def build_app(title: str, description: str, routers: Sequence[APIRouter], guarde
         # Probes, and the repository extension, which its admin token guards; docs and metrics as set.
         keyless_paths=("/v2/health/", "/v2/repository/", *(() if SETTINGS.protect_docs_and_metrics else OPEN_PATHS)),
         limiter=rate_limiter(SETTINGS) if guarded and SETTINGS.rate_limit > 0 else None,
+        access_log=SETTINGS.access_log,
     )
     if guarded and SETTINGS.cors_origin_list:
         # Outside the edge: a preflight carries no key and is answered here; listed origins only.

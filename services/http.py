@@ -8,9 +8,13 @@ so BentoML's health and metrics routes are never refused for load.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import re
+import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -35,6 +39,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 RETRY_AFTER = "1"
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+KEY_ID = "modelroad.key_id"  # where the edge leaves a request's key id in its scope
+# The access log: bare JSON lines on stderr, one a request, apart from the service's other logs.
+ACCESS = logging.getLogger("modelroad.access")
+ACCESS.propagate = False
+ACCESS.setLevel(logging.INFO)
+ACCESS.addHandler(logging.StreamHandler(sys.stderr))
 MAX_DETAIL = 5  # validation errors listed in an answer
 UNEXPECTED = "an unexpected error occurred on the server (the server log says which); the request was not served"
 
@@ -94,6 +105,14 @@ class BodyTooLarge(HTTPException):
 def _reason(status: int) -> str:
     """A low-cardinality label for the errors counter: the status phrase in snake case."""
     return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+
+
+def request_id_of(scope: Scope) -> bytes:
+    """The client's X-Request-ID when it is a plain token (at most 64 of [A-Za-z0-9._-]), else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and REQUEST_ID.fullmatch(value):
+            return value
+    return uuid.uuid4().hex.encode()
 
 
 def template(scope: Scope) -> str:
@@ -219,6 +238,7 @@ class EdgeMiddleware:
         keys: KeyRing | None = None,
         keyless_paths: tuple[str, ...] = (),
         limiter: RateLimiter | None = None,
+        access_log: bool = False,
     ):
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -227,6 +247,7 @@ class EdgeMiddleware:
         self.open_paths = open_paths  # never refused for load or rate: health and docs
         self.keys, self.keyless_paths = keys, keyless_paths  # keyless: probes, docs (by setting), the admin's
         self.limiter = limiter
+        self.access_log = access_log
         self.in_flight = 0
 
     async def _reply(
@@ -239,12 +260,14 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         arrived, status = time.perf_counter(), 500
+        request_id = request_id_of(scope)
 
         async def counted_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 REQUEST_SECONDS.labels(template(scope)).observe(time.perf_counter() - arrived)
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", request_id)]}
             await send(message)
 
         IN_PROGRESS.inc()
@@ -254,11 +277,26 @@ class EdgeMiddleware:
             IN_PROGRESS.dec()
             method = scope["method"] if scope["method"] in METHODS else "other"
             REQUESTS.labels(template(scope), method, str(status)).inc()
+            if self.access_log:
+                ACCESS.info(
+                    json.dumps(
+                        {
+                            "time": round(time.time(), 3),
+                            "request_id": request_id.decode(),
+                            "method": method,
+                            "endpoint": template(scope),
+                            "status": status,
+                            "duration_ms": round((time.perf_counter() - arrived) * 1000, 2),
+                            **({"key_id": scope[KEY_ID]} if KEY_ID in scope else {}),
+                        }
+                    )
+                )
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope["client"][0] if scope.get("client") else "unknown"
         if self.keys is not None and not scope["path"].startswith(self.keyless_paths):
             client = self.keys.identify(presented_key(dict(scope["headers"])))
+            scope[KEY_ID] = client  # the key's id (a digest prefix), never the key
             if client is None:
                 return await self._reply(
                     scope,

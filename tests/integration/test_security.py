@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import ssl
@@ -31,7 +32,12 @@ def guarded(registered, session_dir, tmp_path_factory):
     keys_file.write_text(f"{NOISY}\nsha256:{hashlib.sha256(QUIET.encode()).hexdigest()}  # quiet, stored hashed\n")
     home = private_home(session_dir, "guarded-home")
     log_path = session_dir / "guarded.log"
-    env = {"MODELROAD_API_KEYS_FILE": str(keys_file), "MODELROAD_RATE_LIMIT": str(RATE), "MODELROAD_RATE_BURST": "60"}
+    env = {
+        "MODELROAD_API_KEYS_FILE": str(keys_file),
+        "MODELROAD_RATE_LIMIT": str(RATE),
+        "MODELROAD_RATE_BURST": "60",
+        "MODELROAD_ACCESS_LOG": "true",
+    }
     process, url = start_server(home, log_path, extra_env=env)
     try:
         wait_ready(process, url, log_path)
@@ -60,6 +66,26 @@ def test_prediction_and_protocol_routes_need_a_key_and_probes_docs_and_metrics_d
     with pytest.raises(InferenceServerException) as refused:
         client.get_model_metadata("fashion-cnn")
     assert refused.value.status() == "401"
+
+
+def test_each_request_gets_an_id_and_one_json_log_line_without_keys_or_bodies(guarded):
+    url, _, log_path = guarded
+    given = httpx.post(
+        f"{url}/classify_text", json={"text": "secret gloss"}, headers={**bearer(QUIET), "X-Request-ID": "abc-123"}
+    )
+    made = httpx.get(f"{url}/v2/models/fashion-cnn", headers={"X-Request-ID": "not a token!"})
+    assert given.headers["x-request-id"] == "abc-123" and re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])
+    time.sleep(0.5)
+    lines = {}
+    for line in log_path.read_text().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            lines[entry["request_id"]] = entry
+    logged = lines["abc-123"]
+    assert logged["endpoint"] == "/classify_text" and logged["status"] == 200 and logged["method"] == "POST"
+    assert logged["duration_ms"] > 0 and logged["key_id"] == hashlib.sha256(QUIET.encode()).hexdigest()[:12]
+    assert lines[made.headers["x-request-id"]]["status"] == 401
+    assert "secret gloss" not in log_path.read_text()
 
 
 def test_the_keys_file_is_reread_without_a_restart(guarded):
