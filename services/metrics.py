@@ -7,10 +7,36 @@ route template (or `other`), bounded method and status.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 from prometheus_client import REGISTRY as OWN_PROCESS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+SERVER_METRICS = "MODELROAD_METRICS_DIR"  # "<pid of a server's first process>:<its metrics folder>"
+
+
+def use_the_servers_metrics_folder() -> None:
+    """Keep each server's series in a folder of its own.
+
+    BentoML points its workers at $BENTOML_HOME/prometheus_multiproc_dir and empties it when a server starts,
+    so a second server on the same home wiped the first one's counters for good. `bentoml serve`'s first
+    process (which has no PROMETHEUS_MULTIPROC_DIR) makes a folder and passes it on in the environment; its
+    workers (their parent made it) write there instead. Runs before any series is made.
+    """
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # a server's first process, or a plain script
+        folder = tempfile.mkdtemp(prefix="modelroad-metrics-")
+        os.environ[SERVER_METRICS] = f"{os.getpid()}:{folder}"
+        atexit.register(shutil.rmtree, folder, True)
+        return
+    owner, _, folder = os.environ.get(SERVER_METRICS, "").partition(":")
+    if owner == str(os.getppid()) and os.path.isdir(folder):  # a worker of that server
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
+use_the_servers_metrics_folder()
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others are counted as `other`
 

@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from tests.helpers import (
     offline_image_probabilities,
     offline_text_probabilities,
 )
-from tests.integration.conftest import start_server
+from tests.integration.conftest import private_home, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -290,6 +291,32 @@ def test_locust_gate_passes_on_a_healthy_server_and_fails_past_its_p95(server, t
         assert stats.count(f",{endpoint},") == 1, endpoint
     assert (tmp_path / "p95-2000.html").stat().st_size > 0
     assert locust(0.001) == 1
+
+
+def test_two_servers_on_one_bentoml_home_keep_their_own_metrics(registered, session_dir):
+    """BentoML empties $BENTOML_HOME/prometheus_multiproc_dir at each start: the second server wiped the first's."""
+    home = private_home(session_dir, "shared-home")
+
+    def answered(url: str) -> float:
+        text = httpx.get(f"{url}/metrics").text
+        pattern = r'modelroad_requests_total\{endpoint="/classify_text",method="POST",status="200"\} (\S+)'
+        return sum(float(v) for v in re.findall(pattern, text))
+
+    first, first_url = start_server(home, session_dir / "shared-1.log")
+    second = None
+    try:
+        wait_ready(first, first_url, session_dir / "shared-1.log")
+        for _ in range(3):
+            httpx.post(f"{first_url}/classify_text", json={"text": "a cat"})
+        assert answered(first_url) == 3
+        second, second_url = start_server(home, session_dir / "shared-2.log")
+        wait_ready(second, second_url, session_dir / "shared-2.log")
+        httpx.post(f"{second_url}/classify_text", json={"text": "a dog"})
+        assert (answered(first_url), answered(second_url)) == (3, 1)
+    finally:
+        for process in (first, second):
+            if process is not None:
+                stop(process)
 
 
 def test_a_tampered_model_file_stops_the_server_from_starting(registered, session_dir):
