@@ -33,10 +33,27 @@ def encode_feeds(feeds: Feeds) -> bytes:
     return buffer.getvalue()
 
 
+# A call's inputs: a full text batch is 64 x 512 x 2 int64 (0.5 MB); far past that is not a batch but an attack.
+MAX_NPZ_BYTES = 64 * 2**20
+MAX_NPZ_MEMBERS = 16
+
+
 def decode_feeds(data: bytes) -> Feeds:
     """Raises ValueError on anything but an .npz of plain arrays (object arrays would need pickle)."""
     if not data.startswith(b"PK"):  # np.load would take other bytes for a pickle (and refuse it, confusingly)
         raise ValueError("the body is not an .npz archive")
+    try:
+        # Sizes from the zip's headers, before anything is inflated: a small body must not decompress into
+        # gigabytes. zipfile stops each member at its declared size, so the declared sizes bound the work.
+        members = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ValueError(f"the body is not an .npz archive: {exc}") from None
+    declared = sum(member.file_size for member in members)
+    if len(members) > MAX_NPZ_MEMBERS or declared > MAX_NPZ_BYTES:
+        raise ValueError(
+            f"the .npz holds {len(members)} arrays of {declared} bytes; "
+            f"at most {MAX_NPZ_MEMBERS} arrays of {MAX_NPZ_BYTES} bytes in all"
+        )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}

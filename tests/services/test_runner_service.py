@@ -1,12 +1,13 @@
 """The runner service's parts without a server: the wire format, batching of calls, checks of a call's arrays."""
 
+import io
 import pickle
 
 import bentoml
 import numpy as np
 import pytest
 
-from services.remote import RemoteSession, decode_array, decode_feeds, encode_array, encode_feeds
+from services.remote import MAX_NPZ_BYTES, RemoteSession, decode_array, decode_feeds, encode_array, encode_feeds
 from services.runner import OnnxRunner, feeds_problem, padded_calls, zero_feeds
 from services.settings import ServeSettings
 
@@ -49,6 +50,23 @@ def recorded_runner(tag: str, collate=None):
 
     runner.run = recording
     return runner, batches
+
+
+def test_an_npz_that_would_inflate_past_the_limit_is_refused_from_its_headers(monkeypatch):
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, zeros=np.zeros(MAX_NPZ_BYTES // 8 + 1, np.float64))  # ~70 KB, 64 MiB inflated
+    assert len(buffer.getvalue()) < 1_000_000
+
+    def inflate(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the archive was opened for reading")
+
+    monkeypatch.setattr(np, "load", inflate)
+    with pytest.raises(ValueError, match="at most 16 arrays of 67108864 bytes"):
+        decode_feeds(buffer.getvalue())
+    many = io.BytesIO()
+    np.savez(many, **{f"a{i}": np.zeros(1) for i in range(17)})
+    with pytest.raises(ValueError, match="holds 17 arrays"):
+        decode_feeds(many.getvalue())
 
 
 def test_calls_of_one_shape_run_as_one_batch_and_each_gets_its_own_rows(registered):
