@@ -2,7 +2,7 @@
 the OpenAPI document, the edge and the one error shape.
 
 BentoML mounts it (`@bentoml.asgi_app`) and keeps what it is good at: process management, the model
-store, /livez, /readyz and /metrics.
+store, /livez and /readyz. The app serves /metrics itself: BentoML's request metrics label by raw path.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""The HTTP edge of the platform's app: admission, request timeout, body-size limit, and the one error shape.
+"""The HTTP edge of the platform's app: API keys, rate limit, admission, request timeout, body-size limit,
+request ids, request metrics and access log, and the one error shape.
 
-Every refusal leaves as `{"error": "<what was wrong>"}` (validation errors keep pydantic's list in `detail`),
-with 503s saying when to come back (`Retry-After`). The middleware wraps only the platform's own app,
-so BentoML's health and metrics routes are never refused for load.
+Every refusal leaves as `{"error": "<what was wrong>"}` (validation errors keep pydantic's first few in
+`detail`), with 429s and 503s saying when to come back (`Retry-After`). The middleware wraps only the
+platform's own app, so BentoML's health routes are never refused for load.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def _error(description: str) -> dict[str, Any]:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("the request is not valid; `error` says what to change"),
     413: _error("the body or the image is over the limit"),
+    401: _error("no valid API key (only when MODELROAD_API_KEYS_FILE is set)"),
     415: _error("the body's Content-Type is not one the route takes"),
+    429: _error("over the key's rate limit (MODELROAD_RATE_LIMIT); retry after Retry-After seconds"),
     503: _error("busy or not ready; retry after Retry-After seconds"),
     504: _error("not answered within the request timeout"),
 }
