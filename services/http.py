@@ -31,6 +31,7 @@ from contracts.preprocessing import ImageTooLarge, InvalidInput
 from services.errors import ServingError, UnsupportedMediaType
 from services.keys import KeyRing, RateLimiter, presented_key
 from services.metrics import ERRORS, IN_PROGRESS, METHODS, REQUEST_SECONDS, REQUESTS
+from services.startup import DRAIN
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,10 @@ class EdgeMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 REQUEST_SECONDS.labels(template(scope)).observe(time.perf_counter() - arrived)
-                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", request_id)]}
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                if DRAIN.draining:  # the client leaves this connection on this answer
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
             await send(message)
 
         IN_PROGRESS.inc()
@@ -296,6 +300,8 @@ class EdgeMiddleware:
                 )
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if DRAIN.draining and not scope["path"].startswith(self.open_paths):
+            return await self._reply(scope, send, 503, "the server is shutting down; retry (another replica)")
         client = scope["client"][0] if scope.get("client") else "unknown"
         if self.keys is not None and not scope["path"].startswith(self.keyless_paths):
             client = self.keys.identify(presented_key(dict(scope["headers"])))

@@ -16,7 +16,7 @@ from services.oip import InferenceModel, OnnxModel
 from services.repository import ModelRepository, RepositoryAdmin, ServedState
 from services.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS, service_config
-from services.startup import quiet_garbage_collector
+from services.startup import DRAIN, quiet_garbage_collector
 from services.text import TextFamily
 
 F = TypeVar("F")
@@ -86,6 +86,7 @@ class Platform:
     @bentoml.on_startup
     async def start(self) -> None:
         quiet_garbage_collector()
+        DRAIN.install(SETTINGS.drain_s)
         if self.admin:
             self.admin.start_following()  # also catches up a restarted worker on what was loaded before
 

@@ -50,6 +50,7 @@ class ServeSettings:
     # One JSON line a request (request id, method, route template, status, duration; no bodies, no keys).
     # Off by default: BentoML's access log cost 20-37% of throughput (FACTS.md).
     access_log: bool = False
+    drain_s: float = 1.0  # after SIGTERM, answer with `Connection: close` (new work: 503) this long, then stop
     tracing: bool = (
         False  # OpenTelemetry spans per request; off, BentoML's tracing middleware passes requests straight on
     )

@@ -14,7 +14,11 @@ default against 13 ms with this.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import signal
+import threading
+from types import FrameType
 
 FULL_COLLECTION_AFTER = 1000  # collections of generation 1 between full collections; CPython's default is 10
 
@@ -24,3 +28,34 @@ def quiet_garbage_collector() -> None:
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_AFTER)
+
+
+class Drain:
+    """A worker's SIGTERM, delayed by `linger_s` so that no client that reached it is dropped.
+
+    uvicorn, on SIGTERM, stops accepting and closes idle kept-alive connections at once: a request a client
+    sent on one at that moment was reset. While draining, the edge answers every request with
+    `Connection: close` (requests in flight finish; new ones get 503 with Retry-After), so clients leave
+    their connections on an answer; then uvicorn's own shutdown runs.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+
+    def install(self, linger_s: float) -> None:
+        """Called in the worker's start-up hook, on the main thread, after uvicorn installed its handler."""
+        if threading.current_thread() is not threading.main_thread() or linger_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        shut_down = signal.getsignal(signal.SIGTERM)
+
+        def begin(sig: int, frame: FrameType | None) -> None:
+            if self.draining or not callable(shut_down):
+                return
+            self.draining = True
+            loop.call_soon_threadsafe(loop.call_later, linger_s, shut_down, sig, frame)
+
+        signal.signal(signal.SIGTERM, begin)
+
+
+DRAIN = Drain()

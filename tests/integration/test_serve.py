@@ -403,6 +403,46 @@ def test_requests_past_the_timeout_get_504_and_the_server_goes_on(registered, se
         stop(process)
 
 
+@pytest.mark.parametrize("drain_s", ["1", "0"], ids=["draining", "not-draining"])
+def test_requests_on_kept_alive_connections_after_sigterm_get_an_answer_not_a_reset(registered, session_dir, drain_s):
+    """After SIGTERM a worker answers, for MODELROAD_DRAIN_S, every request with `Connection: close` (new work:
+    503 + Retry-After), so clients leave their kept-alive connections on an answer instead of a reset."""
+    log_path = session_dir / f"keepalive-{drain_s}.log"
+    process, url = start_server(Path(os.environ["BENTOML_HOME"]), log_path, extra_env={"MODELROAD_DRAIN_S": drain_s})
+
+    async def after_sigterm() -> list[int | str]:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        clients = [httpx.AsyncClient(base_url=url, timeout=10, limits=limits) for _ in range(16)]
+        try:
+            for client in clients:  # each holds one kept-alive connection
+                assert (await client.get("/v2/models/fashion-cnn")).status_code == 200
+            os.killpg(process.pid, signal.SIGTERM)
+            await asyncio.sleep(0.2)
+
+            async def again(client: httpx.AsyncClient) -> int | str:
+                try:
+                    response = await client.get("/v2/models/fashion-cnn")
+                except httpx.TransportError as exc:
+                    return type(exc).__name__
+                return response.status_code
+
+            return list(await asyncio.gather(*(again(client) for client in clients)))
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    try:
+        wait_ready(process, url, log_path)
+        answers = asyncio.run(after_sigterm())
+        if drain_s == "1":
+            assert answers == [503] * 16, answers
+        else:  # what uvicorn alone does: idle kept-alive connections closed under the clients' requests
+            assert any(isinstance(answer, str) for answer in answers), answers
+        assert process.wait(30) == 0
+    finally:
+        stop(process)
+
+
 def test_sigterm_finishes_the_requests_in_flight_and_exits_cleanly(registered, session_dir):
     log_path = session_dir / "drain.log"
     process, url = start_server(Path(os.environ["BENTOML_HOME"]), log_path)
