@@ -174,6 +174,8 @@ class RepositoryAdmin:
             tag = str(bentoml.models.get(f"{name}:latest").tag)
         except bentoml.exceptions.NotFound:
             raise NotFound(f"the store has no model named {name!r}") from None
+        except bentoml.exceptions.BentoMLException as exc:  # not a name the store could hold
+            raise BadRequest(f"{name!r} is not a model name: {exc}") from None
         async with self._changing:
             served = self.repository.stored()
             if tag not in served:

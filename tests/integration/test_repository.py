@@ -185,6 +185,7 @@ def test_refusals_of_the_extension(admin_server):
         (lambda: client.unload_model("fashion-cnn", headers=AUTH), "409", "family route"),
         (lambda: client.unload_model("fashion-cnn-pipeline", headers=AUTH), "404", "no stored model"),
         (lambda: client.load_model("no-such-model", headers=AUTH), "404", "no model named"),
+        (lambda: client.load_model("Bad Name!", headers=AUTH), "400", "is not a model name"),
         (lambda: client.load_model("rollout", headers=AUTH, config="{}"), "400", "takes no parameters"),
     ]
     for call, status, message in cases:
