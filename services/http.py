@@ -30,7 +30,7 @@ from starlette.routing import Match, Route
 from contracts.preprocessing import ImageTooLarge, InvalidInput
 from services.errors import ServingError, UnsupportedMediaType
 from services.keys import KeyRing, RateLimiter, presented_key
-from services.metrics import ERRORS, IN_PROGRESS, METHODS, REQUEST_SECONDS, REQUESTS
+from services.metrics import ERRORS, IN_PROGRESS, METHODS, RequestSeries
 from services.startup import DRAIN
 
 log = logging.getLogger(__name__)
@@ -252,6 +252,7 @@ class EdgeMiddleware:
         self.keys, self.keyless_paths = keys, keyless_paths  # keyless: probes, docs (by setting), the admin's
         self.limiter = limiter
         self.access_log = access_log
+        self.series = RequestSeries()
         self.in_flight = 0
 
     async def _reply(
@@ -264,13 +265,13 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         arrived, status = time.perf_counter(), 500
+        answered: float | None = None  # when the answer began (never, for a client gone first)
         request_id = request_id_of(scope)
 
         async def counted_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
-                REQUEST_SECONDS.labels(template(scope)).observe(time.perf_counter() - arrived)
+                status, answered = message["status"], time.perf_counter()
                 headers = [*message.get("headers", ()), (b"x-request-id", request_id)]
                 if DRAIN.draining:  # the client leaves this connection on this answer
                     headers.append((b"connection", b"close"))
@@ -283,7 +284,8 @@ class EdgeMiddleware:
         finally:
             IN_PROGRESS.dec()
             method = scope["method"] if scope["method"] in METHODS else "other"
-            REQUESTS.labels(template(scope), method, str(status)).inc()
+            route = template(scope)
+            self.series.record(route, method, status, None if answered is None else answered - arrived)
             if self.access_log:
                 ACCESS.info(
                     json.dumps(
@@ -291,7 +293,7 @@ class EdgeMiddleware:
                             "time": round(time.time(), 3),
                             "request_id": request_id.decode(),
                             "method": method,
-                            "endpoint": template(scope),
+                            "endpoint": route,
                             "status": status,
                             "duration_ms": round((time.perf_counter() - arrived) * 1000, 2),
                             **({"key_id": scope[KEY_ID]} if KEY_ID in scope else {}),

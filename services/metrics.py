@@ -11,6 +11,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from typing import Any
 
 from prometheus_client import REGISTRY as OWN_PROCESS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -85,6 +86,28 @@ MODEL_INFO = Gauge(
     "Loaded models (value 1): store tag, ONNX opset and the device ONNX Runtime runs on.",
     ["model", "version", "device", "opset"],
 )
+
+
+class RequestSeries:
+    """REQUESTS and REQUEST_SECONDS for each answered request, their children made once per label set
+    (`labels()` costs per call, and every label here is bounded)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, int], Any] = {}
+        self._seconds: dict[str, Any] = {}
+
+    def record(self, endpoint: str, method: str, status: int, seconds: float | None) -> None:
+        """One request; `seconds` to the start of its answer, None if none began."""
+        count = self._counts.get((endpoint, method, status))
+        if count is None:
+            count = self._counts[endpoint, method, status] = REQUESTS.labels(endpoint, method, str(status))
+        count.inc()
+        if seconds is None:
+            return
+        observed = self._seconds.get(endpoint)
+        if observed is None:
+            observed = self._seconds[endpoint] = REQUEST_SECONDS.labels(endpoint)
+        observed.observe(seconds)
 
 
 def exposition() -> bytes:
