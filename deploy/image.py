@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,23 +202,15 @@ def build_image(build: ImageBuild) -> str:
     envs = yaml.safe_load((bento / "bento.yaml").read_text()).get("envs") or []
     build_args = [f"--build-arg={env['name']}={env['value']}" for env in envs if env["name"].startswith("MODELROAD_")]
     image = f"{build.name}:{bento.name}"
-    run(
-        [
-            build.engine,
-            "build",
-            f"--build-arg=BASE={build.base_image}",
-            *build_args,
-            "-t",
-            image,
-            "-t",
-            f"{build.name}:latest",
-            "-f",
-            str(context / "Containerfile"),
-            str(context),
-        ],
-        build.engine,
-    )
+    engine_build(build, context / "Containerfile", [image, f"{build.name}:latest"], build_args)
     return image
+
+
+def engine_build(build: ImageBuild, containerfile: Path, tags: list[str], build_args: Sequence[str] = ()) -> None:
+    """The engine builds `containerfile` (its folder is the context) on the project's base image."""
+    tagged = [option for tag in tags for option in ("-t", tag)]
+    command = [build.engine, "build", f"--build-arg=BASE={build.base_image}", *build_args, *tagged]
+    run([*command, "-f", str(containerfile), str(containerfile.parent)], build.engine)
 
 
 def build_prometheus_image(build: ImageBuild) -> str:
@@ -236,19 +229,7 @@ def build_prometheus_image(build: ImageBuild) -> str:
     ):
         shutil.copy(source, context / source.name)
     image = "localhost/modelroad-prometheus:latest"
-    run(
-        [
-            build.engine,
-            "build",
-            f"--build-arg=BASE={build.base_image}",
-            "-t",
-            image,
-            "-f",
-            str(context / "Containerfile.prometheus"),
-            str(context),
-        ],
-        build.engine,
-    )
+    engine_build(build, context / "Containerfile.prometheus", [image])
     return image
 
 

@@ -38,10 +38,10 @@ def test_serving_requirements_are_the_packages_dependencies():
     assert [line for line in lines if line] == dependencies
 
 
-@pytest.mark.slow
-def test_bentoml_build_packs_the_service_and_references_every_model(registered, session_dir):
+def bentoml_build(*options: str) -> str:
+    """`bentoml build` with these options; the bento's tag."""
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("bentoml")), "build", "--output", "tag"],
+        [str(Path(sys.executable).with_name("bentoml")), "build", *options, "--output", "tag"],
         cwd=ROOT,
         env=os.environ,
         capture_output=True,
@@ -50,7 +50,12 @@ def test_bentoml_build_packs_the_service_and_references_every_model(registered, 
         check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")  # --output tag prints __tag__:NAME:VERSION
+    return result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")  # it prints __tag__:NAME:VERSION
+
+
+@pytest.mark.slow
+def test_bentoml_build_packs_the_service_and_references_every_model(registered, session_dir):
+    tag = bentoml_build()
     bento_dir = session_dir / "bentoml" / "bentos" / "modelroad" / tag.split(":")[1]
     bento = yaml.safe_load((bento_dir / "bento.yaml").read_text())
     tags = {m["tag"] for m in bento["services"][0]["models"]}
@@ -99,17 +104,7 @@ def test_the_runner_gpu_variant_is_the_gpu_variant_serving_the_runner_service():
     "bentofile,name", [("bentofile.gpu.yaml", "modelroad-gpu"), ("bentofile.runner-gpu.yaml", "modelroad-runner-gpu")]
 )
 def test_bentoml_builds_the_gpu_variants_with_every_served_model(registered, session_dir, bentofile, name):
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("bentoml")), "build", "-f", bentofile, "--output", "tag"],
-        cwd=ROOT,
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    tag = bentoml_build("-f", bentofile)
     assert tag.startswith(f"{name}:")
     bento = yaml.safe_load((session_dir / "bentoml" / "bentos" / name / tag.split(":")[1] / "bento.yaml").read_text())
     served = {card["tag"] for card in registered.values() if "variant" not in card}
