@@ -1,4 +1,4 @@
-"""Command line: `python -m training train fashion-cnn`, `list`, `ensure`, `import FILE.onnx --name NAME`."""
+"""Command line: `python -m training train fashion-cnn`, `ensure`, `tune`, `report`, `list`, `import FILE.onnx`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -35,15 +36,23 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 help="net config overrides as JSON, e.g. '{\"dropout\": 0.2}'",
             )
         else:
-            kind = float if f.name == "max_minutes" else type(default) if default is not None else str
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"default: {default}")
+            kind = type(default) if default is not None else str
+            parser.add_argument(
+                flag,
+                type=kind,
+                choices=f.metadata.get("choices"),
+                default=argparse.SUPPRESS,
+                help=f"default: {default}",
+            )
 
 
-def config_from_args(task: str, args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig defaults, then the task's own defaults, then the flags given."""
+def config_from_args(task: str, args: argparse.Namespace, tuned: dict | None = None) -> TrainConfig:
+    """TrainConfig defaults, then the task's own defaults, then tuned parameters, then the flags given."""
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"task"}
     given = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    return TrainConfig(task=task, **{**TASKS[task].train_defaults, **given})
+    cfg = TrainConfig(task=task, **TASKS[task].train_defaults).with_params(tuned or {})
+    model = {**cfg.model, **given.pop("model", {})}  # a net flag overrides one tuned net field, not all
+    return dataclasses.replace(cfg, **given, model=model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train, evaluate, export and register one or more tasks")
     train.add_argument("tasks", nargs="+", choices=sorted(TASKS))
+    train.add_argument(
+        "--params-from",
+        type=Path,
+        metavar="STUDY",
+        help="train with the best trial's parameters of an Optuna study (artifacts/tune/TASK.db)",
+    )
     add_config_flags(train)
+    tune = commands.add_parser("tune", help="search a task's hyperparameters with Optuna (study in OUT_DIR/tune/)")
+    tune.add_argument("task", choices=sorted(TASKS))
+    tune.add_argument("--trials", type=int, default=20, help="trials to add to the study (default: 20)")
+    tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    add_config_flags(tune)
+    report = commands.add_parser("report", help="the results tables (Markdown) of the models in the store")
+    report.add_argument("--all-versions", action="store_true", help="every stored version, not only the latest")
     ensure = commands.add_parser("ensure", help="train every default task that has no model in the store")
     add_config_flags(ensure)
     listing = commands.add_parser("list", help="list registered models with their key test metric")
@@ -65,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     imported.add_argument("--name", required=True, help="its name in the store and the inference protocol")
     imported.add_argument("--labels", type=Path, help="a text file of class names, one per line, by class id")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Under torchrun, rank 0 alone speaks (the others would repeat every line).
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for chatty in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
@@ -82,6 +106,18 @@ def main(argv: list[str] | None = None) -> int:
             log.error("not imported: %s", exc)
             return 2
         log.info("registered %s; serve it with MODELROAD_MODELS=%s", tag, tag)
+        return 0
+
+    if args.command == "tune":
+        from training.tune import tune
+
+        tune(config_from_args(args.task, args), args.trials, args.timeout)
+        return 0
+
+    if args.command == "report":
+        from training.report import results_tables
+
+        print(results_tables(latest_only=not args.all_versions))
         return 0
 
     if args.command == "list":
@@ -102,10 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         tasks = [name for name in TASKS if name not in stored]
         if not tasks:
             log.info("every default model is in the store: %s", ", ".join(sorted(TASKS)))
-    else:
-        tasks = args.tasks
-    for name in tasks:
-        run(config_from_args(name, args))
+        for name in tasks:
+            run(config_from_args(name, args))
+        return 0
+
+    for name in args.tasks:
+        tuned, tuning = {}, None
+        if args.params_from:
+            from training.tune import best_params
+
+            tuned, tuning = best_params(args.params_from, name)
+            log.info("%s: parameters of study %s: %s", name, args.params_from, tuned)
+        run(config_from_args(name, args, tuned), tuning)
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import platform
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,10 @@ import torch
 
 from models import build_model, config_from_dict
 from training.config import TrainConfig
+from training.distributed import Ranks, start
 from training.evaluate import plot_history
 from training.export import check_parity, export_onnx, output_difference
-from training.loop import fit
+from training.loop import fit, pick_device
 from training.register import register_model
 from training.tasks import get_task
 from training.tasks.base import Predict, Task
@@ -54,12 +57,30 @@ def save_card(
     (out_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
 
 
-def run(cfg: TrainConfig) -> dict[str, Any]:
-    """Train one task end to end; returns the model card (with `tag` when registered)."""
+def machine(cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
+    """Where a model was trained, for the card and the report: results are only comparable on alike machines."""
+    device = pick_device(cfg.device, ranks)
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "processes": ranks.world,
+        "threads_per_process": cfg.threads,
+        "torch": torch.__version__,
+    }
+
+
+def run(cfg: TrainConfig, tuning: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Train one task end to end; returns the model card (with `tag` when registered).
+
+    Under torchrun every rank trains; rank 0 alone exports, registers and returns the card (others: None).
+    `tuning`: the Optuna study the parameters came from, recorded in the card."""
     task = get_task(cfg.task)
+    ranks = start(cuda=pick_device(cfg.device).type == "cuda")
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
+    if ranks.leader:
+        cfg.save(run_dir / "config.json")
 
     data = task.load_data(cfg)
     log.info(
@@ -70,7 +91,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         len(data.test),
         data.source,
     )
-    trained = fit(task, data, cfg, run_dir)
+    trained = fit(task, data, cfg, run_dir, ranks)
+    if not ranks.leader:
+        return None
     plot_history(trained.history, run_dir / "training_curves.png")
 
     # Export from a fresh module holding the best weights: re-exporting a module that was traced
@@ -101,8 +124,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "model_config": trained.model_config,
         "train_config": asdict(cfg),
         "history": trained.history,
+        **({"pretraining": trained.pretraining} if trained.pretraining else {}),
         "val_loss": min(h["val_loss"] for h in trained.history),
         "train_seconds": round(trained.seconds, 1),
+        "machine": machine(cfg, ranks),
+        **({"tuning": tuning} if tuning else {}),
         "data_source": data.source,
         "data_fingerprint": data.fingerprint,
     }

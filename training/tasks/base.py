@@ -7,13 +7,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Sampler, TensorDataset, default_collate
 
 from training.config import TrainConfig
+
+if TYPE_CHECKING:
+    import optuna
 
 # (inputs...) -> outputs, in eval mode and without gradients: how evaluation sees a trained net.
 Predict = Callable[..., np.ndarray]
@@ -88,6 +92,17 @@ class Task(ABC):
 
     def augment(self, inputs: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         return inputs
+
+    def search_space(self, trial: optuna.Trial) -> None:
+        """Draw this task's tuned parameters from `trial` (`python -m training tune`), by flat names:
+        "lr" is a TrainConfig field, "model.dropout" a field of the net's config."""
+        raise NotImplementedError(f"{self.name} declares no search space")
+
+    def pretext(self, net: nn.Module) -> nn.Module | None:
+        """A self-supervised objective on the training inputs (labels unused), trained before the task's own
+        when --pretrain-epochs > 0: a module around `net` whose forward(*inputs, generator=) returns its loss.
+        None: this task has none."""
+        return None
 
     def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float | None:
         """Higher is better: selects the best epoch and shows in the progress bar. None: the loss decides."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from training.tasks.base import (
     fingerprint_arrays,
     split_indices,
 )
+
+if TYPE_CHECKING:
+    import optuna
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 FASHION_MNIST_LABELS = [
@@ -96,6 +99,12 @@ class ImageClassificationTask(Task):
         "batch_size": 128,
         "lr": 3e-3,
     }  # 93% test accuracy in ~4.5 min on 2 cores
+
+    def search_space(self, trial: optuna.Trial) -> None:
+        trial.suggest_float("lr", 1e-3, 1e-2, log=True)
+        trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True)
+        trial.suggest_float("model.dropout", 0.1, 0.5)
+        trial.suggest_categorical("model.hidden", [64, 128, 256])
 
     def load_data(self, cfg: TrainConfig) -> Prepared:
         shape = ImagePreprocessing()

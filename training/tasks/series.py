@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import matplotlib
 
@@ -26,6 +26,9 @@ from torch.utils.data import TensorDataset
 from contracts.preprocessing import SeriesScaling
 from training.config import TrainConfig
 from training.tasks.base import InputSpec, Predict, Prepared, Task, fingerprint_arrays
+
+if TYPE_CHECKING:
+    import optuna
 
 log = logging.getLogger(__name__)
 SEASON = 52  # weeks
@@ -91,6 +94,12 @@ class ForecastTask(Task):
         "patience": 8,
         "warmup_steps": 50,
     }
+
+    def search_space(self, trial: optuna.Trial) -> None:
+        trial.suggest_float("lr", 5e-4, 5e-3, log=True)
+        trial.suggest_categorical("batch_size", [16, 32, 64])
+        trial.suggest_categorical("model.hidden", [32, 64, 128])
+        trial.suggest_float("model.dropout", 0.0, 0.3)
 
     def __init__(self, cell: str):
         self.cell = cell

@@ -4,7 +4,7 @@ lexicographer file (25 categories: animal, food, person, ...), or a user's CSV (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -16,12 +16,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from torch import nn
 from torch.utils.data import Sampler, TensorDataset, default_collate
 
 from contracts.preprocessing import TextEncoding
+from models.transformer import MaskedLanguageModel
 from training.config import TrainConfig
 from training.evaluate import classification_metrics, plot_confusion_matrix
 from training.tasks.base import InputSpec, Predict, Prepared, Task, balanced_class_weights, fingerprint_arrays
+
+if TYPE_CHECKING:
+    import optuna
 
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")  # Debian package wordnet-base
 # Lexicographer files 03-28 hold the nouns (WordNet's lexnames(5WN)); "noun." is dropped from the names.
@@ -54,7 +59,8 @@ NOUN_LEXNAMES = [
     "time",
 ]
 FIRST_NOUN_FILE = 3
-SPECIAL_TOKENS = ["[PAD]", "[UNK]"]  # [PAD] is id 0: TextEncoding.pad_id and the embedding's padding_idx
+# [PAD] is id 0: TextEncoding.pad_id and the embedding's padding_idx; [MASK] serves pretraining only.
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[MASK]"]
 
 
 def read_wordnet_glosses(path: Path) -> pd.DataFrame:
@@ -88,14 +94,26 @@ def load_texts(cfg: TrainConfig) -> pd.DataFrame:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
-    """WordPiece on the training split only, lower-cased with accents stripped, no special tokens added."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    """WordPiece on the training split only, lower-cased with accents stripped, no special tokens added.
+
+    The same texts give the same vocabulary: tokenizers' trainer numbers the "##x" pieces in hash-map
+    order, and ties between merges go by those numbers, so two runs differ (huggingface/tokenizers#1794).
+    Declaring every "##x" up front, in sorted order, fixes their numbers; the vocabulary is then loaded
+    into a fresh tokenizer where they are ordinary pieces and only SPECIAL_TOKENS are special."""
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    characters = sorted({c for text in texts for c in normalizer.normalize_str(text) if not c.isspace()})
+    trained = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    trained.normalizer = normalizer
+    trained.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + ["##" + c for c in characters]
+    )
+    trained.train_from_iterator(texts, trainer)
+    tokenizer = Tokenizer(models.WordPiece(vocab=trained.get_vocab(), unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(
-        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
-    )
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
     return tokenizer
 
 
@@ -149,8 +167,13 @@ class TextClassificationTask(Task):
         "lr": 2e-3,
         "weight_decay": 0.05,
         "patience": 3,
-        "max_minutes": 9.5,
-    }  # ~48 s an epoch on 2 cores; the budget keeps a slower machine inside 10 minutes
+    }  # ~48 s an epoch on 2 cores
+
+    def search_space(self, trial: optuna.Trial) -> None:
+        trial.suggest_float("lr", 5e-4, 4e-3, log=True)
+        trial.suggest_float("weight_decay", 0.01, 0.2, log=True)
+        trial.suggest_float("model.dropout", 0.05, 0.3)
+        trial.suggest_int("pretrain_epochs", 0, 4)
 
     def load_data(self, cfg: TrainConfig) -> Prepared:
         frame = load_texts(cfg)
@@ -194,6 +217,9 @@ class TextClassificationTask(Task):
 
     def model_config(self, data: Prepared) -> dict[str, Any]:
         return {"vocab_size": data.extras["vocab_size"], "num_classes": len(data.labels), "max_tokens": self.max_tokens}
+
+    def pretext(self, net: nn.Module) -> nn.Module:
+        return MaskedLanguageModel(net, mask_id=SPECIAL_TOKENS.index("[MASK]"), special_ids=len(SPECIAL_TOKENS))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
         return F.cross_entropy(outputs, targets, weight=class_weights, label_smoothing=0.05)
