@@ -75,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", help="the results tables (Markdown) of the models in the store")
     report.add_argument("--all-versions", action="store_true", help="every stored version, not only the latest")
     ensure = commands.add_parser("ensure", help="train every default task that has no model in the store")
+    ensure.add_argument(
+        "--lanes",
+        type=int,
+        default=2,
+        help="tasks trained side by side, each in its own process with cores/lanes threads (default: 2)",
+    )
     add_config_flags(ensure)
     listing = commands.add_parser("list", help="list registered models with their key test metric")
     listing.add_argument(
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     imported.add_argument("file", type=Path, help="the .onnx file (external data files beside it, if any)")
     imported.add_argument("--name", required=True, help="its name in the store and the inference protocol")
     imported.add_argument("--labels", type=Path, help="a text file of class names, one per line, by class id")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     # Under torchrun, rank 0 alone speaks (the others would repeat every line).
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
@@ -138,6 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         tasks = [name for name in TASKS if name not in stored]
         if not tasks:
             log.info("every default model is in the store: %s", ", ".join(sorted(TASKS)))
+        if args.lanes > 1 and len(tasks) > 1:
+            from training.lanes import train_in_lanes
+
+            # The lanes get the flags given here, --lanes and its value aside.
+            flags = argv[argv.index("ensure") + 1 :]
+            if "--lanes" in flags:
+                at = flags.index("--lanes")
+                flags = flags[:at] + flags[at + 2 :]
+            return train_in_lanes(tasks, args.lanes, flags)
         for name in tasks:
             run(config_from_args(name, args))
         return 0

@@ -187,3 +187,27 @@ def test_report_prints_a_table_per_model_with_baselines_and_the_machine(register
         assert f"**{card['tag']}**" in out
     assert "| model | accuracy |" in out and "logistic_regression (baseline)" in out
     assert "wordnet-transformer-int8" in out and "Trained: 1 epochs" in out and "cores" in out
+
+
+def test_lanes_take_the_longest_tasks_first_onto_the_least_loaded_lane():
+    from training.lanes import plan_lanes
+
+    everything = ["fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer"]
+    assert plan_lanes(everything, 2) == [["wordnet-transformer"], ["fashion-cnn", "co2-gru", "co2-lstm"]]
+    assert plan_lanes(["co2-gru"], 2) == [["co2-gru"]]
+
+
+@pytest.mark.slow
+def test_ensure_trains_every_missing_task_in_two_lanes_then_nothing(tmp_path):
+    store, argv = tmp_path / "bentoml", ["ensure", "--dry-run", "--out-dir", str(tmp_path / "run")]
+    env = {**os.environ, "BENTOML_HOME": str(store)}
+    first = subprocess.run([sys.executable, "-m", "training", *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "training in 2 lanes: wordnet-transformer | fashion-cnn, co2-gru, co2-lstm" in first.stderr
+    names = {p.name for p in (store / "models").iterdir()}
+    assert {"fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "wordnet-transformer-int8"} <= names
+    cards = [card_of(tmp_path / "run", task) for task in ("fashion-cnn", "wordnet-transformer")]
+    assert all(card["machine"]["threads_per_process"] == max(1, (os.cpu_count() or 1) // 2) for card in cards)
+
+    again = subprocess.run([sys.executable, "-m", "training", *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "every default model is in the store" in again.stderr

@@ -59,6 +59,8 @@ class Task(ABC):
     parity_tolerance: float = 1e-4
     # TrainConfig values this task trains best with; flags given on the command line win.
     train_defaults: ClassVar[dict[str, Any]] = {}
+    # Seconds its default training takes on 2 cores (measured): how `ensure` shares tasks between lanes.
+    expected_seconds: ClassVar[float] = 60.0
 
     @abstractmethod
     def load_data(self, cfg: TrainConfig) -> Prepared: ...

@@ -104,6 +104,7 @@ class ForecastTask(Task):
     def __init__(self, cell: str):
         self.cell = cell
         self.name = f"co2-{cell}"
+        self.expected_seconds = {"lstm": 45.0, "gru": 110.0}.get(cell, 110.0)  # the GRU stops later
 
     def load_data(self, cfg: TrainConfig) -> Prepared:
         raw = load_csv(Path(cfg.data)) if cfg.data else load_co2()
