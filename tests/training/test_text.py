@@ -6,6 +6,7 @@ import torch
 from contracts.preprocessing import TextEncoding
 from training.config import TrainConfig
 from training.tasks.text import (
+    SPECIAL_TOKENS,
     WORDNET_NOUNS,
     LengthBuckets,
     TextClassificationTask,
@@ -77,3 +78,17 @@ def test_registered_text_models_float_and_int8(registered):
     assert "tfidf_logistic_regression" in float_card["baseline"]
     assert {"accuracy", "macro_f1", "per_class"} <= set(int8_card["metrics"])
     assert [i["name"] for i in float_card["inputs"]] == ["input_ids", "attention_mask"]
+
+
+def test_word_dropout_hides_only_real_tokens_as_unk():
+    task = TextClassificationTask()
+    ids = torch.randint(3, 500, (64, 20))
+    mask = torch.ones_like(ids)
+    mask[:, 15:] = 0
+    ids[:, 15:] = 0
+    task.token_dropout = 0.25
+    dropped, same_mask = task.augment((ids, mask), torch.Generator().manual_seed(0))
+    unk = dropped == SPECIAL_TOKENS.index("[UNK]")
+    assert torch.equal(same_mask, mask) and not unk[:, 15:].any()
+    assert 0.2 < unk[:, :15].float().mean() < 0.3
+    assert torch.equal(dropped[~unk], ids[~unk])
