@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup serve train test test-fast loadtest bench bento image pod pod-down lint
+.PHONY: setup serve train test test-fast loadtest soak bench bento image pod pod-down lint
 
 setup:
 	@scripts/setup.sh
@@ -32,6 +32,11 @@ test-fast: setup
 URL ?= http://$(HOST):$(PORT)
 loadtest: setup
 	$(PY) -m loadtests.run --host $(URL)
+
+## 10 minutes of mixed Locust load at 70% of the capacity it measures first, against its own server
+## on a free loopback port: RSS, descriptors, p50/p99 and non-2xx per minute, and a verdict (~11 min).
+soak: setup
+	$(PY) -m loadtests.soak --minutes 10
 
 ## wrk against the platform (batched and not, and overloaded), its floors (no-op BentoML, bare Starlette, ONNX Runtime and PyTorch eager alone) and the peers (~20 min).
 bench: setup

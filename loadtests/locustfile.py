@@ -13,7 +13,7 @@ import os
 import random
 from pathlib import Path
 
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, between, constant_throughput, events, task
 
 PAYLOADS = Path(__file__).parent / "payloads"
 IMAGES = [(p.name, p.read_bytes()) for p in sorted((PAYLOADS / "images").iterdir())]
@@ -26,14 +26,18 @@ log = logging.getLogger("loadtests.gate")
 AUTHORIZATION = {"Authorization": f"Bearer {key}"} if (key := os.environ.get("MODELROAD_API_KEY")) else {}
 
 
+# LOADTEST_USER_RPS paces each user to that many requests/s (the soak's steady load); unset: as fast as answered.
+USER_RPS = os.environ.get("LOADTEST_USER_RPS")
+PACING = constant_throughput(float(USER_RPS)) if USER_RPS else between(0.0, 0.05)
+
+
 class PlatformUser(FastHttpUser):
     abstract = True
     default_headers = AUTHORIZATION
+    wait_time = PACING
 
 
 class ImageUser(PlatformUser):
-    wait_time = between(0.0, 0.05)
-
     @task
     def classify_image(self) -> None:
         name, data = random.choice(IMAGES)
@@ -48,8 +52,6 @@ class ImageUser(PlatformUser):
 
 
 class ForecastUser(PlatformUser):
-    wait_time = between(0.0, 0.05)
-
     @task
     def forecast(self) -> None:
         body = random.choice(FORECASTS)
@@ -61,8 +63,6 @@ class ForecastUser(PlatformUser):
 
 
 class TextUser(PlatformUser):
-    wait_time = between(0.0, 0.05)
-
     @task(4)
     def classify_text(self) -> None:
         with self.client.post(

@@ -61,7 +61,7 @@ def training_line(card: Mapping[str, Any]) -> str:
         else "machine not recorded"
     )
     parts = [
-        f"{epochs} epochs" + (f" after {pretrained} of pretraining" if pretrained else ""),
+        f"{epochs} epoch{'s' * (epochs != 1)}" + (f" after {pretrained} of pretraining" if pretrained else ""),
         f"{_duration(card['train_seconds'])} of training" if "train_seconds" in card else None,
         f"precision {cfg.get('precision', 'fp32')}, seed {cfg.get('seed', '?')}",
         where,

@@ -3,7 +3,8 @@
 Each task declares its search space beside its defaults (`Task.search_space`). A trial trains with the
 road's own loop and is judged on the validation split, as the loop judges epochs (test data stays unseen);
 nothing is exported or registered. Optuna's median pruner stops a trial whose per-epoch validation
-objective trails the earlier trials' at the same epoch. The study is an SQLite file,
+objective trails the earlier trials' at the same epoch (after 3 whole trials, and not in
+the first quarter of its epochs). The study is an SQLite file,
 `<out-dir>/tune/<task>.db`: run the command again to add trials to it. Then
 `python -m training train TASK --params-from <out-dir>/tune/<task>.db` trains with the best trial's
 parameters and records the search in the model card.
@@ -71,7 +72,8 @@ def tune(base: TrainConfig, trials: int, timeout: float | None) -> optuna.Study:
         load_if_exists=True,
         direction="minimize",  # the loop's objective: -validation score, else validation loss
         sampler=optuna.samplers.TPESampler(seed=base.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        # No pruning in a trial's first quarter of epochs: early epochs say little about the end.
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, base.epochs // 4)),
     )
     data = task.load_data(base)  # the search space holds training choices only: the data stay the same
 

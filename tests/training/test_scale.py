@@ -83,23 +83,23 @@ def test_on_epoch_hears_the_validation_objective_and_can_stop_the_run(tmp_path):
 def test_tune_prunes_resumes_plots_and_trains_from_its_best_trial(tmp_path):
     out = ["--out-dir", str(tmp_path)]
     # Real epochs of the small CO2 task: the median pruner has earlier trials to compare with.
-    assert main(["tune", "co2-gru", "--trials", "5", "--epochs", "4", *out]) == 0
+    assert main(["tune", "co2-gru", "--trials", "6", "--epochs", "4", *out]) == 0
     study_file = tmp_path / "tune" / "co2-gru.db"
     study = optuna.load_study(study_name="co2-gru", storage=f"sqlite:///{study_file}")
     states = [t.state for t in study.trials]
-    assert len(states) == 5 and optuna.trial.TrialState.PRUNED in states
+    assert len(states) == 6 and optuna.trial.TrialState.PRUNED in states
     assert (tmp_path / "tune" / "co2-gru-history.png").stat().st_size > 0
     assert (tmp_path / "tune" / "co2-gru-importances.png").stat().st_size > 0
 
     assert main(["tune", "co2-gru", "--trials", "1", "--dry-run", *out]) == 0  # the study grows: resumable
-    assert len(optuna.load_study(study_name="co2-gru", storage=f"sqlite:///{study_file}").trials) == 6
+    assert len(optuna.load_study(study_name="co2-gru", storage=f"sqlite:///{study_file}").trials) == 7
 
     # In a process of its own: a second export of the same recurrent net in one process (the session's
     # co2-gru fixture) comes out with its time axis frozen (torch 2.13's exporter).
     run_training(["train", "co2-gru", "--dry-run", "--no-register", "--params-from", str(study_file), *out])
     card, best = card_of(tmp_path, "co2-gru"), study.best_params
     assert card["train_config"]["lr"] == best["lr"] and card["model_config"]["hidden"] == best["model.hidden"]
-    assert card["tuning"]["best_params"] == best and len(card["tuning"]["trials"]) == 6
+    assert card["tuning"]["best_params"] == best and len(card["tuning"]["trials"]) == 7
 
 
 @pytest.mark.slow
@@ -111,9 +111,9 @@ def test_tune_dry_run_does_two_tiny_trials(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_train_the_model_one_process_trains(tmp_path):
-    # Dropout off and no augmentation (text): what remains between 1 and 2 processes is the order of sums
-    # (each rank's weighted mean loss, then DDP's mean of gradients), which AdamW's steps carry into the
-    # weights. Tolerance: validation loss within 0.1%, test accuracy within one point.
+    # Dropout off: what remains between 1 and 2 processes is word dropout (each rank draws its own) and the
+    # order of sums (each rank's weighted mean loss, then DDP's mean of gradients), which AdamW's steps carry
+    # into the weights. Tolerance: validation loss within 0.1%, test accuracy within two points.
     store = tmp_path / "bentoml"
     argv = ["train", "wordnet-transformer", "--dry-run", "--threads", "1", "--model", '{"dropout": 0.0}']
     run_training([*argv, "--out-dir", str(tmp_path / "one")], store)
@@ -122,7 +122,7 @@ def test_two_processes_train_the_model_one_process_trains(tmp_path):
     one, two = card_of(tmp_path / "one", "wordnet-transformer"), card_of(tmp_path / "two", "wordnet-transformer")
     assert two["machine"]["processes"] == 2 and one["machine"]["processes"] == 1
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-3)
-    assert abs(two["metrics"]["accuracy"] - one["metrics"]["accuracy"]) <= 0.01
+    assert abs(two["metrics"]["accuracy"] - one["metrics"]["accuracy"]) <= 0.02
     # Rank 0 alone registered: one version each (plus its int8 variant), not one per rank.
     versions = list((store / "models" / "wordnet-transformer").iterdir())
     assert len([v for v in versions if v.name != "latest"]) == 2
@@ -186,7 +186,7 @@ def test_report_prints_a_table_per_model_with_baselines_and_the_machine(register
     for card in (registered["fashion-cnn"], registered["wordnet-transformer"]):
         assert f"**{card['tag']}**" in out
     assert "| model | accuracy |" in out and "logistic_regression (baseline)" in out
-    assert "wordnet-transformer-int8" in out and "Trained: 1 epochs" in out and "cores" in out
+    assert "wordnet-transformer-int8" in out and "Trained: 1 epoch;" in out and "cores" in out
 
 
 def test_lanes_take_the_longest_tasks_first_onto_the_least_loaded_lane():
