@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             from training.lanes import train_in_lanes
 
             # The lanes get the flags given here, --lanes and its value aside.
-            flags = argv[argv.index("ensure") + 1 :]
+            flags = [flag for flag in argv[argv.index("ensure") + 1 :] if not flag.startswith("--lanes=")]
             if "--lanes" in flags:
                 at = flags.index("--lanes")
                 flags = flags[:at] + flags[at + 2 :]
