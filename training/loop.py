@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from models import build_model, config_from_dict
 from training.config import TrainConfig
-from training.distributed import SINGLE, Ranks, ShardedBatches, leader_says, mean_across, stop
+from training.distributed import SINGLE, Ranks, ShardedBatches, leader_says, mean_across
 from training.tasks.base import Prepared, Task
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,6 @@ def fit(
             break
 
     seconds = time.monotonic() - started
-    stop(ranks)  # every rank has finished its steps; rank 0 alone goes on to export
     net.load_state_dict(torch.load(best_path, weights_only=True, map_location=device)["model"])
     net.cpu().eval()  # export and evaluation run on the CPU, in fp32
     return Trained(net, model_config, history, seconds, pretraining)

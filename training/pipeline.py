@@ -16,7 +16,7 @@ import torch
 
 from models import build_model, config_from_dict
 from training.config import TrainConfig
-from training.distributed import Ranks, start
+from training.distributed import Ranks, start, stop
 from training.evaluate import plot_history
 from training.export import check_parity, export_onnx, output_difference
 from training.loop import fit, pick_device
@@ -92,6 +92,7 @@ def run(cfg: TrainConfig, tuning: dict[str, Any] | None = None) -> dict[str, Any
         data.source,
     )
     trained = fit(task, data, cfg, run_dir, ranks)
+    stop(ranks)  # every rank has finished its steps; rank 0 alone goes on to export
     if not ranks.leader:
         return None
     plot_history(trained.history, run_dir / "training_curves.png")
