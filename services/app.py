@@ -92,6 +92,7 @@ def build_app(title: str, description: str, routers: Sequence[APIRouter], guarde
     app.add_middleware(
         EdgeMiddleware,
         max_body_bytes=SETTINGS.max_body_bytes,
+        max_json_bytes=SETTINGS.max_json_bytes,
         max_in_flight=SETTINGS.max_in_flight,
         request_timeout_s=SETTINGS.request_timeout_s,
         open_paths=OPEN_PATHS,

@@ -102,8 +102,15 @@ def json_response(answer: BaseModel | Sequence[BaseModel]) -> Response:
 
 
 class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int):
-        super().__init__(413, f"request body is over the limit of {limit} bytes")
+    def __init__(self, limit: int, what: str = "request body"):
+        super().__init__(413, f"{what} is over the limit of {limit} bytes")
+
+
+# Bodies of these media types are read as bytes (uploads, binary tensors); every other body is parsed as JSON, by
+# one C call that holds the GIL for its whole length (~6 ms a MiB, in a thread or not), so its own, smaller limit
+# bounds how long one request can keep the event loop (timeouts, /livez, other requests) waiting.
+BYTE_BODIES = (b"multipart/form-data", b"application/octet-stream")
+JSON_HEADER_LENGTH = b"inference-header-content-length"  # the JSON part of a binary inference-protocol body
 
 
 def _reason(status: int) -> str:
@@ -236,6 +243,7 @@ class EdgeMiddleware:
         self,
         app: Callable,
         max_body_bytes: int,
+        max_json_bytes: int | None = None,
         max_in_flight: int = 256,
         request_timeout_s: float = 30.0,
         open_paths: tuple[str, ...] = (),
@@ -246,6 +254,7 @@ class EdgeMiddleware:
     ):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_json_bytes = max_body_bytes if max_json_bytes is None else min(max_json_bytes, max_body_bytes)
         self.max_in_flight = max_in_flight
         self.request_timeout_s = request_timeout_s
         self.open_paths = open_paths  # never refused for load or rate: health and docs
@@ -359,11 +368,20 @@ class EdgeMiddleware:
             await self._reply(scope, send, 504, f"no answer within the request timeout of {self.request_timeout_s:g} s")
 
     async def _limit_body(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.max_body_bytes
-        declared = dict(scope.get("headers", ())).get(b"content-length")
+        headers = dict(scope.get("headers", ()))
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        limit, what = (self.max_json_bytes, "JSON body")
+        if media in BYTE_BODIES:
+            limit, what = self.max_body_bytes, "request body"
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await self._reply(
-                scope, send, 413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes"
+                scope, send, 413, f"{what} of {int(declared)} bytes is over the limit of {limit} bytes"
+            )
+        json_part, json_limit = headers.get(JSON_HEADER_LENGTH), self.max_json_bytes
+        if json_part is not None and json_part.isdigit() and int(json_part) > json_limit:
+            return await self._reply(
+                scope, send, 413, f"JSON header of {int(json_part)} bytes is over the limit of {json_limit} bytes"
             )
         received = 0
 
@@ -373,7 +391,7 @@ class EdgeMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:  # a chunked body that grew past the limit: stop reading it
-                    raise BodyTooLarge(limit)
+                    raise BodyTooLarge(limit, what)
             return message
 
         await self.app(scope, limited_receive, send)

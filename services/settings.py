@@ -18,6 +18,9 @@ class ServeSettings:
     max_batch_size: int = 64  # items (not requests) per inference call
     max_wait_ms: float = 1.0  # how long a batch may wait for company once the runner is idle
     max_body_bytes: int = 10 * 1024 * 1024  # larger requests get 413 before their body is read
+    # JSON bodies (every body but multipart uploads and binary tensors): the largest valid one is ~1 MiB
+    # (64 images of JSON floats); parsing 2 MiB holds the event loop ~12 ms.
+    max_json_bytes: int = 2 * 1024 * 1024
     request_timeout_s: float = 30.0  # a request still unanswered after this gets 504 (and its queued work is dropped)
     max_in_flight: int = 256  # API requests a worker admits at once (~4 full batches); more get 503 + Retry-After
     max_image_pixels: int = MAX_IMAGE_PIXELS  # an uploaded image's declared pixels, checked before decoding

@@ -124,7 +124,7 @@ def test_bad_requests_get_a_4xx_json_error_over_http(server, request_kwargs, sta
 # Bodies under the size limit made of many bad items: each bad item used to add an error to the answer.
 AMPLIFIERS = {
     "pixels, every grey a string": ("/classify_pixels", {"pixels": [[["x"] * 28] * 28] * 64}),
-    "pixels, a million rows": ("/classify_pixels", {"pixels": [[[1] * 28] * 28] * 63 + [[[1] * 100_000] * 28]}),
+    "pixels, 560,000 columns": ("/classify_pixels", {"pixels": [[[1] * 28] * 28] * 63 + [[[1] * 20_000] * 28]}),
     "history, strings": ("/forecast", {"history": [1.0] * 4000 + ["x"] * 300_000}),
     "texts, numbers": ("/classify_texts", {"texts": ["a gloss"] * 63 + [[1] * 300_000]}),
     "tensor data, strings": (

@@ -57,8 +57,11 @@ def test_small_bodies_pass_untouched():
     assert client.post("/echo", content=b"x" * 1000).json() == {"bytes": 1000}
 
 
+BYTES = {"content-type": "application/octet-stream"}
+
+
 def test_declared_oversize_body_is_refused_with_413_before_reading(monkeypatch):
-    response = client.post("/echo", content=b"x" * (SETTINGS.max_body_bytes + 1))
+    response = client.post("/echo", content=b"x" * (SETTINGS.max_body_bytes + 1), headers=BYTES)
     assert response.status_code == 413 and "over the limit" in response.json()["error"]
 
 
@@ -67,10 +70,30 @@ def test_chunked_body_growing_past_the_limit_gets_413():
         for _ in range(11):
             yield b"x" * (1024 * 1024)
 
-    response = client.post("/echo", content=chunks())
+    response = client.post("/echo", content=chunks(), headers=BYTES)
     assert response.status_code == 413 and response.json() == {
         "error": f"request body is over the limit of {SETTINGS.max_body_bytes} bytes"
     }
+
+
+@pytest.mark.parametrize("headers", [{"content-type": "application/json"}, {"content-type": "text/plain"}, {}])
+def test_a_body_parsed_as_json_has_its_own_smaller_limit(headers):
+    """A JSON parse holds the event loop for its whole length: bodies that are not uploads or binary tensors
+    stop at max_json_bytes, declared or streamed; byte bodies of the same size pass."""
+    size = SETTINGS.max_json_bytes + 1
+    declared = client.post("/echo", content=b" " * size, headers=headers)
+    assert declared.status_code == 413, declared.text
+    assert declared.json()["error"] == f"JSON body of {size} bytes is over the limit of {SETTINGS.max_json_bytes} bytes"
+    streamed = client.post("/echo", content=iter([b" " * SETTINGS.max_json_bytes, b" "]), headers=headers)
+    assert streamed.json() == {"error": f"JSON body is over the limit of {SETTINGS.max_json_bytes} bytes"}
+    for media in ("application/octet-stream", "multipart/form-data; boundary=x"):
+        assert client.post("/echo", content=b" " * size, headers={"content-type": media}).json() == {"bytes": size}
+
+
+def test_the_json_part_of_a_binary_inference_body_has_the_json_limit():
+    headers = {**BYTES, "inference-header-content-length": str(SETTINGS.max_json_bytes + 1)}
+    response = client.post("/echo", content=b" " * (SETTINGS.max_json_bytes + 8), headers=headers)
+    assert response.status_code == 413 and response.json()["error"].startswith("JSON header of")
 
 
 @pytest.mark.parametrize(
