@@ -14,6 +14,7 @@ from services.errors import BadRequest
 from services.family import pipeline_name, serving
 from services.http import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.oip import InferenceModel
+from services.payloads import PAYLOADS, array_summaries
 from services.runner import OnnxRunner, TensorSpec
 from services.settings import SETTINGS
 
@@ -32,7 +33,18 @@ class Forecaster:
         """(N, T) raw histories, T >= min_history -> (N, horizon) raw forecasts."""
         recent = self.contract.recent(histories)
         outputs = await self.runner.submit(self.contract.feeds(recent))
-        return self.contract.forecasts(outputs[self.runner.outputs[0].name], recent, horizon)
+        forecasts = self.contract.forecasts(outputs[self.runner.outputs[0].name], recent, horizon)
+        if PAYLOADS:
+            values = np.asarray(histories, dtype=np.float64)
+            inputs = [
+                summary | {"last": float(h[-1]), "step_std": float(np.diff(h).std())}
+                for summary, h in zip(array_summaries(values), values, strict=True)
+            ]
+            if PAYLOADS.raw_inputs:
+                inputs = [summary | {"history": h.tolist()} for summary, h in zip(inputs, values, strict=True)]
+            answers = ({"forecast": f.tolist()} for f in forecasts)
+            PAYLOADS.record(self.runner.name, self.runner.version, inputs, answers)
+        return forecasts
 
 
 class ForecastFamily:

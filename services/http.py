@@ -31,6 +31,7 @@ from contracts.preprocessing import ImageTooLarge, InvalidInput
 from services.errors import ServingError, UnsupportedMediaType
 from services.keys import KeyRing, RateLimiter, presented_key
 from services.metrics import ERRORS, IN_PROGRESS, METHODS, RequestSeries
+from services.payloads import CURRENT_REQUEST_ID
 from services.startup import DRAIN
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,7 @@ class EdgeMiddleware:
         arrived, status = time.perf_counter(), 500
         answered: float | None = None  # when the answer began (never, for a client gone first)
         request_id = request_id_of(scope)
+        CURRENT_REQUEST_ID.set(request_id.decode())  # for the payload log's lines
 
         async def counted_send(message: Message) -> None:
             nonlocal status, answered

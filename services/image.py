@@ -15,6 +15,7 @@ from services.errors import BadRequest
 from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, prepared, serving
 from services.http import ERROR_RESPONSES, JSON_ONLY, json_response, media_types
 from services.oip import InferenceModel
+from services.payloads import PAYLOADS, answer_summary, array_summaries
 from services.runner import OnnxRunner, TensorSpec
 from services.settings import SETTINGS
 
@@ -36,6 +37,12 @@ class ImageFamily:
     async def classify(self, feeds: dict[str, np.ndarray]) -> list[ImageClassification]:
         answers: list[ImageClassification] = list((await self.runner.submit(feeds))[ANSWERS])
         self.predictions.count(a.label for a in answers)
+        if PAYLOADS:
+            images = feeds[self.runner.inputs[0].name]
+            inputs = array_summaries(images)
+            if PAYLOADS.raw_inputs:
+                inputs = [summary | {"pixels": x.tolist()} for summary, x in zip(inputs, images, strict=True)]
+            PAYLOADS.record(self.runner.name, self.runner.version, inputs, map(answer_summary, answers))
         return answers
 
     async def feeds_from_files(self, files: list[bytes]) -> dict[str, np.ndarray]:

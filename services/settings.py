@@ -57,6 +57,13 @@ class ServeSettings:
     tracing: bool = (
         False  # OpenTelemetry spans per request; off, BentoML's tracing middleware passes requests straight on
     )
+    # Payload logs (services/payloads.py): a folder turns them on; one JSON line per prediction, a summary of
+    # the input (its values too with payload_raw_inputs), written off the request path, rotated by size.
+    payload_log: str = ""
+    payload_sample_rate: float = 1.0  # the share of predictions logged
+    payload_log_max_mb: int = 64  # per file; then it is rotated
+    payload_log_files: int = 5  # files kept per worker, the current one included
+    payload_raw_inputs: bool = False
     runner_url: str = ""  # a runner service (services/runner_service.py) to run the models in; empty: in-process
     runner_wait_s: float = 120.0  # how long a worker waits at start for the runner service to be ready
 
@@ -93,6 +100,8 @@ class ServeSettings:
             except ValueError:
                 raise ValueError(f"MODELROAD_{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
         settings = cls(**values)
+        if not 0 <= settings.payload_sample_rate <= 1 or settings.payload_log_files < 1:
+            raise ValueError("MODELROAD_PAYLOAD_SAMPLE_RATE must be from 0 to 1 and MODELROAD_PAYLOAD_LOG_FILES >= 1")
         if settings.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"MODELROAD_DEVICE={settings.device!r}: choose cpu, cuda or auto")
         return settings

@@ -16,6 +16,7 @@ from services.errors import BadRequest
 from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, prepared, serving
 from services.http import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.oip import InferenceModel
+from services.payloads import PAYLOADS, answer_summary
 from services.runner import OnnxRunner, TensorSpec, padded_calls
 from services.settings import SETTINGS
 
@@ -41,6 +42,11 @@ class TextFamily:
         feeds = await prepared(self.feeds, texts, heavy=heavy)
         answers: list[TextClassification] = list((await self.runner.submit(feeds))[ANSWERS])
         self.predictions.count(a.label for a in answers)
+        if PAYLOADS:
+            inputs = [
+                {"chars": len(t), "words": len(t.split())} | ({"text": t} if PAYLOADS.raw_inputs else {}) for t in texts
+            ]
+            PAYLOADS.record(self.runner.name, self.runner.version, inputs, map(answer_summary, answers))
         return answers
 
     def feeds(self, texts: list[str]) -> dict[str, np.ndarray]:

@@ -49,6 +49,8 @@ def test_settings_come_from_the_environment_and_split_cores_among_workers():
     "env,message",
     [
         ({"MODELROAD_DEVICE": "tpu"}, "choose cpu, cuda or auto"),
+        ({"MODELROAD_PAYLOAD_SAMPLE_RATE": "1.5"}, "SAMPLE_RATE must be from 0 to 1"),
+        ({"MODELROAD_PAYLOAD_LOG_FILES": "0"}, "LOG_FILES >= 1"),
         ({"MODELROAD_WORKERS": "two"}, "MODELROAD_WORKERS='two' is not a valid int"),
     ],
 )
