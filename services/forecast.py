@@ -34,15 +34,15 @@ class Forecaster:
         recent = self.contract.recent(histories)
         outputs = await self.runner.submit(self.contract.feeds(recent))
         forecasts = self.contract.forecasts(outputs[self.runner.outputs[0].name], recent, horizon)
-        if PAYLOADS:
-            values = np.asarray(histories, dtype=np.float64)
+        if PAYLOADS and (kept := PAYLOADS.sampled(len(forecasts))):
+            values = np.asarray(histories, dtype=np.float64)[kept]
             inputs = [
                 summary | {"last": float(h[-1]), "step_std": float(np.diff(h).std())}
                 for summary, h in zip(array_summaries(values), values, strict=True)
             ]
             if PAYLOADS.raw_inputs:
                 inputs = [summary | {"history": h.tolist()} for summary, h in zip(inputs, values, strict=True)]
-            answers = ({"forecast": f.tolist()} for f in forecasts)
+            answers = [{"forecast": forecasts[i].tolist()} for i in kept]
             PAYLOADS.record(self.runner.name, self.runner.version, inputs, answers)
         return forecasts
 

@@ -37,12 +37,12 @@ class ImageFamily:
     async def classify(self, feeds: dict[str, np.ndarray]) -> list[ImageClassification]:
         answers: list[ImageClassification] = list((await self.runner.submit(feeds))[ANSWERS])
         self.predictions.count(a.label for a in answers)
-        if PAYLOADS:
-            images = feeds[self.runner.inputs[0].name]
+        if PAYLOADS and (kept := PAYLOADS.sampled(len(answers))):
+            images = feeds[self.runner.inputs[0].name][kept]
             inputs = array_summaries(images)
             if PAYLOADS.raw_inputs:
                 inputs = [summary | {"pixels": x.tolist()} for summary, x in zip(inputs, images, strict=True)]
-            PAYLOADS.record(self.runner.name, self.runner.version, inputs, map(answer_summary, answers))
+            PAYLOADS.record(self.runner.name, self.runner.version, inputs, [answer_summary(answers[i]) for i in kept])
         return answers
 
     async def feeds_from_files(self, files: list[bytes]) -> dict[str, np.ndarray]:

@@ -65,14 +65,18 @@ class PayloadLog:
         self.listener = Writer(self.queue, handler)
         self.listener.start()
 
+    def sampled(self, items: int) -> list[int]:
+        """Which items of a batch to log, each with probability `sample_rate` (chosen before anything is summarized)."""
+        if self.sample_rate >= 1:
+            return list(range(items))
+        return [i for i in range(items) if random.random() < self.sample_rate]
+
     def record(
         self, model: str, version: str, inputs: Iterable[dict[str, Any]], answers: Iterable[dict[str, Any]]
     ) -> None:
-        """One line per item of a batch, each kept with probability `sample_rate`."""
+        """One line per item (the sampled ones of a batch)."""
         request_id, now = CURRENT_REQUEST_ID.get(), round(time.time(), 3)
         for summary, answer in zip(inputs, answers, strict=True):
-            if self.sample_rate < 1 and random.random() >= self.sample_rate:
-                continue
             line = {"time": now, "request_id": request_id, "model": model, "version": version}
             line |= {"input": summary, "answer": answer}
             try:

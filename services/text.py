@@ -42,11 +42,12 @@ class TextFamily:
         feeds = await prepared(self.feeds, texts, heavy=heavy)
         answers: list[TextClassification] = list((await self.runner.submit(feeds))[ANSWERS])
         self.predictions.count(a.label for a in answers)
-        if PAYLOADS:
+        if PAYLOADS and (kept := PAYLOADS.sampled(len(answers))):
             inputs = [
-                {"chars": len(t), "words": len(t.split())} | ({"text": t} if PAYLOADS.raw_inputs else {}) for t in texts
+                {"chars": len(t), "words": len(t.split())} | ({"text": t} if PAYLOADS.raw_inputs else {})
+                for t in (texts[i] for i in kept)
             ]
-            PAYLOADS.record(self.runner.name, self.runner.version, inputs, map(answer_summary, answers))
+            PAYLOADS.record(self.runner.name, self.runner.version, inputs, [answer_summary(answers[i]) for i in kept])
         return answers
 
     def feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
