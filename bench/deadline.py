@@ -10,30 +10,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 
+from bench.run import Request, run_wrk
 from harness.servers import free_port, served
 
 GLOSS = "the act of putting something in working order again after it was broken or damaged "
-WRK_PERCENTILE = re.compile(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)$", re.MULTILINE)
-UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def wrk_script(body: str) -> str:
-    return f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = {json.dumps(body)}\n'
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    return {f"p{q}": round(float(np.percentile(values, q)), 1) for q in (50, 90, 99)}
+    return {str(q): round(float(np.percentile(values, q)), 1) for q in (50, 90, 99)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,41 +38,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=64, help="texts per request, each of ~1,700 characters")
     args = parser.parse_args(argv)
 
-    body = json.dumps({"texts": [GLOSS * 20] * args.texts})
+    request = Request("/classify_texts", "application/json", json.dumps({"texts": [GLOSS * 20] * args.texts}).encode())
     port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
         log = Path(scratch) / "server.log"
-        script = Path(scratch) / "post.lua"
-        script.write_text(wrk_script(body))
         env = {"MODELROAD_REQUEST_TIMEOUT_S": str(args.timeout_s), "MODELROAD_ACCESS_LOG": "true"}
         command = [sys.executable, "-m", "bentoml", "serve", "services.platform:Platform", "--port", str(port)]
-        with served(command, port, env, log, Path.cwd()) as server:
-            url = f"{server}/classify_texts"
+        with served(command, port, env, log, Path.cwd()) as server, ThreadPoolExecutor(1) as pool:
+            wrk = pool.submit(run_wrk, server, request, args.connections, args.seconds, Path(scratch))
             stop = threading.Event()
-            timer = threading.Timer(args.seconds - 1, stop.set)
-            wrk = subprocess.Popen(
-                ["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", "-s", str(script), url],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            timer.start()
+            threading.Timer(args.seconds - 1, stop.set).start()
             livez = probe_livez(server, stop)
-            output, _ = wrk.communicate(timeout=args.seconds + 30)
+            _, client, not_2xx = wrk.result()
         at_server = [
             entry["duration_ms"]
             for line in log.read_text().splitlines()
             if line.startswith("{") and (entry := json.loads(line)).get("status") == 504
         ]
-    client = {f"p{q}": round(float(v) * UNIT_MS[unit], 1) for q, v, unit in WRK_PERCENTILE.findall(output)}
-    statuses = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     deadline_ms = args.timeout_s * 1000
-    print(f"deadline {deadline_ms:g} ms; {args.connections} connections of {len(body) // 1024} KB text batches")
-    print(f"wrk: {output.split('requests in')[0].split()[-1]} requests, {statuses.group(1) if statuses else 0} not 2xx")
-    print(f"server answered {len(at_server)} with 504")
+    print(f"deadline {deadline_ms:g} ms; {args.connections} connections of {len(request.body) // 1024} KB text batches")
+    print(f"wrk: {not_2xx} answers not 2xx (or socket errors); server answered {len(at_server)} with 504")
     for where, figures in (("client", client), ("server", percentiles(at_server))):
-        late = ", ".join(f"{k} {v} ms ({v / deadline_ms - 1:+.0%})" for k, v in figures.items())
+        late = ", ".join(f"p{q} {figures[q]:.1f} ms ({figures[q] / deadline_ms - 1:+.0%})" for q in ("50", "90", "99"))
         print(f"504 at the {where}: {late}")
-    print(f"/livez meanwhile: {len(livez)} probes, p99 {percentiles(livez)['p99']} ms")
+    print(f"/livez meanwhile: {len(livez)} probes, p99 {percentiles(livez)['99']} ms")
     return 0
 
 

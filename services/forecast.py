@@ -14,11 +14,28 @@ from services.errors import BadRequest
 from services.family import pipeline_name, serving
 from services.http import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.oip import InferenceModel
-from services.payloads import PAYLOADS, array_summaries
+from services.payloads import array_summaries, log_predictions
 from services.runner import OnnxRunner, TensorSpec
 from services.settings import SETTINGS
 
 MAX_ABS_VALUE = 1e9  # beyond this float32 arithmetic in the net loses the series
+
+
+def history_summaries(histories: list[np.ndarray]) -> list[dict[str, float]]:
+    values = np.asarray(histories, dtype=np.float64)
+    steps = np.diff(values, axis=1).std(axis=1).tolist()
+    return [
+        summary | {"last": last, "step_std": step}
+        for summary, last, step in zip(array_summaries(values), values[:, -1].tolist(), steps, strict=True)
+    ]
+
+
+def history_values(history: np.ndarray) -> dict[str, list]:
+    return {"history": history.tolist()}
+
+
+def forecast_summary(forecast: np.ndarray) -> dict[str, list]:
+    return {"forecast": forecast.tolist()}
 
 
 class Forecaster:
@@ -34,16 +51,7 @@ class Forecaster:
         recent = self.contract.recent(histories)
         outputs = await self.runner.submit(self.contract.feeds(recent))
         forecasts = self.contract.forecasts(outputs[self.runner.outputs[0].name], recent, horizon)
-        if PAYLOADS and (kept := PAYLOADS.sampled(len(forecasts))):
-            values = np.asarray(histories, dtype=np.float64)[kept]
-            inputs = [
-                summary | {"last": float(h[-1]), "step_std": float(np.diff(h).std())}
-                for summary, h in zip(array_summaries(values), values, strict=True)
-            ]
-            if PAYLOADS.raw_inputs:
-                inputs = [summary | {"history": h.tolist()} for summary, h in zip(inputs, values, strict=True)]
-            answers = [{"forecast": forecasts[i].tolist()} for i in kept]
-            PAYLOADS.record(self.runner.name, self.runner.version, inputs, answers)
+        log_predictions(self.runner, histories, forecasts, history_summaries, history_values, forecast_summary)
         return forecasts
 
 

@@ -15,12 +15,16 @@ from services.errors import BadRequest
 from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, prepared, serving
 from services.http import ERROR_RESPONSES, JSON_ONLY, json_response, media_types
 from services.oip import InferenceModel
-from services.payloads import PAYLOADS, answer_summary, array_summaries
+from services.payloads import answer_summary, array_summaries, log_predictions
 from services.runner import OnnxRunner, TensorSpec
 from services.settings import SETTINGS
 
 UPLOAD_FIELD = "image"
 INLINE_PIXELS = 512 * 512  # declared pixels of a request decoded on the event loop (~1 ms); more go to a thread
+
+
+def image_values(image: np.ndarray) -> dict[str, list]:
+    return {"pixels": image.tolist()}
 
 
 class ImageFamily:
@@ -37,12 +41,8 @@ class ImageFamily:
     async def classify(self, feeds: dict[str, np.ndarray]) -> list[ImageClassification]:
         answers: list[ImageClassification] = list((await self.runner.submit(feeds))[ANSWERS])
         self.predictions.count(a.label for a in answers)
-        if PAYLOADS and (kept := PAYLOADS.sampled(len(answers))):
-            images = feeds[self.runner.inputs[0].name][kept]
-            inputs = array_summaries(images)
-            if PAYLOADS.raw_inputs:
-                inputs = [summary | {"pixels": x.tolist()} for summary, x in zip(inputs, images, strict=True)]
-            PAYLOADS.record(self.runner.name, self.runner.version, inputs, [answer_summary(answers[i]) for i in kept])
+        images = feeds[self.runner.inputs[0].name]
+        log_predictions(self.runner, images, answers, array_summaries, image_values, answer_summary)
         return answers
 
     async def feeds_from_files(self, files: list[bytes]) -> dict[str, np.ndarray]:

@@ -17,16 +17,19 @@ import os
 import queue
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from logging.handlers import QueueListener, RotatingFileHandler
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import Counter
 
 from services.settings import SETTINGS, ServeSettings
+
+if TYPE_CHECKING:
+    from services.runner import OnnxRunner
 
 CURRENT_REQUEST_ID: ContextVar[str] = ContextVar("modelroad_request_id", default="")  # set by the edge per request
 QUEUED_LINES = 10_000  # lines waiting for the writer; past this they are dropped
@@ -110,12 +113,31 @@ def open_payload_log(settings: ServeSettings = SETTINGS) -> PayloadLog | None:
 PAYLOADS = open_payload_log()
 
 
+def log_predictions(
+    runner: OnnxRunner,
+    items: Sequence[Any],
+    answers: Sequence[Any],
+    summaries: Callable[[list[Any]], list[dict[str, Any]]],
+    values: Callable[[Any], dict[str, Any]],
+    answer: Callable[[Any], dict[str, Any]],
+) -> None:
+    """A batch's lines, when the log is on: its sampled items summarized (`values` added when raw inputs are
+    asked for) and their answers. Each family says how its inputs and answers read."""
+    if PAYLOADS is None or not (kept := PAYLOADS.sampled(len(answers))):
+        return
+    chosen = [items[i] for i in kept]
+    inputs = summaries(chosen)
+    if PAYLOADS.raw_inputs:
+        inputs = [summary | values(item) for summary, item in zip(inputs, chosen, strict=True)]
+    PAYLOADS.record(runner.name, runner.version, inputs, [answer(answers[i]) for i in kept])
+
+
 def answer_summary(answer: Any) -> dict[str, Any]:
     """A classifier's answer, as logged: its label and that label's probability."""
     return {"label": answer.label, "probability": answer.probabilities[answer.label]}
 
 
-def array_summaries(batch: np.ndarray) -> list[dict[str, Any]]:
+def array_summaries(batch: Sequence[np.ndarray]) -> list[dict[str, Any]]:
     """What drift tests compare, per item of a numeric batch: its size and the moments of its values."""
     values = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1)
     size, means, stds = values.shape[1], values.mean(axis=1).tolist(), values.std(axis=1).tolist()

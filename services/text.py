@@ -16,11 +16,19 @@ from services.errors import BadRequest
 from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, prepared, serving
 from services.http import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.oip import InferenceModel
-from services.payloads import PAYLOADS, answer_summary
+from services.payloads import answer_summary, log_predictions
 from services.runner import OnnxRunner, TensorSpec, padded_calls
 from services.settings import SETTINGS
 
 INLINE_CHARS = 4_000  # characters of a request tokenized on the event loop (~1 ms); more go to a thread
+
+
+def text_summaries(texts: list[str]) -> list[dict[str, int]]:
+    return [{"chars": len(text), "words": len(text.split())} for text in texts]
+
+
+def text_values(text: str) -> dict[str, str]:
+    return {"text": text}
 
 
 class TextFamily:
@@ -42,12 +50,7 @@ class TextFamily:
         feeds = await prepared(self.feeds, texts, heavy=heavy)
         answers: list[TextClassification] = list((await self.runner.submit(feeds))[ANSWERS])
         self.predictions.count(a.label for a in answers)
-        if PAYLOADS and (kept := PAYLOADS.sampled(len(answers))):
-            inputs = [
-                {"chars": len(t), "words": len(t.split())} | ({"text": t} if PAYLOADS.raw_inputs else {})
-                for t in (texts[i] for i in kept)
-            ]
-            PAYLOADS.record(self.runner.name, self.runner.version, inputs, [answer_summary(answers[i]) for i in kept])
+        log_predictions(self.runner, texts, answers, text_summaries, text_values, answer_summary)
         return answers
 
     def feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
