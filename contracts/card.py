@@ -34,6 +34,8 @@ class ModelCard:
     key_metric: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)  # on the test split, from the exported graph
     baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ood: dict[str, Any] = field(default_factory=dict)  # the OOD score's threshold and evaluation (training/ood.py)
+    reference: dict[str, list[float]] = field(default_factory=dict)  # training inputs summarized (for drift)
     parity_max_abs_diff: float | None = None
     opset: int | None = None
     model_config: dict[str, Any] = field(default_factory=dict)

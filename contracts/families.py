@@ -23,22 +23,50 @@ from contracts.preprocessing import (
 )
 
 Feeds = dict[str, np.ndarray]  # ONNX input name -> array, batch axis first
+OOD_OUTPUT = "ood_score"  # every family's graph answers with this beside its prediction (models/ood.py)
 
 
-class ImageClassification(BaseModel):
+class Judged(BaseModel):
+    """Whether an input is like the training data: every answer the platform gives carries this."""
+
+    ood_score: float | None = Field(
+        None, description="how unlike the training data the input is (0: typical; higher: less like it)"
+    )
+    in_distribution: bool | None = Field(None, description="ood_score is at or below the model's threshold")
+
+
+class ImageClassification(Judged):
     label: str
     class_id: int
     probabilities: dict[str, float]
 
 
-class TextClassification(BaseModel):
+class TextClassification(Judged):
     label: str
     probabilities: dict[str, float]
 
 
-class Forecast(BaseModel):
+class Forecast(Judged):
     forecast: list[float]
     model: str = Field(description="the store tag of the model that answered")
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """A batch's OOD scores (N,) and whether each is at or below the threshold (N,)."""
+
+    scores: np.ndarray
+    inside: np.ndarray
+
+    def fields(self) -> list[dict[str, float | bool]]:
+        return [
+            {"ood_score": round(score, 4), "in_distribution": inside}
+            for score, inside in zip(self.scores.tolist(), self.inside.tolist())
+        ]
+
+
+def judged(verdicts: Verdicts | None, n: int) -> list[dict[str, float | bool]]:
+    return verdicts.fields() if verdicts is not None else [{}] * n
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -82,11 +110,11 @@ class ImageContract:
         """(N, H, W) grey values 0-255 at the model's size -> the model's input."""
         return {"pixels": self.prep.normalize(pixels)}
 
-    def answers(self, probabilities: np.ndarray) -> list[ImageClassification]:
-        """(N, K) softmax probabilities -> one answer per row."""
+    def answers(self, probabilities: np.ndarray, verdicts: Verdicts | None = None) -> list[ImageClassification]:
+        """(N, K) softmax probabilities (and their OOD verdicts) -> one answer per row."""
         return [
-            ImageClassification(label=self.labels[i], class_id=i, probabilities=p)
-            for i, p in ranked(probabilities, self.labels)
+            ImageClassification(label=self.labels[i], class_id=i, probabilities=p, **v)
+            for (i, p), v in zip(ranked(probabilities, self.labels), judged(verdicts, len(probabilities)))
         ]
 
 
@@ -135,8 +163,9 @@ class TextContract:
         input_ids, attention_mask = self.encoding.pad(token_ids)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def answers(self, probabilities: np.ndarray) -> list[TextClassification]:
-        """(N, K) softmax probabilities -> one answer per row."""
+    def answers(self, probabilities: np.ndarray, verdicts: Verdicts | None = None) -> list[TextClassification]:
+        """(N, K) softmax probabilities (and their OOD verdicts) -> one answer per row."""
         return [
-            TextClassification(label=self.labels[i], probabilities=p) for i, p in ranked(probabilities, self.labels)
+            TextClassification(label=self.labels[i], probabilities=p, **v)
+            for (i, p), v in zip(ranked(probabilities, self.labels), judged(verdicts, len(probabilities)))
         ]

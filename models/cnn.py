@@ -54,6 +54,11 @@ class CNN(nn.Module):
             nn.Linear(config.hidden, config.num_classes),
         )
 
+    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # pixels: (B, C, H, W) float, already normalized -> logits (B, num_classes), the last conv block's
+        # channel means (B, channels[1]): what the OOD score measures (models/ood.py)
+        features = self.features(pixels)
+        return self.head(features), features.mean((2, 3))
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # pixels: (B, C, H, W) float, already normalized -> logits (B, num_classes)
-        return self.head(self.features(pixels))
+        return self.embed(pixels)[0]

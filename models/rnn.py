@@ -43,7 +43,10 @@ class RNNForecaster(nn.Module):
         )
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.hidden, config.horizon))
 
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
-        # history: (B, T) scaled values -> (B, horizon) scaled forecasts
+    def embed(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # history: (B, T) scaled values -> (B, horizon) scaled forecasts, the last state (B, hidden)
         out, _ = self.rnn(history.unsqueeze(-1))  # (B, T, hidden)
-        return self.head(out[:, -1])
+        return self.head(out[:, -1]), out[:, -1]
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        return self.embed(history)[0]

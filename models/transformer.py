@@ -51,12 +51,15 @@ class TransformerClassifier(nn.Module):
         x = self.encoder(x, src_key_padding_mask=attention_mask == 0)
         return self.norm(x)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # -> logits (B, num_classes)
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # -> logits (B, num_classes), the pooled states (B, C)
         x = self.encode(input_ids, attention_mask)
         weights = attention_mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
         pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # mean over real tokens
-        return self.head(pooled)
+        return self.head(pooled), pooled
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids, attention_mask)[0]
 
 
 class MaskedLanguageModel(nn.Module):

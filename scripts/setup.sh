@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian/Ubuntu machine: system packages (datasets, Prometheus, wrk, podman) and the venv.
+# Set up a fresh Debian/Ubuntu machine: system packages (datasets, OOD test texts, Prometheus, wrk, podman) and the venv.
 # Idempotent and quick when nothing changed. Usage: scripts/setup.sh [extras], default "train,dev".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-train,dev}"
-apt_packages=(dataset-fashion-mnist wordnet-base prometheus wrk podman runc catatonit debootstrap)
+apt_packages=(dataset-fashion-mnist wordnet-base fortunes-min prometheus wrk podman runc catatonit debootstrap)
 
 missing=()
 for pkg in "${apt_packages[@]}"; do

@@ -12,8 +12,9 @@ import numpy as np
 from fastapi import APIRouter
 
 from contracts.card import ModelCard
-from contracts.families import softmax
+from contracts.families import Verdicts, softmax
 from services.metrics import PREDICTIONS
+from services.ood import OodJudge
 from services.runner import OnnxRunner, Outputs
 from services.settings import SETTINGS
 
@@ -70,14 +71,17 @@ def pipeline_name(model: str) -> str:
     return f"{model}-pipeline"
 
 
-def answers_of(output: str, answers: Callable[[np.ndarray], list]) -> Callable[[Outputs], Outputs]:
-    """A classifier runner's `derive`: softmax and the answers of a whole batch, made in the runner's thread.
+def answers_of(
+    output: str, answers: Callable[[np.ndarray, Verdicts | None], list], judge: OodJudge
+) -> Callable[[Outputs], Outputs]:
+    """A classifier runner's `derive`: softmax, OOD verdicts and the answers of a whole batch, made in the
+    runner's thread.
 
     One numpy call per batch instead of per request, and the event loop only serializes.
     """
 
     def derive(outputs: Outputs) -> Outputs:
-        batch = answers(softmax(outputs[output]))
+        batch = answers(softmax(outputs[output]), judge.judge(outputs))
         rows = np.empty(len(batch), dtype=np.object_)
         rows[:] = batch
         return {ANSWERS: rows}

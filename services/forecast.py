@@ -9,33 +9,22 @@ from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, Field
 
 from contracts.card import ModelCard
-from contracts.families import Forecast, ForecastContract
+from contracts.families import Forecast, ForecastContract, Verdicts, judged
+from contracts.summaries import history_summaries
 from services.errors import BadRequest
 from services.family import pipeline_name, serving
 from services.http import ERROR_RESPONSES, JSON_ONLY, json_response
-from services.oip import InferenceModel
-from services.payloads import array_summaries, log_predictions
+from services.oip import VERDICT_TENSORS, InferenceModel
+from services.ood import OodJudge
+from services.payloads import log_predictions
 from services.runner import OnnxRunner, TensorSpec
 from services.settings import SETTINGS
 
 MAX_ABS_VALUE = 1e9  # beyond this float32 arithmetic in the net loses the series
 
 
-def history_summaries(histories: list[np.ndarray]) -> list[dict[str, float]]:
-    values = np.asarray(histories, dtype=np.float64)
-    steps = np.diff(values, axis=1).std(axis=1).tolist()
-    return [
-        summary | {"last": last, "step_std": step}
-        for summary, last, step in zip(array_summaries(values), values[:, -1].tolist(), steps, strict=True)
-    ]
-
-
 def history_values(history: np.ndarray) -> dict[str, list]:
     return {"history": history.tolist()}
-
-
-def forecast_summary(forecast: np.ndarray) -> dict[str, list]:
-    return {"forecast": forecast.tolist()}
 
 
 class Forecaster:
@@ -45,14 +34,17 @@ class Forecaster:
         self.runner = OnnxRunner(stored, SETTINGS)  # histories of one length run as one batch
         self.cell: str = self.runner.card.model_config["cell"]
         self.contract = ForecastContract.from_card(self.runner.card)
+        self.judge = OodJudge(self.runner.name, self.runner.card)
 
-    async def forecast(self, histories: np.ndarray, horizon: int) -> np.ndarray:
-        """(N, T) raw histories, T >= min_history -> (N, horizon) raw forecasts."""
+    async def forecast(self, histories: np.ndarray, horizon: int) -> tuple[np.ndarray, Verdicts | None]:
+        """(N, T) raw histories, T >= min_history -> (N, horizon) raw forecasts and the histories' OOD verdicts."""
         recent = self.contract.recent(histories)
         outputs = await self.runner.submit(self.contract.feeds(recent))
         forecasts = self.contract.forecasts(outputs[self.runner.outputs[0].name], recent, horizon)
-        log_predictions(self.runner, histories, forecasts, history_summaries, history_values, forecast_summary)
-        return forecasts
+        verdicts = self.judge.judge(outputs)
+        answers = [{"forecast": f, **v} for f, v in zip(forecasts.tolist(), judged(verdicts, len(forecasts)))]
+        log_predictions(self.runner, histories, answers, history_summaries, history_values, dict)
+        return forecasts, verdicts
 
 
 class ForecastFamily:
@@ -84,7 +76,7 @@ class ForecastPipeline(InferenceModel):
             pipeline_name(runner.name),
             runner,
             [TensorSpec("history", "FP32", (-1, -1))],
-            [TensorSpec("forecast", "FP32", (-1, contract.horizon))],
+            [TensorSpec("forecast", "FP32", (-1, contract.horizon)), *VERDICT_TENSORS],
         )
         self.forecaster = forecaster
 
@@ -100,8 +92,14 @@ class ForecastPipeline(InferenceModel):
             )
         if not np.isfinite(history).all() or np.abs(history).max() > MAX_ABS_VALUE:
             raise BadRequest(f"history values must be finite numbers within ±{MAX_ABS_VALUE:g}")
-        forecast = await self.forecaster.forecast(history, contract.horizon)
-        return {"forecast": forecast.astype(np.float32)}
+        forecast, verdicts = await self.forecaster.forecast(history, contract.horizon)
+        if verdicts is None:
+            return {"forecast": forecast.astype(np.float32)}
+        return {
+            "forecast": forecast.astype(np.float32),
+            "ood_score": verdicts.scores.astype(np.float32),
+            "in_distribution": verdicts.inside,
+        }
 
 
 def whole_number(value: object) -> object:
@@ -135,7 +133,9 @@ def forecast_routes(min_history: int, max_horizon: int, cells: tuple[str, ...]) 
         """Forecast the next `horizon` weeks of a weekly series from its history."""
         family = serving(ForecastFamily)
         forecaster = family.forecasters[body.model] if body.model else family.default
-        (row,) = await forecaster.forecast(np.asarray([body.history]), body.horizon)
-        return json_response(Forecast(forecast=[round(float(v), 4) for v in row], model=forecaster.runner.tag))
+        (row,), verdicts = await forecaster.forecast(np.asarray([body.history]), body.horizon)
+        (verdict,) = judged(verdicts, 1)
+        forecast = [round(v, 4) for v in row.tolist()]
+        return json_response(Forecast(forecast=forecast, model=forecaster.runner.tag, **verdict))
 
     return router

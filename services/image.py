@@ -11,11 +11,13 @@ from starlette.datastructures import UploadFile
 
 from contracts.card import ModelCard
 from contracts.families import ImageClassification, ImageContract
+from contracts.summaries import array_summaries
 from services.errors import BadRequest
 from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, prepared, serving
 from services.http import ERROR_RESPONSES, JSON_ONLY, json_response, media_types
-from services.oip import InferenceModel
-from services.payloads import answer_summary, array_summaries, log_predictions
+from services.oip import VERDICT_TENSORS, InferenceModel, verdict_tensors
+from services.ood import OodJudge
+from services.payloads import answer_summary, log_predictions
 from services.runner import OnnxRunner, TensorSpec
 from services.settings import SETTINGS
 
@@ -31,7 +33,8 @@ class ImageFamily:
     def __init__(self, stored: bentoml.Model):
         card = ModelCard.from_metadata(stored.info.metadata)
         self.contract = ImageContract.from_card(card)
-        self.runner = OnnxRunner(stored, SETTINGS, derive=answers_of(card.output, self.contract.answers))
+        self.judge = OodJudge(stored.tag.name, card)
+        self.runner = OnnxRunner(stored, SETTINGS, derive=answers_of(card.output, self.contract.answers, self.judge))
         self.runners = [self.runner]
         self.predictions = PredictionCounter(self.runner.name, card.labels)
 
@@ -83,6 +86,7 @@ class ImagePipeline(InferenceModel):
                 TensorSpec("label", "BYTES", (-1,)),
                 TensorSpec("class_id", "INT64", (-1,)),
                 TensorSpec("probabilities", "FP32", (-1, len(family.contract.labels))),
+                *VERDICT_TENSORS,
             ],
             required=(),  # one of the two
         )
@@ -104,6 +108,7 @@ class ImagePipeline(InferenceModel):
             "label": np.array([a.label.encode() for a in answers], dtype=np.object_),
             "class_id": np.array([a.class_id for a in answers], dtype=np.int64),
             "probabilities": np.array([[a.probabilities[k] for k in labels] for a in answers], dtype=np.float32),
+            **verdict_tensors(answers),
         }
 
 

@@ -81,6 +81,16 @@ PREDICTIONS = Counter(
 ERRORS = Counter(
     "modelroad_request_errors_total", "Requests refused or failed, by endpoint and reason.", ["endpoint", "reason"]
 )
+# Scores are in validation standard deviations for every model (models/ood.py), so one set of buckets fits all.
+OOD_SCORES = Histogram(
+    "modelroad_ood_score",
+    "OOD scores of answered inputs, by model (0: typical of the training data; higher: less like it).",
+    ["model"],
+    buckets=(-2, -1, 0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128),
+)
+OOD_ANSWERS = Counter(
+    "modelroad_ood_answers_total", "Answers whose input scored above the model's OOD threshold, by model.", ["model"]
+)
 MODEL_INFO = Gauge(
     "modelroad_model_info",
     "Loaded models (value 1): store tag, ONNX opset and the device ONNX Runtime runs on.",

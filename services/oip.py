@@ -21,11 +21,12 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from contracts.families import Feeds
+from contracts.families import Feeds, Judged
 from services.errors import BadRequest, Unavailable
 from services.family import current_service
 from services.http import media_types, validation_message
 from services.runner import NUMPY_TYPES, OnnxRunner, TensorSpec, feeds_problem
+from services.settings import SETTINGS
 
 if TYPE_CHECKING:
     from services.repository import ModelRepository
@@ -55,6 +56,23 @@ class InferenceRequest(BaseModel):
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput]
     outputs: list[RequestOutput] | None = None
+
+
+# Every pipeline answers with each input's OOD verdict (services/ood.py) beside its prediction, scores on.
+VERDICT_TENSORS = (
+    (TensorSpec("ood_score", "FP32", (-1,)), TensorSpec("in_distribution", "BOOL", (-1,)))
+    if SETTINGS.ood_scores
+    else ()
+)
+
+
+def verdict_tensors(answers: Sequence[Judged]) -> dict[str, np.ndarray]:
+    if not VERDICT_TENSORS:
+        return {}
+    return {
+        "ood_score": np.array([a.ood_score for a in answers], dtype=np.float32),
+        "in_distribution": np.array([a.in_distribution for a in answers], dtype=np.bool_),
+    }
 
 
 class InferenceModel:

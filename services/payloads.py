@@ -23,7 +23,6 @@ from logging.handlers import QueueListener, RotatingFileHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from prometheus_client import Counter
 
 from services.settings import SETTINGS, ServeSettings
@@ -133,12 +132,10 @@ def log_predictions(
 
 
 def answer_summary(answer: Any) -> dict[str, Any]:
-    """A classifier's answer, as logged: its label and that label's probability."""
-    return {"label": answer.label, "probability": answer.probabilities[answer.label]}
-
-
-def array_summaries(batch: Sequence[np.ndarray]) -> list[dict[str, Any]]:
-    """What drift tests compare, per item of a numeric batch: its size and the moments of its values."""
-    values = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1)
-    size, means, stds = values.shape[1], values.mean(axis=1).tolist(), values.std(axis=1).tolist()
-    return [{"size": size, "mean": m, "std": s} for m, s in zip(means, stds, strict=True)]
+    """A classifier's answer, as logged: its label, that label's probability and the OOD verdict."""
+    return {
+        "label": answer.label,
+        "probability": answer.probabilities[answer.label],
+        "ood_score": answer.ood_score,
+        "in_distribution": answer.in_distribution,
+    }

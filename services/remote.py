@@ -23,7 +23,6 @@ from services.errors import Unavailable
 log = logging.getLogger(__name__)
 
 NPZ = "application/x-npz"
-NPY = "application/x-npy"
 DEVICE_HEADER = "x-modelroad-device"
 
 
@@ -67,28 +66,18 @@ def decode_feeds(data: bytes) -> Feeds:
         raise ValueError(f"the body is not an .npz archive of plain arrays: {exc}") from None
 
 
-def encode_array(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def decode_array(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
 class RunnerUnavailable(Unavailable):
     """The runner service could not be reached or did not answer a batch: the requests in it get 503."""
 
 
 class RemoteSession:
-    """One model's session in a runner service, with the `run(feeds) -> outputs` of a local session (its first output).
+    """One model's session in a runner service, with the `run(feeds) -> outputs` of a local session.
 
     Called from the batcher's one thread per model, so one keep-alive connection per model and worker.
     """
 
-    def __init__(self, url: str, tag: str, output: str, timeout_s: float, wait_s: float):
-        self.url, self.tag, self.output = url.rstrip("/"), tag, output
+    def __init__(self, url: str, tag: str, timeout_s: float, wait_s: float):
+        self.url, self.tag = url.rstrip("/"), tag
         self.route = f"/run/{tag}"
         self.device = "unknown"  # until the runner names it
         # Idle connections are dropped before the server's keep-alive (uvicorn: 5 s) would close them under us.
@@ -131,7 +120,10 @@ class RemoteSession:
             log.error("runner %s answered %s for %s: %s", self.url, response.status_code, self.tag, reason)
             raise RunnerUnavailable(f"the model runner answered {response.status_code}: {reason}")
         self.device = response.headers.get(DEVICE_HEADER, self.device)
-        return {self.output: decode_array(response.content)}
+        try:
+            return decode_feeds(response.content)
+        except ValueError as exc:
+            raise RunnerUnavailable(f"the model runner's answer is not an .npz of arrays: {exc}") from None
 
     def _post(self, body: bytes) -> httpx.Response:
         try:

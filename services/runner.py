@@ -14,7 +14,7 @@ import onnxruntime as ort
 from prometheus_client import Gauge
 
 from contracts.card import ModelCard
-from contracts.families import Feeds
+from contracts.families import OOD_OUTPUT, Feeds
 from services.batching import MicroBatcher
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO
 from services.remote import RemoteSession
@@ -178,9 +178,10 @@ def session_options(settings: ServeSettings) -> ort.SessionOptions:
 class LocalSession:
     """A model's ONNX Runtime session in this process, on the configured device."""
 
-    def __init__(self, session: ort.InferenceSession, wanted: str, tag: str, threads: int):
+    def __init__(self, session: ort.InferenceSession, wanted: str, tag: str, threads: int, ood_scores: bool = True):
         self.session = session
-        self.output_names = [o.name for o in session.get_outputs()]
+        # ONNX Runtime runs only the nodes the fetched outputs need: with scores off, not the scoring ones.
+        self.output_names = [o.name for o in session.get_outputs() if ood_scores or o.name != OOD_OUTPUT]
         # A CUDA provider that cannot start (no GPU) leaves the session on CPU: report what runs.
         self.device = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
         if self.device != wanted:
@@ -188,7 +189,7 @@ class LocalSession:
         log.info("%s loaded on %s (%d ONNX Runtime threads)", tag, self.device, threads)
 
     def run(self, feeds: Feeds) -> Outputs:
-        return dict(zip(self.output_names, self.session.run(None, feeds)))
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
 
 # A runner's collate: the calls of one batch (each its feeds) -> each call's outputs, run in as few ONNX calls as fit.
@@ -221,11 +222,9 @@ class OnnxRunner:
         )
         self.inputs, self.outputs = onnx_signature(session)
         self.session: LocalSession | RemoteSession = (
-            RemoteSession(
-                settings.runner_url, self.tag, self.outputs[0].name, settings.request_timeout_s, settings.runner_wait_s
-            )
+            RemoteSession(settings.runner_url, self.tag, settings.request_timeout_s, settings.runner_wait_s)
             if settings.runner_url
-            else LocalSession(session, wanted, self.tag, settings.ort_threads)
+            else LocalSession(session, wanted, self.tag, settings.ort_threads, settings.ood_scores)
         )
         # Calls merge into one batch only where every input's first axis is dynamic (an imported model's may not be).
         self._collate = collate or (run_calls if all(spec.shape[:1] == (-1,) for spec in self.inputs) else each_alone)

@@ -5,7 +5,7 @@ already a batch of that worker's requests), while the API workers, started with
 MODELROAD_RUNNER_URL pointing here, parse, validate and pre-process on CPU. On CPU alone the
 runner stays in the API process: this hop costs more than it saves there.
 
-`POST /run/<model tag>`: an .npz of the model's input arrays -> the .npy of its first output
+`POST /run/<model tag>`: an .npz of the model's input arrays -> an .npz of its outputs
 (services/remote.py). Calls whose inputs have the same shapes past the batch axis run as one batch.
 """
 
@@ -19,7 +19,7 @@ from fastapi.responses import Response
 
 from services.app import build_app
 from services.errors import BadRequest, NotFound
-from services.remote import DEVICE_HEADER, NPY, decode_feeds, encode_array
+from services.remote import DEVICE_HEADER, NPZ, decode_feeds, encode_feeds
 from services.runner import OnnxRunner, feeds_problem, verified_model
 from services.settings import SETTINGS, service_config
 from services.startup import quiet_garbage_collector
@@ -44,7 +44,9 @@ async def run_model(request: Request, tag: str) -> Response:
         raise BadRequest(f"{tag}: {problem}")
     outputs = await runner.submit(feeds)
     return Response(
-        encode_array(outputs[runner.outputs[0].name]), media_type=NPY, headers={DEVICE_HEADER: runner.session.device}
+        encode_feeds({spec.name: outputs[spec.name] for spec in runner.outputs}),
+        media_type=NPZ,
+        headers={DEVICE_HEADER: runner.session.device},
     )
 
 

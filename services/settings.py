@@ -64,6 +64,12 @@ class ServeSettings:
     payload_log_max_mb: int = 64  # per file; then it is rotated
     payload_log_files: int = 5  # files kept per worker, the current one included
     payload_raw_inputs: bool = False
+    # Every answer's OOD score and verdict (services/ood.py); off, the graphs' scoring nodes are not run and the
+    # answers carry none (what `python -m bench.ood` compares).
+    ood_scores: bool = True
+    # OOD thresholds that replace the cards' (the validation split's at 1% false alarms), comma-separated
+    # `model=threshold`, e.g. `fashion-cnn=6.5`: higher flags fewer inputs.
+    ood_thresholds: str = ""
     runner_url: str = ""  # a runner service (services/runner_service.py) to run the models in; empty: in-process
     runner_wait_s: float = 120.0  # how long a worker waits at start for the runner service to be ready
 
@@ -81,6 +87,14 @@ class ServeSettings:
         if not all("=" in pin and ":" in pin.split("=")[0] for pin in pins):
             raise ValueError(f"MODELROAD_MODEL_DIGESTS={self.model_digests!r}: write name:version=sha256:<hex>, ...")
         return dict(pin.split("=", 1) for pin in pins)
+
+    @property
+    def ood_threshold_overrides(self) -> dict[str, float]:
+        pairs = [pair.strip().split("=", 1) for pair in self.ood_thresholds.split(",") if pair.strip()]
+        try:
+            return {name.strip(): float(value) for name, value in pairs}
+        except ValueError:
+            raise ValueError(f"MODELROAD_OOD_THRESHOLDS={self.ood_thresholds!r}: write model=number, ...") from None
 
     @property
     def ort_threads(self) -> int:
@@ -102,6 +116,7 @@ class ServeSettings:
         settings = cls(**values)
         if not 0 <= settings.payload_sample_rate <= 1 or settings.payload_log_files < 1:
             raise ValueError("MODELROAD_PAYLOAD_SAMPLE_RATE must be from 0 to 1 and MODELROAD_PAYLOAD_LOG_FILES >= 1")
+        settings.ood_threshold_overrides  # noqa: B018  (refused here, at start, rather than at the first model)
         if settings.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"MODELROAD_DEVICE={settings.device!r}: choose cpu, cuda or auto")
         return settings

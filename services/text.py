@@ -12,19 +12,17 @@ from pydantic import BaseModel, Field
 
 from contracts.card import ModelCard
 from contracts.families import TextClassification, TextContract
+from contracts.summaries import text_summaries
 from services.errors import BadRequest
 from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, prepared, serving
 from services.http import ERROR_RESPONSES, JSON_ONLY, json_response
-from services.oip import InferenceModel
+from services.oip import VERDICT_TENSORS, InferenceModel, verdict_tensors
+from services.ood import OodJudge
 from services.payloads import answer_summary, log_predictions
 from services.runner import OnnxRunner, TensorSpec, padded_calls
 from services.settings import SETTINGS
 
 INLINE_CHARS = 4_000  # characters of a request tokenized on the event loop (~1 ms); more go to a thread
-
-
-def text_summaries(texts: list[str]) -> list[dict[str, int]]:
-    return [{"chars": len(text), "words": len(text.split())} for text in texts]
 
 
 def text_values(text: str) -> dict[str, str]:
@@ -38,7 +36,9 @@ class TextFamily:
         self.tokenizer = self.contract.tokenizer()
         # Requests of other lengths share a batch, padded to its longest text: the attention mask ignores padding.
         pad = padded_calls({"input_ids": self.contract.encoding.pad_id, "attention_mask": 0})
-        self.runner = OnnxRunner(stored, SETTINGS, pad, derive=answers_of(card.output, self.contract.answers))
+        self.judge = OodJudge(stored.tag.name, card)
+        derive = answers_of(card.output, self.contract.answers, self.judge)
+        self.runner = OnnxRunner(stored, SETTINGS, pad, derive=derive)
         self.runners = [self.runner]
         self.predictions = PredictionCounter(self.runner.name, card.labels)
 
@@ -75,6 +75,7 @@ class TextPipeline(InferenceModel):
             [
                 TensorSpec("label", "BYTES", (-1,)),
                 TensorSpec("probabilities", "FP32", (-1, len(family.contract.labels))),
+                *VERDICT_TENSORS,
             ],
         )
         self.family = family
@@ -97,6 +98,7 @@ class TextPipeline(InferenceModel):
         return {
             "label": np.array([a.label.encode() for a in answers], dtype=np.object_),
             "probabilities": np.array([[a.probabilities[k] for k in labels] for a in answers], dtype=np.float32),
+            **verdict_tensors(answers),
         }
 
 

@@ -1,4 +1,5 @@
-"""Command line: `python -m training train fashion-cnn`, `ensure`, `tune`, `report`, `list`, `import FILE.onnx`."""
+"""Command line: `python -m training train fashion-cnn`, `ensure`, `tune`, `report`, `list`, `import FILE.onnx`,
+`drift LOG_DIR`."""
 
 from __future__ import annotations
 
@@ -92,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     imported.add_argument("file", type=Path, help="the .onnx file (external data files beside it, if any)")
     imported.add_argument("--name", required=True, help="its name in the store and the inference protocol")
     imported.add_argument("--labels", type=Path, help="a text file of class names, one per line, by class id")
+    drift = commands.add_parser(
+        "drift", help="compare the inputs in payload logs with the training data (Markdown + PNG report)"
+    )
+    drift.add_argument("log_dir", type=Path, help="the MODELROAD_PAYLOAD_LOG folder")
+    drift.add_argument("--out", type=Path, help="where report.md and the PNGs go (default: LOG_DIR/drift-report)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     # Under torchrun, rank 0 alone speaks (the others would repeat every line).
@@ -114,6 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log.info("registered %s; serve it with MODELROAD_MODELS=%s", tag, tag)
         return 0
+
+    if args.command == "drift":
+        from training.drift import drift_report
+
+        out = args.out or args.log_dir / "drift-report"
+        drifts = drift_report(args.log_dir, out)
+        for d in drifts:
+            log.info("%s:%s: %s", d.model, d.version, "drift" if d.drifted else d.problem or "no drift found")
+        log.info("report: %s", out / "report.md")
+        return 1 if any(d.drifted for d in drifts) else 0
 
     if args.command == "tune":
         from training.tune import tune
@@ -141,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "ensure":
-        stored = {r["tag"].split(":")[0] for r in list_registered()}
+        # A model registered before OOD scores existed cannot be served: its task is trained again.
+        stored = {r["tag"].split(":")[0] for r in list_registered() if r["ood_threshold"] is not None}
         tasks = [name for name in TASKS if name not in stored]
         if not tasks:
             log.info("every default model is in the store: %s", ", ".join(sorted(TASKS)))

@@ -14,12 +14,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from contracts.summaries import columns
 from models import build_model, config_from_dict
 from training.config import TrainConfig
 from training.distributed import Ranks, start, stop
 from training.evaluate import plot_history
 from training.export import check_parity, export_onnx, output_difference
 from training.loop import fit, pick_device
+from training.ood import PredictScored, fit_scored, ood_report
 from training.register import register_model
 from training.tasks import get_task
 from training.tasks.base import Predict, Task
@@ -27,14 +29,20 @@ from training.tasks.base import Predict, Task
 log = logging.getLogger(__name__)
 
 
-def onnx_predictor(task: Task, path: Path) -> Predict:
+def onnx_predictor(task: Task, path: Path) -> PredictScored:
+    """The exported graph as a function: (inputs...) -> (the task's output, the OOD score)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [spec.name for spec in task.inputs]
 
-    def predict(*inputs: torch.Tensor) -> np.ndarray:
-        return session.run(None, {name: t.numpy() for name, t in zip(names, inputs)})[0]
+    def predict(*inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        output, score = session.run(None, {name: t.numpy() for name, t in zip(names, inputs)})
+        return output, score
 
     return predict
+
+
+def first_output(predict: PredictScored) -> Predict:
+    return lambda *inputs: predict(*inputs)[0]
 
 
 def save_card(
@@ -102,13 +110,16 @@ def run(cfg: TrainConfig, tuning: dict[str, Any] | None = None) -> dict[str, Any
     net = build_model(task.model, config_from_dict(task.model, trained.model_config))
     net.load_state_dict(trained.model.state_dict())
     net.eval()
+    scored = fit_scored(task, net, data)
     examples = task.export_inputs(data)
     onnx_path = run_dir / "model.onnx"
-    opset = export_onnx(net, task, examples[0], onnx_path)
-    parity = check_parity(net, task, onnx_path, examples)
+    opset = export_onnx(scored, task, examples[0], onnx_path)
+    parity = check_parity(scored, task, onnx_path, examples)
 
-    # Test metrics come from the exported graph: they describe what will be served.
-    metrics = task.evaluate(onnx_predictor(task, onnx_path), data, run_dir)
+    # Test metrics and the OOD threshold come from the exported graph: they describe what will be served.
+    predict = onnx_predictor(task, onnx_path)
+    metrics = task.evaluate(first_output(predict), data, run_dir)
+    ood = ood_report(predict, task, data, run_dir)
     baseline = task.baseline(data)
     card = {
         "family": task.model,
@@ -120,6 +131,8 @@ def run(cfg: TrainConfig, tuning: dict[str, Any] | None = None) -> dict[str, Any
         "key_metric": task.key_metric,
         "metrics": metrics,
         "baseline": baseline,
+        "ood": ood,
+        "reference": columns(task.reference_summaries(data)),
         "parity_max_abs_diff": parity,
         "opset": opset,
         "model_config": trained.model_config,
@@ -136,14 +149,16 @@ def run(cfg: TrainConfig, tuning: dict[str, Any] | None = None) -> dict[str, Any
     save_card(task, cfg, task.name, onnx_path, data.files, card, run_dir)
     for suffix, path in task.variants(onnx_path, run_dir).items():
         (run_dir / suffix).mkdir(exist_ok=True)
-        difference, same = output_difference(net, task, path, examples)
+        difference, same, _ = output_difference(scored, task, path, examples)
+        predict = onnx_predictor(task, path)
         variant = {k: v for k, v in card.items() if k != "tag"}
         variant.update(
             variant=suffix,
             variant_of=card.get("tag"),
             parity_max_abs_diff=difference,
             parity_same_decisions=same,
-            metrics=task.evaluate(onnx_predictor(task, path), data, run_dir / suffix),
+            metrics=task.evaluate(first_output(predict), data, run_dir / suffix),
+            ood=ood_report(predict, task, data, run_dir / suffix),  # its own threshold: its own arithmetic
         )
         save_card(task, cfg, f"{task.name}-{suffix}", path, data.files, variant, run_dir / suffix)
         log.info(
@@ -156,12 +171,14 @@ def run(cfg: TrainConfig, tuning: dict[str, Any] | None = None) -> dict[str, Any
         )
     baselines = ", ".join(f"{name} {scores[task.key_metric]:.4f}" for name, scores in baseline.items())
     log.info(
-        "%s: test %s %.4f (baselines: %s), parity %.1e%s",
+        "%s: test %s %.4f (baselines: %s), parity %.1e, OOD AUROC %.3f at %.1f%% test false alarms%s",
         task.name,
         task.key_metric,
         metrics[task.key_metric],
         baselines,
         parity,
+        ood["all"]["auroc"],
+        100 * ood["test_fpr"],
         f", registered {card['tag']}" if "tag" in card else "",
     )
     return card

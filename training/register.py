@@ -77,6 +77,7 @@ def list_registered() -> list[dict[str, Any]]:
                 "value": test.get(key),
                 "baselines": baselines,
                 "parity_max_abs_diff": meta.get("parity_max_abs_diff"),
+                "ood_threshold": meta.get("ood", {}).get("threshold"),
                 "digest": ModelCard.from_metadata(meta).digest,
             }
         )

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -44,9 +46,27 @@ def test_every_prediction_is_logged_with_its_request_id_model_and_summary(regist
     images, texts, (series,) = by_request["images-1"], by_request["texts-1"], by_request["series-1"]
     assert [x["model"] for x in images] == ["fashion-cnn"] * 2
     assert [x["answer"]["label"] for x in images] == [a["label"] for a in answers[0].json()]
+    assert [(x["answer"]["ood_score"], x["answer"]["in_distribution"]) for x in images] == [
+        (a["ood_score"], a["in_distribution"]) for a in answers[0].json()
+    ]
     assert all(x["input"]["size"] == 784 and "pixels" not in x["input"] for x in images)  # a summary, not values
     assert [x["input"]["chars"] for x in texts] == [18, 11]
     assert texts[0]["version"] == registered["wordnet-transformer"]["tag"].split(":")[1]
     assert series["model"].startswith("co2-")
     assert np.allclose(series["answer"]["forecast"], answers[2].json()["forecast"], atol=1e-3)
     assert series["input"]["size"] == len(co2_history()) and abs(series["input"]["last"] - co2_history()[-1]) < 1e-9
+    assert series["answer"]["in_distribution"] == answers[2].json()["in_distribution"]
+
+    # The drift command reads these logs and the cards' reference summaries, nothing else.
+    report = tmp_path / "report"
+    drift = subprocess.run(
+        [sys.executable, "-m", "training", "drift", str(folder), "--out", str(report)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert drift.returncode in (0, 1), drift.stderr  # 1: drift found
+    text = (report / "report.md").read_text()
+    for model in ("fashion-cnn", "wordnet-transformer", series["model"]):
+        assert f"## {model}:" in text
+    assert "| chars |" in text and "| step_std |" in text and len(list(report.glob("*.png"))) == 3

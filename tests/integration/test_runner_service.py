@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.servers import free_port, stop, wait_ready
-from services.remote import NPZ, decode_array, encode_feeds
+from services.remote import NPZ, decode_feeds, encode_feeds
 from tests.helpers import (
     co2_history,
     fashion_test_images,
@@ -173,7 +173,8 @@ def test_bad_calls_to_the_runner_get_a_4xx_json_error_and_it_goes_on(split, regi
         f"{runner}/run/{cnn}", content=encode_feeds({"pixels": np.zeros((3, 1, 28, 28), np.float32)}), timeout=10
     )
     assert good.status_code == 200 and good.headers["x-modelroad-device"] == "cpu"
-    assert decode_array(good.content).shape == (3, 10)
+    outputs = decode_feeds(good.content)
+    assert outputs["logits"].shape == (3, 10) and outputs["ood_score"].shape == (3,)
 
 
 def test_without_its_runner_the_api_answers_503_with_retry_after_and_stays_up(split):

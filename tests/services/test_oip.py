@@ -57,7 +57,8 @@ def test_raw_model_in_json_answers_as_the_offline_onnx_model(client, cnn_card):
     }
     body = client.post("/v2/models/fashion-cnn/infer", json=request).json()
     assert body["id"] == "r-1" and body["model_name"] == "fashion-cnn"
-    (output,) = body["outputs"]
+    output, score = body["outputs"]
+    assert (score["name"], score["datatype"], score["shape"]) == ("ood_score", "FP32", [3])
     logits = np.asarray(output["data"], dtype=np.float64).reshape(output["shape"])
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(probabilities / probabilities.sum(1, keepdims=True), expected, atol=1e-4)

@@ -74,17 +74,19 @@ def test_a_batch_logs_its_sampled_items_with_their_own_answers_and_values_when_a
 
     import numpy as np
 
-    from services.forecast import forecast_summary, history_summaries, history_values
+    from contracts.summaries import history_summaries
+    from services.forecast import history_values
 
     log = PayloadLog(tmp_path, sample_rate=1.0, max_bytes=1 << 20, files=1, raw_inputs=True)
     monkeypatch.setattr(payloads, "PAYLOADS", log)
     monkeypatch.setattr(log, "sampled", lambda items: [1, 2])  # the second and third of the batch
-    histories, forecasts = np.arange(12.0).reshape(3, 4), np.array([[10.0], [20.0], [30.0]])
+    histories = np.arange(12.0).reshape(3, 4)
+    answers = [{"forecast": [v], "ood_score": v / 10, "in_distribution": v < 25} for v in (10.0, 20.0, 30.0)]
     runner = SimpleNamespace(name="co2-gru", version="v2")
-    payloads.log_predictions(runner, histories, forecasts, history_summaries, history_values, forecast_summary)
+    payloads.log_predictions(runner, histories, answers, history_summaries, history_values, dict)
     log.close()
     written = lines(tmp_path)
-    assert [x["answer"]["forecast"] for x in written] == [[20.0], [30.0]]
+    assert [x["answer"] for x in written] == answers[1:]
     assert [x["input"]["history"] for x in written] == [[4.0, 5.0, 6.0, 7.0], [8.0, 9.0, 10.0, 11.0]]
     assert written[0]["input"] | {"std": 0} == {
         "size": 4,

@@ -53,3 +53,20 @@ def test_a_batch_of_one_is_refused_as_export_example(tmp_path):
     net = build_model("cnn").eval()
     with pytest.raises(ExportError, match="batch of at least 2"):
         export_onnx(net, TASK, (torch.randn(1, 1, 28, 28),), tmp_path / "m.onnx")
+
+
+def test_a_scored_net_exports_its_ood_score_as_a_second_output_held_to_parity(tmp_path):
+    from models.ood import Mahalanobis, Scored, features_of
+
+    torch.manual_seed(0)
+    net = build_model("cnn", CNNConfig(channels=(4, 8), hidden=16)).eval()
+    features = net.embed(torch.randn(64, 1, 28, 28))[1].detach()
+    scored = Scored(net, {"mahalanobis": Mahalanobis.fit(features)}, {"mahalanobis": features_of}).eval()
+    path = tmp_path / "model.onnx"
+    export_onnx(scored, TASK, (torch.randn(4, 1, 28, 28),), path)
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["logits", "ood_score"]
+    assert check_parity(scored, TASK, path, [(torch.randn(n, 1, 28, 28),) for n in (1, 7)]) <= 1e-4
+    with torch.no_grad():
+        scored.spread *= 2  # the same logits, other scores: the file no longer computes this net's scores
+    with pytest.raises(ExportError, match="OOD score relative diff"):
+        check_parity(scored, TASK, path, [(torch.randn(4, 1, 28, 28),)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -18,6 +18,10 @@ from training.config import TrainConfig
 
 if TYPE_CHECKING:
     import optuna
+
+    from models.ood import Scored
+
+FIT_ROWS = 20_000  # training rows an OOD score's statistics are fitted on (more changes little, costs seconds)
 
 # (inputs...) -> outputs, in eval mode and without gradients: how evaluation sees a trained net.
 Predict = Callable[..., np.ndarray]
@@ -122,6 +126,42 @@ class Task(ABC):
         """Held-out inputs for export and the parity check; the first is the export example (batch >= 2)."""
         inputs = data.test.tensors[:-1]
         return [tuple(t[:16] for t in inputs)]
+
+    # What the task's OOD score is made of, for the card and the README (models/ood.py, training/ood.py).
+    ood_recipe: str = ""
+
+    @abstractmethod
+    def ood_scorer(self, net: nn.Module, data: Prepared) -> Scored:
+        """`net` with its OOD score, the score's statistics fitted on the training split (not yet calibrated)."""
+
+    @abstractmethod
+    def ood_sets(self, data: Prepared) -> dict[str, list[tuple[torch.Tensor, ...]]]:
+        """Inputs the model never saw, by set name, as batches of the model's inputs (training/ood_sets.py)."""
+
+    @abstractmethod
+    def reference_summaries(self, data: Prepared) -> list[dict[str, Any]]:
+        """Up to REFERENCE_ITEMS training inputs summarized as the payload logs summarize served ones
+        (contracts/summaries.py): what `python -m training drift` compares logged inputs with."""
+
+    def ood_baseline(self, outputs: np.ndarray) -> np.ndarray | None:
+        """The simplest OOD score from the net's outputs alone, reported beside the task's; None: no baseline."""
+        return None
+
+    def ood_calibration_inputs(self, data: Prepared) -> list[tuple[torch.Tensor, ...]]:
+        """Batches the score is standardized and thresholded on: the validation split, as served."""
+        return list(self.input_batches(data.val))
+
+    def ood_test_inputs(self, data: Prepared) -> list[tuple[torch.Tensor, ...]]:
+        """Batches of in-distribution inputs the false-alarm rate and AUROC are measured on."""
+        return list(self.input_batches(data.test))
+
+    def input_batches(
+        self, dataset: TensorDataset, size: int = 512, limit: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Consecutive inputs of a split (targets dropped), collated as this task collates them."""
+        n = min(len(dataset), limit or len(dataset))
+        for start in range(0, n, size):
+            yield self.collate([dataset[i] for i in range(start, min(start + size, n))])[:-1]
 
     def dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
         """torch.export dynamic shapes, one dict per input, from the named axes of the input spec."""

@@ -21,10 +21,14 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics
 from statsmodels.tsa.holtwinters import ExponentialSmoothing
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from contracts.preprocessing import SeriesScaling
+from contracts.summaries import REFERENCE_ITEMS, history_summaries
+from models.ood import Mahalanobis, Scored, window_of, window_shape
 from training.config import TrainConfig
+from training.ood_sets import series_sets
 from training.tasks.base import InputSpec, Predict, Prepared, Task, fingerprint_arrays
 
 if TYPE_CHECKING:
@@ -180,6 +184,43 @@ class ForecastTask(Task):
         # Parity is then checked at lengths 1, the training window and twice it.
         short = torch.from_numpy(scaling.encode(data.extras["test_history"][:8, -16:]))
         return [(short,), (history[:3, -1:],), (history[:8],), (torch.from_numpy(scaling.encode(long)),)]
+
+    ood_recipe = (
+        "Mahalanobis distance of the history's shape (the size of its steps, its trend and its seasonal swing, "
+        "relative to the training scale; not its level) to the training windows'"
+    )
+
+    def served_lengths(self) -> tuple[int, ...]:
+        """History lengths the score is fitted and calibrated at: served histories have 1 to 3 seasons."""
+        return (self.min_history, (self.min_history + self.window) // 2, self.window)
+
+    def ood_scorer(self, net: nn.Module, data: Prepared) -> Scored:
+        history = data.train.tensors[0]
+        shapes = torch.cat([window_shape(history[:, -length:]) for length in self.served_lengths()])
+        return Scored(net, {"window_shape": Mahalanobis.fit(shapes)}, {"window_shape": window_of})
+
+    def ood_calibration_inputs(self, data: Prepared) -> list[tuple[torch.Tensor, ...]]:
+        history = data.val.tensors[0]
+        return [(history[:, -length:],) for length in self.served_lengths()]
+
+    def ood_test_inputs(self, data: Prepared) -> list[tuple[torch.Tensor, ...]]:
+        # Every week of the test period as the end of a one-season history: as many as there are weeks.
+        series, scaling = data.extras["series"], data.extras["scaling"]
+        ends = range(int(data.extras["test_ends"][0]), len(series) + 1)
+        windows = np.stack([series[e - self.min_history : e] for e in ends])
+        return [(torch.from_numpy(scaling.encode(windows)),)]
+
+    def ood_sets(self, data: Prepared) -> dict[str, list[tuple[torch.Tensor, ...]]]:
+        series, scaling = data.extras["series"], data.extras["scaling"]
+        sets = series_sets(series, self.min_history, np.random.default_rng(0))
+        return {name: [(torch.from_numpy(scaling.encode(windows)),)] for name, windows in sets.items()}
+
+    def reference_summaries(self, data: Prepared) -> list[dict[str, Any]]:
+        # Raw training windows, as users send histories (level included: drift in level is drift to report).
+        series = data.extras["series"]
+        last_end = len(series) - self.test_weeks - self.val_weeks
+        ends = np.unique(np.linspace(self.window, last_end, REFERENCE_ITEMS).astype(int))
+        return history_summaries([series[e - self.window : e] for e in ends])
 
     def forecast(self, predict: Predict, history: np.ndarray, scaling: SeriesScaling) -> np.ndarray:
         return scaling.decode(predict(torch.from_numpy(scaling.encode(history))), history)

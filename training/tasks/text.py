@@ -20,11 +20,23 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from torch import nn
 from torch.utils.data import Sampler, TensorDataset, default_collate
 
+from contracts.families import softmax
 from contracts.preprocessing import TextEncoding
+from contracts.summaries import REFERENCE_ITEMS, text_summaries
+from models.ood import Mahalanobis, Scored, TokenSurprise, embedded, features_of, inputs_of
 from models.transformer import MaskedLanguageModel
 from training.config import TrainConfig
 from training.evaluate import classification_metrics, plot_confusion_matrix
-from training.tasks.base import InputSpec, Predict, Prepared, Task, balanced_class_weights, fingerprint_arrays
+from training.ood_sets import text_sets
+from training.tasks.base import (
+    FIT_ROWS,
+    InputSpec,
+    Predict,
+    Prepared,
+    Task,
+    balanced_class_weights,
+    fingerprint_arrays,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -179,6 +191,10 @@ class TextClassificationTask(Task):
         "patience": 3,
     }  # ~48 s an epoch on 2 cores
     expected_seconds = 630.0
+    ood_recipe = (
+        "Mahalanobis distance of the pooled states to the nearest class mean, plus the mean surprise of the "
+        "tokens under the training split's token frequencies (each in validation standard deviations)"
+    )
 
     def search_space(self, trial: optuna.Trial) -> None:
         trial.suggest_float("lr", 5e-4, 4e-3, log=True)
@@ -276,6 +292,34 @@ class TextClassificationTask(Task):
         quantized = run_dir / "model.int8.onnx"
         quantize_dynamic(str(onnx_path), str(quantized), weight_type=QuantType.QInt8)
         return {"int8": quantized}
+
+    def ood_scorer(self, net: nn.Module, data: Prepared) -> Scored:
+        # Measured on the OOD sets: Mahalanobis alone reached AUROC 0.90, token surprise alone 0.81, both 0.92
+        # (max-softmax 0.82, energy 0.82, k-nearest neighbours 0.87, relative Mahalanobis 0.80).
+        ids, mask, classes = data.train.tensors
+        features = embedded(net, self.input_batches(data.train, limit=FIT_ROWS))
+        parts = {
+            "mahalanobis": Mahalanobis.fit(features, classes[: len(features)]),
+            "token_surprise": TokenSurprise.fit(ids, mask, net.config.vocab_size),
+        }
+        return Scored(net, parts, {"mahalanobis": features_of, "token_surprise": inputs_of})
+
+    def ood_sets(self, data: Prepared) -> dict[str, list[tuple[torch.Tensor, ...]]]:
+        tokenizer = Tokenizer.from_file(str(data.files["tokenizer.json"]))
+        encoding = TextEncoding(**data.preprocessing["text"])
+
+        def batches(texts: list[str]) -> list[tuple[torch.Tensor, ...]]:
+            chunks = [texts[i : i + 256] for i in range(0, len(texts), 256)]
+            padded = [encoding.pad(encoding.token_ids(tokenizer, chunk)) for chunk in chunks]
+            return [(torch.from_numpy(ids), torch.from_numpy(mask)) for ids, mask in padded]
+
+        return {name: batches(texts) for name, texts in text_sets(np.random.default_rng(0)).items()}
+
+    def reference_summaries(self, data: Prepared) -> list[dict[str, Any]]:
+        return text_summaries(data.extras["train_texts"][:REFERENCE_ITEMS])
+
+    def ood_baseline(self, outputs: np.ndarray) -> np.ndarray:
+        return 1.0 - softmax(outputs).max(1)
 
     def evaluate(self, predict: Predict, data: Prepared, run_dir: Path) -> dict[str, Any]:
         ids, mask, y = data.test.tensors
