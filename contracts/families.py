@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from PIL import Image
@@ -26,29 +27,34 @@ Feeds = dict[str, np.ndarray]  # ONNX input name -> array, batch axis first
 OOD_OUTPUT = "ood_score"  # every family's graph answers with this beside its prediction (models/ood.py)
 
 
-class Judged(BaseModel):
-    """Whether an input is like the training data: every answer the platform gives carries this."""
+# Every answer the platform gives says whether its input is like the training data (services/ood.py); the
+# benchmark's peers, which compute no verdict, leave both null.
+OodScore = Annotated[
+    float | None, Field(description="how unlike the training data the input is (0: typical; higher: less like it)")
+]
+InDistribution = Annotated[bool | None, Field(description="ood_score is at or below the model's threshold")]
 
-    ood_score: float | None = Field(
-        None, description="how unlike the training data the input is (0: typical; higher: less like it)"
-    )
-    in_distribution: bool | None = Field(None, description="ood_score is at or below the model's threshold")
 
-
-class ImageClassification(Judged):
+class ImageClassification(BaseModel):
     label: str
     class_id: int
     probabilities: dict[str, float]
+    ood_score: OodScore = None
+    in_distribution: InDistribution = None
 
 
-class TextClassification(Judged):
+class TextClassification(BaseModel):
     label: str
     probabilities: dict[str, float]
+    ood_score: OodScore = None
+    in_distribution: InDistribution = None
 
 
-class Forecast(Judged):
+class Forecast(BaseModel):
     forecast: list[float]
     model: str = Field(description="the store tag of the model that answered")
+    ood_score: OodScore = None
+    in_distribution: InDistribution = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from contracts.families import Feeds, Judged
+from contracts.families import Feeds, ImageClassification, TextClassification
 from services.errors import BadRequest, Unavailable
 from services.family import current_service
 from services.http import media_types, validation_message
@@ -66,7 +66,7 @@ VERDICT_TENSORS = (
 )
 
 
-def verdict_tensors(answers: Sequence[Judged]) -> dict[str, np.ndarray]:
+def verdict_tensors(answers: Sequence[ImageClassification | TextClassification]) -> dict[str, np.ndarray]:
     if not VERDICT_TENSORS:
         return {}
     return {

@@ -36,7 +36,7 @@ def fit_scored(task: Task, net: torch.nn.Module, data: Prepared) -> Scored:
     return scored.eval()
 
 
-def scores(predict: PredictScored, task: Task, inputs: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+def scores(predict: PredictScored, inputs: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
     """(outputs, scores) of batches of inputs, concatenated."""
     results = [predict(*batch) for batch in inputs]
     return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
@@ -55,10 +55,10 @@ def detection(inside: np.ndarray, outside: np.ndarray) -> dict[str, float]:
 
 def ood_report(predict: PredictScored, task: Task, data: Prepared, run_dir: Path) -> dict[str, Any]:
     """Threshold from validation, false alarms on test, detection of each OOD set; a histogram PNG."""
-    _, val = scores(predict, task, task.ood_calibration_inputs(data))
+    _, val = scores(predict, task.ood_calibration_inputs(data))
     threshold = float(np.quantile(val, 1 - TARGET_FPR))
-    test_outputs, test = scores(predict, task, task.ood_test_inputs(data))
-    sets = {name: scores(predict, task, inputs) for name, inputs in task.ood_sets(data).items()}
+    test_outputs, test = scores(predict, task.ood_test_inputs(data))
+    sets = {name: scores(predict, inputs) for name, inputs in task.ood_sets(data).items()}
     everything = np.concatenate([s for _, s in sets.values()])
     report: dict[str, Any] = {
         "score": task.ood_recipe,

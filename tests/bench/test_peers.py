@@ -1,5 +1,7 @@
 """The benchmark's peers serve the platform's own models: their answers equal the registered ONNX files'."""
 
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -52,11 +54,14 @@ def test_a_peer_answers_as_the_registered_models_do(peer, registered, tmp_path):
 
 
 def logits_of(response: httpx.Response) -> np.ndarray:
-    """The one output of an inference-protocol answer, in JSON or Triton's binary form."""
+    """The first output of an inference-protocol answer (the logits; the OOD score follows), in JSON or Triton's
+    binary form."""
     header_length = response.headers.get("inference-header-content-length")
     if header_length is None:
         return np.array(response.json()["outputs"][0]["data"], np.float32)
-    return np.frombuffer(response.content[int(header_length) :], np.float32)
+    start = int(header_length)
+    size = json.loads(response.content[:start])["outputs"][0]["parameters"]["binary_data_size"]
+    return np.frombuffer(response.content[start : start + size], np.float32)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
@@ -61,6 +62,15 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_rules(server, tmp_path
         assert query_until(api, 'modelroad_requests_total{endpoint="/classify_text"}', process, tmp_path)
         scanned = httpx.get(f"{api}/query", params={"query": '{endpoint="/wp-admin.php"}'}, timeout=5).json()
         assert scanned["data"]["result"] == [], "the scrape config let a raw-path series through"
+        # Noise is nothing like clothes: the OOD counter moves by as many images, and the rule's ratio rises.
+        counted = 'modelroad_ood_answers_total{model="fashion-cnn"}'
+        before = float(query_until(api, counted, process, tmp_path)[0]["value"][1])
+        noise = np.random.default_rng(0).integers(0, 256, (8, 28, 28)).tolist()
+        assert httpx.post(f"{server}/classify_pixels", json={"pixels": noise}, timeout=10).status_code == 200
+        moved = f"{counted} >= {before + 8}"
+        assert float(query_until(api, moved, process, tmp_path)[0]["value"][1]) >= before + 8
+        ratio = query_until(api, 'modelroad:ood_answer_ratio:rate15m{model="fashion-cnn"} > 0', process, tmp_path)
+        assert 0 < float(ratio[0]["value"][1]) <= 1
         rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
         assert {g["name"] for g in rules} == {"modelroad.recording", "modelroad.alerts"}
         assert all(rule["health"] != "err" for g in rules for rule in g["rules"])
