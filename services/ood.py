@@ -8,9 +8,8 @@ import numpy as np
 from contracts.card import ModelCard
 from contracts.families import OOD_OUTPUT, Verdicts
 from services.metrics import OOD_ANSWERS, OOD_SCORES
+from services.runner import Outputs
 from services.settings import SETTINGS
-
-Outputs = dict[str, np.ndarray]
 
 
 class OodJudge:
