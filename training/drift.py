@@ -84,10 +84,15 @@ def read_logs(log_dir: Path) -> tuple[dict[tuple[str, str], list[dict[str, Any]]
     return dict(lines), unreadable
 
 
+def logged_values(lines: list[dict[str, Any]], field: str) -> list[float]:
+    """A summary field's values in the logged lines that hold it as a number."""
+    return [line["input"][field] for line in lines if isinstance(line.get("input", {}).get(field), int | float)]
+
+
 def compare(model: str, version: str, lines: list[dict[str, Any]], card: ModelCard) -> ModelDrift:
     fields = []
     for field, reference in card.reference.items():
-        logged = [line["input"][field] for line in lines if isinstance(line.get("input", {}).get(field), int | float)]
+        logged = logged_values(lines, field)
         if logged:
             test = stats.ks_2samp(reference, logged)
             fields.append(
@@ -105,7 +110,7 @@ def compare(model: str, version: str, lines: list[dict[str, Any]], card: ModelCa
 def plot(drift: ModelDrift, reference: dict[str, list[float]], lines: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(drift.fields), figsize=(4 * len(drift.fields), 3.2), squeeze=False)
     for ax, field in zip(axes[0], drift.fields):
-        logged = [line["input"][field.field] for line in lines if field.field in line.get("input", {})]
+        logged = logged_values(lines, field.field)
         both = np.concatenate([reference[field.field], logged])
         bins = np.linspace(both.min(), both.max() + 1e-9, 40)
         ax.hist(reference[field.field], bins, density=True, alpha=0.5, label="training")
