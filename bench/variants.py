@@ -16,9 +16,9 @@ from pathlib import Path
 import bentoml
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
-from contracts.preprocessing import TextEncoding
+from contracts.card import ModelCard
+from contracts.text import TextContract
 
 TEXTS = Path(__file__).resolve().parents[1] / "loadtests" / "payloads" / "texts.json"
 
@@ -32,17 +32,11 @@ def session(stored: bentoml.Model, threads: int) -> ort.InferenceSession:
 
 def token_batches(stored: bentoml.Model, batch_size: int, count: int) -> list[dict[str, np.ndarray]]:
     """`count` batches of the payload texts (realistic, varied lengths), padded to each batch's longest."""
-    preprocessing = stored.info.metadata["preprocessing"]
-    tokenizer = Tokenizer.from_file(stored.path_of(preprocessing["tokenizer"]))
-    encoding = TextEncoding(**preprocessing["text"])
-    texts = json.loads(TEXTS.read_text())
-    ids = encoding.token_ids(tokenizer, texts)
-    batches = []
-    for b in range(count):
-        rows = [ids[(b * batch_size + i) % len(ids)] for i in range(batch_size)]
-        input_ids, mask = encoding.pad(rows)
-        batches.append({"input_ids": input_ids, "attention_mask": mask})
-    return batches
+    contract = TextContract.from_card(ModelCard.from_metadata(stored.info.metadata), stored.path)
+    ids = contract.token_ids(json.loads(TEXTS.read_text()))
+    return [
+        contract.feeds_from_ids([ids[(b * batch_size + i) % len(ids)] for i in range(batch_size)]) for b in range(count)
+    ]
 
 
 def time_calls(runner: ort.InferenceSession, batches: list[dict[str, np.ndarray]]) -> list[float]:
@@ -79,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         base_ms = statistics.median(timings[args.model]) * 1e3
         for name in names:
             median_ms = statistics.median(timings[name]) * 1e3
-            metrics = stored[name].info.metadata["metrics"]
+            metrics = ModelCard.from_metadata(stored[name].info.metadata).metrics
             rows.append(
                 {
                     "model": str(stored[name].tag),

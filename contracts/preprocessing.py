@@ -7,8 +7,9 @@ with parameters read back from the model's metadata. numpy + Pillow only.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -41,8 +42,12 @@ class ImagePreprocessing:
     mean: float = 0.2860  # Fashion-MNIST training-set statistics of pixels / 255
     std: float = 0.3530
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_metadata(self) -> dict[str, Any]:
+        return {"image": asdict(self)}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> ImagePreprocessing:
+        return cls(**metadata["image"])
 
     @property
     def mode(self) -> str:
@@ -115,9 +120,6 @@ class SeriesScaling:
 
     scale: float
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def encode(self, history: np.ndarray) -> np.ndarray:
         """(B, T) raw values -> (B, T) float32 relative to each row's last value."""
         history = np.asarray(history, dtype=np.float64)
@@ -138,9 +140,6 @@ class TextEncoding:
     max_tokens: int
     pad_id: int = 0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def token_ids(self, tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
         """Each text's ids, truncated to max_tokens (the tokenizer adds no special tokens)."""
         return [encoding.ids[: self.max_tokens] or [self.pad_id] for encoding in tokenizer.encode_batch(texts)]
@@ -154,3 +153,40 @@ class TextEncoding:
             input_ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
         return input_ids, mask
+
+
+@dataclass(frozen=True)
+class ForecastPreprocessing:
+    """How a forecaster reads a history: the last `window` values, scaled; at least `min_history`; `horizon` out."""
+
+    series: SeriesScaling
+    window: int
+    min_history: int
+    horizon: int
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {**asdict(self), "series": asdict(self.series)}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> ForecastPreprocessing:
+        return cls(
+            SeriesScaling(**metadata["series"]), metadata["window"], metadata["min_history"], metadata["horizon"]
+        )
+
+
+@dataclass(frozen=True)
+class TextPreprocessing:
+    """The text encoding, and the tokenizer file stored beside the model."""
+
+    text: TextEncoding
+    tokenizer: str = "tokenizer.json"
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {"text": asdict(self.text), "tokenizer": self.tokenizer}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> TextPreprocessing:
+        return cls(TextEncoding(**metadata["text"]), metadata["tokenizer"])
+
+
+Preprocessing = ImagePreprocessing | ForecastPreprocessing | TextPreprocessing

@@ -5,6 +5,6 @@ checkpoint (state_dict + config dict) rebuilds its net without pickling code.
 """
 
 from models import cnn, rnn, transformer  # noqa: F401  (importing a family registers it)
-from models.registry import ModelEntry, build_model, config_from_dict, list_models, register_model
+from models.registry import ModelEntry, build_model, config_from_dict, list_models, register_net
 
-__all__ = ["ModelEntry", "build_model", "config_from_dict", "list_models", "register_model"]
+__all__ = ["ModelEntry", "build_model", "config_from_dict", "list_models", "register_net"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.registry import register_model
+from models.registry import register_net
 
 
 @dataclass
@@ -33,7 +33,7 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-@register_model("cnn", CNNConfig)
+@register_net("cnn", CNNConfig)
 class CNN(nn.Module):
     def __init__(self, config: CNNConfig):
         super().__init__()

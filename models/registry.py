@@ -18,8 +18,8 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, config_cls: type):
-    """Class decorator: `@register_model("cnn", CNNConfig)` above an nn.Module."""
+def register_net(name: str, config_cls: type):
+    """Class decorator: `@register_net("cnn", CNNConfig)` above an nn.Module."""
 
     def wrap(module_cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.registry import register_model
+from models.registry import register_net
 
 
 @dataclass
@@ -27,7 +27,7 @@ class RNNConfig:
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
-@register_model("rnn", RNNConfig)
+@register_net("rnn", RNNConfig)
 class RNNForecaster(nn.Module):
     def __init__(self, config: RNNConfig):
         super().__init__()

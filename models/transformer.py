@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.registry import register_model
+from models.registry import register_net
 
 
 @dataclass
@@ -23,7 +23,7 @@ class TransformerConfig:
     num_classes: int = 26
 
 
-@register_model("transformer", TransformerConfig)
+@register_net("transformer", TransformerConfig)
 class TransformerClassifier(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()

@@ -1,5 +1,6 @@
 """A service's one HTTP app: its routes (for the platform: the family routes and the Open Inference Protocol),
-the OpenAPI document, the edge and the one error shape.
+the OpenAPI document, the edge (services/edge.py) and the one error shape (services/errors.py); and the helpers
+routes share (media types, JSON answers, the documented errors).
 
 BentoML mounts it (`@bentoml.asgi_app`) and keeps what it is good at: process management, the model
 store, /livez and /readyz. The app serves /metrics itself: BentoML's request metrics label by raw path.
@@ -11,12 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
-from services.http import EdgeMiddleware, FallbackRoute, install_error_handlers
+from services.edge import EdgeMiddleware
+from services.errors import ErrorBody, FallbackRoute, UnsupportedMediaType, install_error_handlers
 from services.keys import KeyRing, RateLimiter
 from services.metrics import exposition
 from services.settings import SETTINGS, ServeSettings
@@ -44,6 +47,50 @@ INFRA_PATHS = {
         }
     },
 }
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("the request is not valid; `error` says what to change"),
+    413: _error("the body or the image is over the limit"),
+    401: _error("no valid API key (only when MODELROAD_API_KEYS_FILE is set)"),
+    415: _error("the body's Content-Type is not one the route takes"),
+    429: _error("over the key's rate limit (MODELROAD_RATE_LIMIT); retry after Retry-After seconds"),
+    503: _error("busy or not ready; retry after Retry-After seconds"),
+    504: _error("not answered within the request timeout"),
+}
+
+
+def media_types(*accepted: str | None) -> Any:
+    """A route dependency: bodies of other media types get 415 (None accepts a body sent without Content-Type).
+
+    JSON routes taking only application/json keep cross-site pages from posting to them without a CORS
+    preflight (text/plain, form and multipart bodies need none).
+    """
+
+    async def check(request: Request) -> None:
+        declared = request.headers.get("content-type")
+        media = declared.split(";")[0].strip().lower() if declared else None
+        if media not in accepted:
+            wanted = " or ".join(a or "no Content-Type" for a in accepted)
+            raise UnsupportedMediaType(f"this route takes {wanted}; got {declared or 'no Content-Type'}")
+
+    return Depends(check)
+
+
+JSON_ONLY = media_types("application/json")
+
+
+def json_response(answer: BaseModel | Sequence[BaseModel]) -> Response:
+    """An answer as JSON, serialized by pydantic's own encoder (the route declares its model for the docs)."""
+    if isinstance(answer, BaseModel):
+        body = answer.model_dump_json().encode()
+    else:
+        body = b"[" + b",".join(a.model_dump_json().encode() for a in answer) + b"]"
+    return Response(body, media_type="application/json")
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:

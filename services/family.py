@@ -1,29 +1,26 @@
-"""What every family shares: its runners, its routes, its inference-protocol pipelines, and how a route finds it."""
+"""What every family shares: the shape of a family as served, how its routes find it, its pipelines' names and
+OOD tensors, the preparing threads, and its prediction counter."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import bentoml
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from contracts.card import ModelCard
-from contracts.families import Verdicts, softmax
+from contracts.tensors import TensorSpec
+from services.inference import InferenceModel
 from services.metrics import PREDICTIONS
-from services.ood import OodJudge
-from services.runner import OnnxRunner, Outputs
+from services.runner import OnnxRunner
 from services.settings import SETTINGS
-
-if TYPE_CHECKING:  # services.oip finds the serving instance through this module
-    from services.oip import InferenceModel
 
 F = TypeVar("F", bound="Family")
 T = TypeVar("T")
-ANSWERS = "answers"  # what a classifier's runner derives from its logits: one answer per row (an object array)
 
 
 class Family(Protocol):
@@ -45,6 +42,11 @@ class FamilyKind(Protocol):
     def routes(cards: list[ModelCard]) -> APIRouter: ...
 
 
+def serving(request: Request, kind: type[F]) -> F:
+    """This worker's instance of a family (the platform sets them on the app when BentoML makes the service)."""
+    return request.app.state.families[kind]
+
+
 # Decoding big images and tokenizing long texts take milliseconds to seconds of CPU: they run in these threads,
 # so that the event loop keeps answering (/livez, timeouts, other requests). Small inputs are prepared inline,
 # where a thread hop would cost more than the work.
@@ -58,35 +60,27 @@ async def prepared(work: Callable[..., T], *args: Any, heavy: bool) -> T:
     return await asyncio.get_running_loop().run_in_executor(PREPARING, work, *args)
 
 
-current_service = bentoml.get_current_service  # looked up once: bentoml resolves its attributes lazily per access
-
-
-def serving(kind: type[F]) -> F:
-    """This worker's instance of a family (the platform made it when BentoML made the service)."""
-    return current_service().family(kind)
-
-
 def pipeline_name(model: str) -> str:
     """A family's pipeline over a model is served by the inference protocol under this name."""
     return f"{model}-pipeline"
 
 
-def answers_of(
-    output: str, answers: Callable[[np.ndarray, Verdicts | None], list], judge: OodJudge
-) -> Callable[[Outputs], Outputs]:
-    """A classifier runner's `derive`: softmax, OOD verdicts and the answers of a whole batch, made in the
-    runner's thread.
+# Every pipeline answers with each input's OOD verdict beside its prediction, scores on.
+VERDICT_TENSORS = (
+    (TensorSpec("ood_score", "FP32", (-1,)), TensorSpec("in_distribution", "BOOL", (-1,)))
+    if SETTINGS.ood_scores
+    else ()
+)
 
-    One numpy call per batch instead of per request, and the event loop only serializes.
-    """
 
-    def derive(outputs: Outputs) -> Outputs:
-        batch = answers(softmax(outputs[output]), judge.judge(outputs))
-        rows = np.empty(len(batch), dtype=np.object_)
-        rows[:] = batch
-        return {ANSWERS: rows}
-
-    return derive
+def verdict_tensors(answers: Sequence[Any]) -> dict[str, np.ndarray]:
+    """The answers' OOD fields as the pipelines' tensors (none with scores off)."""
+    if not VERDICT_TENSORS:
+        return {}
+    return {
+        "ood_score": np.array([a.ood_score for a in answers], dtype=np.float32),
+        "in_distribution": np.array([a.in_distribution for a in answers], dtype=np.bool_),
+    }
 
 
 class PredictionCounter:

@@ -1,23 +1,24 @@
 """Forecasting: weekly history in, `horizon` weeks out, from the LSTM or the GRU forecaster; and their pipelines."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import bentoml
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, Field
 
 from contracts.card import ModelCard
-from contracts.families import Forecast, ForecastContract, Verdicts, judged
+from contracts.forecast import Forecast, ForecastContract
 from contracts.summaries import history_summaries
+from contracts.tensors import TensorSpec
+from services.app import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.errors import BadRequest
-from services.family import pipeline_name, serving
-from services.http import ERROR_RESPONSES, JSON_ONLY, json_response
-from services.oip import VERDICT_TENSORS, InferenceModel
+from services.family import VERDICT_TENSORS, pipeline_name, serving, verdict_tensors
+from services.inference import InferenceModel
 from services.ood import OodJudge
 from services.payloads import log_predictions
-from services.runner import OnnxRunner, TensorSpec
+from services.runner import OnnxRunner
 from services.settings import SETTINGS
 
 MAX_ABS_VALUE = 1e9  # beyond this float32 arithmetic in the net loses the series
@@ -32,19 +33,22 @@ class Forecaster:
 
     def __init__(self, stored: bentoml.Model):
         self.runner = OnnxRunner(stored, SETTINGS)  # histories of one length run as one batch
-        self.cell: str = self.runner.card.model_config["cell"]
+        self.cell = str(self.runner.card.cell)
         self.contract = ForecastContract.from_card(self.runner.card)
         self.judge = OodJudge(self.runner.name, self.runner.card)
 
-    async def forecast(self, histories: np.ndarray, horizon: int) -> tuple[np.ndarray, Verdicts | None]:
-        """(N, T) raw histories, T >= min_history -> (N, horizon) raw forecasts and the histories' OOD verdicts."""
-        recent = self.contract.recent(histories)
-        outputs = await self.runner.submit(self.contract.feeds(recent))
-        forecasts = self.contract.forecasts(outputs[self.runner.outputs[0].name], recent, horizon)
-        verdicts = self.judge.judge(outputs)
-        answers = [{"forecast": f, **v} for f, v in zip(forecasts.tolist(), judged(verdicts, len(forecasts)))]
-        log_predictions(self.runner, histories, answers, history_summaries, history_values, dict)
-        return forecasts, verdicts
+    async def forecast(self, histories: np.ndarray, horizon: int) -> list[Forecast]:
+        """(N, T) raw histories, T >= min_history -> each one's `horizon` weeks and OOD verdict."""
+        outputs = await self.runner.submit(self.contract.feeds(histories))
+        answers = self.contract.answers(outputs, self.judge.threshold, histories, horizon, self.runner.tag)
+        self.judge.count(outputs)
+        log_predictions(self.runner, histories, answers, history_summaries, history_values, forecast_summary)
+        return answers
+
+
+def forecast_summary(answer: Forecast) -> dict[str, Any]:
+    """A forecast as logged: its weeks and the OOD verdict."""
+    return answer.model_dump(exclude={"model"}, exclude_none=True)
 
 
 class ForecastFamily:
@@ -61,7 +65,7 @@ class ForecastFamily:
     @staticmethod
     def routes(cards: list[ModelCard]) -> APIRouter:
         contracts = [ForecastContract.from_card(card) for card in cards]
-        cells = tuple(card.model_config["cell"] for card in cards)
+        cells = tuple(str(card.cell) for card in cards)
         return forecast_routes(max(c.min_history for c in contracts), min(c.horizon for c in contracts), cells)
 
 
@@ -92,14 +96,8 @@ class ForecastPipeline(InferenceModel):
             )
         if not np.isfinite(history).all() or np.abs(history).max() > MAX_ABS_VALUE:
             raise BadRequest(f"history values must be finite numbers within ±{MAX_ABS_VALUE:g}")
-        forecast, verdicts = await self.forecaster.forecast(history, contract.horizon)
-        if verdicts is None:
-            return {"forecast": forecast.astype(np.float32)}
-        return {
-            "forecast": forecast.astype(np.float32),
-            "ood_score": verdicts.scores.astype(np.float32),
-            "in_distribution": verdicts.inside,
-        }
+        answers = await self.forecaster.forecast(history, contract.horizon)
+        return {"forecast": np.array([a.forecast for a in answers], dtype=np.float32), **verdict_tensors(answers)}
 
 
 def whole_number(value: object) -> object:
@@ -129,13 +127,11 @@ def forecast_routes(min_history: int, max_horizon: int, cells: tuple[str, ...]) 
         model: Annotated[Literal[cells] | None, Field(description="the cell; default: the better on validation")] = None  # type: ignore[valid-type]
 
     @router.post("/forecast", response_model=Forecast, responses=ERROR_RESPONSES)
-    async def forecast(body: ForecastRequest) -> Response:
+    async def forecast(request: Request, body: ForecastRequest) -> Response:
         """Forecast the next `horizon` weeks of a weekly series from its history."""
-        family = serving(ForecastFamily)
+        family = serving(request, ForecastFamily)
         forecaster = family.forecasters[body.model] if body.model else family.default
-        (row,), verdicts = await forecaster.forecast(np.asarray([body.history]), body.horizon)
-        (verdict,) = judged(verdicts, 1)
-        forecast = [round(v, 4) for v in row.tolist()]
-        return json_response(Forecast(forecast=forecast, model=forecaster.runner.tag, **verdict))
+        (answer,) = await forecaster.forecast(np.asarray([body.history]), body.horizon)
+        return json_response(answer)
 
     return router

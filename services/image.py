@@ -10,15 +10,16 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
 from contracts.card import ModelCard
-from contracts.families import ImageClassification, ImageContract
+from contracts.image import ImageClassification, ImageContract
 from contracts.summaries import array_summaries
+from contracts.tensors import Feeds, TensorSpec
+from services.app import ERROR_RESPONSES, JSON_ONLY, json_response, media_types
 from services.errors import BadRequest
-from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, prepared, serving
-from services.http import ERROR_RESPONSES, JSON_ONLY, json_response, media_types
-from services.oip import VERDICT_TENSORS, InferenceModel, verdict_tensors
+from services.family import VERDICT_TENSORS, PredictionCounter, pipeline_name, prepared, serving, verdict_tensors
+from services.inference import InferenceModel
 from services.ood import OodJudge
 from services.payloads import answer_summary, log_predictions
-from services.runner import OnnxRunner, TensorSpec
+from services.runner import OnnxRunner
 from services.settings import SETTINGS
 
 UPLOAD_FIELD = "image"
@@ -34,27 +35,29 @@ class ImageFamily:
         card = ModelCard.from_metadata(stored.info.metadata)
         self.contract = ImageContract.from_card(card)
         self.judge = OodJudge(stored.tag.name, card)
-        self.runner = OnnxRunner(stored, SETTINGS, derive=answers_of(card.output, self.contract.answers, self.judge))
+        self.runner = OnnxRunner(stored, SETTINGS)
         self.runners = [self.runner]
         self.predictions = PredictionCounter(self.runner.name, card.labels)
 
     def pipelines(self) -> list[InferenceModel]:
         return [ImagePipeline(self)]
 
-    async def classify(self, feeds: dict[str, np.ndarray]) -> list[ImageClassification]:
-        answers: list[ImageClassification] = list((await self.runner.submit(feeds))[ANSWERS])
+    async def classify(self, feeds: Feeds) -> list[ImageClassification]:
+        outputs = await self.runner.submit(feeds)
+        answers = self.contract.answers(outputs, self.judge.threshold)
+        self.judge.count(outputs)
         self.predictions.count(a.label for a in answers)
         images = feeds[self.runner.inputs[0].name]
         log_predictions(self.runner, images, answers, array_summaries, image_values, answer_summary)
         return answers
 
-    async def feeds_from_files(self, files: list[bytes]) -> dict[str, np.ndarray]:
+    async def feeds_from_files(self, files: list[bytes]) -> Feeds:
         """Headers checked here; pixels decoded here when small, in the preparing threads when not."""
         images = self.contract.open_files(files, SETTINGS.max_image_pixels, SETTINGS.max_image_bytes)
         declared = sum(image.width * image.height for image in images)
-        return await prepared(self.contract.feeds_from_images, images, heavy=declared > INLINE_PIXELS)
+        return await prepared(self.contract.feeds, images, heavy=declared > INLINE_PIXELS)
 
-    def feeds_from_pixels(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    def feeds_from_pixels(self, pixels: np.ndarray) -> Feeds:
         prep = self.contract.prep
         if pixels.ndim != 3 or pixels.shape[1:] != (prep.height, prep.width) or len(pixels) == 0:
             raise BadRequest(
@@ -157,7 +160,7 @@ def image_routes(height: int, width: int) -> APIRouter:
     )
     async def classify_image(request: Request) -> Response:
         """Classify one uploaded PNG/JPEG (multipart field `image`) of any size or colour."""
-        family = serving(ImageFamily)
+        family = serving(request, ImageFamily)
         (answer,) = await family.classify(await family.feeds_from_files([await uploaded_file(request, UPLOAD_FIELD)]))
         return json_response(answer)
 
@@ -167,9 +170,9 @@ def image_routes(height: int, width: int) -> APIRouter:
         responses=ERROR_RESPONSES,
         dependencies=[JSON_ONLY],
     )
-    async def classify_pixels(body: Pixels) -> Response:
+    async def classify_pixels(request: Request, body: Pixels) -> Response:
         """Classify a JSON batch of grey-value images already at the model's size."""
-        family = serving(ImageFamily)
+        family = serving(request, ImageFamily)
         answers = await family.classify(family.feeds_from_pixels(np.asarray(body.pixels, dtype=np.float64)))
         return json_response(answers)
 

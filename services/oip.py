@@ -1,35 +1,26 @@
-"""The Open Inference Protocol v2 (REST), with Triton's binary tensor data extension.
+"""The Open Inference Protocol v2 (REST) front-end, with Triton's binary tensor data extension.
 
-Three layers, as KServe splits them: typed request/response data (pydantic), a codec between HTTP bodies
-and NumPy tensors (JSON `data`, nested or flat, and the binary extension that `tritonclient` uses by
-default), and the data plane (`InferenceModel`: a raw ONNX model or a family's pipeline) that knows
-nothing of HTTP. The routes only translate.
+Two layers here, as KServe splits them: typed request/response data (pydantic), and a codec between HTTP
+bodies and NumPy tensors (JSON `data`, nested or flat, and the binary extension that `tritonclient` uses by
+default). The routes only translate to the data plane (services/inference.py), which knows nothing of HTTP;
+they find this worker's served models on the app (`app.state.models`).
 """
 
-import asyncio
 import json
 import math
 import struct
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from contracts.families import Feeds, ImageClassification, TextClassification
-from services.errors import BadRequest, Unavailable
-from services.family import current_service
-from services.http import media_types, validation_message
-from services.runner import NUMPY_TYPES, OnnxRunner, TensorSpec, feeds_problem
-from services.settings import SETTINGS
-
-if TYPE_CHECKING:
-    from services.repository import ModelRepository
+from contracts.tensors import NUMPY_TYPES, datatype_of
+from services.app import media_types
+from services.errors import BadRequest, Unavailable, validation_message
+from services.inference import InferenceModel, ModelRepository
 
 HEADER_LENGTH = "inference-header-content-length"
 # NumPy kinds of JSON data each tensor kind takes: no int from a float (4.5 would become 4), bools from bools only.
@@ -56,107 +47,6 @@ class InferenceRequest(BaseModel):
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput]
     outputs: list[RequestOutput] | None = None
-
-
-# Every pipeline answers with each input's OOD verdict (services/ood.py) beside its prediction, scores on.
-VERDICT_TENSORS = (
-    (TensorSpec("ood_score", "FP32", (-1,)), TensorSpec("in_distribution", "BOOL", (-1,)))
-    if SETTINGS.ood_scores
-    else ()
-)
-
-
-def verdict_tensors(answers: Sequence[ImageClassification | TextClassification]) -> dict[str, np.ndarray]:
-    if not VERDICT_TENSORS:
-        return {}
-    return {
-        "ood_score": np.array([a.ood_score for a in answers], dtype=np.float32),
-        "in_distribution": np.array([a.in_distribution for a in answers], dtype=np.bool_),
-    }
-
-
-class InferenceModel:
-    """A model as the protocol sees it: named tensors in, named tensors out, batched where it can be."""
-
-    platform = "onnxruntime_onnx"
-
-    def __init__(
-        self,
-        name: str,
-        runner: OnnxRunner,
-        inputs: Sequence[TensorSpec],
-        outputs: Sequence[TensorSpec],
-        required: Sequence[str] | None = None,
-    ):
-        self.name, self.version, self.runner = name, runner.version, runner
-        self.inputs, self.outputs = tuple(inputs), tuple(outputs)
-        self.required = frozenset(spec.name for spec in inputs) if required is None else frozenset(required)
-        self.tag: str | None = None  # the store tag, for a stored graph served as it is (not for a pipeline)
-        self.in_flight = 0
-
-    @property
-    def ready(self) -> bool:
-        return self.runner.warmed
-
-    @property
-    def created(self) -> datetime:
-        return self.runner.created
-
-    @contextmanager
-    def serving(self) -> Iterator[None]:
-        """Counts a request in flight, so that unloading the model can wait for it."""
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-
-    async def drained(self, timeout_s: float) -> bool:
-        """Whether the requests in flight finished within `timeout_s` (new ones must no longer find the model)."""
-        deadline = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return not self.in_flight
-
-    def problem(self, tensors: dict[str, np.ndarray]) -> str | None:
-        """What keeps these tensors from being this model's inputs (names, datatypes, shapes), or None."""
-        specs = {spec.name: spec for spec in self.inputs}
-        unknown, missing = set(tensors) - set(specs), self.required - set(tensors)
-        if unknown:
-            return f"{self.name} has no input {sorted(unknown)}; its inputs are {list(specs)}"
-        if missing:
-            return f"{self.name} needs the inputs {sorted(self.required)}; missing {sorted(missing)}"
-        return next((p for name, array in tensors.items() if (p := specs[name].problem(array))), None)
-
-    def metadata(self, versions: Sequence[str]) -> dict[str, Any]:
-        def tensors(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
-            return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
-
-        return {
-            "name": self.name,
-            "versions": list(versions),
-            "platform": self.platform,
-            "inputs": tensors(self.inputs),
-            "outputs": tensors(self.outputs),
-        }
-
-    async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-
-class OnnxModel(InferenceModel):
-    """A stored ONNX graph's own tensors, through its runner's micro-batcher (the family routes' batcher)."""
-
-    def __init__(self, runner: OnnxRunner):
-        super().__init__(runner.name, runner, runner.inputs, runner.outputs)
-        self.tag = runner.tag
-
-    async def infer(self, tensors: Feeds) -> Feeds:
-        problem = feeds_problem(self.inputs, tensors)
-        if problem:
-            raise BadRequest(f"{self.name}: {problem}")
-        outputs = await self.runner.submit(tensors)
-        return {spec.name: outputs[spec.name] for spec in self.outputs}  # the graph's own, not those derived
 
 
 def _deserialize_bytes(buffer: bytes, count: int, name: str) -> np.ndarray:
@@ -250,12 +140,6 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferenceReq
     return request, tensors
 
 
-def _datatype(array: np.ndarray) -> str:
-    if array.dtype == np.object_:
-        return "BYTES"
-    return next(name for name, kind in NUMPY_TYPES.items() if np.dtype(kind) == array.dtype)
-
-
 def encode_response(model: InferenceModel, request: InferenceRequest, outputs: dict[str, np.ndarray]) -> Response:
     """The infer response: requested outputs (all by default), each as JSON data or binary as asked."""
     binary_default = bool((request.parameters or {}).get("binary_data_output", False))
@@ -265,7 +149,7 @@ def encode_response(model: InferenceModel, request: InferenceRequest, outputs: d
         if requested.name not in outputs:
             raise BadRequest(f"{model.name} has no output {requested.name!r}; its outputs are {sorted(outputs)}")
         array = outputs[requested.name]
-        entry: dict[str, Any] = {"name": requested.name, "datatype": _datatype(array), "shape": list(array.shape)}
+        entry: dict[str, Any] = {"name": requested.name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if (requested.parameters or {}).get("binary_data", binary_default):
             chunk = _serialize_bytes(array) if array.dtype == np.object_ else np.ascontiguousarray(array).tobytes()
             entry["parameters"] = {"binary_data_size": len(chunk)}
@@ -287,8 +171,13 @@ def encode_response(model: InferenceModel, request: InferenceRequest, outputs: d
     )
 
 
-def repository() -> "ModelRepository":
-    return current_service().repository
+def served_models(request: Request) -> ModelRepository:
+    """This worker's served models (set on the app when the worker made them)."""
+    return request.app.state.models
+
+
+def server_is_ready(request: Request) -> Callable[[], bool]:
+    return request.app.state.ready
 
 
 # tritonclient sends its bodies, JSON or binary, without a Content-Type.
@@ -338,30 +227,30 @@ def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[s
         return {"live": True}
 
     @router.get("/health/ready", summary="every served model is ready", responses={503: ERRORS[503]})
-    async def server_ready() -> dict[str, Any]:
-        if not current_service().__is_ready__():
+    async def server_ready(request: Request) -> dict[str, Any]:
+        if not server_is_ready(request)():
             raise Unavailable("the models are still loading")
         return {"ready": True}
 
     @router.get("/models/{name}", summary="model metadata", responses={404: ERRORS[404]})
-    async def model_metadata(name: Name) -> dict[str, Any]:
-        return repository().metadata(name)
+    async def model_metadata(request: Request, name: Name) -> dict[str, Any]:
+        return served_models(request).metadata(name)
 
     @router.get("/models/{name}/versions/{version}", summary="model version metadata", responses={404: ERRORS[404]})
-    async def version_metadata(name: Name, version: Version) -> dict[str, Any]:
-        return repository().metadata(name, version)
+    async def version_metadata(request: Request, name: Name, version: Version) -> dict[str, Any]:
+        return served_models(request).metadata(name, version)
 
     @router.get("/models/{name}/ready", summary="the model is ready", responses={404: ERRORS[404], 503: ERRORS[503]})
-    async def model_ready(name: Name) -> dict[str, Any]:
-        return readiness(repository().get(name))
+    async def model_ready(request: Request, name: Name) -> dict[str, Any]:
+        return readiness(served_models(request).get(name))
 
     @router.get(
         "/models/{name}/versions/{version}/ready",
         summary="the model version is ready",
         responses={404: ERRORS[404], 503: ERRORS[503]},
     )
-    async def version_ready(name: Name, version: Version) -> dict[str, Any]:
-        return readiness(repository().get(name, version))
+    async def version_ready(request: Request, name: Name, version: Version) -> dict[str, Any]:
+        return readiness(served_models(request).get(name, version))
 
     @router.post(
         "/models/{name}/infer",
@@ -371,7 +260,7 @@ def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[s
         dependencies=[INFER_TYPES],
     )
     async def model_infer(request: Request, name: Name) -> Response:
-        return await infer(request, repository().get(name))
+        return await infer(request, served_models(request).get(name))
 
     @router.post(
         "/models/{name}/versions/{version}/infer",
@@ -381,7 +270,7 @@ def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[s
         dependencies=[INFER_TYPES],
     )
     async def version_infer(request: Request, name: Name, version: Version) -> Response:
-        return await infer(request, repository().get(name, version))
+        return await infer(request, served_models(request).get(name, version))
 
     return router
 

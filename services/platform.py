@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import bentoml
 
 from contracts.card import ModelCard
@@ -12,26 +10,20 @@ from services.app import build_app
 from services.family import FamilyKind, pipeline_name
 from services.forecast import ForecastFamily
 from services.image import ImageFamily
-from services.oip import InferenceModel, OnnxModel
-from services.repository import ModelRepository, RepositoryAdmin, ServedState
+from services.inference import InferenceModel, ModelRepository, OnnxModel
+from services.repository import RepositoryAdmin, ServedState
 from services.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS, service_config
 from services.startup import DRAIN, quiet_garbage_collector
 from services.text import TextFamily
 
-F = TypeVar("F")
-
-# The served families, each with the store tags of its models (from settings): one registry, no forks.
-FAMILIES: dict[FamilyKind, tuple[str, ...]] = {
-    ImageFamily: (SETTINGS.image_model,),
-    ForecastFamily: (SETTINGS.lstm_model, SETTINGS.gru_model),
-    TextFamily: (SETTINGS.text_model,),
-}
+# The served families by name (their store tags are in the settings' one registry): one line a family, no forks.
+FAMILIES: dict[str, FamilyKind] = {"image": ImageFamily, "forecast": ForecastFamily, "text": TextFamily}
+TAGS = SETTINGS.family_models
 # Checked against their sha256 at import, so `bentoml serve` refuses a changed file instead of restarting workers.
-SERVED = [*(tag for tags in FAMILIES.values() for tag in tags), *SETTINGS.extra_models]
-REFERENCES = {tag: verified_model(tag, SETTINGS.pinned_digests) for tag in SERVED}
+REFERENCES = {tag: verified_model(tag, SETTINGS.pinned_digests) for tag in SETTINGS.served_models}
 STORED = {tag: bentoml.models.get(tag) for tag in REFERENCES}  # `latest` resolved once, at start
-PINNED = {str(STORED[tag].tag) for tags in FAMILIES.values() for tag in tags}  # a family route runs them
+PINNED = {str(STORED[tag].tag) for tags in TAGS.values() for tag in tags}  # a family route runs them
 # With the repository extension on, what is served may change; the workers share it through this state.
 STATE = ServedState.of_server([str(m.tag) for m in STORED.values()]) if SETTINGS.admin_token else None
 APP = build_app(
@@ -40,8 +32,8 @@ APP = build_app(
     "(with Triton's binary tensor extension) for every model and each family's pipeline.",
     [
         *(
-            kind.routes([ModelCard.from_metadata(STORED[t].info.metadata) for t in tags])
-            for kind, tags in FAMILIES.items()
+            kind.routes([ModelCard.from_metadata(STORED[t].info.metadata) for t in TAGS[name]])
+            for name, kind in FAMILIES.items()
         ),
         oip.routes(
             names=[n for m in STORED.values() for n in (m.tag.name, pipeline_name(m.tag.name))],
@@ -63,10 +55,13 @@ def open_model(tag: str) -> InferenceModel:
 
 
 class Platform:
-    """All model families in one process: one port, one /metrics, no inter-service hop; more models by OIP alone."""
+    """All model families in one process: one port, one /metrics, no inter-service hop; more models by OIP alone.
+
+    The worker's objects are set on the app (`APP.state`), where its routes find them.
+    """
 
     def __init__(self) -> None:
-        self.families = {kind: kind(*(STORED[t] for t in tags)) for kind, tags in FAMILIES.items()}
+        self.families = {kind: kind(*(STORED[t] for t in TAGS[name])) for name, kind in FAMILIES.items()}
         extra = [OnnxRunner(STORED[tag], SETTINGS) for tag in SETTINGS.extra_models]
         self.runners = [*(runner for family in self.families.values() for runner in family.runners), *extra]
         for runner in self.runners:
@@ -79,9 +74,8 @@ class Platform:
             if STATE
             else None
         )
-
-    def family(self, kind: type[F]) -> F:
-        return self.families[kind]
+        APP.state.families, APP.state.models, APP.state.admin = self.families, self.repository, self.admin
+        APP.state.ready = self.__is_ready__
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -92,8 +86,7 @@ class Platform:
 
     def __is_ready__(self) -> bool:
         # What is served now (models unloaded since start are not), and with the extension, all of it caught up.
-        ready = all(model.ready for model in self.repository.models())
-        return ready and (self.admin is None or self.admin.caught_up())
+        return self.repository.ready() and (self.admin is None or self.admin.caught_up())
 
 
 # Store references at class scope, so that `bentoml build` packs every served model into the bento.

@@ -17,7 +17,7 @@ import zipfile
 import httpx
 import numpy as np
 
-from contracts.families import Feeds
+from contracts.tensors import Feeds
 from services.errors import Unavailable
 
 log = logging.getLogger(__name__)

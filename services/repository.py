@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
 
@@ -34,58 +34,14 @@ from fastapi import Path as PathParameter
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
-from services.errors import BadRequest, Conflict, Forbidden, NotFound, TimedOut, Unauthorized
-from services.family import current_service
-from services.http import validation_message
-from services.oip import InferenceModel
+from services.errors import BadRequest, Conflict, Forbidden, NotFound, TimedOut, Unauthorized, validation_message
+from services.inference import InferenceModel, ModelRepository
 
 log = logging.getLogger(__name__)
 
 STATE_FOLDER = "MODELROAD_REPOSITORY_STATE"  # set by the server's first process; its workers inherit it
 FOLLOW_EVERY_S = 0.2
 M = TypeVar("M", bound=BaseModel)
-
-
-class ModelRepository:
-    """The served models by name and version; the most recently created version answers a request naming none."""
-
-    def __init__(self, models: Iterable[InferenceModel], pinned: Iterable[str] = ()):
-        self.versions: dict[str, dict[str, InferenceModel]] = {}
-        self.pinned = frozenset(pinned)  # store tags a family route runs: never retired
-        for model in models:
-            self.add(model)
-
-    def add(self, model: InferenceModel) -> None:
-        versions = {**self.versions.get(model.name, {}), model.version: model}
-        # Replaced whole, oldest first: a request looking a name up never sees half a change.
-        self.versions[model.name] = dict(sorted(versions.items(), key=lambda item: item[1].created))
-
-    def remove(self, model: InferenceModel) -> None:
-        versions = {v: m for v, m in self.versions[model.name].items() if m is not model}
-        if versions:
-            self.versions[model.name] = versions
-        else:
-            del self.versions[model.name]
-
-    def models(self) -> list[InferenceModel]:
-        return [model for versions in self.versions.values() for model in versions.values()]
-
-    def stored(self) -> dict[str, InferenceModel]:
-        """The stored graphs served as they are, by store tag (pipelines follow their family and are left out)."""
-        return {model.tag: model for model in self.models() if model.tag}
-
-    def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        return self.get(name, version).metadata(list(self.versions[name]))
-
-    def get(self, name: str, version: str | None = None) -> InferenceModel:
-        versions = self.versions.get(name)
-        if not versions:
-            raise NotFound(f"no model named {name!r}; served: {sorted(self.versions)}")
-        if version is None:
-            return list(versions.values())[-1]
-        if version not in versions:
-            raise NotFound(f"{name} has no version {version!r}; served: {sorted(versions)}")
-        return versions[version]
 
 
 class ServedState:
@@ -267,8 +223,9 @@ class RepositoryAdmin:
             await self._applied(generation)
 
 
-def admin() -> RepositoryAdmin:
-    return current_service().admin
+def admin(request: Request) -> RepositoryAdmin:
+    """This worker's side of the extension (set on the app when the worker started)."""
+    return request.app.state.admin
 
 
 class RepositoryIndexRequest(BaseModel):
@@ -338,7 +295,7 @@ def routes(token: str) -> APIRouter:
     )
     async def repository_index(request: Request) -> list[IndexEntry]:
         body = await parsed(request, RepositoryIndexRequest)
-        return [IndexEntry(**entry) for entry in admin().index(ready_only=body.ready)]
+        return [IndexEntry(**entry) for entry in admin(request).index(ready_only=body.ready)]
 
     @router.post(
         "/models/{name}/load",
@@ -353,7 +310,7 @@ def routes(token: str) -> APIRouter:
                 f"load takes no parameters (got {sorted(body.parameters)}): register the model with "
                 "`python -m training import` and load it by name"
             )
-        return {"name": name, "versions": await admin().load(name)}
+        return {"name": name, "versions": await admin(request).load(name)}
 
     @router.post(
         "/models/{name}/unload",
@@ -363,7 +320,7 @@ def routes(token: str) -> APIRouter:
     )
     async def unload_model(request: Request, name: Name) -> dict[str, Any]:
         await parsed(request, ModelRepositoryRequest)  # `unload_dependents`: pipelines are pinned with their model
-        await admin().unload(name)
+        await admin(request).unload(name)
         return {"name": name, "versions": []}
 
     return router

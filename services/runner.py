@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import bentoml
 import numpy as np
 import onnxruntime as ort
 from prometheus_client import Gauge
 
-from contracts.card import ModelCard
-from contracts.families import OOD_OUTPUT, Feeds
+from contracts.answers import OOD_OUTPUT
+from contracts.card import ModelCard, file_sha256
+from contracts.tensors import Feeds, TensorSpec, rows, zero_feeds
 from services.batching import MicroBatcher
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO
 from services.remote import RemoteSession
@@ -52,13 +51,10 @@ def verified_model(tag: str, pins: dict[str, str] | None = None) -> bentoml.mode
     if "model.onnx" not in recorded:
         raise ModelIntegrityError(f"{stored.tag} has no sha256 for model.onnx in its metadata; re-register it")
     for name, expected in recorded.items():
-        digest = hashlib.sha256()
-        with open(stored.path_of(name), "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != expected:
+        found = file_sha256(stored.path_of(name))
+        if found != expected:
             raise ModelIntegrityError(
-                f"{stored.tag}: {name} has sha256 {digest.hexdigest()[:12]}…, registered {expected[:12]}…; "
+                f"{stored.tag}: {name} has sha256 {found[:12]}…, registered {expected[:12]}…; "
                 "the file was changed after registration: re-train or re-import the model"
             )
     try:
@@ -83,89 +79,11 @@ def choose_providers(device: str, available: Sequence[str]) -> tuple[list[str], 
     return ["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda"
 
 
-# ONNX Runtime's element types -> the inference protocol's datatypes and NumPy's.
-DATATYPES = {
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(float16)": "FP16",
-    "tensor(int64)": "INT64",
-    "tensor(int32)": "INT32",
-    "tensor(int16)": "INT16",
-    "tensor(int8)": "INT8",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(bool)": "BOOL",
-    "tensor(string)": "BYTES",
-}
-NUMPY_TYPES = {
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "FP16": np.float16,
-    "INT64": np.int64,
-    "INT32": np.int32,
-    "INT16": np.int16,
-    "INT8": np.int8,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "BOOL": np.bool_,
-    "BYTES": np.object_,
-}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A tensor as the inference protocol describes it: -1 for a dynamic dimension."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    @classmethod
-    def from_ort(cls, arg: ort.NodeArg) -> TensorSpec:
-        return cls(
-            arg.name, DATATYPES.get(arg.type, arg.type), tuple(d if isinstance(d, int) else -1 for d in arg.shape)
-        )
-
-    def problem(self, array: np.ndarray) -> str | None:
-        """What keeps `array` from being this tensor, or None."""
-        want = NUMPY_TYPES.get(self.datatype)
-        if want is not None and array.dtype != want:
-            return f"{self.name} must be {self.datatype}; got {array.dtype.name}"
-        if array.ndim != len(self.shape) or any(d != -1 and d != n for d, n in zip(self.shape, array.shape)):
-            return f"{self.name} must have shape {list(self.shape)} (-1: any length); got {list(array.shape)}"
-        return None
-
-
 def onnx_signature(session: ort.InferenceSession) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    return tuple(map(TensorSpec.from_ort, session.get_inputs())), tuple(map(TensorSpec.from_ort, session.get_outputs()))
+    def spec(arg: ort.NodeArg) -> TensorSpec:
+        return TensorSpec.from_onnx(arg.name, arg.type, arg.shape)
 
-
-def feeds_problem(inputs: Sequence[TensorSpec], feeds: Feeds) -> str | None:
-    """What is wrong with a call's arrays for a model with these inputs, or None.
-
-    Checked before a call joins a batch, so that one bad call cannot fail the others in it.
-    """
-    names = [spec.name for spec in inputs]
-    if sorted(feeds) != sorted(names):
-        return f"the model's inputs are {names}; got {sorted(feeds)}"
-    for spec in inputs:
-        problem = spec.problem(feeds[spec.name])
-        if problem:
-            return problem
-    if len({len(array) for array in feeds.values()}) != 1 or rows(feeds) == 0:
-        return "every input must hold the same number of rows, at least one"
-    return None
-
-
-def zero_feeds(inputs: Sequence[TensorSpec]) -> Feeds:
-    """A one-row call of zeros (dynamic axes of length 1), to warm a session up."""
-    return {
-        spec.name: np.zeros([1 if d == -1 else d for d in spec.shape], NUMPY_TYPES[spec.datatype]) for spec in inputs
-    }
+    return tuple(map(spec, session.get_inputs())), tuple(map(spec, session.get_outputs()))
 
 
 def session_options(settings: ServeSettings) -> ort.SessionOptions:
@@ -207,7 +125,6 @@ class OnnxRunner:
         stored: bentoml.Model,
         settings: ServeSettings,
         collate: Collate | None = None,
-        derive: Callable[[Outputs], Outputs] | None = None,
     ):
         self.name = stored.tag.name
         self.tag, self.version = str(stored.tag), stored.tag.version
@@ -228,8 +145,6 @@ class OnnxRunner:
         )
         # Calls merge into one batch only where every input's first axis is dynamic (an imported model's may not be).
         self._collate = collate or (run_calls if all(spec.shape[:1] == (-1,) for spec in self.inputs) else each_alone)
-        # Outputs computed from the model's, once per batch in the runner's thread (e.g. softmax probabilities).
-        self._derive = derive
         self.warmed = False
         self.batcher = MicroBatcher(
             self.name,
@@ -259,18 +174,13 @@ class OnnxRunner:
         return MODEL_INFO.labels(self.name, self.version, self.session.device, str(self.card.opset or ""))
 
     def run(self, feeds: Feeds) -> Outputs:
-        """One inference call (one batch): the model's outputs, and those `derive` adds."""
+        """One inference call (one batch): the graph's outputs."""
         with INFERENCE_SECONDS.labels(self.name).time():
-            outputs = self.session.run(feeds)
-        return {**outputs, **self._derive(outputs)} if self._derive else outputs
+            return self.session.run(feeds)
 
     async def submit(self, feeds: Feeds) -> Outputs:
         """One call's outputs, computed in a batch with whatever else is queued."""
         return await self.batcher.submit(feeds)
-
-
-def rows(feeds: Feeds) -> int:
-    return len(next(iter(feeds.values())))
 
 
 def split(outputs: Outputs, calls: Sequence[Feeds], indices: Sequence[int], into: list[Outputs]) -> None:

@@ -17,10 +17,11 @@ import bentoml
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from contracts.tensors import feeds_problem
 from services.app import build_app
 from services.errors import BadRequest, NotFound
 from services.remote import DEVICE_HEADER, NPZ, decode_feeds, encode_feeds
-from services.runner import OnnxRunner, feeds_problem, verified_model
+from services.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS, service_config
 from services.startup import quiet_garbage_collector
 
@@ -31,7 +32,7 @@ router = APIRouter()
 
 @router.post("/run/{tag}", summary="run one call (an .npz of the model's inputs) in a batch")
 async def run_model(request: Request, tag: str) -> Response:
-    runners: dict[str, OnnxRunner] = bentoml.get_current_service().by_tag
+    runners: dict[str, OnnxRunner] = request.app.state.runners
     runner = runners.get(tag)
     if runner is None:
         raise NotFound(f"this runner serves {sorted(runners)}; not {tag}")
@@ -50,24 +51,21 @@ async def run_model(request: Request, tag: str) -> Response:
     )
 
 
-@bentoml.service(**service_config("modelroad-runner", workers=1))
-@bentoml.asgi_app(
-    build_app("modelroad-runner", "The platform's models, run in batches for its API workers.", [router]), path="/"
-)
-class ModelRunner:
-    """Every model the platform serves (the same MODELROAD_*_MODEL settings), no HTTP API of its own."""
+APP = build_app("modelroad-runner", "The platform's models, run in batches for its API workers.", [router])
+# The platform's registry: every model it serves (MODELROAD_*_MODEL and MODELROAD_MODELS), checked at import.
+REFERENCES = {tag: verified_model(tag, SETTINGS.pinned_digests) for tag in SETTINGS.served_models}
 
-    image_model = verified_model(SETTINGS.image_model, SETTINGS.pinned_digests)
-    lstm_model = verified_model(SETTINGS.lstm_model, SETTINGS.pinned_digests)
-    gru_model = verified_model(SETTINGS.gru_model, SETTINGS.pinned_digests)
-    text_model = verified_model(SETTINGS.text_model, SETTINGS.pinned_digests)
+
+class ModelRunner:
+    """Every model the platform serves, no HTTP API of its own."""
 
     def __init__(self) -> None:
         self.by_tag: dict[str, OnnxRunner] = {}
-        for tag in (SETTINGS.image_model, SETTINGS.lstm_model, SETTINGS.gru_model, SETTINGS.text_model):
+        for tag in REFERENCES:
             runner = OnnxRunner(bentoml.models.get(tag), RUNNER_SETTINGS)
             runner.warm_up()
             self.by_tag[runner.tag] = runner
+        APP.state.runners = self.by_tag
 
     @bentoml.on_startup
     def quiet_garbage_collector(self) -> None:
@@ -75,3 +73,11 @@ class ModelRunner:
 
     def __is_ready__(self) -> bool:
         return all(runner.warmed for runner in self.by_tag.values())
+
+
+# Store references at class scope, so that `bentoml build` packs every served model into the bento.
+for number, reference in enumerate(REFERENCES.values()):
+    setattr(ModelRunner, f"model_{number}", reference)
+ModelRunner = bentoml.service(**service_config("modelroad-runner", workers=1))(
+    bentoml.asgi_app(APP, path="/")(ModelRunner)
+)

@@ -78,6 +78,20 @@ class ServeSettings:
         return tuple(tag.strip() for tag in self.models.split(",") if tag.strip())
 
     @property
+    def family_models(self) -> dict[str, tuple[str, ...]]:
+        """Each served family's store tags: the one registry of what a family route runs."""
+        return {
+            "image": (self.image_model,),
+            "forecast": (self.lstm_model, self.gru_model),
+            "text": (self.text_model,),
+        }
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """Every store tag a server serves: the families' and the extra models (the platform and its runner service)."""
+        return (*(tag for tags in self.family_models.values() for tag in tags), *self.extra_models)
+
+    @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
@@ -130,8 +144,8 @@ def service_config(name: str, workers: int = SETTINGS.workers) -> dict[str, Any]
     return {
         "name": name,
         "workers": workers,
-        "logging": {"access": {"enabled": False}},  # the app writes its own (services/http.py, access_log)
-        # A backstop only: the edge answers 504 at request_timeout_s and cancels the work (services/http.py).
+        "logging": {"access": {"enabled": False}},  # the app writes its own (services/edge.py, access_log)
+        # A backstop only: the edge answers 504 at request_timeout_s and cancels the work (services/edge.py).
         "traffic": {"timeout": SETTINGS.request_timeout_s + 1},
         # BentoML labels its request metrics by raw path (unbounded series); the app counts requests instead.
         "metrics": {"enabled": False},

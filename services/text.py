@@ -6,20 +6,21 @@ from typing import Annotated
 
 import bentoml
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from contracts.card import ModelCard
-from contracts.families import TextClassification, TextContract
 from contracts.summaries import text_summaries
+from contracts.tensors import TensorSpec
+from contracts.text import TextClassification, TextContract
+from services.app import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.errors import BadRequest
-from services.family import ANSWERS, PredictionCounter, answers_of, pipeline_name, prepared, serving
-from services.http import ERROR_RESPONSES, JSON_ONLY, json_response
-from services.oip import VERDICT_TENSORS, InferenceModel, verdict_tensors
+from services.family import VERDICT_TENSORS, PredictionCounter, pipeline_name, prepared, serving, verdict_tensors
+from services.inference import InferenceModel
 from services.ood import OodJudge
 from services.payloads import answer_summary, log_predictions
-from services.runner import OnnxRunner, TensorSpec, padded_calls
+from services.runner import OnnxRunner, padded_calls
 from services.settings import SETTINGS
 
 INLINE_CHARS = 4_000  # characters of a request tokenized on the event loop (~1 ms); more go to a thread
@@ -33,12 +34,11 @@ class TextFamily:
     def __init__(self, stored: bentoml.Model):
         card = ModelCard.from_metadata(stored.info.metadata)
         self.contract = TextContract.from_card(card, stored.path)
-        self.tokenizer = self.contract.tokenizer()
+        self.contract.tokenizer  # noqa: B018 - loaded now, not on the first request
         # Requests of other lengths share a batch, padded to its longest text: the attention mask ignores padding.
         pad = padded_calls({"input_ids": self.contract.encoding.pad_id, "attention_mask": 0})
         self.judge = OodJudge(stored.tag.name, card)
-        derive = answers_of(card.output, self.contract.answers, self.judge)
-        self.runner = OnnxRunner(stored, SETTINGS, pad, derive=derive)
+        self.runner = OnnxRunner(stored, SETTINGS, pad)
         self.runners = [self.runner]
         self.predictions = PredictionCounter(self.runner.name, card.labels)
 
@@ -47,14 +47,13 @@ class TextFamily:
 
     async def classify(self, texts: list[str]) -> list[TextClassification]:
         heavy = sum(map(len, texts)) > INLINE_CHARS
-        feeds = await prepared(self.feeds, texts, heavy=heavy)
-        answers: list[TextClassification] = list((await self.runner.submit(feeds))[ANSWERS])
+        feeds = await prepared(self.contract.feeds, texts, heavy=heavy)
+        outputs = await self.runner.submit(feeds)
+        answers = self.contract.answers(outputs, self.judge.threshold)
+        self.judge.count(outputs)
         self.predictions.count(a.label for a in answers)
         log_predictions(self.runner, texts, answers, text_summaries, text_values, answer_summary)
         return answers
-
-    def feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
-        return self.contract.feeds(self.contract.encoding.token_ids(self.tokenizer, texts))
 
     @staticmethod
     def routes(cards: list[ModelCard]) -> APIRouter:
@@ -129,14 +128,14 @@ def text_routes() -> APIRouter:
     router = APIRouter(tags=["text"], dependencies=[JSON_ONLY])
 
     @router.post("/classify_text", response_model=TextClassification, responses=ERROR_RESPONSES)
-    async def classify_text(body: OneText) -> Response:
+    async def classify_text(request: Request, body: OneText) -> Response:
         """Classify one text into a WordNet noun category (animal, food, person, ...)."""
-        (answer,) = await serving(TextFamily).classify([body.text])
+        (answer,) = await serving(request, TextFamily).classify([body.text])
         return json_response(answer)
 
     @router.post("/classify_texts", response_model=list[TextClassification], responses=ERROR_RESPONSES)
-    async def classify_texts(body: Texts) -> Response:
+    async def classify_texts(request: Request, body: Texts) -> Response:
         """Classify a batch of texts; the answers come in the same order."""
-        return json_response(await serving(TextFamily).classify(body.texts))
+        return json_response(await serving(request, TextFamily).classify(body.texts))
 
     return router

@@ -11,7 +11,10 @@ import onnxruntime as ort
 from PIL import Image
 
 from contracts.card import ModelCard
-from contracts.families import ForecastContract, ImageContract, TextContract, softmax
+from contracts.answers import softmax
+from contracts.forecast import ForecastContract
+from contracts.image import ImageContract
+from contracts.text import TextContract
 from training.tasks.images import FASHION_MNIST_DIR, read_idx
 
 
@@ -46,19 +49,19 @@ def offline_forecast(tag: str, history: list[float], horizon: int) -> np.ndarray
     """What the registered ONNX forecaster says, computed without the service."""
     stored = bentoml.models.get(tag)
     contract = ForecastContract.from_card(ModelCard.from_metadata(stored.info.metadata))
-    recent = contract.recent(np.asarray([history]))
+    histories = np.asarray([history])
     session = ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-    return contract.forecasts(session.run(None, contract.feeds(recent))[0], recent, horizon)[0]
+    (output, *_) = session.run(None, contract.feeds(histories))
+    return contract.forecasts({contract.output: output}, histories, horizon)[0]
 
 
 def offline_text_probabilities(tag: str, texts: list[str]) -> np.ndarray:
     """What the registered ONNX text classifier says, each text alone, computed without the service."""
     stored = bentoml.models.get(tag)
     contract = TextContract.from_card(ModelCard.from_metadata(stored.info.metadata), stored.path)
-    tokenizer = contract.tokenizer()
     session = ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-    ids = contract.encoding.token_ids(tokenizer, texts)
-    return np.concatenate([softmax(session.run(None, contract.feeds([row]))[0]) for row in ids])
+    ids = contract.token_ids(texts)
+    return np.concatenate([softmax(session.run(None, contract.feeds_from_ids([row]))[0]) for row in ids])
 
 
 def prometheus_query(url: str, query: str) -> list[dict]:

@@ -100,10 +100,11 @@ def compare(model: str, version: str, lines: list[dict[str, Any]], card: ModelCa
             )
     verdicts = [line["answer"]["in_distribution"] for line in lines if "in_distribution" in line.get("answer", {})]
     ood = None
-    if verdicts and "target_fpr" in card.ood:
+    target = card.ood.target_fpr
+    if verdicts and target is not None:
         flagged = sum(not v for v in verdicts)
-        test = stats.binomtest(flagged, len(verdicts), card.ood["target_fpr"], alternative="greater")
-        ood = OodShare(flagged, len(verdicts), card.ood["target_fpr"], test.pvalue)
+        test = stats.binomtest(flagged, len(verdicts), target, alternative="greater")
+        ood = OodShare(flagged, len(verdicts), target, test.pvalue)
     return ModelDrift(model, version, len(lines), fields, ood)
 
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from contracts.families import OOD_OUTPUT
+from contracts.answers import OOD_OUTPUT
 from models.ood import Scored
 from training.tasks.base import Task
 

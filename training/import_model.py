@@ -12,18 +12,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import onnx
 import onnxruntime as ort
 from onnx.external_data_helper import uses_external_data
 
+from contracts.card import ModelCard
+from contracts.tensors import TensorSpec
 from training.register import register_model
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")  # what BentoML's store accepts as a model name
-NUMPY_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
-                "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
-                "tensor(bool)": "bool", "tensor(string)": "str"}  # fmt: skip
 
 
 class ImportRefused(ValueError):
@@ -76,12 +74,14 @@ def check_opsets(model: onnx.ModelProto) -> int:
     return opset
 
 
-def signature(session: ort.InferenceSession) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    def spec(arg: ort.NodeArg) -> dict[str, Any]:
-        return {"name": arg.name, "dtype": NUMPY_DTYPES.get(arg.type, arg.type),
-                "shape": [d if isinstance(d, int) else (d or "dynamic") for d in arg.shape]}  # fmt: skip
+def signature(session: ort.InferenceSession) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The graph's inputs and outputs, dynamic axes under their names in the graph (or "dynamic")."""
 
-    return [spec(a) for a in session.get_inputs()], [spec(a) for a in session.get_outputs()]
+    def spec(arg: ort.NodeArg) -> TensorSpec:
+        datatype = TensorSpec.from_onnx(arg.name, arg.type, arg.shape).datatype
+        return TensorSpec(arg.name, datatype, tuple(d if isinstance(d, int) else (d or "dynamic") for d in arg.shape))
+
+    return tuple(map(spec, session.get_inputs())), tuple(map(spec, session.get_outputs()))
 
 
 def import_model(path: Path, name: str, labels_path: Path | None = None) -> str:
@@ -103,7 +103,7 @@ def import_model(path: Path, name: str, labels_path: Path | None = None) -> str:
         raise ImportRefused(f"ONNX Runtime cannot open the graph: {str(exc).splitlines()[0]}") from None
     inputs, outputs = signature(session)
     labels = [line.strip() for line in labels_path.read_text().splitlines() if line.strip()] if labels_path else []
-    card = {"task": "imported", "inputs": inputs, "outputs": outputs, "output": outputs[0]["name"], "labels": labels,
-            "opset": opset, "data_source": str(path.resolve())}  # fmt: skip
+    card = ModelCard(task="imported", inputs=inputs, outputs=outputs, output=outputs[0].name, labels=tuple(labels),
+                     opset=opset, data_source=str(path.resolve()))  # fmt: skip
     files = {"model.onnx": path, **{str(f): path.parent / f for f in data_files}}
-    return register_model(name, files, card, labels={"task": "imported"})
+    return register_model(name, files, card)[0]

@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
+from torch import nn
 
+from contracts.card import ModelCard, OodRecord
 from contracts.summaries import columns
 from models import build_model, config_from_dict
 from training.config import TrainConfig
 from training.distributed import Ranks, start, stop
 from training.evaluate import plot_history
 from training.export import check_parity, export_onnx, output_difference
-from training.loop import fit, pick_device
+from training.loop import Trained, fit, pick_device
 from training.ood import PredictScored, fit_scored, ood_report
 from training.register import register_model
 from training.tasks import get_task
-from training.tasks.base import Predict, Task
+from training.tasks.base import Predict, Prepared, Task
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +48,14 @@ def first_output(predict: PredictScored) -> Predict:
     return lambda *inputs: predict(*inputs)[0]
 
 
-def save_card(
-    task: Task,
-    cfg: TrainConfig,
-    name: str,
-    onnx_path: Path,
-    files: dict[str, Path],
-    card: dict[str, Any],
-    out_dir: Path,
-) -> None:
-    """Register the model (when asked; the card gains its `tag`) and write card.json beside it."""
+def save_card(cfg: TrainConfig, name: str, onnx_path: Path, files: dict[str, Path], card: ModelCard, out_dir: Path):
+    """Register the model (when asked) and write card.json beside it; returns the card as stored, with its `tag`."""
+    metadata = card.to_metadata()
     if cfg.register:
-        labels = {
-            "family": task.model,
-            "task": task.kind,
-            **({"variant": card["variant"]} if "variant" in card else {}),
-        }
-        card["tag"] = register_model(name, {"model.onnx": onnx_path, **files}, card, labels=labels)
-    (out_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
+        tag, metadata = register_model(name, {"model.onnx": onnx_path, **files}, card)
+        metadata = {**metadata, "tag": tag}
+    (out_dir / "card.json").write_text(json.dumps(metadata, indent=2, default=str))
+    return metadata
 
 
 def machine(cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
@@ -78,8 +71,85 @@ def machine(cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Exported:
+    """The trained net with its OOD score, exported to ONNX and held to parity with PyTorch."""
+
+    scored: nn.Module
+    examples: list[tuple[torch.Tensor, ...]]
+    path: Path
+    opset: int
+    parity: float
+
+
+def export(task: Task, trained: Trained, data: Prepared, run_dir: Path) -> Exported:
+    # From a fresh module holding the best weights: re-exporting a module that was traced before can freeze
+    # dynamic axes (seen with nn.LSTM).
+    net = build_model(task.model, config_from_dict(task.model, trained.model_config))
+    net.load_state_dict(trained.model.state_dict())
+    net.eval()
+    scored = fit_scored(task, net, data)
+    examples = task.export_inputs(data)
+    path = run_dir / "model.onnx"
+    opset = export_onnx(scored, task, examples[0], path)
+    return Exported(scored, examples, path, opset, check_parity(scored, task, path, examples))
+
+
+def evaluated_card(
+    task: Task, cfg: TrainConfig, data: Prepared, trained: Trained, exported: Exported, extra: dict[str, Any]
+) -> ModelCard:
+    """The card of the exported graph: test metrics and the OOD threshold describe what will be served."""
+    predict = onnx_predictor(task, exported.path)
+    return ModelCard(
+        task=task.kind,
+        family=task.model,
+        inputs=task.inputs,
+        output=task.output_name,
+        labels=tuple(data.labels or ()),
+        preprocessing=data.preprocessing,
+        key_metric=task.key_metric,
+        metrics=task.evaluate(first_output(predict), data, cfg.run_dir()),
+        baseline=task.baseline(data),
+        ood=OodRecord.from_metadata(ood_report(predict, task, data, cfg.run_dir())),
+        reference=columns(task.reference_summaries(data)),
+        parity_max_abs_diff=exported.parity,
+        opset=exported.opset,
+        model_config=trained.model_config,
+        train_config=asdict(cfg),
+        val_loss=min(h["val_loss"] for h in trained.history),
+        data_source=data.source,
+        data_fingerprint=data.fingerprint,
+        extra=extra,
+    )
+
+
+def save_variants(
+    task: Task, cfg: TrainConfig, data: Prepared, exported: Exported, card: ModelCard, tag: str | None
+) -> None:
+    """Each variant of the graph (e.g. int8) with its own parity, metrics and OOD threshold: its own arithmetic."""
+    for suffix, path in task.variants(exported.path, cfg.run_dir()).items():
+        out = cfg.run_dir() / suffix
+        out.mkdir(exist_ok=True)
+        difference, same, _ = output_difference(exported.scored, task, path, exported.examples)
+        predict = onnx_predictor(task, path)
+        variant = dataclasses.replace(
+            card,
+            variant=suffix,
+            variant_of=tag,
+            parity_max_abs_diff=difference,
+            metrics=task.evaluate(first_output(predict), data, out),
+            ood=OodRecord.from_metadata(ood_report(predict, task, data, out)),
+            extra={**card.extra, "parity_same_decisions": same},
+        )
+        stored = save_card(cfg, f"{task.name}-{suffix}", path, data.files, variant, out)
+        registered = f", registered {stored['tag']}" if "tag" in stored else ""
+        log.info(
+            "%s-%s: test %s %.4f%s", task.name, suffix, task.key_metric, variant.metrics[task.key_metric], registered
+        )
+
+
 def run(cfg: TrainConfig, tuning: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Train one task end to end; returns the model card (with `tag` when registered).
+    """Train one task end to end; returns the model card as stored (with `tag` when registered).
 
     Under torchrun every rank trains; rank 0 alone exports, registers and returns the card (others: None).
     `tuning`: the Optuna study the parameters came from, recorded in the card."""
@@ -89,7 +159,6 @@ def run(cfg: TrainConfig, tuning: dict[str, Any] | None = None) -> dict[str, Any
     run_dir.mkdir(parents=True, exist_ok=True)
     if ranks.leader:
         cfg.save(run_dir / "config.json")
-
     data = task.load_data(cfg)
     log.info(
         "%s: %d train / %d val / %d test from %s",
@@ -104,81 +173,27 @@ def run(cfg: TrainConfig, tuning: dict[str, Any] | None = None) -> dict[str, Any
     if not ranks.leader:
         return None
     plot_history(trained.history, run_dir / "training_curves.png")
-
-    # Export from a fresh module holding the best weights: re-exporting a module that was traced
-    # before can freeze dynamic axes (seen with nn.LSTM).
-    net = build_model(task.model, config_from_dict(task.model, trained.model_config))
-    net.load_state_dict(trained.model.state_dict())
-    net.eval()
-    scored = fit_scored(task, net, data)
-    examples = task.export_inputs(data)
-    onnx_path = run_dir / "model.onnx"
-    opset = export_onnx(scored, task, examples[0], onnx_path)
-    parity = check_parity(scored, task, onnx_path, examples)
-
-    # Test metrics and the OOD threshold come from the exported graph: they describe what will be served.
-    predict = onnx_predictor(task, onnx_path)
-    metrics = task.evaluate(first_output(predict), data, run_dir)
-    ood = ood_report(predict, task, data, run_dir)
-    baseline = task.baseline(data)
-    card = {
-        "family": task.model,
-        "task": task.kind,
-        "inputs": [spec.to_dict() for spec in task.inputs],
-        "output": task.output_name,
-        "preprocessing": data.preprocessing,
-        "labels": data.labels,
-        "key_metric": task.key_metric,
-        "metrics": metrics,
-        "baseline": baseline,
-        "ood": ood,
-        "reference": columns(task.reference_summaries(data)),
-        "parity_max_abs_diff": parity,
-        "opset": opset,
-        "model_config": trained.model_config,
-        "train_config": asdict(cfg),
+    exported = export(task, trained, data, run_dir)
+    extra = {
         "history": trained.history,
         **({"pretraining": trained.pretraining} if trained.pretraining else {}),
-        "val_loss": min(h["val_loss"] for h in trained.history),
         "train_seconds": round(trained.seconds, 1),
         "machine": machine(cfg, ranks),
         **({"tuning": tuning} if tuning else {}),
-        "data_source": data.source,
-        "data_fingerprint": data.fingerprint,
     }
-    save_card(task, cfg, task.name, onnx_path, data.files, card, run_dir)
-    for suffix, path in task.variants(onnx_path, run_dir).items():
-        (run_dir / suffix).mkdir(exist_ok=True)
-        difference, same, _ = output_difference(scored, task, path, examples)
-        predict = onnx_predictor(task, path)
-        variant = {k: v for k, v in card.items() if k != "tag"}
-        variant.update(
-            variant=suffix,
-            variant_of=card.get("tag"),
-            parity_max_abs_diff=difference,
-            parity_same_decisions=same,
-            metrics=task.evaluate(first_output(predict), data, run_dir / suffix),
-            ood=ood_report(predict, task, data, run_dir / suffix),  # its own threshold: its own arithmetic
-        )
-        save_card(task, cfg, f"{task.name}-{suffix}", path, data.files, variant, run_dir / suffix)
-        log.info(
-            "%s-%s: test %s %.4f%s",
-            task.name,
-            suffix,
-            task.key_metric,
-            variant["metrics"][task.key_metric],
-            f", registered {variant['tag']}" if "tag" in variant else "",
-        )
-    baselines = ", ".join(f"{name} {scores[task.key_metric]:.4f}" for name, scores in baseline.items())
+    card = evaluated_card(task, cfg, data, trained, exported, extra)
+    stored = save_card(cfg, task.name, exported.path, data.files, card, run_dir)
+    save_variants(task, cfg, data, exported, card, stored.get("tag"))
+    baselines = ", ".join(f"{name} {scores[task.key_metric]:.4f}" for name, scores in card.baseline.items())
     log.info(
         "%s: test %s %.4f (baselines: %s), parity %.1e, OOD AUROC %.3f at %.1f%% test false alarms%s",
         task.name,
         task.key_metric,
-        metrics[task.key_metric],
+        card.metrics[task.key_metric],
         baselines,
-        parity,
-        ood["all"]["auroc"],
-        100 * ood["test_fpr"],
-        f", registered {card['tag']}" if "tag" in card else "",
+        exported.parity,
+        card.ood.evaluation["all"]["auroc"],
+        100 * card.ood.evaluation["test_fpr"],
+        f", registered {stored['tag']}" if "tag" in stored else "",
     )
-    return card
+    return stored

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -12,15 +12,7 @@ from typing import Any
 
 import bentoml
 
-from contracts.card import ModelCard
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from contracts.card import ModelCard, file_sha256
 
 
 def git_commit() -> str:
@@ -38,47 +30,43 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _without_none(value: Any) -> Any:
-    """BentoML metadata refuses None: drop such entries (an absent key reads the same)."""
-    if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_none(v) for v in value if v is not None]
-    return value
+def register_model(name: str, files: dict[str, Path], card: ModelCard) -> tuple[str, dict[str, Any]]:
+    """Copy files into a new store version of `name`; the card gains sha256 of every file, commit and time.
 
-
-def register_model(name: str, files: dict[str, Path], card: dict[str, Any], labels: dict[str, str]) -> str:
-    """Copy files into a new store version of `name`; the card gains sha256 of every file, commit and time."""
-    metadata = _without_none(json.loads(json.dumps(card)))  # plain JSON types only: tuples become lists
-    metadata["sha256"] = {file_name: sha256_file(path) for file_name, path in files.items()}
-    metadata["git_commit"] = git_commit()
-    metadata["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    Returns the store tag and the metadata stored."""
+    card = dataclasses.replace(
+        card,
+        sha256={file_name: file_sha256(path) for file_name, path in files.items()},
+        git_commit=git_commit(),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    metadata = json.loads(json.dumps(card.to_metadata()))  # plain JSON types only
+    labels = {"task": card.task, **({"family": card.family} if card.family else {})}
+    labels |= {"variant": card.variant} if card.variant else {}
     with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
         for file_name, path in files.items():
             Path(model.path_of(file_name)).parent.mkdir(parents=True, exist_ok=True)  # external data in a subfolder
             shutil.copyfile(path, model.path_of(file_name))
-    return str(model.tag)
+    return str(model.tag), metadata
 
 
 def list_registered() -> list[dict[str, Any]]:
     """One row per stored model version: tag, family, creation time and key test metrics."""
     rows = []
     for model in bentoml.models.list():
-        meta = model.info.metadata
-        test = meta.get("metrics", {})
-        key = meta.get("key_metric", "")
-        baselines = {name: scores.get(key) for name, scores in meta.get("baseline", {}).items()}
+        card = ModelCard.from_metadata(model.info.metadata)
+        key = card.key_metric
         rows.append(
             {
                 "tag": str(model.tag),
                 "family": model.info.labels.get("family", "?"),
-                "created_at": meta.get("created_at", ""),
+                "created_at": card.created_at,
                 "metric": key,
-                "value": test.get(key),
-                "baselines": baselines,
-                "parity_max_abs_diff": meta.get("parity_max_abs_diff"),
-                "ood_threshold": meta.get("ood", {}).get("threshold"),
-                "digest": ModelCard.from_metadata(meta).digest,
+                "value": card.metrics.get(key),
+                "baselines": {name: scores.get(key) for name, scores in card.baseline.items()},
+                "parity_max_abs_diff": card.parity_max_abs_diff,
+                "ood_threshold": card.ood.threshold,
+                "digest": card.digest,
             }
         )
     return sorted(rows, key=lambda r: (r["tag"].split(":")[0], r["created_at"]))

@@ -2,9 +2,9 @@
 
 The benchmark resolves the models in the BentoML store (`model_files`) and writes a spec file
 (`write_spec`); a peer reads it (`load_families`) without BentoML, so the peers run in their own venv.
-Requests are turned into model inputs and outputs into answers by `contracts.families`, as in the platform:
-only the engine
-differs. The benchmark's in-process engines take their inputs from the same classes.
+Requests are turned into model inputs and outputs into answers by each family's contract (`feeds`,
+`answers`), as in the platform: only the engine differs. The benchmark's in-process engines take their
+inputs from the same classes.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from contracts.card import ModelCard
-from contracts.families import Forecast, ForecastContract, ImageContract, TextContract, softmax
-from contracts.preprocessing import TextEncoding
+from contracts.forecast import ForecastContract
+from contracts.image import ImageContract
+from contracts.text import TextContract
 
 SPEC_ENV = "MODELROAD_PEER_SPEC"
 Inputs = dict[str, np.ndarray]
@@ -41,17 +42,16 @@ def model_files() -> dict[str, ModelFiles]:
     from services.settings import SETTINGS
 
     files = {}
-    for family, tag in {
-        "image": SETTINGS.image_model,
-        "forecast": SETTINGS.gru_model,
-        "text": SETTINGS.text_model,
-    }.items():
-        stored = bentoml.models.get(tag)
-        meta = stored.info.metadata
-        tokenizer = meta["preprocessing"].get("tokenizer")
-        checkpoint = Path(meta["train_config"]["out_dir"]) / meta["train_config"]["task"] / "best.pt"
+    for family, tags in SETTINGS.family_models.items():
+        stored = bentoml.models.get(tags[-1])  # the forecast family's last is the GRU
+        card = ModelCard.from_metadata(stored.info.metadata)
+        tokenizer = getattr(card.preprocessing, "tokenizer", None)
+        checkpoint = Path(card.train_config["out_dir"]) / card.train_config["task"] / "best.pt"
         files[family] = ModelFiles(
-            meta, stored.path_of("model.onnx"), str(checkpoint), stored.path_of(tokenizer) if tokenizer else None
+            stored.info.metadata,
+            stored.path_of("model.onnx"),
+            str(checkpoint),
+            stored.path_of(tokenizer) if tokenizer else None,
         )
     return files
 
@@ -83,7 +83,7 @@ class ImageFamily:
         return {"pixels": np.concatenate([item["pixels"] for item in items])}
 
     def answer(self, item: Inputs, output: np.ndarray) -> dict[str, Any]:
-        return self.contract.answers(softmax(output[None]))[0].model_dump()
+        return self.contract.answers({self.contract.output: output[None]})[0].model_dump()
 
 
 class ForecastFamily:
@@ -92,33 +92,33 @@ class ForecastFamily:
         self.contract = ForecastContract.from_card(ModelCard.from_metadata(files.metadata))
 
     def inputs(self, history: list[float]) -> Inputs:
-        recent = self.contract.recent(np.asarray([history]))
-        return {**self.contract.feeds(recent), "raw": recent}
+        histories = np.asarray([history])
+        return {**self.contract.feeds(histories), "raw": histories}
 
     def stack(self, items: list[Inputs]) -> Inputs:
         return {"history": np.concatenate([item["history"] for item in items])}  # the bench sends one length
 
     def answer(self, item: Inputs, output: np.ndarray, horizon: int) -> dict[str, Any]:
-        forecast = self.contract.forecasts(output[None], item["raw"], horizon)[0]
-        return Forecast(forecast=[round(float(v), 4) for v in forecast], model="peer").model_dump()
+        outputs = {self.contract.output: output[None]}
+        return self.contract.answers(outputs, None, item["raw"], horizon, "peer")[0].model_dump()
 
 
 class TextFamily:
     def __init__(self, files: ModelFiles):
         self.files = files
+        assert files.tokenizer, "a text model stores its tokenizer"
         card = ModelCard.from_metadata(files.metadata)
-        self.contract = TextContract(TextEncoding(**card.preprocessing["text"]), files.tokenizer, card.labels)
-        self.tokenizer = self.contract.tokenizer()
+        self.contract = TextContract.from_card(card, Path(files.tokenizer).parent)
 
     def inputs(self, text: str) -> Inputs:
-        (ids,) = self.contract.encoding.token_ids(self.tokenizer, [text])
+        (ids,) = self.contract.token_ids([text])
         return {"ids": np.asarray(ids, dtype=np.int64)}
 
     def stack(self, items: list[Inputs]) -> Inputs:
-        return self.contract.feeds([item["ids"].tolist() for item in items])  # padded to the longest member
+        return self.contract.feeds_from_ids([item["ids"].tolist() for item in items])  # padded to the longest
 
     def answer(self, item: Inputs, output: np.ndarray) -> dict[str, Any]:
-        return self.contract.answers(softmax(output[None]))[0].model_dump()
+        return self.contract.answers({self.contract.output: output[None]})[0].model_dump()
 
 
 FAMILIES = {"image": ImageFamily, "forecast": ForecastFamily, "text": TextFamily}

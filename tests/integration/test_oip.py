@@ -51,7 +51,7 @@ def test_server_and_model_metadata_and_readiness(triton_client, registered):
 def test_every_raw_model_answers_as_the_offline_onnx_model(triton_client, registered, binary):
     files, _ = fashion_test_images(4)
     from contracts.card import ModelCard
-    from contracts.families import ImageContract
+    from contracts.image import ImageContract
 
     image = ImageContract.from_card(ModelCard.from_metadata(registered["fashion-cnn"]))
     pixels = image.feeds_from_files(files)["pixels"]

@@ -18,7 +18,9 @@ from starlette.testclient import TestClient
 from services import settings
 from services.app import build_app
 from services.errors import BadRequest
-from services.http import ERROR_RESPONSES, UNEXPECTED, EdgeMiddleware
+from services.app import ERROR_RESPONSES
+from services.edge import EdgeMiddleware
+from services.errors import UNEXPECTED
 from services.remote import RunnerUnavailable
 from services.settings import SETTINGS
 

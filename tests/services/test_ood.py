@@ -5,8 +5,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from contracts.card import ModelCard
-from contracts.families import ImageContract
+from contracts.answers import verdicts
+from contracts.card import ModelCard, OodRecord
+from contracts.image import ImageContract
 from services.ood import OodJudge
 from services.settings import ServeSettings
 from tests.helpers import co2_history, fashion_test_images
@@ -79,17 +80,16 @@ def test_pipelines_answer_with_ood_tensors(client):
 
 
 def test_a_threshold_setting_replaces_the_cards():
-    card = ModelCard(task="image-classification", ood={"threshold": 3.0})
-    assert OodJudge("test-model", card, {}).judge({"ood_score": np.array([1.0, 3.0, 5.0, np.nan])}).inside.tolist() == [
-        True,
-        True,
-        False,
-        False,  # a score that is not a number is never "like the training data"
-    ]
+    card = ModelCard(task="image-classification", ood=OodRecord(threshold=3.0))
+    threshold = OodJudge("test-model", card, {}).threshold
+    inside = [v["in_distribution"] for v in verdicts({"ood_score": np.array([1.0, 3.0, 5.0, np.nan])}, threshold)]
+    assert inside == [True, True, False, False]  # a score that is not a number is never "like the training data"
     overrides = ServeSettings.from_env({"MODELROAD_OOD_THRESHOLDS": "test-model=6, other=1"}).ood_threshold_overrides
     assert overrides == {"test-model": 6.0, "other": 1.0}
-    assert OodJudge("test-model", card, overrides).judge({"ood_score": np.array([5.0])}).inside.tolist() == [True]
-    assert OodJudge("test-model", card, {}, enabled=False).judge({"ood_score": np.array([5.0])}) is None
+    threshold = OodJudge("test-model", card, overrides).threshold
+    assert [v["in_distribution"] for v in verdicts({"ood_score": np.array([5.0])}, threshold)] == [True]
+    assert OodJudge("test-model", card, {}, enabled=False).threshold is None
+    assert verdicts({"ood_score": np.array([5.0])}, None) == [{}]  # scores off: answers carry no verdict
 
 
 def test_a_bad_threshold_setting_stops_the_start_and_an_old_model_asks_to_be_retrained():

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from services.errors import Conflict, NotFound
-from services.oip import InferenceModel
-from services.repository import ModelRepository, RepositoryAdmin, ServedState
+from services.inference import InferenceModel, ModelRepository
+from services.repository import RepositoryAdmin, ServedState
 
 
 class StubRunner:

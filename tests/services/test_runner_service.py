@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from services.remote import MAX_NPZ_BYTES, RemoteSession, decode_feeds, encode_feeds
-from services.runner import OnnxRunner, feeds_problem, padded_calls, zero_feeds
+from contracts.tensors import feeds_problem, zero_feeds
+from services.runner import OnnxRunner, padded_calls
 from services.settings import ServeSettings
 
 

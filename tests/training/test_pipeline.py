@@ -4,7 +4,7 @@ import bentoml
 import pytest
 
 from training.__main__ import main
-from training.register import sha256_file
+from contracts.card import file_sha256
 
 
 def test_registered_model_carries_its_card(cnn_card):
@@ -28,7 +28,7 @@ def test_registered_model_carries_its_card(cnn_card):
         "sha256",
     ):
         assert key in meta, key
-    assert meta["sha256"]["model.onnx"] == sha256_file(stored.path_of("model.onnx"))
+    assert meta["sha256"]["model.onnx"] == file_sha256(stored.path_of("model.onnx"))
     assert meta["labels"][9] == "Ankle boot"
     assert meta["inputs"][0] == {"name": "pixels", "dtype": "float32", "shape": ["batch", 1, 28, 28]}
     assert 0 <= meta["metrics"]["accuracy"] <= 1 and len(meta["metrics"]["confusion_matrix"]) == 10

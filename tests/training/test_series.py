@@ -24,7 +24,7 @@ def test_co2_is_split_by_time_with_test_and_validation_at_the_end(co2):
 def test_no_window_sees_targets_from_a_later_split(co2):
     n = len(co2.extras["series"])
     test_start, val_start = n - TASK.test_weeks, n - TASK.test_weeks - TASK.val_weeks
-    scale = co2.preprocessing["series"]["scale"]
+    scale = co2.preprocessing.series.scale
     series = co2.extras["series"]
     # Recover each training window's end from its targets: target = (future - last) / scale.
     x, y = co2.train.tensors
@@ -44,7 +44,7 @@ def test_scale_is_fitted_on_training_data_only(co2, tmp_path):
     path = tmp_path / "co2.csv"
     pd.DataFrame({"timestamp": dates, "value": series}).to_csv(path, index=False)
     changed = TASK.load_data(TrainConfig(task="co2-gru", data=str(path)))
-    assert changed.preprocessing["series"] == co2.preprocessing["series"]
+    assert changed.preprocessing.series == co2.preprocessing.series
 
 
 def test_user_csv_needs_timestamp_and_value_columns(tmp_path):

@@ -31,7 +31,7 @@ def test_splits_are_disjoint_and_the_tokenizer_travels_with_the_model(tmp_path):
     data = TASK.load_data(TrainConfig(task="wordnet-transformer", dry_run=True, out_dir=str(tmp_path)))
     train_texts, test_texts = set(data.extras["train_texts"]), set(data.extras["test_texts"])
     assert not train_texts & test_texts
-    assert data.preprocessing["tokenizer"] == "tokenizer.json" and data.files["tokenizer.json"].exists()
+    assert data.preprocessing.tokenizer == "tokenizer.json" and data.files["tokenizer.json"].exists()
 
 
 def test_tokenizer_is_trained_on_given_texts_and_pads_to_the_longest():

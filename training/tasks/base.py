@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import Sampler, TensorDataset, default_collate
 
+from contracts.preprocessing import Preprocessing
+from contracts.tensors import TensorSpec
 from training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -36,28 +38,18 @@ class Prepared:
     test: TensorDataset
     source: str  # where the data came from, for the model card
     fingerprint: str  # sha256 over the data as read, so a model names the exact data it saw
-    preprocessing: dict[str, Any]  # parameters the service needs to prepare requests
+    preprocessing: Preprocessing  # what the service needs to prepare requests (the card records it)
     labels: list[str] | None = None
     files: dict[str, Path] = field(default_factory=dict)  # extra files stored beside model.onnx
     extras: dict[str, Any] = field(default_factory=dict)  # what only the task's own evaluation needs
     class_weights: torch.Tensor | None = None  # per-class loss weights, fitted on the training split
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    dtype: str  # numpy dtype name
-    shape: tuple[str | int, ...]  # str = a named dynamic axis
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-
 class Task(ABC):
     name: str  # the name in the model store, e.g. "fashion-cnn"
     model: str  # the net's name in the models registry
     kind: str  # "image-classification", "forecasting", "text-classification"
-    inputs: tuple[InputSpec, ...]
+    inputs: tuple[TensorSpec, ...]  # the graph's inputs, dynamic axes named (str)
     output_name: str = "output"
     key_metric: str  # the test metric `python -m training list` shows, e.g. "accuracy"
     parity_tolerance: float = 1e-4

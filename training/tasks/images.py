@@ -14,16 +14,16 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from contracts.families import softmax
+from contracts.answers import softmax
 from contracts.preprocessing import ImagePreprocessing
 from contracts.summaries import REFERENCE_ITEMS, array_summaries
+from contracts.tensors import TensorSpec
 from models.ood import Mahalanobis, Scored, embedded, features_of
 from training.config import TrainConfig
 from training.evaluate import classification_metrics, plot_confusion_matrix
 from training.ood_sets import image_sets
 from training.tasks.base import (
     FIT_ROWS,
-    InputSpec,
     Predict,
     Prepared,
     Task,
@@ -97,7 +97,7 @@ class ImageClassificationTask(Task):
     name = "fashion-cnn"
     model = "cnn"
     kind = "image-classification"
-    inputs = (InputSpec("pixels", "float32", ("batch", 1, 28, 28)),)
+    inputs = (TensorSpec("pixels", "FP32", ("batch", 1, 28, 28)),)
     output_name = "logits"
     key_metric = "accuracy"
     train_defaults: ClassVar[dict[str, Any]] = {
@@ -147,7 +147,7 @@ class ImageClassificationTask(Task):
             test=dataset(x_test, y_test),
             source=str(root),
             fingerprint=fingerprint,
-            preprocessing={"image": prep.to_dict()},
+            preprocessing=prep,
             labels=list(labels),
             class_weights=balanced_class_weights(y_train[train_idx], len(labels)),
         )
@@ -186,7 +186,8 @@ class ImageClassificationTask(Task):
         return Scored(net, {"mahalanobis": Mahalanobis.fit(features, classes)}, {"mahalanobis": features_of})
 
     def ood_sets(self, data: Prepared) -> dict[str, list[tuple[torch.Tensor, ...]]]:
-        prep = ImagePreprocessing(**data.preprocessing["image"])
+        prep = data.preprocessing
+        assert isinstance(prep, ImagePreprocessing)
         sets = image_sets((prep.height, prep.width), np.random.default_rng(0))
         return {name: [(torch.from_numpy(prep.normalize(pixels[:, None])),)] for name, pixels in sets.items()}
 

@@ -24,12 +24,13 @@ from statsmodels.tsa.holtwinters import ExponentialSmoothing
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from contracts.preprocessing import SeriesScaling
+from contracts.preprocessing import ForecastPreprocessing, SeriesScaling
 from contracts.summaries import REFERENCE_ITEMS, history_summaries
+from contracts.tensors import TensorSpec
 from models.ood import Mahalanobis, Scored, window_of, window_shape
 from training.config import TrainConfig
 from training.ood_sets import series_sets
-from training.tasks.base import InputSpec, Predict, Prepared, Task, fingerprint_arrays
+from training.tasks.base import Predict, Prepared, Task, fingerprint_arrays
 
 if TYPE_CHECKING:
     import optuna
@@ -81,7 +82,7 @@ def holt_winters(series: np.ndarray, origins: np.ndarray, horizon: int) -> np.nd
 class ForecastTask(Task):
     model = "rnn"
     kind = "forecasting"
-    inputs = (InputSpec("history", "float32", ("batch", "time")),)
+    inputs = (TensorSpec("history", "FP32", ("batch", "time")),)
     output_name = "forecast"
     key_metric = "mae"
     window = 3 * SEASON  # the history the net is trained on
@@ -147,12 +148,7 @@ class ForecastTask(Task):
             test=dataset(test_history, test_future),
             source=str(cfg.data or "statsmodels co2 (weekly, Mauna Loa)"),
             fingerprint=fingerprint_arrays(series),
-            preprocessing={
-                "series": scaling.to_dict(),
-                "window": self.window,
-                "min_history": self.min_history,
-                "horizon": self.horizon,
-            },
+            preprocessing=ForecastPreprocessing(scaling, self.window, self.min_history, self.horizon),
             extras={
                 "series": series,
                 "dates": raw.index.strftime("%Y-%m-%d").tolist(),

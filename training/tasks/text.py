@@ -20,9 +20,10 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from torch import nn
 from torch.utils.data import Sampler, TensorDataset, default_collate
 
-from contracts.families import softmax
-from contracts.preprocessing import TextEncoding
+from contracts.answers import softmax
+from contracts.preprocessing import TextEncoding, TextPreprocessing
 from contracts.summaries import REFERENCE_ITEMS, text_summaries
+from contracts.tensors import TensorSpec
 from models.ood import Mahalanobis, Scored, TokenSurprise, embedded, features_of, inputs_of
 from models.transformer import MaskedLanguageModel
 from training.config import TrainConfig
@@ -30,7 +31,6 @@ from training.evaluate import classification_metrics, plot_confusion_matrix
 from training.ood_sets import text_sets
 from training.tasks.base import (
     FIT_ROWS,
-    InputSpec,
     Predict,
     Prepared,
     Task,
@@ -174,8 +174,8 @@ class TextClassificationTask(Task):
     model = "transformer"
     kind = "text-classification"
     inputs = (
-        InputSpec("input_ids", "int64", ("batch", "tokens")),
-        InputSpec("attention_mask", "int64", ("batch", "tokens")),
+        TensorSpec("input_ids", "INT64", ("batch", "tokens")),
+        TensorSpec("attention_mask", "INT64", ("batch", "tokens")),
     )
     output_name = "logits"
     key_metric = "macro_f1"
@@ -229,7 +229,7 @@ class TextClassificationTask(Task):
             test=dataset(test),
             source=str(cfg.data or WORDNET_NOUNS),
             fingerprint=fingerprint_arrays(np.array(texts, dtype=object).astype(str), y),
-            preprocessing={"text": encoding.to_dict(), "tokenizer": "tokenizer.json"},
+            preprocessing=TextPreprocessing(encoding, "tokenizer.json"),
             labels=labels,
             files={"tokenizer.json": tokenizer_path},
             # Half-way to balanced (power 0.5): full balancing cost 3 points of accuracy and no macro-F1.
@@ -306,7 +306,9 @@ class TextClassificationTask(Task):
 
     def ood_sets(self, data: Prepared) -> dict[str, list[tuple[torch.Tensor, ...]]]:
         tokenizer = Tokenizer.from_file(str(data.files["tokenizer.json"]))
-        encoding = TextEncoding(**data.preprocessing["text"])
+        prep = data.preprocessing
+        assert isinstance(prep, TextPreprocessing)
+        encoding = prep.text
 
         def batches(texts: list[str]) -> list[tuple[torch.Tensor, ...]]:
             chunks = [texts[i : i + 256] for i in range(0, len(texts), 256)]

@@ -1,9 +1,8 @@
-"""The HTTP edge of the platform's app: API keys, rate limit, admission, request timeout, body-size limit,
-request ids, request metrics and access log, and the one error shape.
+"""The ASGI edge of the platform's app: API keys, rate limit, admission, request timeout, body-size limit,
+request ids, request metrics and access log.
 
-Every refusal leaves as `{"error": "<what was wrong>"}` (validation errors keep pydantic's first few in
-`detail`), with 429s and 503s saying when to come back (`Retry-After`). The middleware wraps only the
-platform's own app, so BentoML's health routes are never refused for load.
+The middleware wraps only the platform's own app, so BentoML's health routes are never refused for load.
+Its refusals leave in the one error shape (services/errors.py).
 """
 
 from __future__ import annotations
@@ -16,32 +15,23 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from http import HTTPStatus
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from fastapi import Request
 from starlette.exceptions import HTTPException
-from starlette.routing import Match, Route
 
-from contracts.preprocessing import ImageTooLarge, InvalidInput
-from services.errors import ServingError, UnsupportedMediaType
+from services.errors import FallbackRoute, endpoint, error_response
 from services.keys import KeyRing, RateLimiter, presented_key
-from services.metrics import ERRORS, IN_PROGRESS, METHODS, RequestSeries
+from services.metrics import IN_PROGRESS, METHODS, RequestSeries
 from services.payloads import CURRENT_REQUEST_ID
 from services.startup import DRAIN
-
-log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-RETRY_AFTER = "1"
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 KEY_ID = "modelroad.key_id"  # where the edge leaves a request's key id in its scope
 # The access log: bare JSON lines on stderr, one a request, apart from the service's other logs.
@@ -49,57 +39,6 @@ ACCESS = logging.getLogger("modelroad.access")
 ACCESS.propagate = False
 ACCESS.setLevel(logging.INFO)
 ACCESS.addHandler(logging.StreamHandler(sys.stderr))
-MAX_DETAIL = 5  # validation errors listed in an answer
-UNEXPECTED = "an unexpected error occurred on the server (the server log says which); the request was not served"
-
-
-class ErrorBody(BaseModel):
-    error: str
-    detail: list[dict[str, Any]] | None = None  # pydantic's errors, for a request that failed validation
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorBody, "description": description}
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _error("the request is not valid; `error` says what to change"),
-    413: _error("the body or the image is over the limit"),
-    401: _error("no valid API key (only when MODELROAD_API_KEYS_FILE is set)"),
-    415: _error("the body's Content-Type is not one the route takes"),
-    429: _error("over the key's rate limit (MODELROAD_RATE_LIMIT); retry after Retry-After seconds"),
-    503: _error("busy or not ready; retry after Retry-After seconds"),
-    504: _error("not answered within the request timeout"),
-}
-
-
-def media_types(*accepted: str | None) -> Any:
-    """A route dependency: bodies of other media types get 415 (None accepts a body sent without Content-Type).
-
-    JSON routes taking only application/json keep cross-site pages from posting to them without a CORS
-    preflight (text/plain, form and multipart bodies need none).
-    """
-
-    async def check(request: Request) -> None:
-        declared = request.headers.get("content-type")
-        media = declared.split(";")[0].strip().lower() if declared else None
-        if media not in accepted:
-            wanted = " or ".join(a or "no Content-Type" for a in accepted)
-            raise UnsupportedMediaType(f"this route takes {wanted}; got {declared or 'no Content-Type'}")
-
-    return Depends(check)
-
-
-JSON_ONLY = media_types("application/json")
-
-
-def json_response(answer: BaseModel | Sequence[BaseModel]) -> Response:
-    """An answer as JSON, serialized by pydantic's own encoder (the route declares its model for the docs)."""
-    if isinstance(answer, BaseModel):
-        body = answer.model_dump_json().encode()
-    else:
-        body = b"[" + b",".join(a.model_dump_json().encode() for a in answer) + b"]"
-    return Response(body, media_type="application/json")
 
 
 class BodyTooLarge(HTTPException):
@@ -112,11 +51,6 @@ class BodyTooLarge(HTTPException):
 # bounds how long one request can keep the event loop (timeouts, /livez, other requests) waiting.
 BYTE_BODIES = (b"multipart/form-data", b"application/octet-stream")
 JSON_HEADER_LENGTH = b"inference-header-content-length"  # the JSON part of a binary inference-protocol body
-
-
-def _reason(status: int) -> str:
-    """A low-cardinality label for the errors counter: the status phrase in snake case."""
-    return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
 
 
 def request_id_of(scope: Scope) -> bytes:
@@ -133,107 +67,6 @@ def template(scope: Scope) -> str:
     if route is None:  # refused before routing (busy, too large): what it was sent to
         return endpoint(scope.get("app"), scope)
     return "other" if isinstance(route, FallbackRoute) else route.path
-
-
-def endpoint(app: Any, scope: Scope) -> str:
-    """The route template a request matched (bounded, unlike its path), or `other`."""
-    for route in getattr(app, "routes", ()):
-        if not isinstance(route, FallbackRoute) and route.matches(scope)[0] != Match.NONE:
-            return route.path
-    return "other"
-
-
-def error_response(
-    request: Request, status: int, message: str, detail: list | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    ERRORS.labels(endpoint(request.scope.get("app"), request.scope), _reason(status)).inc()
-    body: dict[str, Any] = {"error": message}
-    if detail is not None:
-        body["detail"] = detail
-    headers = {"Retry-After": RETRY_AFTER} if status == 503 and headers is None else headers
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def validation_message(errors: Sequence[dict[str, Any]]) -> str:
-    """Pydantic's errors in one line (the first five), each where it is and what is wrong."""
-    if errors and errors[0].get("type") == "json_invalid":
-        return f"Invalid JSON body: {errors[0].get('ctx', {}).get('error', 'cannot be parsed')}"
-    reasons = []
-    for e in errors[:MAX_DETAIL]:
-        loc = [str(p) for p in e.get("loc", ())]
-        reasons.append(f"{'.'.join(loc[1:] if loc[:1] == ['body'] else loc) or 'body'}: {e.get('msg', '')}")
-    return "invalid request: " + "; ".join(reasons)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every way a request can fail, answered in the one shape."""
-
-    async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
-        response = error_response(request, exc.status, str(exc))
-        response.headers.update(exc.headers or {})
-        return response
-
-    async def invalid_input(request: Request, exc: InvalidInput) -> JSONResponse:
-        return error_response(request, 413 if isinstance(exc, ImageTooLarge) else 400, str(exc))
-
-    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # The first few only: a body of many bad items must not get an answer many times its size.
-        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()[:MAX_DETAIL]]
-        return error_response(request, 400, validation_message(errors), errors)
-
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        response = error_response(request, exc.status_code, str(exc.detail))
-        response.headers.update(exc.headers or {})
-        return response
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return error_response(request, 500, UNEXPECTED)
-
-    app.add_exception_handler(ServingError, serving_error)
-    app.add_exception_handler(InvalidInput, invalid_input)
-    app.add_exception_handler(RequestValidationError, validation)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)
-
-
-class FallbackRoute(Route):
-    """Last route: an unknown path gets 404 JSON, a known one with a method it does not serve 405 with `Allow`.
-
-    A full match for every path but BentoML's own pages behind this app (its index and static files), so such
-    requests stay in this app instead of getting BentoML's plain-text answers.
-    """
-
-    LEFT_TO_BENTOML = ("/static_content/",)
-
-    def __init__(self, known: dict[str, list[str]] | None = None) -> None:
-        super().__init__("/{path:path}", self.answer, include_in_schema=False)
-        self.methods = None  # every method: a known path's other methods get their 405 here
-        self.known = known or {}  # paths served beside this app (BentoML's /livez, say) and their methods
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or path == "/" or path.startswith(self.LEFT_TO_BENTOML):
-            return Match.NONE, {}
-        return Match.FULL, {}
-
-    async def answer(self, request: Request) -> Response:
-        allowed = sorted(
-            {
-                method
-                for route in request.app.routes
-                if route is not self and route.matches(request.scope)[0] == Match.PARTIAL
-                for method in route.methods or ()
-            }
-            | set(self.known.get(request.url.path, ()))
-        )
-        if allowed:
-            raise HTTPException(
-                405,
-                f"{request.method} is not served at {request.url.path}; use {', '.join(allowed)}",
-                headers={"Allow": ", ".join(allowed)},
-            )
-        raise HTTPException(404, f"no route {request.url.path}; see /docs.json")
 
 
 class EdgeMiddleware:
