@@ -85,10 +85,6 @@ class TensorSpec:
         return None
 
 
-def rows(feeds: Feeds) -> int:
-    return len(next(iter(feeds.values())))
-
-
 def feeds_problem(inputs: Sequence[TensorSpec], feeds: Feeds) -> str | None:
     """What is wrong with a call's arrays for a model with these inputs, or None.
 
@@ -101,7 +97,7 @@ def feeds_problem(inputs: Sequence[TensorSpec], feeds: Feeds) -> str | None:
         problem = spec.problem(feeds[spec.name])
         if problem:
             return problem
-    if len({len(array) for array in feeds.values()}) != 1 or rows(feeds) == 0:
+    if len({len(array) for array in feeds.values()}) != 1 or not len(next(iter(feeds.values()))):
         return "every input must hold the same number of rows, at least one"
     return None
 

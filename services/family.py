@@ -4,7 +4,7 @@ OOD tensors, the preparing threads, and its prediction counter."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -15,7 +15,6 @@ from fastapi import APIRouter, Request
 from contracts.card import ModelCard
 from contracts.tensors import TensorSpec
 from services.inference import InferenceModel
-from services.metrics import PREDICTIONS
 from services.runner import OnnxRunner
 from services.settings import SETTINGS
 
@@ -81,14 +80,3 @@ def verdict_tensors(answers: Sequence[Any]) -> dict[str, np.ndarray]:
         "ood_score": np.array([a.ood_score for a in answers], dtype=np.float32),
         "in_distribution": np.array([a.in_distribution for a in answers], dtype=np.bool_),
     }
-
-
-class PredictionCounter:
-    """modelroad_predictions_total for one model, its children made once (labels() costs per call)."""
-
-    def __init__(self, model: str, labels: Iterable[str]):
-        self.children = {label: PREDICTIONS.labels(model, label) for label in labels}
-
-    def count(self, labels: Iterable[str]) -> None:
-        for label in labels:
-            self.children[label].inc()

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, Field
 
+from contracts.answers import OOD_OUTPUT
 from contracts.card import ModelCard
 from contracts.forecast import Forecast, ForecastContract
 from contracts.summaries import history_summaries
@@ -16,7 +17,8 @@ from services.app import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.errors import BadRequest
 from services.family import VERDICT_TENSORS, pipeline_name, serving, verdict_tensors
 from services.inference import InferenceModel
-from services.ood import OodJudge
+from services.metrics import AnswerCounters
+from services.ood import ood_threshold
 from services.payloads import log_predictions
 from services.runner import OnnxRunner
 from services.settings import SETTINGS
@@ -35,13 +37,13 @@ class Forecaster:
         self.runner = OnnxRunner(stored, SETTINGS)  # histories of one length run as one batch
         self.cell = str(self.runner.card.cell)
         self.contract = ForecastContract.from_card(self.runner.card)
-        self.judge = OodJudge(self.runner.name, self.runner.card)
+        self.counters = AnswerCounters(self.runner.name, threshold=ood_threshold(self.runner.name, self.runner.card))
 
     async def forecast(self, histories: np.ndarray, horizon: int) -> list[Forecast]:
         """(N, T) raw histories, T >= min_history -> each one's `horizon` weeks and OOD verdict."""
         outputs = await self.runner.submit(self.contract.feeds(histories))
-        answers = self.contract.answers(outputs, self.judge.threshold, histories, horizon, self.runner.tag)
-        self.judge.count(outputs)
+        answers = self.contract.answers(outputs, self.counters.threshold, histories, horizon, self.runner.tag)
+        self.counters.count(outputs.get(OOD_OUTPUT))
         log_predictions(self.runner, histories, answers, history_summaries, history_values, forecast_summary)
         return answers
 

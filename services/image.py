@@ -9,15 +9,17 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
+from contracts.answers import OOD_OUTPUT
 from contracts.card import ModelCard
 from contracts.image import ImageClassification, ImageContract
 from contracts.summaries import array_summaries
 from contracts.tensors import Feeds, TensorSpec
 from services.app import ERROR_RESPONSES, JSON_ONLY, json_response, media_types
 from services.errors import BadRequest
-from services.family import VERDICT_TENSORS, PredictionCounter, pipeline_name, prepared, serving, verdict_tensors
+from services.family import VERDICT_TENSORS, pipeline_name, prepared, serving, verdict_tensors
 from services.inference import InferenceModel
-from services.ood import OodJudge
+from services.metrics import AnswerCounters
+from services.ood import ood_threshold
 from services.payloads import answer_summary, log_predictions
 from services.runner import OnnxRunner
 from services.settings import SETTINGS
@@ -34,19 +36,17 @@ class ImageFamily:
     def __init__(self, stored: bentoml.Model):
         card = ModelCard.from_metadata(stored.info.metadata)
         self.contract = ImageContract.from_card(card)
-        self.judge = OodJudge(stored.tag.name, card)
         self.runner = OnnxRunner(stored, SETTINGS)
         self.runners = [self.runner]
-        self.predictions = PredictionCounter(self.runner.name, card.labels)
+        self.counters = AnswerCounters(self.runner.name, card.labels, ood_threshold(self.runner.name, card))
 
     def pipelines(self) -> list[InferenceModel]:
         return [ImagePipeline(self)]
 
     async def classify(self, feeds: Feeds) -> list[ImageClassification]:
         outputs = await self.runner.submit(feeds)
-        answers = self.contract.answers(outputs, self.judge.threshold)
-        self.judge.count(outputs)
-        self.predictions.count(a.label for a in answers)
+        answers = self.contract.answers(outputs, self.counters.threshold)
+        self.counters.count(outputs.get(OOD_OUTPUT), [a.label for a in answers])
         images = feeds[self.runner.inputs[0].name]
         log_predictions(self.runner, images, answers, array_summaries, image_values, answer_summary)
         return answers
@@ -143,7 +143,12 @@ def image_routes(height: int, width: int) -> APIRouter:
                         "required": [UPLOAD_FIELD],
                         "additionalProperties": False,
                         "properties": {
-                            UPLOAD_FIELD: {"type": "string", "format": "binary", "description": "a PNG or JPEG file"}
+                            UPLOAD_FIELD: {
+                                "type": "string",
+                                "format": "binary",
+                                "minLength": 1,
+                                "description": "a PNG or JPEG file",
+                            }
                         },
                     }
                 }

@@ -11,8 +11,10 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from prometheus_client import REGISTRY as OWN_PROCESS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -91,6 +93,30 @@ OOD_SCORES = Histogram(
 OOD_ANSWERS = Counter(
     "modelroad_ood_answers_total", "Answers whose input scored above the model's OOD threshold, by model.", ["model"]
 )
+
+
+class AnswerCounters:
+    """One model's answer series: predictions by label, OOD scores, and answers over the OOD threshold (None:
+    scores off). Children made once: `labels()` costs per call."""
+
+    def __init__(self, model: str, labels: Iterable[str] = (), threshold: float | None = None):
+        self.predictions = {label: PREDICTIONS.labels(model, label) for label in labels}
+        self.scores, self.outside = OOD_SCORES.labels(model), OOD_ANSWERS.labels(model)
+        self.threshold = threshold
+
+    def count(self, scores: np.ndarray | None, labels: Iterable[str] = ()) -> None:
+        for label in labels:
+            self.predictions[label].inc()
+        if self.threshold is None or scores is None:
+            return
+        scores = np.asarray(scores, dtype=np.float64)
+        for score in scores.tolist():
+            self.scores.observe(score)
+        flagged = len(scores) - int((scores <= self.threshold).sum())  # NaN is never inside
+        if flagged:
+            self.outside.inc(flagged)
+
+
 MODEL_INFO = Gauge(
     "modelroad_model_info",
     "Loaded models (value 1): store tag, ONNX opset and the device ONNX Runtime runs on.",

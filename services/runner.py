@@ -13,7 +13,7 @@ from prometheus_client import Gauge
 
 from contracts.answers import OOD_OUTPUT
 from contracts.card import ModelCard, file_sha256
-from contracts.tensors import Feeds, TensorSpec, rows, zero_feeds
+from contracts.tensors import Feeds, TensorSpec, zero_feeds
 from services.batching import MicroBatcher
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO
 from services.remote import RemoteSession
@@ -181,6 +181,11 @@ class OnnxRunner:
     async def submit(self, feeds: Feeds) -> Outputs:
         """One call's outputs, computed in a batch with whatever else is queued."""
         return await self.batcher.submit(feeds)
+
+
+def rows(feeds: Feeds) -> int:
+    """A call's items: the length of its inputs' batch axis (the batcher counts items, not calls)."""
+    return len(next(iter(feeds.values())))
 
 
 def split(outputs: Outputs, calls: Sequence[Feeds], indices: Sequence[int], into: list[Outputs]) -> None:

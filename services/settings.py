@@ -51,7 +51,7 @@ class ServeSettings:
     ssl_certfile: str = ""  # both set: the server speaks HTTPS only (TLS 1.2 or later)
     ssl_keyfile: str = ""
     # One JSON line a request (request id, method, route template, status, duration; no bodies, no keys).
-    # Off by default: BentoML's access log cost 20-37% of throughput (FACTS.md).
+    # Off by default: an access line a request costs throughput (BentoML's cost 20-37%).
     access_log: bool = False
     drain_s: float = 1.0  # after SIGTERM, answer with `Connection: close` (new work: 503) this long, then stop
     tracing: bool = (

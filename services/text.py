@@ -10,15 +10,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from contracts.answers import OOD_OUTPUT
 from contracts.card import ModelCard
 from contracts.summaries import text_summaries
 from contracts.tensors import TensorSpec
 from contracts.text import TextClassification, TextContract
 from services.app import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.errors import BadRequest
-from services.family import VERDICT_TENSORS, PredictionCounter, pipeline_name, prepared, serving, verdict_tensors
+from services.family import VERDICT_TENSORS, pipeline_name, prepared, serving, verdict_tensors
 from services.inference import InferenceModel
-from services.ood import OodJudge
+from services.metrics import AnswerCounters
+from services.ood import ood_threshold
 from services.payloads import answer_summary, log_predictions
 from services.runner import OnnxRunner, padded_calls
 from services.settings import SETTINGS
@@ -37,10 +39,9 @@ class TextFamily:
         self.contract.tokenizer  # noqa: B018 - loaded now, not on the first request
         # Requests of other lengths share a batch, padded to its longest text: the attention mask ignores padding.
         pad = padded_calls({"input_ids": self.contract.encoding.pad_id, "attention_mask": 0})
-        self.judge = OodJudge(stored.tag.name, card)
         self.runner = OnnxRunner(stored, SETTINGS, pad)
         self.runners = [self.runner]
-        self.predictions = PredictionCounter(self.runner.name, card.labels)
+        self.counters = AnswerCounters(self.runner.name, card.labels, ood_threshold(self.runner.name, card))
 
     def pipelines(self) -> list[InferenceModel]:
         return [TextPipeline(self)]
@@ -49,9 +50,8 @@ class TextFamily:
         heavy = sum(map(len, texts)) > INLINE_CHARS
         feeds = await prepared(self.contract.feeds, texts, heavy=heavy)
         outputs = await self.runner.submit(feeds)
-        answers = self.contract.answers(outputs, self.judge.threshold)
-        self.judge.count(outputs)
-        self.predictions.count(a.label for a in answers)
+        answers = self.contract.answers(outputs, self.counters.threshold)
+        self.counters.count(outputs.get(OOD_OUTPUT), [a.label for a in answers])
         log_predictions(self.runner, texts, answers, text_summaries, text_values, answer_summary)
         return answers
 

@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from contracts.card import ModelCard
 from contracts.answers import softmax
+from contracts.card import ModelCard
 from contracts.forecast import ForecastContract
 from contracts.image import ImageContract
 from contracts.text import TextContract

@@ -56,7 +56,7 @@ def config_from_args(task: str, args: argparse.Namespace, tuned: dict | None = N
     return dataclasses.replace(cfg, **given, model=model)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train, evaluate, export and register one or more tasks")
@@ -98,82 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     drift.add_argument("log_dir", type=Path, help="the MODELROAD_PAYLOAD_LOG folder")
     drift.add_argument("--out", type=Path, help="where report.md and the PNGs go (default: LOG_DIR/drift-report)")
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    # Under torchrun, rank 0 alone speaks (the others would repeat every line).
-    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for chatty in ("onnxscript", "onnx_ir", "torch.onnx"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    return parser
 
-    # Imported late: `--help` should not pay for torch and bentoml.
+
+# Each command imports what it needs itself: `--help` should not pay for torch and bentoml.
+
+
+def train_command(args: argparse.Namespace, argv: list[str]) -> int:
     from training.pipeline import run
-    from training.register import list_registered
-
-    if args.command == "import":
-        from training.import_model import ImportRefused, import_model
-
-        try:
-            tag = import_model(args.file, args.name, args.labels)
-        except ImportRefused as exc:
-            log.error("not imported: %s", exc)
-            return 2
-        log.info("registered %s; serve it with MODELROAD_MODELS=%s", tag, tag)
-        return 0
-
-    if args.command == "drift":
-        from training.drift import drift_report
-
-        out = args.out or args.log_dir / "drift-report"
-        drifts = drift_report(args.log_dir, out)
-        for d in drifts:
-            log.info("%s:%s: %s", d.model, d.version, "drift" if d.drifted else d.problem or "no drift found")
-        log.info("report: %s", out / "report.md")
-        return 1 if any(d.drifted for d in drifts) else 0
-
-    if args.command == "tune":
-        from training.tune import tune
-
-        tune(config_from_args(args.task, args), args.trials, args.timeout)
-        return 0
-
-    if args.command == "report":
-        from training.report import results_tables
-
-        print(results_tables(latest_only=not args.all_versions))
-        return 0
-
-    if args.command == "list":
-        rows = list_registered()
-        if args.digests:
-            print("\n".join(f"{r['tag']}={r['digest']}" for r in rows))
-            return 0
-        print(f"{'tag':40} {'family':12} {'metric':9} {'value':>8} {'parity':>8}  baselines")
-        for r in rows:
-            value = f"{r['value']:.4f}" if isinstance(r["value"], float) else "-"
-            parity = f"{r['parity_max_abs_diff']:.1e}" if r["parity_max_abs_diff"] is not None else "-"
-            baselines = ", ".join(f"{name} {v:.4f}" for name, v in r["baselines"].items() if isinstance(v, float))
-            print(f"{r['tag']:40} {r['family']:12} {r['metric']:9} {value:>8} {parity:>8}  {baselines}")
-        return 0
-
-    if args.command == "ensure":
-        # A model registered before OOD scores existed cannot be served: its task is trained again.
-        stored = {r["tag"].split(":")[0] for r in list_registered() if r["ood_threshold"] is not None}
-        tasks = [name for name in TASKS if name not in stored]
-        if not tasks:
-            log.info("every default model is in the store: %s", ", ".join(sorted(TASKS)))
-        if args.lanes > 1 and len(tasks) > 1:
-            from training.lanes import train_in_lanes
-
-            # The lanes get the flags given here, --lanes and its value aside.
-            flags = [flag for flag in argv[argv.index("ensure") + 1 :] if not flag.startswith("--lanes=")]
-            if "--lanes" in flags:
-                at = flags.index("--lanes")
-                flags = flags[:at] + flags[at + 2 :]
-            return train_in_lanes(tasks, args.lanes, flags)
-        for name in tasks:
-            run(config_from_args(name, args))
-        return 0
 
     for name in args.tasks:
         tuned, tuning = {}, None
@@ -184,6 +116,104 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%s: parameters of study %s: %s", name, args.params_from, tuned)
         run(config_from_args(name, args, tuned), tuning)
     return 0
+
+
+def import_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from training.import_model import ImportRefused, import_model
+
+    try:
+        tag = import_model(args.file, args.name, args.labels)
+    except ImportRefused as exc:
+        log.error("not imported: %s", exc)
+        return 2
+    log.info("registered %s; serve it with MODELROAD_MODELS=%s", tag, tag)
+    return 0
+
+
+def drift_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from training.drift import drift_report
+
+    out = args.out or args.log_dir / "drift-report"
+    drifts = drift_report(args.log_dir, out)
+    for d in drifts:
+        log.info("%s:%s: %s", d.model, d.version, "drift" if d.drifted else d.problem or "no drift found")
+    log.info("report: %s", out / "report.md")
+    return 1 if any(d.drifted for d in drifts) else 0
+
+
+def tune_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from training.tune import tune
+
+    tune(config_from_args(args.task, args), args.trials, args.timeout)
+    return 0
+
+
+def report_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from training.report import results_tables
+
+    print(results_tables(latest_only=not args.all_versions))
+    return 0
+
+
+def list_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from training.register import list_registered
+
+    rows = list_registered()
+    if args.digests:
+        print("\n".join(f"{r['tag']}={r['digest']}" for r in rows))
+        return 0
+    print(f"{'tag':40} {'family':12} {'metric':9} {'value':>8} {'parity':>8}  baselines")
+    for r in rows:
+        value = f"{r['value']:.4f}" if isinstance(r["value"], float) else "-"
+        parity = f"{r['parity_max_abs_diff']:.1e}" if r["parity_max_abs_diff"] is not None else "-"
+        baselines = ", ".join(f"{name} {v:.4f}" for name, v in r["baselines"].items() if isinstance(v, float))
+        print(f"{r['tag']:40} {r['family']:12} {r['metric']:9} {value:>8} {parity:>8}  {baselines}")
+    return 0
+
+
+def ensure_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from training.pipeline import run
+    from training.register import list_registered
+
+    # A model registered before OOD scores existed cannot be served: its task is trained again.
+    stored = {r["tag"].split(":")[0] for r in list_registered() if r["ood_threshold"] is not None}
+    tasks = [name for name in TASKS if name not in stored]
+    if not tasks:
+        log.info("every default model is in the store: %s", ", ".join(sorted(TASKS)))
+    if args.lanes > 1 and len(tasks) > 1:
+        from training.lanes import train_in_lanes
+
+        # The lanes get the flags given here, --lanes and its value aside.
+        flags = [flag for flag in argv[argv.index("ensure") + 1 :] if not flag.startswith("--lanes=")]
+        if "--lanes" in flags:
+            at = flags.index("--lanes")
+            flags = flags[:at] + flags[at + 2 :]
+        return train_in_lanes(tasks, args.lanes, flags)
+    for name in tasks:
+        run(config_from_args(name, args))
+    return 0
+
+
+COMMANDS = {
+    "train": train_command,
+    "ensure": ensure_command,
+    "tune": tune_command,
+    "report": report_command,
+    "list": list_command,
+    "import": import_command,
+    "drift": drift_command,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    # Under torchrun, rank 0 alone speaks (the others would repeat every line).
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for chatty in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    return COMMANDS[args.command](args, argv)
 
 
 if __name__ == "__main__":

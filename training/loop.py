@@ -176,6 +176,97 @@ def validate(
     return total / len(targets), task.score(torch.cat(all_outputs), targets)
 
 
+@dataclass
+class Progress:
+    """Where a run stands after an epoch: what `last.pt` saves and `--resume` restores."""
+
+    start_epoch: int = 0
+    best: float = math.inf  # the best validation objective (lower is better)
+    stale: int = 0  # epochs since it improved
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+    def note(self, record: dict[str, float]) -> tuple[float, bool]:
+        """Add an epoch's record; its objective (lower is better) and whether it is the best yet.
+
+        Classifiers are judged on their validation score: with label smoothing the loss rises as answers
+        grow confident while accuracy still improves."""
+        self.history.append(record)
+        objective = -record["val_score"] if "val_score" in record else record["val_loss"]
+        improved = objective < self.best
+        self.best, self.stale = (objective, 0) if improved else (self.best, self.stale + 1)
+        return objective, improved
+
+
+def resumed(
+    path: Path,
+    net: nn.Module,
+    optimization: Optimization,
+    generators: tuple[torch.Generator, torch.Generator],
+    model_config: dict[str, Any],
+    device: torch.device,
+) -> Progress:
+    """Weights, optimizer, schedule and random states from `last.pt`, and where the run stood."""
+    state = torch.load(path, weights_only=True, map_location=device)
+    if state["model_config"] != model_config:
+        raise ValueError(f"{path} was trained with another net config; remove it or drop --resume")
+    net.load_state_dict(state["model"])
+    optimization.optimizer.load_state_dict(state["optimizer"])
+    optimization.scheduler.load_state_dict(state["scheduler"])
+    generators[0].set_state(state["generator"])
+    generators[1].set_state(state["augmentation"])
+    return Progress(state["epoch"] + 1, state["best"], state["stale"], state["history"])
+
+
+def loaders(
+    task: Task, data: Prepared, cfg: TrainConfig, generator: torch.Generator, ranks: Ranks
+) -> tuple[DataLoader, DataLoader, int, int]:
+    """The training and validation batches, the epochs and the steps per epoch (a few, for --dry-run)."""
+    train = make_loader(task, data.train, cfg.batch_size, shuffle=True, generator=generator, ranks=ranks)
+    val = make_loader(task, data.val, 512, shuffle=False, generator=generator)
+    return train, val, 1 if cfg.dry_run else cfg.epochs, min(len(train), 5) if cfg.dry_run else len(train)
+
+
+def autocast_for(device: torch.device, precision: str) -> Callable[[], AbstractContextManager]:
+    """--precision's autocast context (a no-op for fp32): the weights and the export stay fp32."""
+    low_precision = PRECISIONS[precision]
+    return lambda: torch.autocast(device.type, dtype=low_precision, enabled=low_precision is not None)
+
+
+def progress_bar(loader: DataLoader, steps: int, desc: str, ranks: Ranks) -> tqdm:
+    # disable=None: no bar in logs, only on a terminal; and only the leader's.
+    return tqdm(loader, total=steps, desc=desc, leave=False, mininterval=1.0, disable=None if ranks.leader else True)
+
+
+def train_epoch(
+    model: nn.Module,
+    task: Task,
+    bar: tqdm,
+    steps: int,
+    optimization: Optimization,
+    autocast: Callable[[], AbstractContextManager],
+    augmentation: torch.Generator,
+    class_weights: torch.Tensor | None,
+    device: torch.device,
+) -> float:
+    """`steps` optimizer steps over the batches `bar` yields; the mean training loss."""
+    model.train()
+    running, seen = 0.0, 0
+    for step, (*inputs, targets) in enumerate(bar):
+        if step == steps:
+            break
+        inputs = [t.to(device) for t in task.augment(tuple(inputs), augmentation)]
+        targets = targets.to(device)
+        with autocast():
+            outputs = model(*inputs).float()
+            loss = task.loss(outputs, targets, class_weights)
+        optimization.step(loss, model)
+        running, seen = running + loss.item(), seen + 1
+        if not bar.disable:
+            score = task.score(outputs.detach().cpu(), targets.cpu())
+            bar.set_postfix(loss=f"{running / seen:.4f}", **({"score": f"{score:.3f}"} if score is not None else {}))
+    return running / seen
+
+
 def fit(
     task: Task,
     data: Prepared,
@@ -194,145 +285,80 @@ def fit(
     # Batch order is drawn alike on every rank (the global batches); augmentation differs per rank.
     generator = torch.Generator().manual_seed(cfg.seed)
     augmentation = torch.Generator().manual_seed(cfg.seed + 7919 * (ranks.rank + 1))
-    train_loader = make_loader(task, data.train, cfg.batch_size, shuffle=True, generator=generator, ranks=ranks)
-    val_loader = make_loader(task, data.val, 512, shuffle=False, generator=generator)
+    train_loader, val_loader, epochs, steps_per_epoch = loaders(task, data, cfg, generator, ranks)
     class_weights = data.class_weights.to(device) if data.class_weights is not None else None
-    epochs = 1 if cfg.dry_run else cfg.epochs
-    steps_per_epoch = min(len(train_loader), 5) if cfg.dry_run else len(train_loader)
-    total_steps = epochs * steps_per_epoch
-    optimization = Optimization.create(net.parameters(), cfg, total_steps, device)
-    optimizer, scheduler = optimization.optimizer, optimization.scheduler
-    low_precision = PRECISIONS[cfg.precision]
-
-    def autocast() -> AbstractContextManager:
-        return torch.autocast(device.type, dtype=low_precision, enabled=low_precision is not None)
-
+    optimization = Optimization.create(net.parameters(), cfg, epochs * steps_per_epoch, device)
+    autocast = autocast_for(device, cfg.precision)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    start_epoch, best, stale, history, pretraining = 0, math.inf, 0, [], []
+    progress, pretraining = Progress(), []
     if cfg.resume and last_path.exists():
-        state = torch.load(last_path, weights_only=True, map_location=device)
-        if state["model_config"] != model_config:
-            raise ValueError(f"{last_path} was trained with another net config; remove it or drop --resume")
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        augmentation.set_state(state["augmentation"])
-        start_epoch, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
+        progress = resumed(last_path, net, optimization, (generator, augmentation), model_config, device)
         if ranks.leader:
-            log.info("resumed from %s at epoch %d", last_path, start_epoch)
+            log.info("resumed from %s at epoch %d", last_path, progress.start_epoch)
     elif cfg.pretrain_epochs > 0:
         pretraining = pretrain(task, net, train_loader, steps_per_epoch, cfg, ranks, device, autocast, augmentation)
     # DDP averages the gradients over ranks in backward(); the parameters start equal (rank 0's are broadcast).
     model = DistributedDataParallel(net) if ranks.distributed else net
 
     started = time.monotonic()
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        running, seen = 0.0, 0
-        bar = tqdm(
-            train_loader,
-            total=steps_per_epoch,
-            desc=f"{task.name} epoch {epoch + 1}/{epochs}",
-            leave=False,
-            mininterval=1.0,
-            disable=None if ranks.leader else True,
-        )  # disable=None: no bar in logs, only on a terminal
-        for step, (*inputs, targets) in enumerate(bar):
-            if step == steps_per_epoch:
-                break
-            inputs = [t.to(device) for t in task.augment(tuple(inputs), augmentation)]
-            targets = targets.to(device)
-            with autocast():
-                outputs = model(*inputs).float()
-                loss = task.loss(outputs, targets, class_weights)
-            optimization.step(loss, model)
-            running, seen = running + loss.item(), seen + 1
-            if not bar.disable:
-                score = task.score(outputs.detach().cpu(), targets.cpu())
-                bar.set_postfix(
-                    loss=f"{running / seen:.4f}", **({"score": f"{score:.3f}"} if score is not None else {})
-                )
-
+    for epoch in range(progress.start_epoch, epochs):
+        bar = progress_bar(train_loader, steps_per_epoch, f"{task.name} epoch {epoch + 1}/{epochs}", ranks)
+        train_loss = train_epoch(
+            model, task, bar, steps_per_epoch, optimization, autocast, augmentation, class_weights, device
+        )
         val_loss, val_score = validate(net, task, val_loader, class_weights, device, autocast)
         record = {
             "epoch": epoch + 1,
-            "train_loss": mean_across(ranks, running / seen),
+            "train_loss": mean_across(ranks, train_loss),
             "val_loss": val_loss,
-            "lr": scheduler.get_last_lr()[0],
+            "lr": optimization.scheduler.get_last_lr()[0],
+            **({"val_score": val_score} if val_score is not None else {}),
         }
-        if val_score is not None:
-            record["val_score"] = val_score
-        history.append(record)
-        # Lower is better. Classifiers are judged on their validation score: with label smoothing the loss
-        # rises as answers grow confident while accuracy still improves.
-        objective = -val_score if val_score is not None else val_loss
-        improved = objective < best
-        best, stale = (objective, 0) if improved else (best, stale + 1)
+        objective, improved = progress.note(record)
         if ranks.leader:
             save_checkpoints(
-                net,
-                optimizer,
-                scheduler,
-                generator,
-                augmentation,
-                model_config,
-                epoch,
-                best,
-                stale,
-                history,
-                last_path,
-                best_path if improved else None,
+                net, optimization, (generator, augmentation), model_config, epoch, progress, last_path, improved
             )
-            log.info(
-                "%s epoch %d: %s%s",
-                task.name,
-                epoch + 1,
-                {k: round(v, 4) for k, v in record.items()},
-                " (best)" if improved else "",
-            )
+            rounded = {k: round(v, 4) for k, v in record.items()}
+            log.info("%s epoch %d: %s%s", task.name, epoch + 1, rounded, " (best)" if improved else "")
         if on_epoch is not None:
             on_epoch(epoch + 1, objective)
-        if leader_says(ranks, stale >= cfg.patience):
+        if leader_says(ranks, progress.stale >= cfg.patience):
             if ranks.leader:
-                log.info("early stop: no better validation result for %d epochs", stale)
+                log.info("early stop: no better validation result for %d epochs", progress.stale)
             break
 
-    seconds = time.monotonic() - started
     net.load_state_dict(torch.load(best_path, weights_only=True, map_location=device)["model"])
     net.cpu().eval()  # export and evaluation run on the CPU, in fp32
-    return Trained(net, model_config, history, seconds, pretraining)
+    return Trained(net, model_config, progress.history, time.monotonic() - started, pretraining)
 
 
 def save_checkpoints(
     net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
-    augmentation: torch.Generator,
+    optimization: Optimization,
+    generators: tuple[torch.Generator, torch.Generator],
     model_config: dict[str, Any],
     epoch: int,
-    best: float,
-    stale: int,
-    history: list[dict[str, float]],
+    progress: Progress,
     last_path: Path,
-    best_path: Path | None,
+    improved: bool,
 ) -> None:
     """last.pt resumes a run; best.pt (written when the epoch improved) holds the weights the road exports."""
-    if best_path is not None:
+    if improved:
+        best_path = last_path.with_name("best.pt")
         torch.save({"model": net.state_dict(), "model_config": model_config, "epoch": epoch}, best_path)
     torch.save(
         {
             "model": net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
-            "augmentation": augmentation.get_state(),
+            "optimizer": optimization.optimizer.state_dict(),
+            "scheduler": optimization.scheduler.state_dict(),
+            "generator": generators[0].get_state(),
+            "augmentation": generators[1].get_state(),
             "model_config": model_config,
             "epoch": epoch,
-            "best": best,
-            "stale": stale,
-            "history": history,
+            "best": progress.best,
+            "stale": progress.stale,
+            "history": progress.history,
         },
         last_path,
     )

@@ -3,8 +3,10 @@
 import asyncio
 import time
 
+import bentoml
 import httpx
 import numpy as np
+import onnxruntime as ort
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,6 +23,7 @@ from tests.integration.conftest import private_home, start_server
 
 pytestmark = pytest.mark.slow
 MODELS = ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer")  # what the platform serves by default
+EXTRA = "wordnet-transformer-int8"  # served beside them (MODELROAD_MODELS), by the API and by its runner
 
 
 def model_samples(url: str, model: str) -> dict[str, float]:
@@ -55,13 +58,13 @@ def split(registered, session_dir):
     api, api_url = start_server(
         private_home(session_dir, "split-api"),
         api_log,
-        extra_env={"MODELROAD_RUNNER_URL": runner_url, "MODELROAD_WORKERS": "2"},
+        extra_env={"MODELROAD_RUNNER_URL": runner_url, "MODELROAD_WORKERS": "2", "MODELROAD_MODELS": f"{EXTRA}:latest"},
     )
     runner, _ = start_server(
         private_home(session_dir, "split-runner"),
         runner_log,
         "services.runner_service:ModelRunner",
-        extra_env={"MODELROAD_DEVICE": "cpu", "MODELROAD_MAX_WAIT_MS": "20"},
+        extra_env={"MODELROAD_DEVICE": "cpu", "MODELROAD_MAX_WAIT_MS": "20", "MODELROAD_MODELS": f"{EXTRA}:latest"},
         port=runner_port,
     )
     try:
@@ -187,3 +190,24 @@ def test_without_its_runner_the_api_answers_503_with_retry_after_and_stays_up(sp
         assert response.status_code == 503
         assert "model runner" in response.json()["error"] and response.headers["retry-after"] == "1"
     assert httpx.get(f"{api}/livez").status_code == 200
+
+
+def test_an_extra_model_is_served_through_the_runner_service_too(split, registered):
+    api, runner, _ = split
+    stored = bentoml.models.get(registered[EXTRA]["tag"])
+    ids = np.array([[5, 17, 42, 9], [7, 3, 0, 0]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64)}
+    body = {
+        "inputs": [
+            {"name": n, "shape": list(a.shape), "datatype": "INT64", "data": a.ravel().tolist()}
+            for n, a in feeds.items()
+        ]
+    }
+    before = model_samples(runner, EXTRA).get("modelroad_queue_seconds_count", 0)
+    response = httpx.post(f"{api}/v2/models/{EXTRA}/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    session = ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
+    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    for output in response.json()["outputs"]:
+        np.testing.assert_allclose(np.reshape(output["data"], output["shape"]), expected[output["name"]], atol=1e-4)
+    assert model_samples(runner, EXTRA)["modelroad_queue_seconds_count"] > before  # the runner computed it

@@ -16,11 +16,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from services import settings
-from services.app import build_app
-from services.errors import BadRequest
-from services.app import ERROR_RESPONSES
+from services.app import ERROR_RESPONSES, build_app
 from services.edge import EdgeMiddleware
-from services.errors import UNEXPECTED
+from services.errors import UNEXPECTED, BadRequest
 from services.remote import RunnerUnavailable
 from services.settings import SETTINGS
 

@@ -8,7 +8,7 @@ import pytest
 from contracts.answers import verdicts
 from contracts.card import ModelCard, OodRecord
 from contracts.image import ImageContract
-from services.ood import OodJudge
+from services.ood import ood_threshold
 from services.settings import ServeSettings
 from tests.helpers import co2_history, fashion_test_images
 
@@ -81,14 +81,14 @@ def test_pipelines_answer_with_ood_tensors(client):
 
 def test_a_threshold_setting_replaces_the_cards():
     card = ModelCard(task="image-classification", ood=OodRecord(threshold=3.0))
-    threshold = OodJudge("test-model", card, {}).threshold
+    threshold = ood_threshold("test-model", card, {})
     inside = [v["in_distribution"] for v in verdicts({"ood_score": np.array([1.0, 3.0, 5.0, np.nan])}, threshold)]
     assert inside == [True, True, False, False]  # a score that is not a number is never "like the training data"
     overrides = ServeSettings.from_env({"MODELROAD_OOD_THRESHOLDS": "test-model=6, other=1"}).ood_threshold_overrides
     assert overrides == {"test-model": 6.0, "other": 1.0}
-    threshold = OodJudge("test-model", card, overrides).threshold
+    threshold = ood_threshold("test-model", card, overrides)
     assert [v["in_distribution"] for v in verdicts({"ood_score": np.array([5.0])}, threshold)] == [True]
-    assert OodJudge("test-model", card, {}, enabled=False).threshold is None
+    assert ood_threshold("test-model", card, {}, enabled=False) is None
     assert verdicts({"ood_score": np.array([5.0])}, None) == [{}]  # scores off: answers carry no verdict
 
 
@@ -96,4 +96,4 @@ def test_a_bad_threshold_setting_stops_the_start_and_an_old_model_asks_to_be_ret
     with pytest.raises(ValueError, match="MODELROAD_OOD_THRESHOLDS='fashion-cnn': write model=number"):
         ServeSettings.from_env({"MODELROAD_OOD_THRESHOLDS": "fashion-cnn"})
     with pytest.raises(ValueError, match=r"without an OOD score.*`python -m training train old-model`"):
-        OodJudge("old-model", ModelCard(task="image-classification"), {})
+        ood_threshold("old-model", ModelCard(task="image-classification"), {})

@@ -7,8 +7,8 @@ import bentoml
 import numpy as np
 import pytest
 
-from services.remote import MAX_NPZ_BYTES, RemoteSession, decode_feeds, encode_feeds
 from contracts.tensors import feeds_problem, zero_feeds
+from services.remote import MAX_NPZ_BYTES, RemoteSession, decode_feeds, encode_feeds
 from services.runner import OnnxRunner, padded_calls
 from services.settings import ServeSettings
 

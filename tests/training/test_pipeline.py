@@ -3,8 +3,8 @@
 import bentoml
 import pytest
 
-from training.__main__ import main
 from contracts.card import file_sha256
+from training.__main__ import main
 
 
 def test_registered_model_carries_its_card(cnn_card):
