@@ -1,6 +1,6 @@
 """`python -m training report`: the results tables, in Markdown, from the model cards in the store.
 
-The README's results are this command's output: a table per model (its test metrics, its variants',
+docs/training.md's results are this command's output: a table per model (its test metrics, its variants',
 its baselines' on the same test split) and a line saying how and on what machine it was trained.
 """
 

@@ -258,7 +258,7 @@ def test_an_answer_not_begun_within_the_timeout_gets_504_and_its_work_is_cancell
 def test_full_garbage_collections_are_made_rare_at_start(client):
     # BentoML's timeout middleware keeps a live timer per request for its whole timeout; with CPython's
     # default thresholds the full collections that walk them tripled the p99 (services/startup.py; the
-    # side-by-side figures are in the README). The startup hook ran when the in-process app started.
+    # side-by-side figures are in docs/serving.md). The startup hook ran when the in-process app started.
     assert gc.get_threshold()[2] >= 1000
 
 

@@ -119,7 +119,7 @@ class Task(ABC):
         inputs = data.test.tensors[:-1]
         return [tuple(t[:16] for t in inputs)]
 
-    # What the task's OOD score is made of, for the card and the README (models/ood.py, training/ood.py).
+    # What the task's OOD score is made of, for the card and docs/monitoring.md (models/ood.py, training/ood.py).
     ood_recipe: str = ""
 
     @abstractmethod
