@@ -9,8 +9,9 @@ from bench.training import main
 
 @pytest.mark.slow
 def test_the_training_benchmark_prints_a_row_per_set_up_with_the_first_as_base(capsys):
-    assert main(["--tasks", "co2-lstm", "--dry-run"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| co2-lstm")]
+    # The GRU: oneDNN on some CPUs has no bf16 LSTM kernel ("could not create a primitive descriptor").
+    assert main(["--tasks", "co2-gru", "--dry-run"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| co2-gru")]
     assert [re.search(r"(1 process|2 processes).*?(fp32|bf16)", r).groups() for r in rows] == [
         ("1 process", "fp32"),
         ("2 processes", "fp32"),

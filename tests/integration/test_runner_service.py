@@ -180,18 +180,6 @@ def test_bad_calls_to_the_runner_get_a_4xx_json_error_and_it_goes_on(split, regi
     assert outputs["logits"].shape == (3, 10) and outputs["ood_score"].shape == (3,)
 
 
-def test_without_its_runner_the_api_answers_503_with_retry_after_and_stays_up(split):
-    api, _, runner = split
-    stop(runner)
-    text = httpx.post(f"{api}/classify_text", json={"text": "a small domesticated carnivore"}, timeout=10)
-    files, _ = fashion_test_images(1)
-    image = httpx.post(f"{api}/classify_image", files={"image": ("x.png", files[0], "image/png")}, timeout=10)
-    for response in (text, image):
-        assert response.status_code == 503
-        assert "model runner" in response.json()["error"] and response.headers["retry-after"] == "1"
-    assert httpx.get(f"{api}/livez").status_code == 200
-
-
 def test_an_extra_model_is_served_through_the_runner_service_too(split, registered):
     api, runner, _ = split
     stored = bentoml.models.get(registered[EXTRA]["tag"])
@@ -211,3 +199,16 @@ def test_an_extra_model_is_served_through_the_runner_service_too(split, register
     for output in response.json()["outputs"]:
         np.testing.assert_allclose(np.reshape(output["data"], output["shape"]), expected[output["name"]], atol=1e-4)
     assert model_samples(runner, EXTRA)["modelroad_queue_seconds_count"] > before  # the runner computed it
+
+
+# Last: it stops the runner.
+def test_without_its_runner_the_api_answers_503_with_retry_after_and_stays_up(split):
+    api, _, runner = split
+    stop(runner)
+    text = httpx.post(f"{api}/classify_text", json={"text": "a small domesticated carnivore"}, timeout=10)
+    files, _ = fashion_test_images(1)
+    image = httpx.post(f"{api}/classify_image", files={"image": ("x.png", files[0], "image/png")}, timeout=10)
+    for response in (text, image):
+        assert response.status_code == 503
+        assert "model runner" in response.json()["error"] and response.headers["retry-after"] == "1"
+    assert httpx.get(f"{api}/livez").status_code == 200
