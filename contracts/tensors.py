@@ -97,6 +97,11 @@ def feeds_problem(inputs: Sequence[TensorSpec], feeds: Feeds) -> str | None:
         problem = spec.problem(feeds[spec.name])
         if problem:
             return problem
+    return rows_problem(feeds)
+
+
+def rows_problem(feeds: Feeds) -> str | None:
+    """The batch-wide rule: every input holds the same number of rows, at least one."""
     if len({len(array) for array in feeds.values()}) != 1 or not len(next(iter(feeds.values()))):
         return "every input must hold the same number of rows, at least one"
     return None

@@ -1,5 +1,5 @@
 """What every family shares: the shape of a family as served, how its routes find it, its pipelines' names and
-OOD tensors, the preparing threads, and its prediction counter."""
+OOD tensors, and the preparing threads."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from contracts.tensors import Feeds, TensorSpec, feeds_problem
+from contracts.tensors import Feeds, TensorSpec, rows_problem
 from services.errors import NotFound
 from services.runner import OnnxRunner
 
@@ -100,7 +100,7 @@ class OnnxModel(InferenceModel):
         """Each tensor's, then the batch's rules (one row count, at least one row), before it joins a batch."""
         if problem := super().problem(tensors):
             return problem
-        batch = feeds_problem(self.inputs, tensors)
+        batch = rows_problem(tensors)  # names, datatypes and shapes were checked above
         return f"{self.name}: {batch}" if batch else None
 
     async def infer(self, tensors: Feeds) -> Feeds:
