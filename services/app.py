@@ -84,13 +84,13 @@ def media_types(*accepted: str | None) -> Any:
 JSON_ONLY = media_types("application/json")
 
 
-def json_response(answer: BaseModel | Sequence[BaseModel]) -> Response:
+def json_response(answer: BaseModel | Sequence[BaseModel], headers: dict[str, str] | None = None) -> Response:
     """An answer as JSON, serialized by pydantic's own encoder (the route declares its model for the docs)."""
     if isinstance(answer, BaseModel):
         body = answer.model_dump_json().encode()
     else:
         body = b"[" + b",".join(a.model_dump_json().encode() for a in answer) + b"]"
-    return Response(body, media_type="application/json")
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:

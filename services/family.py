@@ -1,5 +1,5 @@
-"""What every family shares: the shape of a family as served, how its routes find it, its pipelines' names and
-OOD tensors, and the preparing threads."""
+"""What every family shares: the shape of a family as served, how its routes find the version that answers, its
+pipelines' names and OOD tensors, and the preparing threads."""
 
 from __future__ import annotations
 
@@ -14,36 +14,43 @@ from fastapi import APIRouter, Request
 
 from contracts.card import ModelCard
 from contracts.tensors import TensorSpec
-from services.inference import InferenceModel
+from services.errors import NotFound, Unavailable
+from services.inference import Choice, InferenceModel
 from services.runner import OnnxRunner
 from services.settings import SETTINGS
+from services.traffic import ROUTING_KEY
 
-F = TypeVar("F", bound="Family")
 T = TypeVar("T")
 
 
 class Family(Protocol):
-    """One family as served: built once per worker from its stored models; owns their runners."""
+    """One version of a family's model as served: its runner and the pipeline over it, made per worker."""
 
-    runners: list[OnnxRunner]
+    runner: OnnxRunner
 
-    def pipelines(self) -> list[InferenceModel]:
-        """The family's pipelines for the inference protocol: what users with raw inputs call."""
+    def pipeline(self) -> InferenceModel:
+        """The version's pipeline for the inference protocol (what users with raw inputs call); its `family` is
+        this object."""
         ...
 
 
 class FamilyKind(Protocol):
-    """A family's class: its routes exist before any worker (built from the cards); instances per worker."""
+    """A family's class: its routes exist before any worker (built from its models' cards, by model name);
+    an instance per served version and worker."""
 
-    def __call__(self, *stored: bentoml.Model) -> Family: ...
+    def __call__(self, stored: bentoml.Model) -> Family: ...
 
     @staticmethod
-    def routes(cards: list[ModelCard]) -> APIRouter: ...
+    def routes(cards: dict[str, ModelCard]) -> APIRouter: ...
 
 
-def serving(request: Request, kind: type[F]) -> F:
-    """This worker's instance of a family (the platform sets them on the app when BentoML makes the service)."""
-    return request.app.state.families[kind]
+def answering(request: Request, model: str) -> Choice:
+    """The version of a family's `model` that answers this request (its pipeline; `.family` is the version's
+    family object), chosen by the model's version policy, and its shadow."""
+    try:
+        return request.app.state.models.choose(pipeline_name(model), request.headers.get(ROUTING_KEY))
+    except NotFound:
+        raise Unavailable(f"no version of {model} is served") from None
 
 
 # Decoding big images and tokenizing long texts take milliseconds to seconds of CPU: they run in these threads,
@@ -80,3 +87,19 @@ def verdict_tensors(answers: Sequence[Any]) -> dict[str, np.ndarray]:
         "ood_score": np.array([a.ood_score for a in answers], dtype=np.float32),
         "in_distribution": np.array([a.in_distribution for a in answers], dtype=np.bool_),
     }
+
+
+class FamilyPipeline(InferenceModel):
+    """A family version's pipeline: raw inputs in, answers as tensors out."""
+
+    platform = "modelroad_pipeline"
+
+    def __init__(self, family: Family, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], **kwargs: Any):
+        super().__init__(pipeline_name(family.runner.name), family.runner, inputs, outputs, **kwargs)
+        self.family = family
+
+
+class ClassifierPipeline(FamilyPipeline):
+    def agreement(self, primary: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> tuple[np.ndarray, None]:
+        """Two versions of a classifier agree on an input when they give it the same label."""
+        return primary["label"] == shadow["label"], None

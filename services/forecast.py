@@ -15,8 +15,7 @@ from contracts.summaries import history_summaries
 from contracts.tensors import TensorSpec
 from services.app import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.errors import BadRequest
-from services.family import VERDICT_TENSORS, pipeline_name, serving, verdict_tensors
-from services.inference import InferenceModel
+from services.family import VERDICT_TENSORS, FamilyPipeline, answering, verdict_tensors
 from services.metrics import AnswerCounters
 from services.ood import ood_threshold
 from services.payloads import log_predictions
@@ -30,22 +29,40 @@ def history_values(history: np.ndarray) -> dict[str, list]:
     return {"history": history.tolist()}
 
 
-class Forecaster:
-    """One registered forecaster and the contract stored with it."""
+# Two versions of a forecaster agree on a history when no forecast week differs by more than this (in the series'
+# units: for CO2, half a ppm, about the forecasters' test MAE).
+FORECAST_TOLERANCE = 0.5
+
+
+class ForecastFamily:
+    """One version of one forecaster (the LSTM's or the GRU's) and the contract stored with it."""
 
     def __init__(self, stored: bentoml.Model):
         self.runner = OnnxRunner(stored, SETTINGS)  # histories of one length run as one batch
-        self.cell = str(self.runner.card.cell)
         self.contract = ForecastContract.from_card(self.runner.card)
-        self.counters = AnswerCounters(self.runner.name, threshold=ood_threshold(self.runner.name, self.runner.card))
+        threshold = ood_threshold(self.runner.name, self.runner.card)
+        self.counters = AnswerCounters(self.runner.name, self.runner.version, threshold=threshold)
 
-    async def forecast(self, histories: np.ndarray, horizon: int) -> list[Forecast]:
+    def pipeline(self) -> "ForecastPipeline":
+        return ForecastPipeline(self)
+
+    async def forecast(self, histories: np.ndarray, horizon: int, record: bool = True) -> list[Forecast]:
         """(N, T) raw histories, T >= min_history -> each one's `horizon` weeks and OOD verdict."""
         outputs = await self.runner.submit(self.contract.feeds(histories))
         answers = self.contract.answers(outputs, self.counters.threshold, histories, horizon, self.runner.tag)
-        self.counters.count(outputs.get(OOD_OUTPUT))
-        log_predictions(self.runner, histories, answers, history_summaries, history_values, forecast_summary)
+        if record:
+            self.counters.count(outputs.get(OOD_OUTPUT))
+            log_predictions(self.runner, histories, answers, history_summaries, history_values, forecast_summary)
         return answers
+
+    @staticmethod
+    def routes(cards: dict[str, ModelCard]) -> APIRouter:
+        contracts = [ForecastContract.from_card(card) for card in cards.values()]
+        # The route's default is the better one on validation data (never the test split), as registered at start.
+        models = {str(card.cell): name for name, card in cards.items()}
+        default = str(min(cards.values(), key=lambda card: card.val_loss).cell)
+        min_history, horizon = max(c.min_history for c in contracts), min(c.horizon for c in contracts)
+        return forecast_routes(min_history, horizon, models, default)
 
 
 def forecast_summary(answer: Forecast) -> dict[str, Any]:
@@ -53,42 +70,22 @@ def forecast_summary(answer: Forecast) -> dict[str, Any]:
     return answer.model_dump(exclude={"model"}, exclude_none=True)
 
 
-class ForecastFamily:
-    def __init__(self, *stored: bentoml.Model):
-        forecasters = [Forecaster(s) for s in stored]
-        self.forecasters = {f.cell: f for f in forecasters}
-        self.runners = [f.runner for f in forecasters]
-        # The default is the better one on validation data (never the test split).
-        self.default = min(forecasters, key=lambda f: f.runner.card.val_loss)
-
-    def pipelines(self) -> list[InferenceModel]:
-        return [ForecastPipeline(f) for f in self.forecasters.values()]
-
-    @staticmethod
-    def routes(cards: list[ModelCard]) -> APIRouter:
-        contracts = [ForecastContract.from_card(card) for card in cards]
-        cells = tuple(str(card.cell) for card in cards)
-        return forecast_routes(max(c.min_history for c in contracts), min(c.horizon for c in contracts), cells)
-
-
-class ForecastPipeline(InferenceModel):
+class ForecastPipeline(FamilyPipeline):
     """`<model>-pipeline`: N weekly histories of one length (FP32, oldest first) in, the next weeks out."""
 
-    platform = "modelroad_pipeline"
+    family: ForecastFamily
 
-    def __init__(self, forecaster: Forecaster):
-        runner, contract = forecaster.runner, forecaster.contract
+    def __init__(self, family: ForecastFamily):
+        contract = family.contract
         super().__init__(
-            pipeline_name(runner.name),
-            runner,
+            family,
             [TensorSpec("history", "FP32", (-1, -1))],
             [TensorSpec("forecast", "FP32", (-1, contract.horizon)), *VERDICT_TENSORS],
         )
-        self.forecaster = forecaster
 
-    async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(self, tensors: dict[str, np.ndarray], record: bool = True) -> dict[str, np.ndarray]:
         history = tensors["history"]
-        contract = self.forecaster.contract
+        contract = self.family.contract
         if not 1 <= len(history) <= SETTINGS.max_batch_size:
             raise BadRequest(f"history must hold from 1 to {SETTINGS.max_batch_size} series; got {len(history)}")
         if not contract.min_history <= history.shape[1] <= SETTINGS.max_history:
@@ -98,8 +95,19 @@ class ForecastPipeline(InferenceModel):
             )
         if not np.isfinite(history).all() or np.abs(history).max() > MAX_ABS_VALUE:
             raise BadRequest(f"history values must be finite numbers within ±{MAX_ABS_VALUE:g}")
-        answers = await self.forecaster.forecast(history, contract.horizon)
+        return self.tensors(await self.family.forecast(history, contract.horizon, record))
+
+    @staticmethod
+    def tensors(answers: list[Forecast]) -> dict[str, np.ndarray]:
+        """Answers as the pipeline's outputs."""
         return {"forecast": np.array([a.forecast for a in answers], dtype=np.float32), **verdict_tensors(answers)}
+
+    def agreement(self, primary: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Per history, the largest difference between the two versions' forecasts (over the weeks both give), and
+        whether it is within FORECAST_TOLERANCE."""
+        weeks = min(primary["forecast"].shape[1], shadow["forecast"].shape[1])
+        difference = np.abs(primary["forecast"][:, :weeks] - shadow["forecast"][:, :weeks]).max(axis=1)
+        return difference <= FORECAST_TOLERANCE, difference
 
 
 def whole_number(value: object) -> object:
@@ -107,9 +115,11 @@ def whole_number(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def forecast_routes(min_history: int, max_horizon: int, cells: tuple[str, ...]) -> APIRouter:
+def forecast_routes(min_history: int, max_horizon: int, models: dict[str, str], default: str) -> APIRouter:
+    """`models`: each cell's model name; `default`: the cell a request naming none gets."""
     router = APIRouter(tags=["forecast"], dependencies=[JSON_ONLY])
     Value = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
+    cells = tuple(models)
 
     class ForecastRequest(BaseModel):
         history: Annotated[
@@ -131,9 +141,12 @@ def forecast_routes(min_history: int, max_horizon: int, cells: tuple[str, ...]) 
     @router.post("/forecast", response_model=Forecast, responses=ERROR_RESPONSES)
     async def forecast(request: Request, body: ForecastRequest) -> Response:
         """Forecast the next `horizon` weeks of a weekly series from its history."""
-        family = serving(request, ForecastFamily)
-        forecaster = family.forecasters[body.model] if body.model else family.default
-        (answer,) = await forecaster.forecast(np.asarray([body.history]), body.horizon)
-        return json_response(answer)
+        choice = answering(request, models[body.model or default])
+        pipeline: ForecastPipeline = choice.primary
+        history = np.asarray([body.history])
+        with choice.answering():
+            answers = await pipeline.family.forecast(history, body.horizon)
+        choice.mirror(lambda: {"history": history.astype(np.float32)}, lambda: pipeline.tensors(answers))
+        return json_response(answers[0], choice.version_header)
 
     return router

@@ -16,8 +16,7 @@ from contracts.summaries import array_summaries
 from contracts.tensors import Feeds, TensorSpec
 from services.app import ERROR_RESPONSES, JSON_ONLY, json_response, media_types
 from services.errors import BadRequest
-from services.family import VERDICT_TENSORS, pipeline_name, prepared, serving, verdict_tensors
-from services.inference import InferenceModel
+from services.family import VERDICT_TENSORS, ClassifierPipeline, answering, prepared, verdict_tensors
 from services.metrics import AnswerCounters
 from services.ood import ood_threshold
 from services.payloads import answer_summary, log_predictions
@@ -33,22 +32,25 @@ def image_values(image: np.ndarray) -> dict[str, list]:
 
 
 class ImageFamily:
+    """One version of the image classifier."""
+
     def __init__(self, stored: bentoml.Model):
         card = ModelCard.from_metadata(stored.info.metadata)
         self.contract = ImageContract.from_card(card)
         self.runner = OnnxRunner(stored, SETTINGS)
-        self.runners = [self.runner]
-        self.counters = AnswerCounters(self.runner.name, card.labels, ood_threshold(self.runner.name, card))
+        threshold = ood_threshold(self.runner.name, card)
+        self.counters = AnswerCounters(self.runner.name, self.runner.version, card.labels, threshold)
 
-    def pipelines(self) -> list[InferenceModel]:
-        return [ImagePipeline(self)]
+    def pipeline(self) -> "ImagePipeline":
+        return ImagePipeline(self)
 
-    async def classify(self, feeds: Feeds) -> list[ImageClassification]:
+    async def classify(self, feeds: Feeds, record: bool = True) -> list[ImageClassification]:
         outputs = await self.runner.submit(feeds)
         answers = self.contract.answers(outputs, self.counters.threshold)
-        self.counters.count(outputs.get(OOD_OUTPUT), [a.label for a in answers])
-        images = feeds[self.runner.inputs[0].name]
-        log_predictions(self.runner, images, answers, array_summaries, image_values, answer_summary)
+        if record:
+            self.counters.count(outputs.get(OOD_OUTPUT), [a.label for a in answers])
+            images = feeds[self.runner.inputs[0].name]
+            log_predictions(self.runner, images, answers, array_summaries, image_values, answer_summary)
         return answers
 
     async def feeds_from_files(self, files: list[bytes]) -> Feeds:
@@ -68,22 +70,21 @@ class ImageFamily:
         return self.contract.feeds_from_pixels(pixels)
 
     @staticmethod
-    def routes(cards: list[ModelCard]) -> APIRouter:
-        (card,) = cards
+    def routes(cards: dict[str, ModelCard]) -> APIRouter:
+        ((name, card),) = cards.items()
         prep = ImageContract.from_card(card).prep
-        return image_routes(prep.height, prep.width)
+        return image_routes(name, prep.height, prep.width)
 
 
-class ImagePipeline(InferenceModel):
+class ImagePipeline(ClassifierPipeline):
     """`<model>-pipeline`: encoded image files (BYTES) or grey pixels (FP32, 0-255) in; labels and probabilities out."""
 
-    platform = "modelroad_pipeline"
+    family: ImageFamily
 
     def __init__(self, family: ImageFamily):
-        runner, prep = family.runner, family.contract.prep
+        prep = family.contract.prep
         super().__init__(
-            pipeline_name(runner.name),
-            runner,
+            family,
             [TensorSpec("image", "BYTES", (-1,)), TensorSpec("pixels", "FP32", (-1, prep.height, prep.width))],
             [
                 TensorSpec("label", "BYTES", (-1,)),
@@ -93,9 +94,8 @@ class ImagePipeline(InferenceModel):
             ],
             required=(),  # one of the two
         )
-        self.family = family
 
-    async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(self, tensors: dict[str, np.ndarray], record: bool = True) -> dict[str, np.ndarray]:
         if len(tensors) != 1:
             raise BadRequest(f"{self.name} takes one input: `image` (encoded files) or `pixels`; got {sorted(tensors)}")
         ((name, array),) = tensors.items()
@@ -105,7 +105,10 @@ class ImagePipeline(InferenceModel):
             feeds = await self.family.feeds_from_files(list(array))
         else:
             feeds = self.family.feeds_from_pixels(array)
-        answers = await self.family.classify(feeds)
+        return self.tensors(await self.family.classify(feeds, record))
+
+    def tensors(self, answers: list[ImageClassification]) -> dict[str, np.ndarray]:
+        """Answers as the pipeline's outputs."""
         labels = self.family.contract.labels
         return {
             "label": np.array([a.label.encode() for a in answers], dtype=np.object_),
@@ -115,7 +118,7 @@ class ImagePipeline(InferenceModel):
         }
 
 
-def image_routes(height: int, width: int) -> APIRouter:
+def image_routes(model: str, height: int, width: int) -> APIRouter:
     router = APIRouter(tags=["image"])
     Grey = Annotated[float, Field(strict=True, ge=0, le=255, allow_inf_nan=False)]  # strict: true/false are not grey
     # fail_fast: one error for a bad list, not one per item (error bodies stay small)
@@ -165,9 +168,13 @@ def image_routes(height: int, width: int) -> APIRouter:
     )
     async def classify_image(request: Request) -> Response:
         """Classify one uploaded PNG/JPEG (multipart field `image`) of any size or colour."""
-        family = serving(request, ImageFamily)
-        (answer,) = await family.classify(await family.feeds_from_files([await uploaded_file(request, UPLOAD_FIELD)]))
-        return json_response(answer)
+        choice = answering(request, model)
+        pipeline: ImagePipeline = choice.primary
+        with choice.answering():
+            file = await uploaded_file(request, UPLOAD_FIELD)
+            answers = await pipeline.family.classify(await pipeline.family.feeds_from_files([file]))
+        choice.mirror(lambda: {"image": np.array([file], dtype=np.object_)}, lambda: pipeline.tensors(answers))
+        return json_response(answers[0], choice.version_header)
 
     @router.post(
         "/classify_pixels",
@@ -177,9 +184,13 @@ def image_routes(height: int, width: int) -> APIRouter:
     )
     async def classify_pixels(request: Request, body: Pixels) -> Response:
         """Classify a JSON batch of grey-value images already at the model's size."""
-        family = serving(request, ImageFamily)
-        answers = await family.classify(family.feeds_from_pixels(np.asarray(body.pixels, dtype=np.float64)))
-        return json_response(answers)
+        choice = answering(request, model)
+        pipeline: ImagePipeline = choice.primary
+        pixels = np.asarray(body.pixels, dtype=np.float64)
+        with choice.answering():
+            answers = await pipeline.family.classify(pipeline.family.feeds_from_pixels(pixels))
+        choice.mirror(lambda: {"pixels": pixels.astype(np.float32)}, lambda: pipeline.tensors(answers))
+        return json_response(answers, choice.version_header)
 
     return router
 

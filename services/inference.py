@@ -4,26 +4,38 @@ it knows nothing of HTTP.
 
 A model is a stored ONNX graph served as it is (`OnnxModel`: its runner's micro-batcher, the graph's own
 outputs, nothing derived) or a family's pipeline (raw inputs in, answers as tensors out; the family modules).
+Both are versions of a stored model (its store tag); a version policy (services/traffic.py) says which answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from contracts.tensors import Feeds, TensorSpec, rows_problem
-from services.errors import NotFound
+from services.errors import BadRequest, NotFound, ServingError
+from services.metrics import SHADOW_DROPPED, VersionSeries, shadow_series
 from services.runner import OnnxRunner
+from services.traffic import Policy
+
+log = logging.getLogger(__name__)
+
+VERSION_HEADER = "X-Model-Version"
+MAX_SHADOWS_IN_FLIGHT = 32  # per worker; past this a shadow copy is dropped (and counted), never queued
 
 
 class InferenceModel:
-    """A model as the protocol sees it: named tensors in, named tensors out, batched where it can be."""
+    """A model as the protocol sees it: named tensors in, named tensors out, batched where it can be.
+
+    `model` and `tag` name the stored model version it serves (a pipeline's name is not its stored model's)."""
 
     platform = "onnxruntime_onnx"
 
@@ -36,9 +48,9 @@ class InferenceModel:
         required: Sequence[str] | None = None,
     ):
         self.name, self.version, self.runner = name, runner.version, runner
+        self.model, self.tag = runner.name, runner.tag
         self.inputs, self.outputs = tuple(inputs), tuple(outputs)
         self.required = frozenset(spec.name for spec in inputs) if required is None else frozenset(required)
-        self.tag: str | None = None  # the store tag, for a stored graph served as it is (not for a pipeline)
         self.in_flight = 0
 
     @property
@@ -84,9 +96,24 @@ class InferenceModel:
             "outputs": [spec.describe() for spec in self.outputs],
         }
 
-    async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The outputs for inputs that passed `problem`."""
+    async def infer(self, tensors: dict[str, np.ndarray], record: bool = True) -> dict[str, np.ndarray]:
+        """The outputs for inputs that passed `problem`; `record`: count them in the answer series and payload log
+        (not for a shadow's copy)."""
         raise NotImplementedError
+
+    def agreement(self, primary: Feeds, shadow: Feeds) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per input row, whether another version's outputs agree with these (and by how much they differ, where
+        a difference means something). A graph's outputs agree where every value is within 1e-3 (absolute and
+        relative): a retrained graph rarely agrees; a copy does."""
+        rows = np.ones(len(next(iter(primary.values()))), dtype=bool)
+        for name, expected in primary.items():
+            found = shadow.get(name)
+            if found is None or found.shape != expected.shape:
+                return np.zeros_like(rows), None
+            numeric = expected.dtype != np.object_
+            close = np.isclose(found, expected, rtol=1e-3, atol=1e-3) if numeric else found == expected
+            rows &= close.reshape(len(rows), -1).all(axis=1)
+        return rows, None
 
 
 class OnnxModel(InferenceModel):
@@ -94,7 +121,6 @@ class OnnxModel(InferenceModel):
 
     def __init__(self, runner: OnnxRunner):
         super().__init__(runner.name, runner, runner.inputs, runner.outputs)
-        self.tag = runner.tag
 
     def problem(self, tensors: Feeds) -> str | None:
         """Each tensor's, then the batch's rules (one row count, at least one row), before it joins a batch."""
@@ -103,16 +129,83 @@ class OnnxModel(InferenceModel):
         batch = rows_problem(tensors)  # names, datatypes and shapes were checked above
         return f"{self.name}: {batch}" if batch else None
 
-    async def infer(self, tensors: Feeds) -> Feeds:
+    async def infer(self, tensors: Feeds, record: bool = True) -> Feeds:
         return await self.runner.submit(tensors)
 
 
-class ModelRepository:
-    """The served models by name and version; the most recently created version answers a request naming none."""
+@dataclass
+class Choice:
+    """The version answering one request, and the shadow that gets a copy of it (if any)."""
 
-    def __init__(self, models: Iterable[InferenceModel], pinned: Iterable[str] = ()):
+    primary: InferenceModel
+    shadow: InferenceModel | None = None
+
+    @property
+    def version_header(self) -> dict[str, str]:
+        return {VERSION_HEADER: self.primary.tag}
+
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """Counts the request in flight on its version (so that an unload waits for it), and its outcome and time
+        in the version's series: `invalid` for a request refused as sent, `error` for a failure of the server's."""
+        series: VersionSeries = self.primary.runner.series
+        start = time.perf_counter()
+        with self.primary.serving():
+            try:
+                yield
+            except ServingError as refused:
+                series.count("invalid" if refused.status < 500 else "error")
+                raise
+            except Exception:
+                series.count("error")
+                raise
+        series.count("ok", time.perf_counter() - start)
+
+    def mirror(self, inputs: Callable[[], Feeds], outputs: Callable[[], Feeds]) -> None:
+        """Send the shadow a copy of the request (its inputs as the shadow takes them) after the primary answered
+        (`outputs`, its answer as tensors of the same model), to be compared off the response path."""
+        if self.shadow is None:
+            return
+        if len(SHADOWS) >= MAX_SHADOWS_IN_FLIGHT:
+            SHADOW_DROPPED.labels(self.shadow.model).inc()
+            return
+        task = asyncio.get_running_loop().create_task(compare(self.primary, self.shadow, inputs(), outputs()))
+        SHADOWS.add(task)  # held: the loop keeps only a weak reference to a task
+        task.add_done_callback(SHADOWS.discard)
+
+
+SHADOWS: set[asyncio.Task] = set()
+
+
+async def compare(primary: InferenceModel, shadow: InferenceModel, inputs: Feeds, expected: Feeds) -> None:
+    """Run the shadow on a request's inputs and count whether it agrees with the primary's answer, row by row."""
+    agreements, differences = shadow_series(shadow.model, shadow.version)
+    try:
+        with shadow.serving():
+            problem = shadow.problem(inputs)
+            if problem:
+                raise BadRequest(problem)
+            outputs = await shadow.infer(inputs, record=False)
+        agree, difference = primary.agreement(expected, outputs)
+    except Exception as exc:  # a shadow's failure is counted and logged, never the client's
+        agreements["error"].inc()
+        log.debug("shadow %s %s failed: %s", shadow.name, shadow.version, exc)
+        return
+    agreed = int(np.count_nonzero(agree))
+    agreements["agree"].inc(agreed)
+    agreements["disagree"].inc(len(agree) - agreed)
+    for value in [] if difference is None else difference.tolist():
+        differences.observe(value)
+
+
+class ModelRepository:
+    """The served models by name and version, and each stored model's version policy (by its name).
+
+    With no policy, the most recently created version answers a request naming none."""
+
+    def __init__(self, models: Iterable[InferenceModel] = ()):
         self.versions: dict[str, dict[str, InferenceModel]] = {}
-        self.pinned = frozenset(pinned)  # store tags a family route runs: never retired
+        self.policies: dict[str, Policy] = {}  # by stored model name; replaced whole by the repository admin
         for model in models:
             self.add(model)
 
@@ -131,9 +224,12 @@ class ModelRepository:
     def models(self) -> list[InferenceModel]:
         return [model for versions in self.versions.values() for model in versions.values()]
 
-    def stored(self) -> dict[str, InferenceModel]:
-        """The stored graphs served as they are, by store tag (pipelines follow their family and are left out)."""
-        return {model.tag: model for model in self.models() if model.tag}
+    def stored(self) -> dict[str, list[InferenceModel]]:
+        """The served store tags, each with its models (the graph as it is, and a family's pipeline over it)."""
+        served: dict[str, list[InferenceModel]] = {}
+        for model in self.models():
+            served.setdefault(model.tag, []).append(model)
+        return served
 
     def ready(self) -> bool:
         return all(model.ready for model in self.models())
@@ -142,6 +238,7 @@ class ModelRepository:
         return self.get(name, version).metadata(list(self.versions[name]))
 
     def get(self, name: str, version: str | None = None) -> InferenceModel:
+        """`version` of `name`, or with none, the latest (the version policy is for `choose`)."""
         versions = self.versions.get(name)
         if not versions:
             raise NotFound(f"no model named {name!r}; served: {sorted(self.versions)}")
@@ -150,3 +247,14 @@ class ModelRepository:
         if version not in versions:
             raise NotFound(f"{name} has no version {version!r}; served: {sorted(versions)}")
         return versions[version]
+
+    def choose(self, name: str, key: str | None = None) -> Choice:
+        """The version of `name` that answers a request (and its shadow), by its stored model's policy."""
+        latest = self.get(name)
+        policy = self.policies.get(latest.model)
+        if policy is None:
+            return Choice(latest)
+        versions = self.versions[name]
+        shadow = versions.get(policy.shadow.version) if policy.shadow and policy.mirrors() else None
+        # The admin serves every version of a policy before it is in force; a version missing here is a bug.
+        return Choice(versions[policy.choose(key)], shadow)

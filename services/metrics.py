@@ -95,13 +95,74 @@ OOD_ANSWERS = Counter(
 )
 
 
-class AnswerCounters:
-    """One model's answer series: predictions by label, OOD scores, and answers over the OOD threshold (None:
-    scores off). Children made once: `labels()` costs per call."""
+# Per model version (labels bounded by the versions served, never by client input): what a rollout compares.
+VERSION_REQUESTS = Counter(
+    "modelroad_version_requests_total",
+    "Requests a model version answered (family routes, pipelines and the inference protocol), by outcome: ok, "
+    "invalid (refused as sent) or error (the server failed).",
+    ["model", "version", "outcome"],
+)
+VERSION_SECONDS = Histogram(
+    "modelroad_version_request_seconds",
+    "Time from choosing a version to its answer, by model and version (successful requests).",
+    ["model", "version"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+VERSION_ANSWERS = Counter(
+    "modelroad_version_answers_total", "Inputs answered by a family's version (with scores on).", ["model", "version"]
+)
+VERSION_OOD_ANSWERS = Counter(
+    "modelroad_version_ood_answers_total",
+    "Inputs answered by a family's version that scored above its OOD threshold.",
+    ["model", "version"],
+)
+SHADOW_COMPARISONS = Counter(
+    "modelroad_shadow_comparisons_total",
+    "A shadow version's answers compared with the primary's, per input: agree, disagree, or error (the shadow "
+    "failed). Classifiers agree on the label; forecasts within the forecast pipeline's tolerance.",
+    ["model", "version", "outcome"],
+)
+SHADOW_DIFFERENCE = Histogram(
+    "modelroad_shadow_forecast_difference",
+    "Largest absolute difference between a shadow forecaster's forecast and the primary's, per input.",
+    ["model", "version"],
+    buckets=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
+)
+SHADOW_DROPPED = Counter(
+    "modelroad_shadow_dropped_total", "Shadow copies dropped because too many were in flight.", ["model"]
+)
 
-    def __init__(self, model: str, labels: Iterable[str] = (), threshold: float | None = None):
+
+class VersionSeries:
+    """One served version's request series, children made once."""
+
+    def __init__(self, model: str, version: str):
+        self.outcomes = {o: VERSION_REQUESTS.labels(model, version, o) for o in ("ok", "invalid", "error")}
+        self.seconds = VERSION_SECONDS.labels(model, version)
+
+    def count(self, outcome: str, seconds: float | None = None) -> None:
+        self.outcomes[outcome].inc()
+        if seconds is not None:
+            self.seconds.observe(seconds)
+
+
+def shadow_series(model: str, version: str) -> tuple[dict[str, Any], Any]:
+    """A shadow version's comparison counters by outcome, and its forecast differences."""
+    outcomes = {o: SHADOW_COMPARISONS.labels(model, version, o) for o in ("agree", "disagree", "error")}
+    return outcomes, SHADOW_DIFFERENCE.labels(model, version)
+
+
+class AnswerCounters:
+    """One model version's answer series: predictions by label, OOD scores, and answers over the OOD threshold
+    (None: scores off), by model and by version. Children made once: `labels()` costs per call."""
+
+    def __init__(self, model: str, version: str, labels: Iterable[str] = (), threshold: float | None = None):
         self.predictions = {label: PREDICTIONS.labels(model, label) for label in labels}
         self.scores, self.outside = OOD_SCORES.labels(model), OOD_ANSWERS.labels(model)
+        self.answered, self.version_outside = (
+            VERSION_ANSWERS.labels(model, version),
+            VERSION_OOD_ANSWERS.labels(model, version),
+        )
         self.threshold = threshold
 
     def count(self, scores: np.ndarray | None, labels: Iterable[str] = ()) -> None:
@@ -112,9 +173,11 @@ class AnswerCounters:
         scores = np.asarray(scores, dtype=np.float64)
         for score in scores.tolist():
             self.scores.observe(score)
+        self.answered.inc(len(scores))
         flagged = len(scores) - int((scores <= self.threshold).sum())  # NaN is never inside
         if flagged:
             self.outside.inc(flagged)
+            self.version_outside.inc(flagged)
 
 
 MODEL_INFO = Gauge(

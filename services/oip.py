@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field, ValidationError
 from contracts.tensors import NUMPY_TYPES, datatype_of
 from services.app import media_types
 from services.errors import BadRequest, Unavailable, validation_message
-from services.inference import InferenceModel, ModelRepository
+from services.inference import Choice, InferenceModel, ModelRepository
+from services.traffic import ROUTING_KEY
 
 HEADER_LENGTH = "inference-header-content-length"
 # NumPy kinds of JSON data each tensor kind takes: no int from a float (4.5 would become 4), bools from bools only.
@@ -260,7 +261,7 @@ def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[s
         dependencies=[INFER_TYPES],
     )
     async def model_infer(request: Request, name: Name) -> Response:
-        return await infer(request, served_models(request).get(name))
+        return await infer(request, name)
 
     @router.post(
         "/models/{name}/versions/{version}/infer",
@@ -270,7 +271,7 @@ def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[s
         dependencies=[INFER_TYPES],
     )
     async def version_infer(request: Request, name: Name, version: Version) -> Response:
-        return await infer(request, served_models(request).get(name, version))
+        return await infer(request, name, version)
 
     return router
 
@@ -281,11 +282,22 @@ def readiness(model: InferenceModel) -> dict[str, Any]:
     return {"name": model.name, "ready": True}
 
 
-async def infer(request: Request, model: InferenceModel) -> Response:
-    # Counted before the first await, in the same step as the repository lookup: an unload cannot slip between.
-    with model.serving():
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    """One inference: on the version the policy chooses (its shadow gets a copy), or the version the URL names."""
+    models = served_models(request)
+    if version is None:
+        choice = models.choose(name, request.headers.get(ROUTING_KEY))
+    else:
+        choice = Choice(models.get(name, version))  # a version named in the URL bypasses the policy
+    model = choice.primary
+    # Counted in flight from the repository lookup, before the first await: an unload cannot slip between.
+    with choice.answering():
         parsed, tensors = decode_request(await request.body(), request.headers.get(HEADER_LENGTH))
         problem = model.problem(tensors)
         if problem:
             raise BadRequest(problem)
-        return encode_response(model, parsed, await model.infer(tensors))
+        outputs = await model.infer(tensors)
+        response = encode_response(model, parsed, outputs)
+    choice.mirror(lambda: tensors, lambda: outputs)
+    response.headers.update(choice.version_header)
+    return response

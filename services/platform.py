@@ -23,7 +23,12 @@ TAGS = SETTINGS.family_models
 # Checked against their sha256 at import, so `bentoml serve` refuses a changed file instead of restarting workers.
 REFERENCES = {tag: verified_model(tag, SETTINGS.pinned_digests) for tag in SETTINGS.served_models}
 STORED = {tag: bentoml.models.get(tag) for tag in REFERENCES}  # `latest` resolved once, at start
-PINNED = {str(STORED[tag].tag) for tags in TAGS.values() for tag in tags}  # a family route runs them
+# Each family model's name, its family and its card at start (what its routes were built for).
+FAMILY_MODELS = {
+    STORED[t].tag.name: (kind, ModelCard.from_metadata(STORED[t].info.metadata))
+    for family, kind in FAMILIES.items()
+    for t in TAGS[family]
+}
 # With the repository extension on, what is served may change; the workers share it through this state.
 STATE = ServedState.of_server([str(m.tag) for m in STORED.values()]) if SETTINGS.admin_token else None
 APP = build_app(
@@ -32,7 +37,7 @@ APP = build_app(
     "(with Triton's binary tensor extension) for every model and each family's pipeline.",
     [
         *(
-            kind.routes([ModelCard.from_metadata(STORED[t].info.metadata) for t in TAGS[name]])
+            kind.routes({STORED[t].tag.name: FAMILY_MODELS[STORED[t].tag.name][1] for t in TAGS[name]})
             for name, kind in FAMILIES.items()
         ),
         oip.routes(
@@ -46,12 +51,36 @@ APP = build_app(
 )
 
 
-def open_model(tag: str) -> InferenceModel:
-    """A stored model served as its graph (tensors in and out), checked, loaded and warmed up."""
-    verified_model(tag, SETTINGS.pinned_digests)
-    runner = OnnxRunner(bentoml.models.get(tag), SETTINGS)
+def open_version(stored: bentoml.Model) -> list[InferenceModel]:
+    """A stored model version as served, warmed up: its graph (tensors in and out) and, for a family's model, the
+    family's pipeline over the same runner (what the family's routes run)."""
+    family = FAMILY_MODELS.get(stored.tag.name)
+    if family is None:
+        runner = OnnxRunner(stored, SETTINGS)
+        models: list[InferenceModel] = [OnnxModel(runner)]
+    else:
+        kind, card = family
+        if problem := interface_change(card, ModelCard.from_metadata(stored.info.metadata)):
+            raise ValueError(f"{stored.tag} cannot serve {stored.tag.name}'s routes: {problem}")
+        version = kind(stored)
+        runner, models = version.runner, [OnnxModel(version.runner), version.pipeline()]
     runner.warm_up()
-    return OnnxModel(runner)
+    return models
+
+
+def interface_change(before: ModelCard, after: ModelCard) -> str | None:
+    """What keeps a new version from the routes built for a family model's first one: other labels or inputs."""
+    if before.labels != after.labels:
+        return f"its labels {list(after.labels)} are not the served version's {list(before.labels)}"
+    if before.inputs != after.inputs:
+        return f"its inputs {after.inputs} are not the served version's {before.inputs}"
+    return None
+
+
+def load_version(tag: str) -> list[InferenceModel]:
+    """A version the repository admin loads: checked against its digests first."""
+    verified_model(tag, SETTINGS.pinned_digests)
+    return open_version(bentoml.models.get(tag))
 
 
 class Platform:
@@ -61,20 +90,21 @@ class Platform:
     """
 
     def __init__(self) -> None:
-        self.families = {kind: kind(*(STORED[t] for t in TAGS[name])) for name, kind in FAMILIES.items()}
-        extra = [OnnxRunner(STORED[tag], SETTINGS) for tag in SETTINGS.extra_models]
-        self.runners = [*(runner for family in self.families.values() for runner in family.runners), *extra]
-        for runner in self.runners:
-            runner.warm_up()
-        models: list[InferenceModel] = [OnnxModel(runner) for runner in self.runners]
-        models += [pipeline for family in self.families.values() for pipeline in family.pipelines()]
-        self.repository = ModelRepository(models, pinned=PINNED)
+        unique = {str(stored.tag): stored for stored in STORED.values()}.values()  # `latest` may name a pinned tag
+        self.repository = ModelRepository([model for stored in unique for model in open_version(stored)])
         self.admin = (
-            RepositoryAdmin(self.repository, STATE, open_model, SETTINGS.workers, SETTINGS.request_timeout_s)
+            RepositoryAdmin(
+                self.repository,
+                STATE,
+                load_version,
+                SETTINGS.workers,
+                SETTINGS.request_timeout_s,
+                families=FAMILY_MODELS,
+            )
             if STATE
             else None
         )
-        APP.state.families, APP.state.models, APP.state.admin = self.families, self.repository, self.admin
+        APP.state.models, APP.state.admin = self.repository, self.admin
         APP.state.ready = self.__is_ready__
 
     @bentoml.on_startup

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import socket
 import time
 import zipfile
 
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 NPZ = "application/x-npz"
 DEVICE_HEADER = "x-modelroad-device"
+HOLDER = f"{socket.gethostname()}-{os.getpid()}"  # this API worker, to the runner service
 
 
 def encode_feeds(feeds: Feeds) -> bytes:
@@ -85,6 +88,11 @@ class RemoteSession:
             base_url=self.url, timeout=timeout_s, limits=httpx.Limits(max_connections=4, keepalive_expiry=2.0)
         )
         self.wait_until_ready(wait_s)
+        self.holding = f"/models/{tag}/holders/{HOLDER}"
+        held = self.client.put(self.holding)  # the runner loads a version it does not serve yet
+        if held.status_code != 200:
+            raise RuntimeError(f"the runner service cannot serve {tag}: {held.text[:300]}")
+        self.device = held.json()["device"]
 
     def wait_until_ready(self, wait_s: float) -> None:
         """API workers and the runner may start in any order (pods do): wait for its /readyz, up to wait_s."""
@@ -124,6 +132,14 @@ class RemoteSession:
             return decode_feeds(response.content)
         except ValueError as exc:
             raise RunnerUnavailable(f"the model runner's answer is not an .npz of arrays: {exc}") from None
+
+    def close(self) -> None:
+        """This worker retired the version: the runner closes it once no worker holds it."""
+        try:
+            self.client.delete(self.holding)
+        except httpx.TransportError as exc:
+            log.warning("the runner service did not hear that %s was retired: %r", self.tag, exc)
+        self.client.close()
 
     def _post(self, body: bytes) -> httpx.Response:
         try:

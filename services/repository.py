@@ -1,15 +1,17 @@
 """The model repository: what a server serves, by name and version, and Triton's repository extension
-(index, load, unload) to change it while traffic flows, on when MODELROAD_ADMIN_TOKEN is set.
+(index, load, unload) to change it while traffic flows, plus each model's version policy (`traffic`: a
+canary split and a shadow), on when MODELROAD_ADMIN_TOKEN is set.
 
 The store is the repository (every registered model and version); a server serves some of it. `load NAME`
-serves the store's latest version of NAME and retires its other versions (Triton's default version
-policy), `unload NAME` retires them all. A retired version answers no new request and is closed once its
-requests in flight have finished. A version a family route runs (e.g. `fashion-cnn` for /classify_image)
-is pinned: it stays.
+serves one stored version of NAME (the latest unless `parameters.version` names one: loading an older version
+is the rollback), retires its other versions and ends its policy; `unload NAME` retires them all. A retired
+version answers no new request and is closed once its requests in flight have finished. Every route follows
+the repository: a family's routes and pipeline run whichever version of its model the policy chooses. A
+family's model can be replaced but not unloaded (its routes would have nothing to run).
 
-`bentoml serve` runs each worker in its own process, so the served tags live in a small file the workers
-share (`ServedState`). The worker that takes an admin request loads the model itself first, so a model
-that cannot load is refused before anything changes; then it writes the new tags, and answers once every
+`bentoml serve` runs each worker in its own process, so the served tags and policies live in a small file the
+workers share (`ServedState`). The worker that takes an admin request loads the model itself first, so a model
+that cannot load is refused before anything changes; then it writes the new state, and answers once every
 worker has followed (each polls the file and acknowledges the generation it applied).
 """
 
@@ -24,7 +26,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
 
@@ -36,6 +39,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from services.errors import BadRequest, Conflict, Forbidden, NotFound, TimedOut, Unauthorized, validation_message
 from services.inference import InferenceModel, ModelRepository
+from services.traffic import Policy
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,17 @@ FOLLOW_EVERY_S = 0.2
 M = TypeVar("M", bound=BaseModel)
 
 
+@dataclass
+class Served:
+    """What a server serves: store tags, and version policies by model name (their JSON records)."""
+
+    generation: int
+    tags: list[str]
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 class ServedState:
-    """The store tags one server serves, in a folder its worker processes share, with each worker's progress."""
+    """What one server serves, in a folder its worker processes share, with each worker's progress."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -61,20 +74,21 @@ class ServedState:
         os.environ[STATE_FOLDER] = str(made)
         atexit.register(shutil.rmtree, made, True)
         state = cls(made)
-        state._write(0, list(tags))
+        state._write(Served(0, list(tags)))
         return state
 
-    def read(self) -> tuple[int, list[str]]:
-        data = json.loads(self.file.read_text())
-        return data["generation"], data["tags"]
+    def read(self) -> Served:
+        return Served(**json.loads(self.file.read_text()))
 
-    def change(self, edit: Callable[[list[str]], list[str]]) -> int:
-        """Apply `edit` to the served tags under an exclusive lock; returns the new generation."""
+    def change(self, edit: Callable[[Served], None]) -> int:
+        """Apply `edit` (in place) to what is served, under an exclusive lock; returns the new generation."""
         with open(self.folder / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a write of a small file
-            generation, tags = self.read()
-            self._write(generation + 1, edit(tags))
-            return generation + 1
+            served = self.read()
+            edit(served)
+            served.generation += 1
+            self._write(served)
+            return served.generation
 
     def acknowledge(self, generation: int) -> None:
         self._replace(self.folder / f"worker-{os.getpid()}", str(generation))
@@ -91,14 +105,26 @@ class ServedState:
             count += int(path.read_text() or 0) >= generation
         return count
 
-    def _write(self, generation: int, tags: list[str]) -> None:
-        self._replace(self.file, json.dumps({"generation": generation, "tags": tags}))
+    def _write(self, served: Served) -> None:
+        self._replace(self.file, json.dumps(served.__dict__))
 
     @staticmethod
     def _replace(path: Path, text: str) -> None:
         partial = path.with_name(f".{path.name}.{os.getpid()}")
         partial.write_text(text)
         os.replace(partial, path)  # readers see the old file or the new one, never a part
+
+
+def stored_tag(name: str, version: str | None) -> str:
+    """The store's tag for `name` at `version` (the latest by default); 404 for a name or version it lacks."""
+    try:
+        return str(bentoml.models.get(f"{name}:{version or 'latest'}").tag)
+    except bentoml.exceptions.NotFound:
+        if version and any(m.tag.name == name for m in bentoml.models.list()):
+            raise NotFound(f"the store has no version {version!r} of {name}") from None
+        raise NotFound(f"the store has no model named {name!r}") from None
+    except bentoml.exceptions.BentoMLException as exc:  # not a name the store could hold
+        raise BadRequest(f"{name!r} is not a model name: {exc}") from None
 
 
 class RepositoryAdmin:
@@ -108,87 +134,144 @@ class RepositoryAdmin:
         self,
         repository: ModelRepository,
         state: ServedState,
-        open_model: Callable[[str], InferenceModel],
+        open_model: Callable[[str], list[InferenceModel]],
         workers: int,
         timeout_s: float,
+        families: Collection[str] = (),
     ):
         self.repository, self.state, self.open_model = repository, state, open_model
         self.workers, self.timeout_s = workers, timeout_s
+        self.families = frozenset(families)  # model names a family route runs: replaced, never unloaded
         self.applied = 0
         self._changing = asyncio.Lock()
         self._follower: asyncio.Task | None = None  # held: the loop keeps only a weak reference to a task
 
     def caught_up(self) -> bool:
-        return self.state.read()[0] <= self.applied
+        return self.state.read().generation <= self.applied
 
     def start_following(self) -> None:
         self._follower = asyncio.get_running_loop().create_task(self._follow(), name="repository-follower")
 
-    async def load(self, name: str) -> list[str]:
-        """Serve the store's latest version of `name` and retire its other unpinned versions; the versions served."""
-        try:
-            tag = str(bentoml.models.get(f"{name}:latest").tag)
-        except bentoml.exceptions.NotFound:
-            raise NotFound(f"the store has no model named {name!r}") from None
-        except bentoml.exceptions.BentoMLException as exc:  # not a name the store could hold
-            raise BadRequest(f"{name!r} is not a model name: {exc}") from None
+    async def load(self, name: str, version: str | None = None) -> list[str]:
+        """Serve `version` of `name` (default: the store's latest) alone, ending its policy; the versions served."""
+        tag = stored_tag(name, version)
         async with self._changing:
-            served = self.repository.stored()
-            if tag not in served:
-                self.repository.add(await self._open(tag))
-            retired = [t for t in served if t.split(":")[0] == name and t != tag and t not in self.repository.pinned]
-            generation = self.state.change(lambda tags: [*(t for t in tags if t not in (*retired, tag)), tag])
-            await self._retire([served[t] for t in retired])
-            await self._applied(generation)
+            retired = [t for t in self.repository.stored() if t.split(":")[0] == name and t != tag]
+            await self._serve([tag])
+
+            def edit(served: Served) -> None:
+                served.tags = [*(t for t in served.tags if t not in (*retired, tag)), tag]
+                served.policies.pop(name, None)
+
+            generation = self.state.change(edit)
+            await self._apply()
         await self._followed(generation)
         return list(self.repository.versions[name])
+
+    async def set_traffic(self, name: str, policy: Policy) -> dict[str, Any]:
+        """Put `policy` in force for `name`, serving its versions first (other served versions stay)."""
+        try:
+            tags = [stored_tag(name, version) for version in sorted(policy.versions)]
+        except NotFound as unknown:
+            raise BadRequest(f"the policy names a version the store lacks: {unknown}") from None
+        async with self._changing:
+            await self._serve(tags)
+
+            def edit(served: Served) -> None:
+                served.tags = [*served.tags, *(t for t in tags if t not in served.tags)]
+                served.policies[name] = policy.to_record()
+
+            generation = self.state.change(edit)
+            await self._apply()
+        await self._followed(generation)
+        return self.traffic(name)
+
+    def traffic(self, name: str) -> dict[str, Any]:
+        """The policy in force for `name`: its record, or the default (the latest served version takes all)."""
+        versions = {m.version: m for m in self.repository.models() if m.model == name}
+        served = sorted(versions.values(), key=lambda m: m.created)
+        if not served:
+            raise NotFound(f"no version of {name!r} is served; served: {sorted(self.repository.versions)}")
+        policy = self.repository.policies.get(name)
+        record = policy.to_record() if policy else {"split": {served[-1].version: 100.0}}
+        return {"name": name, **record, "served": [m.version for m in served]}
 
     async def unload(self, name: str) -> None:
         """Retire every version of `name`, each after its requests in flight."""
         async with self._changing:
-            served = {t: m for t, m in self.repository.stored().items() if m.name == name}
+            served = [t for t in self.repository.stored() if t.split(":")[0] == name]
             if not served:
                 raise NotFound(f"no stored model named {name!r} is served; served: {sorted(self.repository.versions)}")
-            pinned = sorted(self.repository.pinned & set(served))
-            if pinned:
-                raise Conflict(f"{', '.join(pinned)} serves a family route and its pipeline; it stays loaded")
-            generation = self.state.change(lambda tags: [t for t in tags if t not in served])
-            await self._retire(list(served.values()))
-            await self._applied(generation)
+            if name in self.families:
+                raise Conflict(f"{name} serves a family route and its pipeline: load another version instead")
+
+            def edit(state: Served) -> None:
+                state.tags = [t for t in state.tags if t not in served]
+                state.policies.pop(name, None)
+
+            generation = self.state.change(edit)
+            await self._apply()
         await self._followed(generation)
 
     def index(self, ready_only: bool) -> list[dict[str, str]]:
         """Every stored model version and pipeline: READY where served, else UNAVAILABLE and why."""
         served = self.repository.stored()
         entries = [
-            {"name": m.name, "version": m.version, "state": "READY"} for m in self.repository.models() if not m.tag
+            {"name": m.name, "version": m.version, "state": "READY"}
+            for m in self.repository.models()
+            if m.name != m.model and m.ready
         ]
         for stored in bentoml.models.list():
             tag = str(stored.tag)
-            ready = tag in served and served[tag].ready
+            ready = tag in served and all(m.ready for m in served[tag])
             if ready or not ready_only:
                 entry = {"name": stored.tag.name, "version": stored.tag.version, "state": "READY"}
                 entries.append(entry if ready else {**entry, "state": "UNAVAILABLE", "reason": "not loaded"})
         return sorted(entries, key=lambda e: (e["name"], e["version"]))
 
-    async def _open(self, tag: str) -> InferenceModel:
+    async def _serve(self, tags: Sequence[str]) -> None:
+        """Load the tags not served yet (all of them, or none: a version that cannot load changes nothing)."""
+        opened = []
+        for tag in tags:
+            if tag not in self.repository.stored():
+                try:
+                    opened.append(await self._open(tag))
+                except BadRequest:
+                    for models in opened:
+                        models[0].runner.close()
+                    raise
+        for models in opened:
+            for model in models:
+                self.repository.add(model)
+
+    async def _open(self, tag: str) -> list[InferenceModel]:
         """`tag` loaded and warmed up in a thread, so that this worker keeps answering meanwhile."""
         try:
             return await asyncio.to_thread(self.open_model, tag)
         except Exception as exc:
             raise BadRequest(f"{tag} cannot be loaded: {exc}") from None
 
-    async def _retire(self, models: Sequence[InferenceModel]) -> None:
-        for model in models:
+    async def _apply(self) -> None:
+        """Make this worker serve what the state says: load what is listed, put the policies in force, retire what
+        is not listed (after its requests in flight), and acknowledge the generation."""
+        served = self.state.read()
+        for tag in served.tags:
+            if tag not in self.repository.stored():
+                try:
+                    await self._serve([tag])
+                except BadRequest as refused:
+                    log.error("%s", refused)  # loaded by the worker that changed the state; not here
+        self.repository.policies = {name: Policy.parse(record) for name, record in served.policies.items()}
+        retired = [m for t, models in self.repository.stored().items() if t not in served.tags for m in models]
+        for model in retired:
             self.repository.remove(model)  # new requests no longer find it
-        for model in models:
+        for model in retired:
             if not await model.drained(self.timeout_s):
                 log.warning("%s %s: closed with %d requests in flight", model.name, model.version, model.in_flight)
-            model.runner.close()
-            log.info("%s %s unloaded", model.name, model.version)
-
-    async def _applied(self, generation: int) -> None:
-        self.applied = max(self.applied, generation)
+        for runner in {id(m.runner): m.runner for m in retired}.values():
+            runner.close()
+            log.info("%s unloaded", runner.tag)
+        self.applied = max(self.applied, served.generation)
         self.state.acknowledge(self.applied)
 
     async def _followed(self, generation: int) -> None:
@@ -199,28 +282,15 @@ class RepositoryAdmin:
             await asyncio.sleep(FOLLOW_EVERY_S / 4)
 
     async def _follow(self) -> None:
-        """Apply the other workers' changes: load what is listed and not served, retire what is served and not."""
+        """Apply the other workers' changes."""
         while True:
             try:
-                await self._catch_up()
+                if not self.caught_up():
+                    async with self._changing:
+                        await self._apply()
             except Exception:
                 log.exception("following the model repository failed; retrying")
             await asyncio.sleep(FOLLOW_EVERY_S)
-
-    async def _catch_up(self) -> None:
-        if self.caught_up():
-            return
-        async with self._changing:
-            generation, tags = self.state.read()
-            served = self.repository.stored()
-            for tag in tags:
-                if tag not in served:
-                    try:
-                        self.repository.add(await self._open(tag))
-                    except BadRequest as refused:
-                        log.error("%s", refused)  # loaded by the worker that changed the list; not here
-            await self._retire([m for t, m in served.items() if t not in tags and t not in self.repository.pinned])
-            await self._applied(generation)
 
 
 def admin(request: Request) -> RepositoryAdmin:
@@ -234,6 +304,24 @@ class RepositoryIndexRequest(BaseModel):
 
 class ModelRepositoryRequest(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ShadowPolicy(BaseModel):
+    version: str
+    percent: Annotated[float, Field(ge=0, le=100)] = 100.0
+
+
+class TrafficRequest(BaseModel):
+    split: dict[str, Annotated[float, Field(ge=0, le=100)]] = Field(
+        description="versions and their weights in percent, summing to 100; a request's X-Routing-Key makes its "
+        "version sticky"
+    )
+    shadow: ShadowPolicy | None = Field(None, description="a version that gets a copy of `percent` of the requests")
+
+
+class TrafficPolicy(TrafficRequest):
+    name: str
+    served: list[str] = Field(description="the versions served, oldest first")
 
 
 class IndexEntry(BaseModel):
@@ -273,11 +361,11 @@ def bearer(token: str) -> Callable[..., Any]:
 
 
 ERRORS = {
-    400: {"description": "the model cannot be loaded, or the request is not valid"},
+    400: {"description": "the model cannot be loaded, or the request (e.g. a traffic policy) is not valid"},
     401: {"description": "no bearer token"},
     403: {"description": "not the admin token"},
-    404: {"description": "no such model"},
-    409: {"description": "a family route runs this model"},
+    404: {"description": "no such model or version"},
+    409: {"description": "a family route runs this model: it can be replaced, not unloaded"},
     504: {"description": "applied, but not every worker followed in time"},
 }
 
@@ -299,18 +387,44 @@ def routes(token: str) -> APIRouter:
 
     @router.post(
         "/models/{name}/load",
-        summary="serve the store's latest version",
+        summary="serve one stored version (default: the latest) alone: a rollout, or with an older one, a rollback",
         responses=ERRORS,
         openapi_extra=optional_body(ModelRepositoryRequest),
     )
     async def load_model(request: Request, name: Name) -> dict[str, Any]:
         body = await parsed(request, ModelRepositoryRequest)
-        if body.parameters:
+        version = body.parameters.get("version")
+        if set(body.parameters) - {"version"} or not isinstance(version, str | None):
             raise BadRequest(
-                f"load takes no parameters (got {sorted(body.parameters)}): register the model with "
-                "`python -m training import` and load it by name"
+                f"load takes one parameter, `version` (a string; default: the latest); got {body.parameters}"
             )
-        return {"name": name, "versions": await admin(request).load(name)}
+        return {"name": name, "versions": await admin(request).load(name, version)}
+
+    @router.get("/models/{name}/traffic", summary="the version policy in force", responses=ERRORS)
+    async def get_traffic(request: Request, name: Name) -> TrafficPolicy:
+        return TrafficPolicy(**admin(request).traffic(name))
+
+    @router.post(
+        "/models/{name}/traffic",
+        summary="put a version policy in force: a canary split, a shadow",
+        responses=ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": TrafficRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+                    }
+                },
+            }
+        },
+    )
+    async def set_traffic(request: Request, name: Name) -> TrafficPolicy:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise BadRequest("the body must be a JSON traffic policy") from None
+        return TrafficPolicy(**await admin(request).set_traffic(name, Policy.parse(body)))
 
     @router.post(
         "/models/{name}/unload",

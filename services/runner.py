@@ -15,7 +15,7 @@ from contracts.answers import OOD_OUTPUT
 from contracts.card import ModelCard, file_sha256
 from contracts.tensors import Feeds, TensorSpec, zero_feeds
 from services.batching import MicroBatcher
-from services.metrics import INFERENCE_SECONDS, MODEL_INFO
+from services.metrics import INFERENCE_SECONDS, MODEL_INFO, VersionSeries
 from services.remote import RemoteSession
 from services.settings import ServeSettings
 
@@ -109,6 +109,9 @@ class LocalSession:
     def run(self, feeds: Feeds) -> Outputs:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
+    def close(self) -> None:
+        """Nothing to release: the session goes with the runner."""
+
 
 # A runner's collate: the calls of one batch (each its feeds) -> each call's outputs, run in as few ONNX calls as fit.
 Collate = Callable[["OnnxRunner", Sequence[Feeds]], list[Outputs]]
@@ -130,6 +133,7 @@ class OnnxRunner:
         self.tag, self.version = str(stored.tag), stored.tag.version
         self.created = stored.info.creation_time
         self.card = ModelCard.from_metadata(stored.info.metadata)
+        self.series = VersionSeries(self.name, self.version)  # what a rollout compares between versions
         providers, wanted = choose_providers(settings.device, ort.get_available_providers())
         # The API worker reads the graph's signature itself, also when a runner service computes.
         session = ort.InferenceSession(
@@ -168,6 +172,7 @@ class OnnxRunner:
         """Stop taking calls (an unloaded model's; its requests in flight have finished)."""
         self.warmed = False
         self.batcher.close()
+        self.session.close()
         self._info().set(0)
 
     def _info(self) -> Gauge:

@@ -7,11 +7,19 @@ runner stays in the API process: this hop costs more than it saves there.
 
 `POST /run/<model tag>`: an .npz of the model's input arrays -> an .npz of its outputs
 (services/remote.py). Calls whose inputs have the same shapes past the batch axis run as one batch.
+
+It follows the API workers' repository: each worker holds the versions it serves
+(`PUT /models/<tag>/holders/<worker>`, which loads a stored version not served yet) and releases those it
+retires (`DELETE`); a version no worker holds is closed. So `load`, `unload` and a traffic split on the
+API reach the runner without a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+from collections import defaultdict
 
 import bentoml
 from fastapi import APIRouter, Request
@@ -25,9 +33,23 @@ from services.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS, service_config
 from services.startup import quiet_garbage_collector
 
+log = logging.getLogger(__name__)
+
 # One worker owns the device; it runs the models itself, whatever MODELROAD_RUNNER_URL says.
 RUNNER_SETTINGS = dataclasses.replace(SETTINGS, workers=1, runner_url="")
 router = APIRouter()
+
+
+@router.put("/models/{tag}/holders/{holder}", summary="an API worker serves this version: load it if need be")
+async def hold_model(request: Request, tag: str, holder: str) -> dict[str, str]:
+    runner = await request.app.state.service.hold(tag, holder)
+    return {"tag": runner.tag, "device": runner.session.device}
+
+
+@router.delete("/models/{tag}/holders/{holder}", summary="an API worker retired this version")
+async def release_model(request: Request, tag: str, holder: str) -> dict[str, str]:
+    await request.app.state.service.release(tag, holder)
+    return {"tag": tag}
 
 
 @router.post("/run/{tag}", summary="run one call (an .npz of the model's inputs) in a batch")
@@ -56,16 +78,46 @@ APP = build_app("modelroad-runner", "The platform's models, run in batches for i
 REFERENCES = {tag: verified_model(tag, SETTINGS.pinned_digests) for tag in SETTINGS.served_models}
 
 
+def open_runner(tag: str) -> OnnxRunner:
+    runner = OnnxRunner(bentoml.models.get(tag), RUNNER_SETTINGS)
+    runner.warm_up()
+    return runner
+
+
 class ModelRunner:
     """Every model the platform serves, no HTTP API of its own."""
 
     def __init__(self) -> None:
         self.by_tag: dict[str, OnnxRunner] = {}
+        self.holders: dict[str, set[str]] = defaultdict(set)
         for tag in REFERENCES:
-            runner = OnnxRunner(bentoml.models.get(tag), RUNNER_SETTINGS)
-            runner.warm_up()
+            runner = open_runner(tag)
             self.by_tag[runner.tag] = runner
-        APP.state.runners = self.by_tag
+        self._changing = asyncio.Lock()
+        APP.state.runners, APP.state.service = self.by_tag, self
+
+    async def hold(self, tag: str, holder: str) -> OnnxRunner:
+        async with self._changing:
+            if tag not in self.by_tag:
+                try:
+                    verified_model(tag, SETTINGS.pinned_digests)
+                    runner = await asyncio.to_thread(open_runner, tag)
+                except bentoml.exceptions.NotFound:
+                    raise NotFound(f"the store has no model {tag}") from None
+                except Exception as exc:
+                    raise BadRequest(f"{tag} cannot be loaded: {exc}") from None
+                self.by_tag[runner.tag] = runner
+                log.info("%s loaded for %s", tag, holder)
+            self.holders[tag].add(holder)
+            return self.by_tag[tag]
+
+    async def release(self, tag: str, holder: str) -> None:
+        async with self._changing:
+            self.holders[tag].discard(holder)
+            if not self.holders[tag] and tag in self.by_tag:
+                self.by_tag.pop(tag).close()  # its holders drained their requests before they let go
+                del self.holders[tag]
+                log.info("%s closed: no API worker serves it", tag)
 
     @bentoml.on_startup
     def quiet_garbage_collector(self) -> None:

@@ -17,8 +17,7 @@ from contracts.tensors import TensorSpec
 from contracts.text import TextClassification, TextContract
 from services.app import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.errors import BadRequest
-from services.family import VERDICT_TENSORS, pipeline_name, prepared, serving, verdict_tensors
-from services.inference import InferenceModel
+from services.family import VERDICT_TENSORS, ClassifierPipeline, answering, prepared, verdict_tensors
 from services.metrics import AnswerCounters
 from services.ood import ood_threshold
 from services.payloads import answer_summary, log_predictions
@@ -33,6 +32,8 @@ def text_values(text: str) -> dict[str, str]:
 
 
 class TextFamily:
+    """One version of the text classifier."""
+
     def __init__(self, stored: bentoml.Model):
         card = ModelCard.from_metadata(stored.info.metadata)
         self.contract = TextContract.from_card(card, stored.path)
@@ -40,36 +41,36 @@ class TextFamily:
         # Requests of other lengths share a batch, padded to its longest text: the attention mask ignores padding.
         pad = padded_calls({"input_ids": self.contract.encoding.pad_id, "attention_mask": 0})
         self.runner = OnnxRunner(stored, SETTINGS, pad)
-        self.runners = [self.runner]
-        self.counters = AnswerCounters(self.runner.name, card.labels, ood_threshold(self.runner.name, card))
+        threshold = ood_threshold(self.runner.name, card)
+        self.counters = AnswerCounters(self.runner.name, self.runner.version, card.labels, threshold)
 
-    def pipelines(self) -> list[InferenceModel]:
-        return [TextPipeline(self)]
+    def pipeline(self) -> TextPipeline:
+        return TextPipeline(self)
 
-    async def classify(self, texts: list[str]) -> list[TextClassification]:
+    async def classify(self, texts: list[str], record: bool = True) -> list[TextClassification]:
         heavy = sum(map(len, texts)) > INLINE_CHARS
         feeds = await prepared(self.contract.feeds, texts, heavy=heavy)
         outputs = await self.runner.submit(feeds)
         answers = self.contract.answers(outputs, self.counters.threshold)
-        self.counters.count(outputs.get(OOD_OUTPUT), [a.label for a in answers])
-        log_predictions(self.runner, texts, answers, text_summaries, text_values, answer_summary)
+        if record:
+            self.counters.count(outputs.get(OOD_OUTPUT), [a.label for a in answers])
+            log_predictions(self.runner, texts, answers, text_summaries, text_values, answer_summary)
         return answers
 
     @staticmethod
-    def routes(cards: list[ModelCard]) -> APIRouter:
-        return text_routes()
+    def routes(cards: dict[str, ModelCard]) -> APIRouter:
+        ((name, _),) = cards.items()
+        return text_routes(name)
 
 
-class TextPipeline(InferenceModel):
+class TextPipeline(ClassifierPipeline):
     """`<model>-pipeline`: texts (BYTES, UTF-8) in; labels and probabilities out."""
 
-    platform = "modelroad_pipeline"
+    family: TextFamily
 
     def __init__(self, family: TextFamily):
-        runner = family.runner
         super().__init__(
-            pipeline_name(runner.name),
-            runner,
+            family,
             [TensorSpec("text", "BYTES", (-1,))],
             [
                 TensorSpec("label", "BYTES", (-1,)),
@@ -77,9 +78,8 @@ class TextPipeline(InferenceModel):
                 *VERDICT_TENSORS,
             ],
         )
-        self.family = family
 
-    async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(self, tensors: dict[str, np.ndarray], record: bool = True) -> dict[str, np.ndarray]:
         array = tensors["text"]
         if not 1 <= len(array) <= SETTINGS.max_batch_size:
             raise BadRequest(f"text must hold from 1 to {SETTINGS.max_batch_size} texts; got {len(array)}")
@@ -92,7 +92,10 @@ class TextPipeline(InferenceModel):
             if not text.strip() or len(text) > SETTINGS.max_text_chars:
                 raise BadRequest(f"text {i} must have from 1 to {SETTINGS.max_text_chars} characters, not only spaces")
             texts.append(text)
-        answers = await self.family.classify(texts)
+        return self.tensors(await self.family.classify(texts, record))
+
+    def tensors(self, answers: list[TextClassification]) -> dict[str, np.ndarray]:
+        """Answers as the pipeline's outputs."""
         labels = self.family.contract.labels
         return {
             "label": np.array([a.label.encode() for a in answers], dtype=np.object_),
@@ -124,18 +127,29 @@ class Texts(BaseModel):
     ]
 
 
-def text_routes() -> APIRouter:
+def text_routes(model: str) -> APIRouter:
     router = APIRouter(tags=["text"], dependencies=[JSON_ONLY])
+
+    async def classify(request: Request, texts: list[str]) -> tuple[list[TextClassification], dict[str, str]]:
+        """The answers of the version the policy chooses (a shadow gets a copy), and the header naming it."""
+        choice = answering(request, model)
+        pipeline: TextPipeline = choice.primary
+        with choice.answering():
+            answers = await pipeline.family.classify(texts)
+        choice.mirror(
+            lambda: {"text": np.array([t.encode() for t in texts], dtype=np.object_)}, lambda: pipeline.tensors(answers)
+        )
+        return answers, choice.version_header
 
     @router.post("/classify_text", response_model=TextClassification, responses=ERROR_RESPONSES)
     async def classify_text(request: Request, body: OneText) -> Response:
         """Classify one text into a WordNet noun category (animal, food, person, ...)."""
-        (answer,) = await serving(request, TextFamily).classify([body.text])
-        return json_response(answer)
+        (answer,), version = await classify(request, [body.text])
+        return json_response(answer, version)
 
     @router.post("/classify_texts", response_model=list[TextClassification], responses=ERROR_RESPONSES)
     async def classify_texts(request: Request, body: Texts) -> Response:
         """Classify a batch of texts; the answers come in the same order."""
-        return json_response(await serving(request, TextFamily).classify(body.texts))
+        return json_response(*await classify(request, body.texts))
 
     return router
