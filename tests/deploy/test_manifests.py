@@ -179,11 +179,13 @@ def test_the_gpu_overlay_renders_with_kustomize_and_patches_the_api_deployment()
     assert "MODELROAD_CPU_COUNT" in api_env  # the base's settings are kept, not replaced
 
 
-def test_the_rules_pass_their_promtool_unit_tests_the_ood_alert_among_them():
+def test_the_rules_pass_their_promtool_unit_tests_the_ood_and_rollout_alerts_among_them():
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (Debian package prometheus; scripts/setup.sh installs it as root)")
     tests = ROOT / "deploy" / "prometheus" / "rules_test.yml"
-    assert "ModelroadInputsOutOfDistribution" in tests.read_text()
+    assert {"ModelroadInputsOutOfDistribution", "ModelroadVersionErrors", "ModelroadShadowDisagrees"} <= set(
+        re.findall(r"alertname: (\w+)", tests.read_text())
+    )
     result = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

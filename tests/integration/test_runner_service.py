@@ -20,10 +20,13 @@ from tests.helpers import (
     offline_text_probabilities,
 )
 from tests.integration.conftest import private_home, start_server
+from tests.training.test_import import scale_graph, write
+from training.import_model import import_model
 
 pytestmark = pytest.mark.slow
 MODELS = ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer")  # what the platform serves by default
 EXTRA = "wordnet-transformer-int8"  # served beside them (MODELROAD_MODELS), by the API and by its runner
+TOKEN = "split-admin-token"
 
 
 def model_samples(url: str, model: str) -> dict[str, float]:
@@ -58,7 +61,12 @@ def split(registered, session_dir):
     api, api_url = start_server(
         private_home(session_dir, "split-api"),
         api_log,
-        extra_env={"MODELROAD_RUNNER_URL": runner_url, "MODELROAD_WORKERS": "2", "MODELROAD_MODELS": f"{EXTRA}:latest"},
+        extra_env={
+            "MODELROAD_RUNNER_URL": runner_url,
+            "MODELROAD_WORKERS": "2",
+            "MODELROAD_MODELS": f"{EXTRA}:latest",
+            "MODELROAD_ADMIN_TOKEN": TOKEN,
+        },
     )
     runner, _ = start_server(
         private_home(session_dir, "split-runner"),
@@ -199,6 +207,45 @@ def test_an_extra_model_is_served_through_the_runner_service_too(split, register
     for output in response.json()["outputs"]:
         np.testing.assert_allclose(np.reshape(output["data"], output["shape"]), expected[output["name"]], atol=1e-4)
     assert model_samples(runner, EXTRA)["modelroad_queue_seconds_count"] > before  # the runner computed it
+
+
+def test_the_runner_service_follows_load_and_the_split_and_closes_what_no_worker_serves(split, tmp_path):
+    api, runner, _ = split
+    first, second = (
+        import_model(write(scale_graph(factor), tmp_path / f"v{factor}.onnx"), "gpu-layout").split(":")[1]
+        for factor in (2.0, 3.0)
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    repository = f"{api}/v2/repository/models/gpu-layout"
+    body = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 1.0, 1.0]}]}
+
+    def answers(n: int) -> set[tuple[str, float]]:
+        seen = set()
+        for _ in range(n):  # new connections: both API workers answer
+            response = httpx.post(f"{api}/v2/models/gpu-layout/infer", json=body, timeout=30)
+            assert response.status_code == 200, response.text
+            seen.add((response.json()["model_version"], response.json()["outputs"][0]["data"][0]))
+        return seen
+
+    def loaded_on_runner() -> dict[str, float]:
+        families = text_string_to_metric_families(httpx.get(f"{runner}/metrics", timeout=10).text)
+        info = [s for f in families if f.name == "modelroad_model_info" for s in f.samples]
+        return {s.labels["version"]: s.value for s in info if s.labels["model"] == "gpu-layout"}
+
+    load = httpx.post(f"{repository}/load", json={"parameters": {"version": first}}, headers=auth, timeout=120)
+    assert load.status_code == 200, load.text
+    assert answers(6) == {(first, 2.0)}
+    split_policy = {"split": {first: 50, second: 50}}
+    assert httpx.post(f"{repository}/traffic", json=split_policy, headers=auth, timeout=120).status_code == 200
+    assert answers(30) == {(first, 2.0), (second, 3.0)}
+    assert (
+        httpx.post(
+            f"{repository}/load", json={"parameters": {"version": second}}, headers=auth, timeout=120
+        ).status_code
+        == 200
+    )
+    assert answers(6) == {(second, 3.0)}
+    assert loaded_on_runner() == {first: 0.0, second: 1.0}, "the runner kept a version no API worker serves"
 
 
 # Last: it stops the runner.
