@@ -256,5 +256,6 @@ class ModelRepository:
             return Choice(latest)
         versions = self.versions[name]
         shadow = versions.get(policy.shadow.version) if policy.shadow and policy.mirrors() else None
-        # The admin serves every version of a policy before it is in force; a version missing here is a bug.
-        return Choice(versions[policy.choose(key)], shadow)
+        # The admin serves a policy's versions before it is in force; one that failed to load on this worker
+        # alone (logged there) leaves its share to the latest.
+        return Choice(versions.get(policy.choose(key), latest), shadow)

@@ -255,12 +255,17 @@ class RepositoryAdmin:
         """Make this worker serve what the state says: load what is listed, put the policies in force, retire what
         is not listed (after its requests in flight), and acknowledge the generation."""
         served = self.state.read()
+        opened = []
         for tag in served.tags:
             if tag not in self.repository.stored():
                 try:
-                    await self._serve([tag])
+                    opened += await self._open(tag)
                 except BadRequest as refused:
                     log.error("%s", refused)  # loaded by the worker that changed the state; not here
+        # New versions and the policies in one step (no await between): no request here meets a candidate
+        # as the latest version before its policy is in force.
+        for model in opened:
+            self.repository.add(model)
         self.repository.policies = {name: Policy.parse(record) for name, record in served.policies.items()}
         retired = [m for t, models in self.repository.stored().items() if t not in served.tags for m in models]
         for model in retired:
