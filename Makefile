@@ -29,9 +29,11 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not container"
 
 ## Locust against a running server: make loadtest URL=http://127.0.0.1:3000
+## Any model by the inference protocol (a concurrency sweep, figures per step): make loadtest MODEL=fashion-cnn
 URL ?= http://$(HOST):$(PORT)
+MODEL ?=
 loadtest: setup
-	$(PY) -m loadtests.run --host $(URL)
+	$(if $(MODEL),$(PY) -m loadtests.infer $(URL) --model $(MODEL),$(PY) -m loadtests.run --host $(URL))
 
 ## 10 minutes of mixed Locust load at 70% of the capacity it measures first, against its own server
 ## on a free loopback port: RSS, descriptors, p50/p99 and non-2xx per minute, and a verdict (~11 min).

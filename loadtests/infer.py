@@ -1,0 +1,290 @@
+"""Load-test any model that speaks the Open Inference Protocol (this platform, KServe, MLServer, Triton):
+inputs from the model's own metadata, a sweep of concurrency or request rates, figures per step, a gate.
+
+    python -m loadtests.infer http://127.0.0.1:3000 --model fashion-cnn --concurrency 1,8,32
+    python -m loadtests.infer URL --model scale --shape x:3 --request-rate 50,100 --protocol binary
+    python -m loadtests.infer URL --model wordnet-transformer-pipeline --slo-p99-ms 200 --max-error-ratio 0.01
+
+Exit status: 0 every step within the gate, 1 a step broke it (the reason printed), 2 nothing could be measured
+(an unreachable URL, an unknown model, inputs that cannot be made). `make loadtest MODEL=NAME` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loadtests.engine import Load, Step, run_step
+from loadtests.requests import (
+    Encoded,
+    RequestProblem,
+    encode,
+    encoded_as_sent,
+    input_specs,
+    random_inputs,
+    read_inputs,
+)
+
+QUANTILES = (50, 90, 95, 99)
+
+
+class Unmeasurable(Exception):
+    """Nothing can be measured: one line says why (exit 2)."""
+
+
+def model_metadata(client: httpx.Client, model: str, version: str | None) -> dict[str, Any]:
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+    try:
+        answer = client.get(path)
+    except httpx.HTTPError as exc:
+        raise Unmeasurable(f"{client.base_url} cannot be reached: {exc}") from None
+    if answer.status_code != 200:
+        raise Unmeasurable(f"{client.base_url}{path} answered {answer.status_code}: {answer.text[:200]}")
+    return answer.json()
+
+
+def server_times(client: httpx.Client, model: str) -> dict[str, float] | None:
+    """This platform's queue and compute series for `model` (a pipeline's are its graph's): sums and counts."""
+    try:
+        text = client.get("/metrics").text
+    except httpx.HTTPError:
+        return None
+    graph = model.removesuffix("-pipeline")
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        for series in ("modelroad_queue_seconds", "modelroad_inference_seconds"):
+            for part in ("sum", "count"):
+                if line.startswith(f'{series}_{part}{{model="{graph}"}}'):
+                    found[f"{series}_{part}"] = float(line.rsplit(" ", 1)[1])
+    return found or None
+
+
+@dataclass
+class Row:
+    """A step as reported."""
+
+    step: Step
+    server: dict[str, float | None]
+
+    def as_dict(self) -> dict[str, Any]:
+        s = self.step
+        return {
+            "load": s.load,
+            "concurrency": s.concurrency,
+            "request_rate": s.rate,
+            "requests_per_s": round(s.requests_per_s, 1),
+            "inferences_per_s": round(s.inferences_per_s, 1),
+            **{f"p{q}_ms": round(s.latency_ms(q), 2) for q in QUANTILES},
+            "error_ratio": round(s.error_ratio, 4),
+            "statuses": s.statuses,
+            "stable": s.stable,
+            "client_cpu": round(s.client_cpu, 2),
+            "not_sent": s.not_sent,
+            **{k: (round(v, 3) if v is not None else None) for k, v in self.server.items()},
+        }
+
+
+def server_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float | None]:
+    """Mean server-side queue wait per request and compute per batch over the step, in ms (None: not exposed)."""
+
+    def mean(series: str) -> float | None:
+        if not before or not after or f"{series}_count" not in after:
+            return None
+        count = after[f"{series}_count"] - before.get(f"{series}_count", 0)
+        return (after[f"{series}_sum"] - before.get(f"{series}_sum", 0)) / count * 1000 if count else None
+
+    return {
+        "server_queue_ms": mean("modelroad_queue_seconds"),
+        "server_compute_ms": mean("modelroad_inference_seconds"),
+    }
+
+
+def table(rows: Sequence[Row]) -> str:
+    columns = ["load", "req/s", "infer/s", *(f"p{q} ms" for q in QUANTILES), "errors"]
+    columns += ["server queue ms", "server compute ms", "client CPU"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        d = row.as_dict()
+        errors = ", ".join(f"{k}: {v}" for k, v in d["statuses"].items() if k != "200") or "0"
+        server = [f"{d[k]:.2f}" if d[k] is not None else "–" for k in ("server_queue_ms", "server_compute_ms")]
+        cells = [d["load"] + ("" if d["stable"] else " (unstable)"), f"{d['requests_per_s']:.0f}"]
+        cells += [f"{d['inferences_per_s']:.0f}", *(f"{d[f'p{q}_ms']:.1f}" for q in QUANTILES), errors]
+        cells += [*server, f"{d['client_cpu']:.0%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Row], model: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    throughput = [r.step.requests_per_s for r in rows]
+    for q, style in ((50, "o-"), (99, "s--")):
+        axes.plot(throughput, [r.step.latency_ms(q) for r in rows], style, label=f"p{q}")
+    for r in rows:
+        axes.annotate(r.step.load, (r.step.requests_per_s, r.step.latency_ms(99)), fontsize=7)
+    axes.set(xlabel="requests/s", ylabel="latency (ms)", title=f"{model}: latency against throughput")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def gate(rows: Sequence[Row], slo_p99_ms: float | None, max_error_ratio: float | None) -> list[str]:
+    broken = []
+    for row in rows:
+        step = row.step
+        if slo_p99_ms is not None and not step.latency_ms(99) <= slo_p99_ms:
+            broken.append(f"{step.load}: p99 {step.latency_ms(99):.1f} ms is over --slo-p99-ms {slo_p99_ms:g}")
+        if max_error_ratio is not None and step.error_ratio > max_error_ratio:
+            broken.append(f"{step.load}: {step.error_ratio:.1%} errors is over --max-error-ratio {max_error_ratio:g}")
+    return broken
+
+
+def requests_for(args: argparse.Namespace, metadata: dict[str, Any]) -> list[Encoded]:
+    if args.inputs:
+        read = read_inputs(args.inputs)
+        if read and isinstance(read[0], bytes):
+            return [encoded_as_sent(body) for body in read]
+        return [encode(inputs, args.protocol == "binary") for inputs in read]
+    shapes = {}
+    for given in args.shape:
+        name, _, dims = given.partition(":")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.split("x"))
+        except ValueError:
+            raise RequestProblem(f"--shape {given!r}: write name:AxBxC, e.g. x:1x28x28") from None
+    specs = input_specs(metadata, args.input)
+    sets = random_inputs(specs, args.batch, shapes, args.seed, args.string, count=16)
+    return [encode(inputs, args.protocol == "binary") for inputs in sets]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("url")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--version")
+    parser.add_argument(
+        "--protocol",
+        choices=("json", "binary"),
+        default="json",
+        help="OIP REST: JSON tensors or Triton's binary extension",
+    )
+    parser.add_argument("--shape", action="append", default=[], help="a dynamic input's shape, name:AxB (repeatable)")
+    parser.add_argument(
+        "--input", action="append", default=[], help="send only these inputs (a pipeline taking one of several)"
+    )
+    parser.add_argument("--string", action="append", default=[], help="BYTES values to send instead of random phrases")
+    parser.add_argument(
+        "--inputs", type=Path, help="real inputs: an .npz of named arrays, or a JSON file of OIP requests"
+    )
+    parser.add_argument("--batch", type=int, default=1, help="rows per request (the batch axis)")
+    parser.add_argument("--concurrency", default=None, help="closed loop: connections per step, e.g. 1,2,4,8,16,32")
+    parser.add_argument(
+        "--request-rate", default=None, help="open loop: Poisson arrivals per second per step, e.g. 50,100"
+    )
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds discarded at the start of each step")
+    parser.add_argument("--window", type=float, default=2.0, help="seconds per measurement window")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="a step ends here, stable or not")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as a failure")
+    parser.add_argument("--header", action="append", default=[], help="an extra header, Name: value (repeatable)")
+    parser.add_argument("--slo-p99-ms", type=float)
+    parser.add_argument("--max-error-ratio", type=float)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="folder for steps.csv, steps.json and curve.png")
+    args = parser.parse_args(argv)
+    if args.concurrency and args.request_rate:
+        parser.error("give --concurrency or --request-rate, not both")
+    return args
+
+
+def loads(args: argparse.Namespace) -> list[tuple[int | None, float | None]]:
+    try:
+        if args.request_rate:
+            return [(None, float(r)) for r in args.request_rate.split(",")]
+        return [(int(c), None) for c in (args.concurrency or "1,2,4,8,16,32").split(",")]
+    except ValueError:
+        raise RequestProblem("--concurrency takes whole numbers and --request-rate numbers, comma-separated") from None
+
+
+def headers_from(args: argparse.Namespace) -> dict[str, str]:
+    headers = {}
+    if key := os.environ.get("MODELROAD_API_KEY"):
+        headers["Authorization"] = f"Bearer {key}"
+    for given in args.header:
+        name, sep, value = given.partition(":")
+        if not sep:
+            raise RequestProblem(f"--header {given!r}: write Name: value")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def measure(args: argparse.Namespace) -> list[Row]:
+    headers = headers_from(args)
+    with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=30) as client:
+        metadata = model_metadata(client, args.model, args.version)
+        requests = requests_for(args, metadata)
+        path = f"/v2/models/{args.model}" + (f"/versions/{args.version}" if args.version else "") + "/infer"
+        probe = client.post(path, content=requests[0].body, headers=requests[0].headers)
+        if probe.status_code != 200:
+            raise Unmeasurable(f"a first request was refused ({probe.status_code}): {probe.text[:300]}")
+        load = Load(f"{args.url.rstrip('/')}{path}", requests, headers)
+        rows: list[Row] = []
+        print(table(rows), flush=True)
+        for concurrency, rate in loads(args):
+            before = server_times(client, args.model)
+            # Open loop: windows of at least ~300 arrivals, so that Poisson noise (±6%) lets three agree within 10%.
+            window = max(args.window, 300 / rate) if rate else args.window
+            step = asyncio.run(run_step(load, concurrency, rate, args.warmup, window, args.max_seconds, args.timeout))
+            rows.append(Row(step, server_delta(before, server_times(client, args.model))))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        rows = measure(args)
+    except (Unmeasurable, RequestProblem) as exc:
+        print(f"loadtests.infer: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or Path("results") / "infer" / f"{args.model}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    out.mkdir(parents=True, exist_ok=True)
+    records = [row.as_dict() for row in rows]
+    (out / "steps.json").write_text(
+        json.dumps({"url": args.url, "model": args.model, "protocol": args.protocol, "steps": records}, indent=2)
+    )
+    with open(out / "steps.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=[k for k in records[0] if k != "statuses"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    plot(rows, args.model, out / "curve.png")
+    busy = [r.step.load for r in rows if r.step.client_cpu >= 0.9]
+    if busy:
+        print(f"the client used a whole core at {', '.join(busy)}: there the client, not the server, is the bottleneck")
+    print(f"written: {out}/steps.csv, steps.json, curve.png")
+    if broken := gate(rows, args.slo_p99_ms, args.max_error_ratio):
+        print("gate failed:\n  " + "\n  ".join(broken))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
