@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from contracts.preprocessing import InvalidInput
 from contracts.tensors import Feeds, TensorSpec, rows_problem
 from services.errors import BadRequest, NotFound, ServingError
 from services.metrics import SHADOW_DROPPED, VersionSeries, shadow_series
@@ -155,6 +156,9 @@ class Choice:
                 yield
             except ServingError as refused:
                 series.count("invalid" if refused.status < 500 else "error")
+                raise
+            except InvalidInput:  # an input the preprocessing refuses (e.g. not an image): 400 or 413
+                series.count("invalid")
                 raise
             except Exception:
                 series.count("error")

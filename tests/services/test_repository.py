@@ -190,3 +190,23 @@ def test_a_policy_serves_its_versions_and_load_ends_it(monkeypatch):
     assert split == {"name": "m", "split": {"v1": 80.0, "v2": 20.0}, "served": ["v1", "v2"]}
     assert after == {"name": "m", "split": {"v1": 100.0}, "served": ["v1"]} and loaded == ["v1"]
     assert admin.state.read().policies == {} and repository.policies == {}
+
+
+def test_a_versions_requests_are_counted_by_outcome_a_refused_input_apart_from_a_failure():
+    from contracts.preprocessing import InvalidInput
+    from services.metrics import VERSION_REQUESTS
+
+    model = stored_model("counted", "1", 1)
+
+    def count(outcome: str) -> float:
+        return VERSION_REQUESTS.labels("counted", "1", outcome)._value.get()
+
+    for raised in (None, BadRequest("bad"), InvalidInput("not an image"), RuntimeError("the graph failed")):
+        try:
+            with Choice(model).answering():
+                if raised:
+                    raise raised
+        except (BadRequest, InvalidInput, RuntimeError):
+            pass
+    assert (count("ok"), count("invalid"), count("error")) == (1, 2, 1)
+    assert model.in_flight == 0
