@@ -16,6 +16,7 @@ from services.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS, service_config
 from services.startup import DRAIN, quiet_garbage_collector
 from services.text import TextFamily
+from services.traffic import Policy
 
 # The served families by name (their store tags are in the settings' one registry): one line a family, no forks.
 FAMILIES: dict[str, FamilyKind] = {"image": ImageFamily, "forecast": ForecastFamily, "text": TextFamily}
@@ -29,8 +30,16 @@ FAMILY_MODELS = {
     for family, kind in FAMILIES.items()
     for t in TAGS[family]
 }
+# A family model served in more than one version at start (another in MODELROAD_MODELS, side by side) keeps its
+# routes on the version its setting names: a policy gives that one all the traffic until the repository changes it.
+START_POLICIES = {
+    name: {"split": {STORED[t].tag.version: 100}}
+    for family in FAMILIES
+    for t in TAGS[family]
+    if len({str(m.tag) for m in STORED.values() if m.tag.name == (name := STORED[t].tag.name)}) > 1
+}
 # With the repository extension on, what is served may change; the workers share it through this state.
-STATE = ServedState.of_server([str(m.tag) for m in STORED.values()]) if SETTINGS.admin_token else None
+STATE = ServedState.of_server([str(m.tag) for m in STORED.values()], START_POLICIES) if SETTINGS.admin_token else None
 APP = build_app(
     "modelroad",
     "CNN, RNN and Transformer models served with ONNX Runtime: family routes, and the Open Inference Protocol v2 "
@@ -92,6 +101,7 @@ class Platform:
     def __init__(self) -> None:
         unique = {str(stored.tag): stored for stored in STORED.values()}.values()  # `latest` may name a pinned tag
         self.repository = ModelRepository([model for stored in unique for model in open_version(stored)])
+        self.repository.policies = {name: Policy.parse(record) for name, record in START_POLICIES.items()}
         self.admin = (
             RepositoryAdmin(
                 self.repository,

@@ -65,7 +65,7 @@ class ServedState:
         self.file = folder / "served.json"
 
     @classmethod
-    def of_server(cls, tags: Sequence[str]) -> Self:
+    def of_server(cls, tags: Sequence[str], policies: dict[str, dict[str, Any]] | None = None) -> Self:
         """Made by `bentoml serve`'s first process, which imports the service before it starts the workers;
         they inherit the environment and join it."""
         if folder := os.environ.get(STATE_FOLDER):
@@ -74,7 +74,7 @@ class ServedState:
         os.environ[STATE_FOLDER] = str(made)
         atexit.register(shutil.rmtree, made, True)
         state = cls(made)
-        state._write(Served(0, list(tags)))
+        state._write(Served(0, list(tags), dict(policies or {})))
         return state
 
     def read(self) -> Served:

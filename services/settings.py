@@ -32,7 +32,8 @@ class ServeSettings:
     gru_model: str = "co2-gru:latest"
     text_model: str = "wordnet-transformer:latest"  # or wordnet-transformer-int8:latest
     # More store tags, comma-separated, served beside the families' through the inference protocol (tensors in and
-    # out): an imported model (`python -m training import`), or another version of a family's model side by side.
+    # out): an imported model (`python -m training import`), or another version of a family's model side by side
+    # (the family's routes stay on the version its own setting names, until the repository's `traffic` or `load`).
     models: str = ""
     # Pins, comma-separated `name:version=sha256:...` (from `python -m training list --digests`): a pinned name
     # serves only that version with exactly those files, or the server does not start.

@@ -42,7 +42,8 @@ def test_each_step_verdict_says_why_it_fails_and_passes_a_candidate_like_its_pri
     assert "too little traffic" in step_verdict(primary, window(5, 0, {"0.01": 5, "+Inf": 5}), limits)
     assert "error ratio 5.0%" in step_verdict(primary, window(95, 5, {"0.01": 95, "+Inf": 95}), limits)
     slow = window(100, 0, {"0.01": 50, "0.1": 100, "+Inf": 100})
-    assert "the primary's" in step_verdict(primary, slow, limits) and "limit 1.5x" in step_verdict(primary, slow, limits)
+    why = step_verdict(primary, slow, limits)
+    assert "the primary's" in why and "limit 1.5x" in why
 
 
 def test_the_shadow_verdict_judges_disagreement_and_shadow_errors():

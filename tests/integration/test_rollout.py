@@ -98,7 +98,8 @@ def server(versions, session_dir):
     home, ids = versions
     log_path = session_dir / "rollout.log"
     env = {
-        "MODELROAD_MODELS": f"rollout:{ids['v1']}",
+        # The CNN's copy served beside it from the start: the family's routes stay on the version its setting names.
+        "MODELROAD_MODELS": f"rollout:{ids['v1']},fashion-cnn:{ids['cnn-copy']}",
         "MODELROAD_ADMIN_TOKEN": TOKEN,
         "MODELROAD_WORKERS": "2",
         "MODELROAD_IMAGE_MODEL": f"fashion-cnn:{ids['cnn']}",
@@ -183,8 +184,10 @@ def samples(url: str, name: str) -> dict[tuple, float]:
 
 def test_every_route_follows_load_under_traffic_names_its_version_and_rolls_back(server, versions):
     _, ids = versions
-    assert version_of(classify(server)) == ids["cnn"]
     pipeline = "fashion-cnn-pipeline"
+    # The newer copy is served too, but the family's routes and pipeline stay on the version its setting names.
+    assert {version_of(classify(server)) for _ in range(6)} | {version_of(infer(server, pipeline))} == {ids["cnn"]}
+    assert version_of(infer(server, f"fashion-cnn/{ids['cnn-copy']}")) == ids["cnn-copy"]
     with Load(lambda: classify(server), lambda: infer(server, pipeline)) as rolling:
         time.sleep(1)
         assert load(server, "fashion-cnn", ids["cnn-copy"]).json()["versions"] == [ids["cnn-copy"]]
