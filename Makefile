@@ -20,9 +20,9 @@ TASKS ?= fashion-cnn
 train: setup
 	$(PY) -m training train $(TASKS)
 
-## The whole suite (unit, in-process service, real `bentoml serve`, bentoml build).
+## The whole suite (unit, in-process service, real `bentoml serve`, bentoml build); the 25 slowest listed at the end.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 ## Only the fast tests (no servers, no training runs).
 test-fast: setup

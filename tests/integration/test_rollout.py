@@ -187,7 +187,7 @@ def test_every_route_follows_load_under_traffic_names_its_version_and_rolls_back
     pipeline = "fashion-cnn-pipeline"
     # The newer copy is served too, but the family's routes and pipeline stay on the version its setting names.
     assert {version_of(classify(server)) for _ in range(6)} | {version_of(infer(server, pipeline))} == {ids["cnn"]}
-    assert version_of(infer(server, f"fashion-cnn/{ids['cnn-copy']}")) == ids["cnn-copy"]
+    assert version_of(infer(server, f"{pipeline}/{ids['cnn-copy']}")) == ids["cnn-copy"]  # by its version URL
     with Load(lambda: classify(server), lambda: infer(server, pipeline)) as rolling:
         time.sleep(1)
         assert load(server, "fashion-cnn", ids["cnn-copy"]).json()["versions"] == [ids["cnn-copy"]]
