@@ -23,7 +23,7 @@ import numpy as np
 from contracts.preprocessing import InvalidInput
 from contracts.tensors import Feeds, TensorSpec, rows_problem
 from services.errors import BadRequest, NotFound, ServingError
-from services.metrics import SHADOW_DROPPED, VersionSeries, shadow_series
+from services.metrics import SHADOW_DROPPED, VersionSeries
 from services.runner import OnnxRunner
 from services.traffic import Policy
 
@@ -183,7 +183,7 @@ SHADOWS: set[asyncio.Task] = set()
 
 async def compare(primary: InferenceModel, shadow: InferenceModel, inputs: Feeds, expected: Feeds) -> None:
     """Run the shadow on a request's inputs and count whether it agrees with the primary's answer, row by row."""
-    agreements, differences = shadow_series(shadow.model, shadow.version)
+    series: VersionSeries = shadow.runner.series
     try:
         with shadow.serving():
             problem = shadow.problem(inputs)
@@ -192,14 +192,14 @@ async def compare(primary: InferenceModel, shadow: InferenceModel, inputs: Feeds
             outputs = await shadow.infer(inputs, record=False)
         agree, difference = primary.agreement(expected, outputs)
     except Exception as exc:  # a shadow's failure is counted and logged, never the client's
-        agreements["error"].inc()
+        series.compared["error"].inc()
         log.debug("shadow %s %s failed: %s", shadow.name, shadow.version, exc)
         return
     agreed = int(np.count_nonzero(agree))
-    agreements["agree"].inc(agreed)
-    agreements["disagree"].inc(len(agree) - agreed)
+    series.compared["agree"].inc(agreed)
+    series.compared["disagree"].inc(len(agree) - agreed)
     for value in [] if difference is None else difference.tolist():
-        differences.observe(value)
+        series.difference.observe(value)
 
 
 class ModelRepository:

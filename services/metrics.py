@@ -134,22 +134,19 @@ SHADOW_DROPPED = Counter(
 
 
 class VersionSeries:
-    """One served version's request series, children made once."""
+    """One served version's series, children made once (when the version is loaded): its requests, and its
+    comparisons with the primary when it is a shadow."""
 
     def __init__(self, model: str, version: str):
         self.outcomes = {o: VERSION_REQUESTS.labels(model, version, o) for o in ("ok", "invalid", "error")}
         self.seconds = VERSION_SECONDS.labels(model, version)
+        self.compared = {o: SHADOW_COMPARISONS.labels(model, version, o) for o in ("agree", "disagree", "error")}
+        self.difference = SHADOW_DIFFERENCE.labels(model, version)
 
     def count(self, outcome: str, seconds: float | None = None) -> None:
         self.outcomes[outcome].inc()
         if seconds is not None:
             self.seconds.observe(seconds)
-
-
-def shadow_series(model: str, version: str) -> tuple[dict[str, Any], Any]:
-    """A shadow version's comparison counters by outcome, and its forecast differences."""
-    outcomes = {o: SHADOW_COMPARISONS.labels(model, version, o) for o in ("agree", "disagree", "error")}
-    return outcomes, SHADOW_DIFFERENCE.labels(model, version)
 
 
 class AnswerCounters:

@@ -336,9 +336,10 @@ class IndexEntry(BaseModel):
     reason: str | None = None
 
 
-def optional_body(model: type[BaseModel]) -> dict[str, Any]:
+def json_body(model: type[BaseModel], required: bool = False) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses its JSON itself (`parsed`): `model`'s schema."""
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"requestBody": {"required": False, "content": {"application/json": {"schema": schema}}}}
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
 
 
 async def parsed(request: Request, model: type[M]) -> M:
@@ -384,7 +385,7 @@ def routes(token: str) -> APIRouter:
         "/index",
         summary="the store's models and which are served",
         responses=ERRORS,
-        openapi_extra=optional_body(RepositoryIndexRequest),
+        openapi_extra=json_body(RepositoryIndexRequest),
     )
     async def repository_index(request: Request) -> list[IndexEntry]:
         body = await parsed(request, RepositoryIndexRequest)
@@ -394,7 +395,7 @@ def routes(token: str) -> APIRouter:
         "/models/{name}/load",
         summary="serve one stored version (default: the latest) alone: a rollout, or with an older one, a rollback",
         responses=ERRORS,
-        openapi_extra=optional_body(ModelRepositoryRequest),
+        openapi_extra=json_body(ModelRepositoryRequest),
     )
     async def load_model(request: Request, name: Name) -> dict[str, Any]:
         body = await parsed(request, ModelRepositoryRequest)
@@ -413,16 +414,7 @@ def routes(token: str) -> APIRouter:
         "/models/{name}/traffic",
         summary="put a version policy in force: a canary split, a shadow",
         responses=ERRORS,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": TrafficRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-                    }
-                },
-            }
-        },
+        openapi_extra=json_body(TrafficRequest, required=True),
     )
     async def set_traffic(request: Request, name: Name) -> TrafficPolicy:
         try:
@@ -435,7 +427,7 @@ def routes(token: str) -> APIRouter:
         "/models/{name}/unload",
         summary="stop serving every version",
         responses=ERRORS,
-        openapi_extra=optional_body(ModelRepositoryRequest),
+        openapi_extra=json_body(ModelRepositoryRequest),
     )
     async def unload_model(request: Request, name: Name) -> dict[str, Any]:
         await parsed(request, ModelRepositoryRequest)  # `unload_dependents`: pipelines are pinned with their model

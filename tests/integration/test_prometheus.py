@@ -108,8 +108,6 @@ def test_every_metric_that_deploy_refers_to_is_served(server):
     httpx.post(f"{server}/classify_text", json={"text": ""}, timeout=10)  # an error, so the errors counter has a series
     exposition = httpx.get(f"{server}/metrics", timeout=10).text
     served = {line.split("{")[0].split(" ")[0] for line in exposition.splitlines() if line and not line.startswith("#")}
-    # Series only a shadow policy makes (tests/integration/test_rollout.py reads them from a server with one).
-    served |= {"modelroad_shadow_comparisons_total"}
     for name, metrics in referenced_metrics().items():
         assert metrics, f"{name} refers to no metric: the pattern or the file changed"
         assert metrics <= served, f"{name} refers to metrics the service does not serve: {sorted(metrics - served)}"
