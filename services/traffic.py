@@ -34,7 +34,8 @@ class Policy:
 
     split: Mapping[str, float]
     shadow: Shadow | None = None
-    # Cumulative weights in version order, for the choice.
+    # The versions and their cumulative weights, in order, for the choice (made once, not per request).
+    _versions: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _bounds: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -42,6 +43,7 @@ class Policy:
         for weight in self.split.values():
             total += weight
             cumulative.append(total)
+        object.__setattr__(self, "_versions", tuple(self.split))
         object.__setattr__(self, "_bounds", tuple(cumulative))
 
     @classmethod
@@ -90,7 +92,7 @@ class Policy:
         else:
             digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
             point = int.from_bytes(digest) / 2**64 * self._bounds[-1]
-        return list(self.split)[min(bisect.bisect_right(self._bounds, point), len(self._bounds) - 1)]
+        return self._versions[min(bisect.bisect_right(self._bounds, point), len(self._bounds) - 1)]
 
     def mirrors(self) -> bool:
         return self.shadow is not None and random.random() * 100 < self.shadow.percent
