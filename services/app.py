@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from services.edge import EdgeMiddleware
 from services.errors import ErrorBody, FallbackRoute, UnsupportedMediaType, install_error_handlers
+from services.gate import Gate
 from services.keys import KeyRing, RateLimiter
 from services.metrics import exposition
 from services.settings import SETTINGS, ServeSettings
@@ -136,18 +137,22 @@ def build_app(title: str, description: str, routers: Sequence[APIRouter], guarde
 
     app.router.routes.append(FallbackRoute(known={path: [m.upper() for m in ops] for path, ops in INFRA_PATHS.items()}))
     install_error_handlers(app)
+    # The edge's keys, rate limit and in-flight bound, shared with the gRPC server's edge (services/oip_grpc.py).
+    app.state.gate = Gate(
+        SETTINGS.max_in_flight,
+        keys=KeyRing(Path(SETTINGS.api_keys_file)) if guarded and SETTINGS.api_keys_file else None,
+        limiter=rate_limiter(SETTINGS) if guarded and SETTINGS.rate_limit > 0 else None,
+    )
     app.add_middleware(
         EdgeMiddleware,
         max_body_bytes=SETTINGS.max_body_bytes,
         max_json_bytes=SETTINGS.max_json_bytes,
-        max_in_flight=SETTINGS.max_in_flight,
         request_timeout_s=SETTINGS.request_timeout_s,
         open_paths=OPEN_PATHS,
-        keys=KeyRing(Path(SETTINGS.api_keys_file)) if guarded and SETTINGS.api_keys_file else None,
         # Probes, and the repository extension, which its admin token guards; docs and metrics as set.
         keyless_paths=("/v2/health/", "/v2/repository/", *(() if SETTINGS.protect_docs_and_metrics else OPEN_PATHS)),
-        limiter=rate_limiter(SETTINGS) if guarded and SETTINGS.rate_limit > 0 else None,
         access_log=SETTINGS.access_log,
+        gate=app.state.gate,
     )
     if guarded and SETTINGS.cors_origin_list:
         # Outside the edge: a preflight carries no key and is answered here; listed origins only.

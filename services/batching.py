@@ -3,7 +3,9 @@
 Requests queue while the runner is busy; when it is free, it takes everything queued
 (up to `max_items` items, counting the items inside each request, not requests) and runs
 it as one batch. An idle runner starts at once, or after `max_wait_s` when asked to wait
-for company. Nothing is rejected for a deadline: overload is for admission control.
+for company and `company()` says some is coming (other requests admitted and not yet queued):
+a lone request on an idle server does not wait. Nothing is rejected for a deadline: overload is
+for admission control.
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ class MicroBatcher(Generic[P, R]):
         count_items: Callable[[P], int],
         max_items: int,
         max_wait_s: float = 0.0,
+        company: Callable[[], bool] = lambda: True,
     ):
         self.name = name
         self._infer = infer
         self._count_items = count_items
         self.max_items = max_items
         self.max_wait_s = max_wait_s
+        self._company = company
         self._queue: deque[_Pending[P, R]] = deque()
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -93,7 +97,7 @@ class MicroBatcher(Generic[P, R]):
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.max_wait_s and len(self._queue) == 1:
+            if self.max_wait_s and len(self._queue) == 1 and self._company():
                 await asyncio.sleep(self.max_wait_s)
             batch = self._take_batch()
             if not batch:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import re
 import sys
 import time
@@ -22,7 +21,8 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 
 from services.errors import FallbackRoute, endpoint, error_response
-from services.keys import KeyRing, RateLimiter, presented_key
+from services.gate import DRAINING, Gate, Refusal
+from services.keys import KeyRing, RateLimiter
 from services.metrics import IN_PROGRESS, METHODS, RequestSeries
 from services.payloads import CURRENT_REQUEST_ID
 from services.startup import DRAIN
@@ -85,18 +85,22 @@ class EdgeMiddleware:
         keyless_paths: tuple[str, ...] = (),
         limiter: RateLimiter | None = None,
         access_log: bool = False,
+        gate: Gate | None = None,
     ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_json_bytes = max_body_bytes if max_json_bytes is None else min(max_json_bytes, max_body_bytes)
-        self.max_in_flight = max_in_flight
         self.request_timeout_s = request_timeout_s
         self.open_paths = open_paths  # never refused for load or rate: health and docs
-        self.keys, self.keyless_paths = keys, keyless_paths  # keyless: probes, docs (by setting), the admin's
-        self.limiter = limiter
+        self.keyless_paths = keyless_paths  # keyless: probes, docs (by setting), the admin's
+        # Shared with the gRPC edge where the app has one (its keys, rate limit and in-flight bound).
+        self.gate = gate or Gate(max_in_flight, keys, limiter)
         self.access_log = access_log
         self.series = RequestSeries()
-        self.in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.gate.in_flight
 
     async def _reply(
         self, scope: Scope, send: Send, status: int, message: str, headers: dict[str, str] | None = None
@@ -146,42 +150,23 @@ class EdgeMiddleware:
                 )
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if DRAIN.draining and not scope["path"].startswith(self.open_paths):
-            return await self._reply(scope, send, 503, "the server is shutting down; retry (another replica)")
-        client = scope["client"][0] if scope.get("client") else "unknown"
-        if self.keys is not None and not scope["path"].startswith(self.keyless_paths):
-            client = self.keys.identify(presented_key(dict(scope["headers"])))
-            scope[KEY_ID] = client  # the key's id (a digest prefix), never the key
-            if client is None:
-                return await self._reply(
-                    scope,
-                    send,
-                    401,
-                    "send a valid API key: `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-        if scope["path"].startswith(self.open_paths):
-            return await self._answer_in_time(scope, receive, send)
-        if self.limiter is not None and (wait := self.limiter.wait(client)):
-            return await self._reply(
-                scope,
-                send,
-                429,
-                f"over the rate limit of {self.limiter.rate:g} requests/s; retry after Retry-After seconds",
-                {"Retry-After": str(math.ceil(wait))},
-            )
-        if self.in_flight >= self.max_in_flight:
-            return await self._reply(
-                scope,
-                send,
-                503,
-                f"server busy: {self.in_flight} requests in flight, the most this worker admits; retry shortly",
-            )
-        self.in_flight += 1
+        gate, path = self.gate, scope["path"]
+        try:
+            if DRAIN.draining and not path.startswith(self.open_paths):
+                raise Refusal(503, DRAINING)
+            client = scope["client"][0] if scope.get("client") else "unknown"
+            if gate.keys is not None and not path.startswith(self.keyless_paths):
+                client = scope[KEY_ID] = gate.identify(dict(scope["headers"]))  # the key's id, never the key
+            if path.startswith(self.open_paths):
+                return await self._answer_in_time(scope, receive, send)
+            gate.check_rate(client)
+            gate.admit()
+        except Refusal as refused:
+            return await self._reply(scope, send, refused.status, refused.message, refused.headers)
         try:
             await self._answer_in_time(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            gate.release()
 
     async def _answer_in_time(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A request whose answer has not begun within the timeout is cancelled (its queued work is dropped): 504."""

@@ -88,7 +88,7 @@ class ErrorBody(BaseModel):
     detail: list[dict[str, Any]] | None = None  # pydantic's errors, for a request that failed validation
 
 
-def _reason(status: int) -> str:
+def reason_label(status: int) -> str:
     """A low-cardinality label for the errors counter: the status phrase in snake case."""
     return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
 
@@ -104,7 +104,7 @@ def endpoint(app: Any, scope: Scope) -> str:
 def error_response(
     request: Request, status: int, message: str, detail: list | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    ERRORS.labels(endpoint(request.scope.get("app"), request.scope), _reason(status)).inc()
+    ERRORS.labels(endpoint(request.scope.get("app"), request.scope), reason_label(status)).inc()
     body: dict[str, Any] = {"error": message}
     if detail is not None:
         body["detail"] = detail

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from services.traffic import Policy
 log = logging.getLogger(__name__)
 
 VERSION_HEADER = "X-Model-Version"
+A = TypeVar("A")  # a protocol's answer
 MAX_SHADOWS_IN_FLIGHT = 32  # per worker; past this a shadow copy is dropped (and counted), never queued
 
 
@@ -164,6 +165,20 @@ class Choice:
                 series.count("error")
                 raise
         series.count("ok", time.perf_counter() - start)
+
+    async def answer(self, decode: Callable[[], Feeds], encode: Callable[[InferenceModel, Feeds], A]) -> A:
+        """One request on the primary, either protocol: its inputs decoded and checked, inferred, the outputs
+        encoded as the protocol answers; then the shadow's copy. No await before `answering`: a model looked up
+        is counted in flight before an unload can retire it."""
+        model = self.primary
+        with self.answering():
+            tensors = decode()
+            if problem := model.problem(tensors):
+                raise BadRequest(problem)
+            outputs = await model.infer(tensors)
+            answer = encode(model, outputs)
+        self.mirror(lambda: tensors, lambda: outputs)
+        return answer
 
     def mirror(self, inputs: Callable[[], Feeds], outputs: Callable[[], Feeds]) -> None:
         """Send the shadow a copy of the request (its inputs as the shadow takes them) after the primary answered

@@ -45,13 +45,14 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 REQUESTS = Counter(
     "modelroad_requests_total",
-    "HTTP requests answered, by route template (or `other`), method and status.",
-    ["endpoint", "method", "status"],
+    "Requests answered, by route template (or `other`; for gRPC the method's path), method, status (for gRPC the "
+    "HTTP status of the REST surface's answer, services/oip_grpc.py) and protocol (http or grpc).",
+    ["endpoint", "method", "status", "protocol"],
 )
 REQUEST_SECONDS = Histogram(
     "modelroad_request_seconds",
-    "Time from a request's arrival to the start of its answer, by route template (or `other`).",
-    ["endpoint"],
+    "Time from a request's arrival to the start of its answer, by route template (or `other`) and protocol.",
+    ["endpoint", "protocol"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 IN_PROGRESS = Gauge(
@@ -185,10 +186,11 @@ MODEL_INFO = Gauge(
 
 
 class RequestSeries:
-    """REQUESTS and REQUEST_SECONDS for each answered request, their children made once per label set
-    (`labels()` costs per call, and every label here is bounded)."""
+    """REQUESTS and REQUEST_SECONDS for each answered request of one protocol, their children made once per label
+    set (`labels()` costs per call, and every label here is bounded)."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: str = "http") -> None:
+        self.protocol = protocol
         self._counts: dict[tuple[str, str, int], Any] = {}
         self._seconds: dict[str, Any] = {}
 
@@ -196,13 +198,15 @@ class RequestSeries:
         """One request; `seconds` to the start of its answer, None if none began."""
         count = self._counts.get((endpoint, method, status))
         if count is None:
-            count = self._counts[endpoint, method, status] = REQUESTS.labels(endpoint, method, str(status))
+            count = self._counts[endpoint, method, status] = REQUESTS.labels(
+                endpoint, method, str(status), self.protocol
+            )
         count.inc()
         if seconds is None:
             return
         observed = self._seconds.get(endpoint)
         if observed is None:
-            observed = self._seconds[endpoint] = REQUEST_SECONDS.labels(endpoint)
+            observed = self._seconds[endpoint] = REQUEST_SECONDS.labels(endpoint, self.protocol)
         observed.observe(seconds)
 
 

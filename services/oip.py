@@ -67,7 +67,7 @@ def _deserialize_bytes(buffer: bytes, count: int, name: str) -> np.ndarray:
     return np.array(items, dtype=np.object_)
 
 
-def _serialize_bytes(array: np.ndarray) -> bytes:
+def serialize_bytes(array: np.ndarray) -> bytes:
     parts = []
     for item in array.reshape(-1):
         data = item if isinstance(item, bytes) else str(item).encode()
@@ -75,8 +75,8 @@ def _serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _tensor(spec: RequestInput, binary: bytes | None) -> np.ndarray:
-    """One input's array, from JSON `data` or its slice of the binary section."""
+def tensor_of(spec: RequestInput, binary: bytes | None) -> np.ndarray:
+    """One input's array, from its `data` (JSON, or gRPC's typed contents) or its binary bytes."""
     if spec.datatype not in NUMPY_TYPES:
         raise BadRequest(f"input {spec.name}: unknown datatype {spec.datatype!r}; use one of {sorted(NUMPY_TYPES)}")
     if any(d < 0 for d in spec.shape):
@@ -130,10 +130,10 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferenceReq
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise BadRequest(f"input {spec.name}: binary_data_size {size!r} runs past the body's binary data")
-            tensors[spec.name] = _tensor(spec, binary[offset : offset + size])
+            tensors[spec.name] = tensor_of(spec, binary[offset : offset + size])
             offset += size
         else:
-            tensors[spec.name] = _tensor(spec, None)
+            tensors[spec.name] = tensor_of(spec, None)
     if offset != len(binary):
         raise BadRequest(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
     if len(tensors) != len(request.inputs):
@@ -152,7 +152,7 @@ def encode_response(model: InferenceModel, request: InferenceRequest, outputs: d
         array = outputs[requested.name]
         entry: dict[str, Any] = {"name": requested.name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if (requested.parameters or {}).get("binary_data", binary_default):
-            chunk = _serialize_bytes(array) if array.dtype == np.object_ else np.ascontiguousarray(array).tobytes()
+            chunk = serialize_bytes(array) if array.dtype == np.object_ else np.ascontiguousarray(array).tobytes()
             entry["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:
@@ -284,20 +284,20 @@ def readiness(model: InferenceModel) -> dict[str, Any]:
 
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """One inference: on the version the policy chooses (its shadow gets a copy), or the version the URL names."""
-    models = served_models(request)
-    if version is None:
-        choice = models.choose(name, request.headers.get(ROUTING_KEY))
-    else:
-        choice = Choice(models.get(name, version))  # a version named in the URL bypasses the policy
-    model = choice.primary
-    # Counted in flight from the repository lookup, before the first await: an unload cannot slip between.
-    with choice.answering():
-        parsed, tensors = decode_request(await request.body(), request.headers.get(HEADER_LENGTH))
-        problem = model.problem(tensors)
-        if problem:
-            raise BadRequest(problem)
-        outputs = await model.infer(tensors)
-        response = encode_response(model, parsed, outputs)
-    choice.mirror(lambda: tensors, lambda: outputs)
+    body = await request.body()
+    choice = choose(served_models(request), name, version, request.headers.get(ROUTING_KEY))
+    parsed = InferenceRequest.model_construct()  # the body's JSON part, once decoded
+
+    def decode() -> dict[str, np.ndarray]:
+        nonlocal parsed
+        parsed, tensors = decode_request(body, request.headers.get(HEADER_LENGTH))
+        return tensors
+
+    response = await choice.answer(decode, lambda model, outputs: encode_response(model, parsed, outputs))
     response.headers.update(choice.version_header)
     return response
+
+
+def choose(models: ModelRepository, name: str, version: str | None, key: str | None) -> Choice:
+    """The version the policy chooses (by the request's routing key), or the one a request names, which bypasses it."""
+    return models.choose(name, key) if version is None else Choice(models.get(name, version))

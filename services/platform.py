@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+
 import bentoml
 
 from contracts.card import ModelCard
@@ -11,12 +15,15 @@ from services.family import FamilyKind, pipeline_name
 from services.forecast import ForecastFamily
 from services.image import ImageFamily
 from services.inference import InferenceModel, ModelRepository, OnnxModel
+from services.oip_grpc import GRPCServer, PortTaken
 from services.repository import RepositoryAdmin, ServedState
 from services.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS, service_config
 from services.startup import DRAIN, quiet_garbage_collector
 from services.text import TextFamily
 from services.traffic import Policy
+
+log = logging.getLogger(__name__)
 
 # The served families by name (their store tags are in the settings' one registry): one line a family, no forks.
 FAMILIES: dict[str, FamilyKind] = {"image": ImageFamily, "forecast": ForecastFamily, "text": TextFamily}
@@ -116,6 +123,7 @@ class Platform:
         )
         APP.state.models, APP.state.admin = self.repository, self.admin
         APP.state.ready = self.__is_ready__
+        self.grpc = GRPCServer(APP, SETTINGS) if SETTINGS.grpc_port else None
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -123,6 +131,19 @@ class Platform:
         DRAIN.install(SETTINGS.drain_s)
         if self.admin:
             self.admin.start_following()  # also catches up a restarted worker on what was loaded before
+        if self.grpc:
+            try:
+                await self.grpc.start()
+            except PortTaken as taken:
+                # BentoML would restart the worker for ever: the whole server stops instead, saying why.
+                log.critical("%s; stopping the server", taken)
+                os.kill(os.getppid(), signal.SIGTERM)
+                raise
+
+    @bentoml.on_shutdown
+    async def stop(self) -> None:
+        if self.grpc:  # after the HTTP drain: gRPC calls in flight are answered, new ones were refused meanwhile
+            await self.grpc.stop(SETTINGS.drain_s + 5)
 
     def __is_ready__(self) -> bool:
         # What is served now (models unloaded since start are not), and with the extension, all of it caught up.

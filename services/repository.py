@@ -351,19 +351,31 @@ async def parsed(request: Request, model: type[M]) -> M:
         raise BadRequest(validation_message(exc.errors())) from None
 
 
+def check_admin_token(token: str, presented: str | None) -> None:
+    """401 without a bearer token, 403 with another one than `token` (either protocol)."""
+    if presented is None:
+        raise Unauthorized("the model repository needs `Authorization: Bearer <MODELROAD_ADMIN_TOKEN>`")
+    # Digests of equal length, compared in constant time: the answer's timing tells nothing of the token.
+    if not hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), hashlib.sha256(token.encode()).digest()):
+        raise Forbidden("the bearer token is not the admin token")
+
+
 def bearer(token: str) -> Callable[..., Any]:
     """A dependency that lets a request through only with `Authorization: Bearer <token>`."""
-    expected = hashlib.sha256(token.encode()).digest()
     scheme = HTTPBearer(auto_error=False, description="MODELROAD_ADMIN_TOKEN")
 
     async def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> None:
-        if credentials is None:
-            raise Unauthorized("the model repository needs `Authorization: Bearer <MODELROAD_ADMIN_TOKEN>`")
-        # Digests of equal length, compared in constant time: the answer's timing tells nothing of the token.
-        if not hmac.compare_digest(hashlib.sha256(credentials.credentials.encode()).digest(), expected):
-            raise Forbidden("the bearer token is not the admin token")
+        check_admin_token(token, credentials.credentials if credentials else None)
 
     return authorized
+
+
+def load_parameters(parameters: dict[str, Any]) -> str | None:
+    """The version a load request names (None: the latest); anything else is refused."""
+    version = parameters.get("version")
+    if set(parameters) - {"version"} or not isinstance(version, str | None):
+        raise BadRequest(f"load takes one parameter, `version` (a string; default: the latest); got {parameters}")
+    return version
 
 
 ERRORS = {
@@ -399,12 +411,7 @@ def routes(token: str) -> APIRouter:
     )
     async def load_model(request: Request, name: Name) -> dict[str, Any]:
         body = await parsed(request, ModelRepositoryRequest)
-        version = body.parameters.get("version")
-        if set(body.parameters) - {"version"} or not isinstance(version, str | None):
-            raise BadRequest(
-                f"load takes one parameter, `version` (a string; default: the latest); got {body.parameters}"
-            )
-        return {"name": name, "versions": await admin(request).load(name, version)}
+        return {"name": name, "versions": await admin(request).load(name, load_parameters(body.parameters))}
 
     @router.get("/models/{name}/traffic", summary="the version policy in force", responses=ERRORS)
     async def get_traffic(request: Request, name: Name) -> TrafficPolicy:

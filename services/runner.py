@@ -15,6 +15,7 @@ from contracts.answers import OOD_OUTPUT
 from contracts.card import ModelCard, file_sha256
 from contracts.tensors import Feeds, TensorSpec, zero_feeds
 from services.batching import MicroBatcher
+from services.gate import Admitted
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO, VersionSeries
 from services.remote import RemoteSession
 from services.settings import ServeSettings
@@ -156,6 +157,7 @@ class OnnxRunner:
             rows,
             max_items=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000,
+            company=Admitted.others,
         )
 
     def infer(self, calls: Sequence[Feeds]) -> list[Outputs]:

@@ -71,6 +71,8 @@ class ServeSettings:
     # OOD thresholds that replace the cards' (the validation split's at 1% false alarms), comma-separated
     # `model=threshold`, e.g. `fashion-cnn=6.5`: higher flags fewer inputs.
     ood_thresholds: str = ""
+    # The inference protocol over gRPC, served by every worker on this port beside HTTP (same address); 0: off.
+    grpc_port: int = 8001
     runner_url: str = ""  # a runner service (services/runner_service.py) to run the models in; empty: in-process
     runner_wait_s: float = 120.0  # how long a worker waits at start for the runner service to be ready
 

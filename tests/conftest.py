@@ -13,6 +13,9 @@ os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "bentoml")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_SESSION_DIR / "prometheus")
 (_SESSION_DIR / "prometheus").mkdir()
+# No gRPC server by default (the in-process app's, and every server a test starts): a test that wants one gives a
+# free port, so servers running side by side never meet on 8001.
+os.environ["MODELROAD_GRPC_PORT"] = "0"
 
 import pytest  # noqa: E402 - after the environment above, which bentoml reads at import
 

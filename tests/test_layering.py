@@ -16,6 +16,8 @@ BELOW_FAMILIES = (
     "services.batching",
     "services.remote",
     "services.oip",
+    "services.oip_grpc",
+    "services.gate",
     "services.repository",
     "services.app",
     "services.edge",

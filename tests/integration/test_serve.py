@@ -254,7 +254,7 @@ def test_metrics_describe_models_and_pass_promtool(server):
         'modelroad_model_info{device="cpu",model="co2-gru"',
         'modelroad_model_info{device="cpu",model="co2-lstm"',
         'modelroad_model_info{device="cpu",model="wordnet-transformer"',
-        'modelroad_requests_total{endpoint="/classify_image",method="POST",status="200"}',
+        'modelroad_requests_total{endpoint="/classify_image",method="POST",protocol="http",status="200"}',
         'modelroad_request_seconds_bucket{endpoint="/classify_image",',
         "modelroad_requests_in_progress ",
     ):
@@ -299,7 +299,9 @@ def test_two_servers_on_one_bentoml_home_keep_their_own_metrics(registered, sess
 
     def answered(url: str) -> float:
         text = httpx.get(f"{url}/metrics").text
-        pattern = r'modelroad_requests_total\{endpoint="/classify_text",method="POST",status="200"\} (\S+)'
+        pattern = (
+            r'modelroad_requests_total\{endpoint="/classify_text",method="POST",protocol="http",status="200"\} (\S+)'
+        )
         return sum(float(v) for v in re.findall(pattern, text))
 
     first, first_url = start_server(home, session_dir / "shared-1.log")

@@ -1,0 +1,445 @@
+"""The Open Inference Protocol over gRPC: `inference.GRPCInferenceService`, as `tritonclient.grpc` calls it, and
+the standard `grpc.health.v1.Health`, served by every worker beside HTTP on MODELROAD_GRPC_PORT.
+
+The messages are Triton's own, generated from its `grpc_service.proto` (the superset of the protocol's
+`grpc_predict_v2.proto`) and published with `tritonclient` on PyPI: the server speaks exactly what that client
+sends, with no copy of the proto to drift. Methods not listed in `GRPCInference` answer UNIMPLEMENTED (the
+generated base class).
+
+The same data plane as REST (services/oip.py): the worker's served models and their version policies, the same
+batchers, the same codec checks and messages; and the same edge (services/gate.py): keys, rate limit, admission,
+the request timeout, draining, request metrics (protocol="grpc") and the access log. A refusal's HTTP status
+becomes a gRPC code (CODES).
+
+BentoML serves HTTP on a socket its arbiter binds and hands to each worker; for gRPC, each worker binds the port
+itself with SO_REUSEPORT, so the kernel spreads connections over the workers. The same option would let a second
+server on the machine silently share the port (and half the traffic): `claim_port` refuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import psutil
+from fastapi import FastAPI
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from contracts.preprocessing import ImageTooLarge, InvalidInput
+from contracts.tensors import Feeds, datatype_of
+from services.edge import ACCESS, REQUEST_ID
+from services.errors import UNEXPECTED, BadRequest, ServingError, reason_label
+from services.gate import DRAINING, Gate, Refusal
+from services.inference import VERSION_HEADER, InferenceModel
+from services.metrics import ERRORS, IN_PROGRESS, RequestSeries
+from services.oip import EXTENSIONS, SERVER, RequestInput, choose, serialize_bytes, tensor_of
+from services.payloads import CURRENT_REQUEST_ID
+from services.repository import check_admin_token, load_parameters
+from services.settings import ServeSettings
+from services.startup import DRAIN
+from services.traffic import ROUTING_KEY
+
+log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+CLAIMS = Path(tempfile.gettempdir())  # where each claimed port's owner file lives (claim_port)
+C = grpc.StatusCode
+# The REST surface's status -> the gRPC code for the same refusal.
+CODES = {
+    400: C.INVALID_ARGUMENT,
+    401: C.UNAUTHENTICATED,
+    403: C.PERMISSION_DENIED,
+    404: C.NOT_FOUND,
+    409: C.FAILED_PRECONDITION,
+    413: C.RESOURCE_EXHAUSTED,
+    415: C.INVALID_ARGUMENT,
+    429: C.RESOURCE_EXHAUSTED,
+    500: C.INTERNAL,
+    501: C.UNIMPLEMENTED,
+    503: C.UNAVAILABLE,
+    504: C.DEADLINE_EXCEEDED,
+}
+# Each datatype's typed contents field (FP16 and BF16 travel only as raw bytes, as in the protocol).
+CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+class NotServed(ServingError):
+    """A method this server does not serve as configured (the repository without an admin token)."""
+
+    status = 501
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+# ---- the codec: protobuf messages <-> NumPy tensors ----
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> Feeds:
+    """A request's input tensors by name, from `raw_input_contents` (one per input) or each input's typed contents;
+    checked as REST checks JSON and binary data."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequest(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs: send one per input, "
+            "or typed contents for every input"
+        )
+    tensors: Feeds = {}
+    for index, sent in enumerate(request.inputs):
+        if sent.name in tensors:
+            raise BadRequest("each input may be sent once")
+        field = CONTENTS.get(sent.datatype)
+        typed = list(getattr(sent.contents, field)) if field and not raw else None
+        spec = RequestInput.model_construct(
+            name=sent.name, shape=list(sent.shape), datatype=sent.datatype, parameters=None, data=typed
+        )
+        tensors[sent.name] = tensor_of(spec, raw[index] if raw else None)
+    return tensors
+
+
+def encode_outputs(model: InferenceModel, request: pb.ModelInferRequest, outputs: Feeds) -> pb.ModelInferResponse:
+    """The requested outputs (all by default), as raw bytes in `raw_output_contents` (as Triton answers)."""
+    response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+    for name in [wanted.name for wanted in request.outputs] or list(outputs):
+        if name not in outputs:
+            raise BadRequest(f"{model.name} has no output {name!r}; its outputs are {sorted(outputs)}")
+        array = outputs[name]
+        response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        data = serialize_bytes(array) if array.dtype == np.object_ else np.ascontiguousarray(array).tobytes()
+        response.raw_output_contents.append(data)
+    return response
+
+
+# ---- the edge: what every call passes through ----
+
+
+@dataclass(frozen=True)
+class Access:
+    """How the edge treats a method: `open` ones (health) skip keys, rate and admission, as /v2/health/ does;
+    `keyed` ones need an API key when keys are on (the repository's need the admin token instead)."""
+
+    open: bool = False
+    keyed: bool = True
+
+
+OPEN, KEYED, ADMIN = Access(open=True, keyed=False), Access(), Access(keyed=False)
+
+
+def headers_of(context: grpc.aio.ServicerContext) -> dict[bytes, bytes]:
+    """The call's metadata as the HTTP edge sees headers (text values; `-bin` ones are bytes and skipped)."""
+    metadata = context.invocation_metadata() or ()
+    return {key.encode(): value.encode("latin-1") for key, value in metadata if isinstance(value, str)}
+
+
+class Edge:
+    """The gRPC edge: the gate shared with HTTP, the timeout, the request series and the access log."""
+
+    def __init__(self, gate: Gate, timeout_s: float, access_log: bool):
+        self.gate, self.timeout_s, self.access_log = gate, timeout_s, access_log
+        self.series = RequestSeries("grpc")
+
+    async def answer(
+        self,
+        method: str,
+        access: Access,
+        handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+        request: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> Any:
+        arrived, status = time.perf_counter(), 200
+        headers = headers_of(context)
+        request_id = headers.get(b"x-request-id", b"")
+        request_id = (request_id if REQUEST_ID.fullmatch(request_id) else uuid.uuid4().hex.encode()).decode()
+        CURRENT_REQUEST_ID.set(request_id)  # for the payload log's lines
+        admitted, key_id = False, None
+        IN_PROGRESS.inc()
+        try:
+            if not access.open:
+                key_id = self._admit(access, headers, context.peer())
+                admitted = True
+            async with asyncio.timeout(None if access.open else self.timeout_s):
+                return await handler(request, context)
+        except asyncio.CancelledError:  # the client left, or its own deadline passed: gRPC answers it
+            status = 499
+            raise
+        except Exception as exc:
+            status, message, retry_after = self.refusal(method, exc)
+            if retry_after:
+                context.set_trailing_metadata((("retry-after", retry_after),))
+            ERRORS.labels(method, reason_label(status)).inc()
+            await context.abort(CODES[status], message)
+        finally:
+            if admitted:
+                self.gate.release()
+            IN_PROGRESS.dec()
+            self.series.record(method, "POST", status, time.perf_counter() - arrived)
+            if self.access_log:
+                self._log(request_id, method, status, arrived, key_id)
+
+    def _admit(self, access: Access, headers: dict[bytes, bytes], peer: str) -> str | None:
+        """The HTTP edge's checks in its order (draining, key, rate, admission); the key's id where keys are on."""
+        if DRAIN.draining:
+            raise Refusal(503, DRAINING)
+        key_id = self.gate.identify(headers) if self.gate.keys is not None and access.keyed else None
+        self.gate.check_rate(key_id or peer.rpartition(":")[0])  # "ipv4:127.0.0.1:50000": the address
+        self.gate.admit()
+        return key_id
+
+    def refusal(self, method: str, exc: Exception) -> tuple[int, str, str | None]:
+        """A failed call's HTTP status (as REST would answer), message and Retry-After."""
+        if isinstance(exc, Refusal):
+            return exc.status, exc.message, (exc.headers or {}).get("Retry-After")
+        if isinstance(exc, ServingError):
+            return exc.status, str(exc), None
+        if isinstance(exc, InvalidInput):
+            return (413 if isinstance(exc, ImageTooLarge) else 400), str(exc), None
+        if isinstance(exc, TimeoutError):
+            return 504, f"no answer within the request timeout of {self.timeout_s:g} s", None
+        log.error("%s failed", method, exc_info=exc)
+        return 500, UNEXPECTED, None
+
+    @staticmethod
+    def _log(request_id: str, method: str, status: int, arrived: float, key_id: str | None) -> None:
+        line = {
+            "time": round(time.time(), 3),
+            "request_id": request_id,
+            "method": "POST",
+            "endpoint": method,
+            "status": status,
+            "protocol": "grpc",
+            "duration_ms": round((time.perf_counter() - arrived) * 1000, 2),
+        }
+        ACCESS.info(json.dumps({**line, **({"key_id": key_id} if key_id else {})}))
+
+
+def guarded(method: str, access: Access = KEYED) -> Callable:
+    """A servicer method through the edge; `method` is the RPC's name."""
+
+    def wrap(handler: Callable) -> Callable:
+        async def rpc(self: GRPCInference, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await self.edge.answer(f"/{SERVICE}/{method}", access, handler.__get__(self), request, context)
+
+        rpc.__name__ = handler.__name__
+        return rpc
+
+    return wrap
+
+
+# ---- the service ----
+
+
+class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
+    """The protocol's RPCs on this worker's app state (its served models, readiness and repository admin)."""
+
+    def __init__(self, app: FastAPI, settings: ServeSettings):
+        self.state, self.settings = app.state, settings
+        self.edge = Edge(app.state.gate, settings.request_timeout_s, settings.access_log)
+
+    @guarded("ServerLive", OPEN)
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @guarded("ServerReady", OPEN)
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.state.ready() and not DRAIN.draining)
+
+    @guarded("ServerMetadata")
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        extensions = [*EXTENSIONS, *(["model_repository"] if self.state.admin else [])]
+        return pb.ServerMetadataResponse(name=SERVER["name"], version=SERVER["version"], extensions=extensions)
+
+    @guarded("ModelMetadata")
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        described = self.state.models.metadata(request.name, request.version or None)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=described["name"],
+            versions=described["versions"],
+            platform=described["platform"],
+            inputs=[tensor(**spec) for spec in described["inputs"]],
+            outputs=[tensor(**spec) for spec in described["outputs"]],
+        )
+
+    @guarded("ModelReady")
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.state.models.get(request.name, request.version or None).ready)
+
+    @guarded("ModelInfer")
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        key = dict(context.invocation_metadata() or ()).get(ROUTING_KEY.lower())
+        choice = choose(self.state.models, request.model_name, request.model_version or None, key)
+        response = await choice.answer(
+            lambda: decode_inputs(request), lambda model, outputs: encode_outputs(model, request, outputs)
+        )
+        context.set_trailing_metadata(((VERSION_HEADER.lower(), choice.primary.tag),))
+        return response
+
+    def _admin(self, context: Any) -> Any:
+        if self.state.admin is None:
+            raise NotServed("the model repository extension is off: the server has no MODELROAD_ADMIN_TOKEN")
+        authorization = dict(context.invocation_metadata() or ()).get("authorization", "")
+        scheme, _, token = str(authorization).partition(" ")
+        check_admin_token(self.settings.admin_token, token.strip() if scheme.lower() == "bearer" else None)
+        return self.state.admin
+
+    @guarded("RepositoryIndex", ADMIN)
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        entries = self._admin(context).index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**e) for e in entries])
+
+    @guarded("RepositoryModelLoad", ADMIN)
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        admin = self._admin(context)
+        parameters = {
+            name: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+            for name, value in request.parameters.items()
+        }
+        await admin.load(request.model_name, load_parameters(parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    @guarded("RepositoryModelUnload", ADMIN)
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._admin(context).unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+class Health(health_pb2_grpc.HealthServicer):
+    """`grpc.health.v1.Health/Check` for the server ("") and the inference service: SERVING once every served model
+    is ready (what /readyz says), NOT_SERVING while loading or draining (a Kubernetes `grpc:` probe)."""
+
+    def __init__(self, ready: Callable[[], bool]):
+        self.ready = ready
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
+        if request.service not in ("", SERVICE):
+            await context.abort(C.NOT_FOUND, f"no service {request.service!r}; this server has {SERVICE!r}")
+        serving = self.ready() and not DRAIN.draining
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+
+# ---- the port, shared by one server's workers and no one else ----
+
+
+def http_host() -> str:
+    """The address this worker's HTTP socket listens on (BentoML's arbiter hands it over): gRPC listens beside."""
+    for connection in psutil.Process().net_connections("tcp"):
+        if connection.status == psutil.CONN_LISTEN:
+            return connection.laddr.ip
+    return "127.0.0.1"
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Whether nothing listens on host:port (a probe without SO_REUSEPORT, which a listener's would not share)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_port(host: str, port: int, server: int) -> None:
+    """Let this worker of `server` (the pid of its `bentoml serve` process) listen on `port`, or raise PortTaken.
+
+    A lock file per port names the server that owns it: the workers of that server share the port; another live
+    server, or any other process listening there, is refused with a message saying so.
+    """
+    with open(CLAIMS / f"modelroad-grpc-{port}.owner", "a+") as owner_file:
+        fcntl.flock(owner_file, fcntl.LOCK_EX)
+        owner_file.seek(0)
+        owner = owner_file.read().strip()
+        if owner == str(server):
+            return  # a sibling worker claimed it
+        if owner.isdigit() and _alive(int(owner)):
+            raise PortTaken(
+                f"gRPC port {port} is served by another modelroad server (process {owner}): set MODELROAD_GRPC_PORT "
+                "to a free port for this one, or 0 to serve no gRPC"
+            )
+        if not _bindable(host, port):
+            raise PortTaken(
+                f"gRPC port {port} on {host} is in use by another process: set MODELROAD_GRPC_PORT to a free port, "
+                "or 0 to serve no gRPC"
+            )
+        owner_file.seek(0)
+        owner_file.truncate()
+        owner_file.write(str(server))
+
+
+class GRPCServer:
+    """One worker's gRPC server, on the worker's event loop (its batchers' loop)."""
+
+    def __init__(self, app: FastAPI, settings: ServeSettings):
+        self.app, self.settings = app, settings
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self, host: str | None = None) -> int:
+        """Claim the port, listen, serve; the port listened on."""
+        host = host or http_host()
+        port = self.settings.grpc_port
+        claim_port(host, port, os.getppid())
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1),
+                ("grpc.max_receive_message_length", self.settings.max_body_bytes),
+                ("grpc.max_send_message_length", -1),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(GRPCInference(self.app, self.settings), server)
+        health_pb2_grpc.add_HealthServicer_to_server(Health(self.app.state.ready), server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        bound = server.add_insecure_port(address)
+        await server.start()
+        self.server = server
+        log.info("gRPC inference protocol on %s", address)
+        return bound
+
+    async def stop(self, grace_s: float) -> None:
+        """Calls in flight are answered (within `grace_s`); new ones are refused."""
+        if self.server is not None:
+            await self.server.stop(grace_s)

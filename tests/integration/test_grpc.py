@@ -1,0 +1,245 @@
+"""Triton's own gRPC client (`tritonclient[grpc]`) against a real `bentoml serve` with 2 workers on one gRPC port:
+every model and pipeline, raw and typed contents, async calls, keys, the repository RPCs, the health service,
+the metrics, a second server refused the port, and the drain."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import re
+import signal
+import time
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from tritonclient.utils import InferenceServerException
+
+from harness.servers import free_port, stop, wait_ready
+from tests.helpers import co2_history, fashion_test_images, offline_forecast, offline_image_probabilities
+from tests.integration.conftest import private_home, start_server
+
+pytestmark = pytest.mark.slow
+
+KEY, TOKEN = "grpc-key-0123456789", "grpc-admin-token"
+AUTH = {"authorization": f"Bearer {KEY}"}
+TEXTS = ["a small domesticated carnivore kept as a pet", "a sweet baked food made of flour and sugar"]
+
+
+@pytest.fixture(scope="module")
+def grpc_server(registered, session_dir, tmp_path_factory):
+    """(process, http url, grpc address, log path): keys, the admin token, 2 workers, gRPC on a free port."""
+    keys_file = tmp_path_factory.mktemp("grpc-keys") / "keys"
+    keys_file.write_text(f"sha256:{hashlib.sha256(KEY.encode()).hexdigest()}\n")
+    port = free_port()
+    env = {
+        "MODELROAD_GRPC_PORT": str(port),
+        "MODELROAD_WORKERS": "2",
+        "MODELROAD_API_KEYS_FILE": str(keys_file),
+        "MODELROAD_ADMIN_TOKEN": TOKEN,
+        "MODELROAD_DRAIN_S": "2",
+    }
+    log_path = session_dir / "grpc.log"
+    process, url = start_server(private_home(session_dir, "grpc-home"), log_path, extra_env=env)
+    try:
+        wait_ready(process, url, log_path)
+        yield process, url, f"127.0.0.1:{port}", log_path
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def client(grpc_server):
+    with triton.InferenceServerClient(grpc_server[2]) as c:
+        yield c
+
+
+def infer(client, model: str, array: np.ndarray, name: str, datatype: str, **kwargs) -> triton.InferResult:
+    tensor = triton.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return client.infer(model, [tensor], **{"headers": AUTH, **kwargs})
+
+
+def test_probes_metadata_and_readiness(client, registered):
+    assert client.is_server_live() and client.is_server_ready()  # probes: no key needed
+    metadata = client.get_server_metadata(headers=AUTH)
+    assert metadata.name == "modelroad" and list(metadata.extensions) == ["binary_tensor_data", "model_repository"]
+    version = registered["fashion-cnn"]["tag"].split(":")[1]
+    described = client.get_model_metadata("fashion-cnn", version, headers=AUTH)
+    assert list(described.versions) == [version] and described.inputs[0].datatype == "FP32"
+    assert list(described.inputs[0].shape) == [-1, 1, 28, 28]
+    for name in ("fashion-cnn", "co2-lstm-pipeline", "wordnet-transformer-pipeline"):
+        assert client.is_model_ready(name, headers=AUTH)
+
+
+def test_every_pipeline_answers_as_the_offline_model_raw_and_async(client, registered):
+    files, pixels = fashion_test_images(3)
+    expected = offline_image_probabilities(registered["fashion-cnn"]["tag"], files)
+    by_file = infer(
+        client, "fashion-cnn-pipeline", np.array(files, dtype=np.object_), "image", "BYTES", request_id="r-9"
+    )
+    np.testing.assert_allclose(by_file.as_numpy("probabilities"), expected, atol=1e-5)
+    assert by_file.get_response().id == "r-9" and by_file.as_numpy("ood_score").shape == (3,)
+
+    history = co2_history()
+    for cell in ("lstm", "gru"):
+        result = infer(client, f"co2-{cell}-pipeline", np.asarray([history], np.float32), "history", "FP32")
+        expected_forecast = offline_forecast(registered[f"co2-{cell}"]["tag"], history, 52)
+        np.testing.assert_allclose(result.as_numpy("forecast")[0], expected_forecast, atol=0.05)
+
+    texts = np.array([t.encode() for t in TEXTS], dtype=np.object_)
+    labels = infer(client, "wordnet-transformer-pipeline", texts, "text", "BYTES").as_numpy("label")
+    assert {label.decode() for label in labels} <= set(registered["wordnet-transformer"]["labels"])
+
+    answers: queue.Queue = queue.Queue()
+    tensor = triton.InferInput("pixels", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels.astype(np.float32))
+    for _ in range(8):
+        client.async_infer(
+            "fashion-cnn-pipeline", [tensor], lambda result, error: answers.put((result, error)), headers=AUTH
+        )
+    for _ in range(8):
+        result, error = answers.get(timeout=30)
+        assert error is None and result.as_numpy("class_id").tolist() == expected.argmax(1).tolist()
+
+
+def test_typed_contents_and_requested_outputs_through_a_generated_stub(grpc_server, registered):
+    _, pixels = fashion_test_images(2)
+    request = pb.ModelInferRequest(model_name="fashion-cnn-pipeline", id="typed")
+    request.inputs.add(name="pixels", datatype="FP32", shape=pixels.shape).contents.fp32_contents.extend(
+        pixels.astype(np.float32).ravel().tolist()
+    )
+    request.outputs.add(name="class_id")
+    with grpc.insecure_channel(grpc_server[2]) as channel:
+        response, call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(request, metadata=AUTH.items())
+    assert [o.name for o in response.outputs] == ["class_id"] and response.id == "typed"
+    assert np.frombuffer(response.raw_output_contents[0], np.int64).shape == (2,)
+    version = registered["fashion-cnn"]["tag"]
+    assert ("x-model-version", version) in call.trailing_metadata()
+
+
+def test_every_refusal_is_a_grpc_status_with_the_rest_message(grpc_server, client):
+    address = grpc_server[2]
+    fine = np.zeros((1, 1, 28, 28), np.float32)
+    cases = [
+        (lambda: infer(client, "fashion-cnn", fine, "image", "FP32"), "INVALID_ARGUMENT", "has no input ['image']"),
+        (lambda: infer(client, "fashion-cnn", fine[0], "pixels", "FP32"), "INVALID_ARGUMENT", "must have shape"),
+        (
+            lambda: infer(client, "fashion-cnn", fine.astype(np.float64), "pixels", "FP64"),
+            "INVALID_ARGUMENT",
+            "must be FP32",
+        ),
+        (lambda: infer(client, "no-such-model", fine, "pixels", "FP32"), "NOT_FOUND", "no model named 'no-such-model'"),
+        (lambda: client.get_model_metadata("fashion-cnn", "0", headers=AUTH), "NOT_FOUND", "has no version '0'"),
+        (lambda: infer(client, "fashion-cnn", fine, "pixels", "FP32", headers={}), "UNAUTHENTICATED", "API key"),
+        (
+            lambda: client.get_model_metadata("fashion-cnn", headers={"x-api-key": "wrong"}),
+            "UNAUTHENTICATED",
+            "API key",
+        ),
+        (
+            lambda: infer(client, "fashion-cnn-pipeline", np.array([b"not an image"], np.object_), "image", "BYTES"),
+            "INVALID_ARGUMENT",
+            "image",
+        ),
+    ]
+    for call, code, message in cases:
+        with pytest.raises(InferenceServerException) as raised:
+            call()
+        assert raised.value.status() == f"StatusCode.{code}" and message in raised.value.message(), raised.value
+
+    bad_length = pb.ModelInferRequest(model_name="fashion-cnn")
+    bad_length.inputs.add(name="pixels", datatype="FP32", shape=[1, 1, 28, 28])
+    bad_length.raw_input_contents.append(b"\0" * 100)
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as raised:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(bad_length, metadata=AUTH.items())
+    assert (
+        raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "needs 3136 bytes; got 100" in raised.value.details()
+    )
+    too_large = np.zeros((400, 1, 28, 28 * 10), np.float32)  # 12.5 MB: over the 10 MiB body limit
+    with pytest.raises(InferenceServerException) as raised:
+        infer(client, "fashion-cnn", too_large, "pixels", "FP32")
+    assert raised.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+
+
+def test_repository_rpcs_need_the_admin_token(client):
+    for headers, code in (({}, "UNAUTHENTICATED"), ({"authorization": "Bearer wrong"}, "PERMISSION_DENIED")):
+        with pytest.raises(InferenceServerException) as raised:
+            client.get_model_repository_index(headers=headers)
+        assert raised.value.status() == f"StatusCode.{code}"
+    admin = {"authorization": f"Bearer {TOKEN}"}
+    index = client.get_model_repository_index(headers=admin)
+    assert {"fashion-cnn", "fashion-cnn-pipeline"} <= {m.name for m in index.models if m.state == "READY"}
+    client.load_model("fashion-cnn", headers=admin)  # the latest again: served as before
+    assert client.is_model_ready("fashion-cnn", headers=AUTH)
+    with pytest.raises(InferenceServerException) as raised:
+        client.unload_model("fashion-cnn", headers=admin)
+    assert (
+        raised.value.status() == "StatusCode.FAILED_PRECONDITION" and "serves a family route" in raised.value.message()
+    )
+    with pytest.raises(InferenceServerException) as raised:
+        client.load_model("no-such-model", headers=admin)
+    assert raised.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_the_health_service_and_the_metrics(grpc_server, client):
+    _, url, address, _ = grpc_server
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as raised:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"))
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    infer(client, "fashion-cnn", np.zeros((1, 1, 28, 28), np.float32), "pixels", "FP32")
+    exposition = httpx.get(f"{url}/metrics").text
+    answered = re.search(
+        r'modelroad_requests_total\{endpoint="/inference.GRPCInferenceService/ModelInfer",method="POST",'
+        r'protocol="grpc",status="200"\} (\S+)',
+        exposition,
+    )
+    assert answered and float(answered.group(1)) >= 1
+    assert 'endpoint="/inference.GRPCInferenceService/ModelInfer",reason="unauthorized"' in exposition
+
+
+def test_a_second_server_on_the_same_grpc_port_fails_to_start_with_a_clear_error(grpc_server, session_dir):
+    port = grpc_server[2].rpartition(":")[2]
+    log_path = session_dir / "grpc-second.log"
+    process, _ = start_server(
+        private_home(session_dir, "grpc-second-home"), log_path, extra_env={"MODELROAD_GRPC_PORT": port}
+    )
+    try:
+        process.wait(120)  # it stops by itself (BentoML would restart a worker that fails to start, for ever)
+    finally:
+        stop(process)
+    assert f"gRPC port {port} is served by another modelroad server" in log_path.read_text()
+    with triton.InferenceServerClient(grpc_server[2]) as first:  # the first server keeps its port, all of it
+        assert first.is_server_ready()
+
+
+def test_sigterm_answers_the_calls_in_flight_and_refuses_new_ones(grpc_server, client):
+    """Last in this module: the server drains and stops."""
+    process = grpc_server[0]
+    pixels = np.zeros((64, 1, 28, 28), np.float32)
+    tensor = triton.InferInput("pixels", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels)
+    answers: queue.Queue = queue.Queue()
+    for _ in range(16):
+        client.async_infer("fashion-cnn", [tensor], lambda result, error: answers.put(error), headers=AUTH)
+    os.killpg(process.pid, signal.SIGTERM)
+    # Each call sent around the signal is answered, or refused with the drain's message: none is cut off.
+    for error in [answers.get(timeout=30) for _ in range(16)]:
+        assert error is None or "shutting down" in error.message(), error
+    time.sleep(0.3)  # within the 2 s drain
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("fashion-cnn", [tensor], headers=AUTH)
+    assert refused.value.status() == "StatusCode.UNAVAILABLE" and "shutting down" in refused.value.message()
+    process.wait(30)
