@@ -1,5 +1,6 @@
 """The load loop: one asyncio task per connection (closed loop) or Poisson arrivals (open loop), measured in
-windows until three agree (perf_analyzer's stability rule) or the step's time is up.
+windows until three agree (perf_analyzer's stability rule) or the step's time is up. Over HTTP (`Load`) or the
+inference protocol's gRPC (`GrpcLoad`: pre-serialized requests, answers not decoded, one HTTP/2 channel).
 
 aiohttp on one event loop, not Locust: at 32 connections Locust's FastHttpUser spent more client CPU per
 request than this loop (`python -m loadtests.engines` measures both against one server; docs/load-testing.md
@@ -11,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
+import grpc
 import numpy as np
 
 from loadtests.requests import Encoded
@@ -26,7 +30,7 @@ MAX_OUTSTANDING = 4096  # open loop: arrivals past this many unanswered requests
 class Answered:
     done_at: float  # monotonic seconds
     seconds: float  # from the request's (intended) start to its answer
-    status: str  # the HTTP status, or `connection` for a failure to connect or read
+    status: str  # the HTTP status (gRPC's OK counts as 200, other codes by name), or `connection`
     rows: int
 
 
@@ -75,9 +79,17 @@ class Load:
         self.answered: list[Answered] = []
         self.sent = 0
 
-    async def send(self, session: aiohttp.ClientSession, start: float | None = None) -> None:
+    def session(self, timeout_s: float) -> AbstractAsyncContextManager[Any]:
+        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+    def next_request(self) -> Encoded:
         request = self.requests[self.sent % len(self.requests)]
         self.sent += 1
+        return request
+
+    async def send(self, session: aiohttp.ClientSession, start: float | None = None) -> None:
+        request = self.next_request()
         start = time.monotonic() if start is None else start
         try:
             async with session.post(self.url, data=request.body, headers={**request.headers, **self.headers}) as answer:
@@ -88,14 +100,14 @@ class Load:
         now = time.monotonic()
         self.answered.append(Answered(now, now - start, status, request.rows))
 
-    async def closed(self, session: aiohttp.ClientSession, concurrency: int, running: asyncio.Event) -> None:
+    async def closed(self, session: Any, concurrency: int, running: asyncio.Event) -> None:
         async def connection() -> None:
             while running.is_set():
                 await self.send(session)
 
         await asyncio.gather(*(connection() for _ in range(concurrency)))
 
-    async def open(self, session: aiohttp.ClientSession, rate: float, running: asyncio.Event, step: Step) -> None:
+    async def open(self, session: Any, rate: float, running: asyncio.Event, step: Step) -> None:
         rng = np.random.default_rng(0)
         pending: set[asyncio.Task] = set()
         next_at = time.monotonic()
@@ -109,6 +121,33 @@ class Load:
             pending.add(task)
             task.add_done_callback(pending.discard)
         await asyncio.gather(*pending)
+
+
+class GrpcLoad(Load):
+    """`ModelInfer` calls to a gRPC address: each body a serialized ModelInferRequest, headers sent as metadata."""
+
+    METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+    def __init__(self, address: str, requests: Sequence[Encoded], headers: dict[str, str]):
+        super().__init__(address, requests, {name.lower(): value for name, value in headers.items()})
+        self.timeout_s = 30.0
+
+    @asynccontextmanager
+    async def session(self, timeout_s: float) -> AsyncIterator[Any]:
+        self.timeout_s = timeout_s
+        async with grpc.aio.insecure_channel(self.url) as channel:
+            yield channel.unary_unary(self.METHOD)  # bytes in, bytes out: no (de)serializing in the client
+
+    async def send(self, infer: Any, start: float | None = None) -> None:
+        request = self.next_request()
+        start = time.monotonic() if start is None else start
+        try:
+            await infer(request.body, metadata=tuple(self.headers.items()), timeout=self.timeout_s)
+            status = "200"
+        except grpc.aio.AioRpcError as refused:
+            status = refused.code().name
+        now = time.monotonic()
+        self.answered.append(Answered(now, now - start, status, request.rows))
 
 
 def window_figures(answered: Sequence[Answered], start: float, end: float) -> tuple[float, float]:
@@ -141,8 +180,7 @@ async def run_step(
     step = Step(concurrency, rate)
     running = asyncio.Event()
     running.set()
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+    async with load.session(timeout_s) as session:
         driver = asyncio.create_task(
             load.closed(session, concurrency, running) if concurrency else load.open(session, rate, running, step)
         )

@@ -4,6 +4,10 @@ inputs from the model's own metadata, a sweep of concurrency or request rates, f
     python -m loadtests.infer http://127.0.0.1:3000 --model fashion-cnn --concurrency 1,8,32
     python -m loadtests.infer URL --model scale --shape x:3 --request-rate 50,100 --protocol binary
     python -m loadtests.infer URL --model wordnet-transformer-pipeline --slo-p99-ms 200 --max-error-ratio 0.01
+    python -m loadtests.infer http://127.0.0.1:3000 --model fashion-cnn --protocol grpc --grpc 127.0.0.1:8001
+
+The model's metadata is read over REST at URL; with --protocol grpc the requests go to --grpc (default: URL's
+host, port 8001) as `ModelInfer` calls.
 
 Exit status: 0 every step within the gate, 1 a step broke it (the reason printed), 2 nothing could be measured
 (an unreachable URL, an unknown model, inputs that cannot be made). `make loadtest MODEL=NAME` runs it.
@@ -23,13 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 
-from loadtests.engine import Load, Step, run_step
+from loadtests.engine import GrpcLoad, Load, Step, run_step
 from loadtests.requests import (
     Encoded,
     RequestProblem,
     encode,
+    encode_grpc,
     encoded_as_sent,
     input_specs,
     random_inputs,
@@ -156,12 +162,20 @@ def gate(rows: Sequence[Row], slo_p99_ms: float | None, max_error_ratio: float |
     return broken
 
 
+def encoded(args: argparse.Namespace, inputs: dict[str, Any]) -> Encoded:
+    if args.protocol == "grpc":
+        return encode_grpc(inputs, args.model, args.version)
+    return encode(inputs, args.protocol == "binary")
+
+
 def requests_for(args: argparse.Namespace, metadata: dict[str, Any]) -> list[Encoded]:
     if args.inputs:
         read = read_inputs(args.inputs)
         if read and isinstance(read[0], bytes):
+            if args.protocol == "grpc":
+                raise RequestProblem("--protocol grpc takes --inputs as an .npz of named arrays, not JSON requests")
             return [encoded_as_sent(body) for body in read]
-        return [encode(inputs, args.protocol == "binary") for inputs in read]
+        return [encoded(args, inputs) for inputs in read]
     shapes = {}
     for given in args.shape:
         name, _, dims = given.partition(":")
@@ -171,7 +185,7 @@ def requests_for(args: argparse.Namespace, metadata: dict[str, Any]) -> list[Enc
             raise RequestProblem(f"--shape {given!r}: write name:AxBxC, e.g. x:1x28x28") from None
     specs = input_specs(metadata, args.input)
     sets = random_inputs(specs, args.batch, shapes, args.seed, args.string, count=16)
-    return [encode(inputs, args.protocol == "binary") for inputs in sets]
+    return [encoded(args, inputs) for inputs in sets]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -183,10 +197,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--version")
     parser.add_argument(
         "--protocol",
-        choices=("json", "binary"),
+        choices=("json", "binary", "grpc"),
         default="json",
-        help="OIP REST: JSON tensors or Triton's binary extension",
+        help="OIP REST with JSON tensors or Triton's binary extension, or OIP gRPC (raw tensors)",
     )
+    parser.add_argument("--grpc", help="the gRPC address for --protocol grpc (default: URL's host, port 8001)")
     parser.add_argument("--shape", action="append", default=[], help="a dynamic input's shape, name:AxB (repeatable)")
     parser.add_argument(
         "--input", action="append", default=[], help="send only these inputs (a pipeline taking one of several)"
@@ -236,16 +251,32 @@ def headers_from(args: argparse.Namespace) -> dict[str, str]:
     return headers
 
 
+def loaded(args: argparse.Namespace, client: httpx.Client, requests: list[Encoded], headers: dict[str, str]) -> Load:
+    """The load to send, once a first request of it was answered."""
+    if args.protocol == "grpc":
+        address = args.grpc or f"{httpx.URL(args.url).host}:8001"
+        load: Load = GrpcLoad(address, requests, headers)
+        with grpc.insecure_channel(address) as channel:
+            try:
+                channel.unary_unary(GrpcLoad.METHOD)(requests[0].body, metadata=tuple(load.headers.items()), timeout=30)
+            except grpc.RpcError as refused:
+                raise Unmeasurable(
+                    f"a first gRPC call to {address} failed ({refused.code().name}): {refused.details()}"
+                ) from None
+        return load
+    path = f"/v2/models/{args.model}" + (f"/versions/{args.version}" if args.version else "") + "/infer"
+    probe = client.post(path, content=requests[0].body, headers=requests[0].headers)
+    if probe.status_code != 200:
+        raise Unmeasurable(f"a first request was refused ({probe.status_code}): {probe.text[:300]}")
+    return Load(f"{args.url.rstrip('/')}{path}", requests, headers)
+
+
 def measure(args: argparse.Namespace) -> list[Row]:
     headers = headers_from(args)
     with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=30) as client:
         metadata = model_metadata(client, args.model, args.version)
         requests = requests_for(args, metadata)
-        path = f"/v2/models/{args.model}" + (f"/versions/{args.version}" if args.version else "") + "/infer"
-        probe = client.post(path, content=requests[0].body, headers=requests[0].headers)
-        if probe.status_code != 200:
-            raise Unmeasurable(f"a first request was refused ({probe.status_code}): {probe.text[:300]}")
-        load = Load(f"{args.url.rstrip('/')}{path}", requests, headers)
+        load = loaded(args, client, requests, headers)
         rows: list[Row] = []
         print(table(rows), flush=True)
         for concurrency, rate in loads(args):

@@ -11,9 +11,11 @@ import json
 import logging
 import os
 import random
+import struct
+import time
 from pathlib import Path
 
-from locust import FastHttpUser, between, constant_throughput, events, task
+from locust import FastHttpUser, User, between, constant_throughput, events, task
 
 PAYLOADS = Path(__file__).parent / "payloads"
 IMAGES = [(p.name, p.read_bytes()) for p in sorted((PAYLOADS / "images").iterdir())]
@@ -29,6 +31,16 @@ AUTHORIZATION = {"Authorization": f"Bearer {key}"} if (key := os.environ.get("MO
 # LOADTEST_USER_RPS paces each user to that many requests/s (the soak's steady load); unset: as fast as answered.
 USER_RPS = os.environ.get("LOADTEST_USER_RPS")
 PACING = constant_throughput(float(USER_RPS)) if USER_RPS else between(0.0, 0.05)
+
+
+# LOADTEST_GRPC_ADDRESS (`python -m loadtests.run --grpc HOST:PORT`) adds the gRPC user; unset, it is left out.
+GRPC_ADDRESS = os.environ.get("LOADTEST_GRPC_ADDRESS", "")
+if GRPC_ADDRESS:
+    import grpc
+    from grpc.experimental import gevent as grpc_gevent
+    from tritonclient.grpc import service_pb2
+
+    grpc_gevent.init_gevent()  # before any channel: gRPC's I/O cooperates with Locust's greenlets
 
 
 class PlatformUser(FastHttpUser):
@@ -83,6 +95,49 @@ class TextUser(PlatformUser):
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif len(response.json()) != len(texts):
                 response.failure("one answer per text was expected")
+
+
+class GrpcUser(User):
+    """The inference protocol over gRPC: a real upload to the image pipeline as raw BYTES, as tritonclient sends it;
+    each call reported to Locust as a `grpc` request."""
+
+    abstract = not GRPC_ADDRESS
+    wait_time = PACING
+
+    def on_start(self) -> None:
+        self.channel = grpc.insecure_channel(GRPC_ADDRESS)
+        self.infer = self.channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        self.metadata = tuple((name.lower(), value) for name, value in AUTHORIZATION.items())
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    @task
+    def classify_image(self) -> None:
+        _, data = random.choice(IMAGES)
+        request = service_pb2.ModelInferRequest(model_name="fashion-cnn-pipeline")
+        request.inputs.add(name="image", datatype="BYTES", shape=[1])
+        request.raw_input_contents.append(struct.pack("<I", len(data)) + data)
+        started, size, failure = time.perf_counter(), 0, None
+        try:
+            answer = self.infer(request, metadata=self.metadata, timeout=30)
+            size = answer.ByteSize()
+            if "class_id" not in [output.name for output in answer.outputs]:
+                failure = ValueError("answer has no class_id")
+        except grpc.RpcError as refused:
+            failure = refused
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name="ModelInfer fashion-cnn-pipeline",
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=size,
+            exception=failure,
+            context={},
+        )
 
 
 @events.quitting.add_listener

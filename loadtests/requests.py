@@ -150,6 +150,20 @@ def encode(inputs: dict[str, np.ndarray], binary: bool) -> Encoded:
     return Encoded(header + b"".join(chunks), headers, rows)
 
 
+def encode_grpc(inputs: dict[str, np.ndarray], model: str, version: str | None) -> Encoded:
+    """One serialized gRPC `ModelInferRequest`, every tensor as raw bytes (tritonclient.grpc's default)."""
+    from tritonclient.grpc import service_pb2 as pb  # only the gRPC protocol needs it
+
+    request = pb.ModelInferRequest(model_name=model, model_version=version or "")
+    for name, array in inputs.items():
+        request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        if array.dtype == object:
+            request.raw_input_contents.append(b"".join(struct.pack("<I", len(v)) + v for v in array.reshape(-1)))
+        else:
+            request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+    return Encoded(request.SerializeToString(), {}, len(next(iter(inputs.values()))))
+
+
 def encoded_as_sent(body: bytes) -> Encoded:
     """A JSON request from an --inputs file, as it is."""
     rows = max((i.get("shape") or [1])[0] for i in json.loads(body)["inputs"])

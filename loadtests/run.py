@@ -22,11 +22,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-failure-ratio", type=float, default=0.0)
     parser.add_argument("--out", default="results/loadtest", help="report prefix: PREFIX_stats.csv, PREFIX.html")
     parser.add_argument("--users-class", nargs="*", default=[], help="only these user classes (default: all)")
+    parser.add_argument("--grpc", default="", help="HOST:PORT of the inference protocol's gRPC: adds GrpcUser")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "LOADTEST_P95_MS": str(args.p95_ms), "LOADTEST_MAX_FAILURE_RATIO": str(args.max_failure_ratio)}
+    env = {
+        **os.environ,
+        "LOADTEST_P95_MS": str(args.p95_ms),
+        "LOADTEST_MAX_FAILURE_RATIO": str(args.max_failure_ratio),
+        "LOADTEST_GRPC_ADDRESS": args.grpc,
+    }
     command = [
         sys.executable,
         "-m",

@@ -4,11 +4,15 @@ the metrics, a second server refused the port, and the drain."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
 import os
 import queue
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import grpc
@@ -22,8 +26,9 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from harness.servers import free_port, stop, wait_ready
+from loadtests.infer import main
 from tests.helpers import co2_history, fashion_test_images, offline_forecast, offline_image_probabilities
-from tests.integration.conftest import private_home, start_server
+from tests.integration.conftest import ROOT, private_home, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -223,6 +228,27 @@ def test_a_second_server_on_the_same_grpc_port_fails_to_start_with_a_clear_error
     assert f"gRPC port {port} is served by another modelroad server" in log_path.read_text()
     with triton.InferenceServerClient(grpc_server[2]) as first:  # the first server keeps its port, all of it
         assert first.is_server_ready()
+
+
+def test_the_load_generator_and_a_locust_user_speak_grpc(grpc_server, tmp_path, monkeypatch, capsys):
+    _, url, address, _ = grpc_server
+    monkeypatch.setenv("MODELROAD_API_KEY", KEY)
+    short = ["--warmup", "0.5", "--window", "1", "--max-seconds", "4", "--out", str(tmp_path / "infer")]
+    grpc_args = ["--model", "fashion-cnn", "--protocol", "grpc", "--grpc"]
+    status = main([url, *grpc_args, address, "--concurrency", "1,4", *short])
+    assert status == 0, capsys.readouterr()
+    steps = json.loads((tmp_path / "infer" / "steps.json").read_text())["steps"]
+    assert [s["load"] for s in steps] == ["c=1", "c=4"] and all(list(s["statuses"]) == ["200"] for s in steps)
+    assert steps[0]["server_compute_ms"] > 0  # the gRPC calls ran on the platform's runners
+    assert main([url, *grpc_args, "127.0.0.1:9", *short]) == 2  # nothing there: one line, exit 2
+
+    out = tmp_path / "locust"
+    command = [sys.executable, "-m", "loadtests.run", "--host", url, "--grpc", address, "--users", "4"]
+    command += ["--duration", "5s", "--p95-ms", "2000", "--out", str(out), "--users-class", "GrpcUser"]
+    assert subprocess.run(command, cwd=ROOT, env=os.environ, timeout=120, check=False).returncode == 0
+    with open(f"{out}_stats.csv") as file:
+        row = next(r for r in csv.DictReader(file) if r["Name"] == "ModelInfer fashion-cnn-pipeline")
+    assert row["Type"] == "grpc" and int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
 
 
 def test_sigterm_answers_the_calls_in_flight_and_refuses_new_ones(grpc_server, client):

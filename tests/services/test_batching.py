@@ -85,6 +85,21 @@ def test_max_wait_lets_a_lone_request_wait_for_company():
     assert infer.batches == [[[1], [2]]]
 
 
+def test_a_lone_request_with_no_company_coming_does_not_wait():
+    """With nothing else admitted (`company` False), the second request finds the first batch already run."""
+    infer = Recorder()
+    batcher = MicroBatcher("t", infer, len, max_items=8, max_wait_s=0.05, company=lambda: False)
+
+    async def scenario():
+        a = asyncio.create_task(batcher.submit([1]))
+        await asyncio.sleep(0.01)
+        b = asyncio.create_task(batcher.submit([2]))
+        return await asyncio.gather(a, b)
+
+    assert run(scenario()) == [1, 2]
+    assert infer.batches == [[[1]], [[2]]]
+
+
 def test_requests_abandoned_while_queued_are_not_computed():
     infer = Recorder()
     batcher = MicroBatcher("t", infer, len, max_items=8)
