@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import yaml
 
@@ -257,12 +259,28 @@ def ask_every_endpoint(url: str) -> dict[str, str]:
     return {endpoint: str(r.json().get("label", len(r.json().get("forecast", [])))) for endpoint, r in answers.items()}
 
 
+def ask_grpc(address: str) -> str:
+    """One `ModelInfer` call to the image pipeline through the published gRPC port: the label it answers."""
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    image = min((PAYLOADS / "images").glob("*.png")).read_bytes()
+    request = pb.ModelInferRequest(model_name="fashion-cnn-pipeline")
+    request.inputs.add(name="image", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(struct.pack("<I", len(image)) + image)
+    request.outputs.add(name="label")
+    with grpc.insecure_channel(address) as channel:
+        answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    return answer.raw_output_contents[0][4:].decode()  # one BYTES element: its length, then its bytes
+
+
 @dataclass
 class CheckReport:
     image: str
     image_mb: float
     ready_seconds: float  # from `run` to the first 200 on /readyz
     answers: dict[str, str]
+    grpc_answer: str  # the image pipeline's label through the gRPC port
     metrics_ok: bool  # /metrics carries the platform's series
     stop_seconds: float  # SIGTERM to exit
     exit_code: int
@@ -270,17 +288,19 @@ class CheckReport:
 
 def check_image(engine: str, image: str, ready_timeout: float = 120) -> CheckReport:
     """Run the image on a loopback port, ask every endpoint, read /metrics, stop it with SIGTERM."""
-    port, name = free_port(), f"modelroad-check-{os.getpid()}"
+    port, grpc_port, name = free_port(), free_port(), f"modelroad-check-{os.getpid()}"
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
+    published = ["-p", f"127.0.0.1:{port}:3000", "-p", f"127.0.0.1:{grpc_port}:8001"]
     run(
-        [engine, "run", "-d", "--init", "--name", name, "-p", f"127.0.0.1:{port}:3000", image],
+        [engine, "run", "-d", "--init", "--name", name, *published, image],
         engine,
         stdout=subprocess.DEVNULL,
     )
     try:
         ready_seconds = wait_ready(engine, name, url, started, ready_timeout)
         answers = ask_every_endpoint(url)
+        grpc_answer = ask_grpc(f"127.0.0.1:{grpc_port}")
         metrics_ok = "modelroad_model_info{" in httpx.get(f"{url}/metrics", timeout=10).text
         stopping = time.monotonic()
         run([engine, "stop", "--time", "30", name], engine, stdout=subprocess.DEVNULL)  # SIGTERM, SIGKILL after 30 s
@@ -293,6 +313,7 @@ def check_image(engine: str, image: str, ready_timeout: float = 120) -> CheckRep
             image_megabytes(engine, image),
             round(ready_seconds, 2),
             answers,
+            grpc_answer,
             metrics_ok,
             round(stop_seconds, 2),
             int(state.stdout.strip()),

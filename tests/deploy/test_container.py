@@ -87,6 +87,7 @@ def test_the_image_serves_every_family_reports_metrics_and_stops_cleanly_on_sigt
     print(json.dumps(report.__dict__))
     assert report.answers["/classify_image"] in registered["fashion-cnn"]["labels"]
     assert report.answers["/classify_text"] in registered["wordnet-transformer"]["labels"]
+    assert report.grpc_answer == report.answers["/classify_image"]  # the same upload through the gRPC port
     horizon = json.loads((ROOT / "loadtests/payloads/forecast_example.json").read_text())["horizon"]
     assert report.answers["/forecast"] == str(horizon)
     assert report.metrics_ok

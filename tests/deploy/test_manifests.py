@@ -54,7 +54,10 @@ def test_the_deployment_serves_the_image_port_with_its_settings_and_resources(re
     assert deployment["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
     (container,) = template["spec"]["containers"]
     assert container["image"] == ImageBuild().name
-    assert container["ports"] == [{"name": "http", "containerPort": served_port()}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": served_port()},
+        {"name": "grpc", "containerPort": ServeSettings().grpc_port},
+    ]
     assert template["metadata"]["annotations"]["prometheus.io/port"] == str(served_port())
     unknown = {env["name"] for env in container["env"]} - SETTINGS_VARIABLES
     assert not unknown, f"not settings of services/settings.py: {unknown}"
@@ -63,11 +66,13 @@ def test_the_deployment_serves_the_image_port_with_its_settings_and_resources(re
 
 def test_probes_ask_the_service_paths_that_answer_200_once_ready(resources, client):
     container = resources["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    probes = [container[p]["httpGet"] for p in ("startupProbe", "readinessProbe", "livenessProbe")]
-    assert [p["path"] for p in probes] == ["/readyz", "/readyz", "/livez"]
+    probes = [container[p]["httpGet"] for p in ("startupProbe", "livenessProbe")]
+    assert [p["path"] for p in probes] == ["/readyz", "/livez"]
     for probe in probes:
         assert probe["port"] == "http"
         assert client.get(probe["path"]).status_code == 200, probe["path"]
+    # Readiness through the gRPC port's health service (tests/integration/test_grpc.py checks its answers).
+    assert container["readinessProbe"]["grpc"] == {"port": ServeSettings().grpc_port}
 
 
 def test_draining_fits_in_the_grace_period(resources):
