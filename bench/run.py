@@ -19,7 +19,9 @@ Targets (served one after another on this machine, BentoML ones with `--workers`
 - `kserve`, `mlserver`: the Open Inference Protocol peers, KServe's Python ModelServer and MLServer with a
   custom runtime, serving the CNN's ONNX file with ONNX Runtime (in .venv-kserve and .venv-mlserver);
   they answer the `oip-json` and `oip-binary` families (the CNN's raw tensors by the protocol, in JSON and
-  in Triton's binary form; MLServer has no binary form), which the platform answers too;
+  in Triton's binary form; MLServer has no binary form) and `grpc` (the same tensors by the protocol's gRPC,
+  raw contents, sent by loadtests' asyncio gRPC loop since wrk speaks no gRPC; its CPU share is printed),
+  which the platform answers too;
 - `platform-overload`: the product admitting the sustainable concurrency (the ratio concurrency, 32) and
   no more (MODELROAD_MAX_IN_FLIGHT), under `--overload-factor` (4) times that many connections: answers
   counted by status, refusals and admitted requests timed apart by a probe (bench/overload.py).
@@ -30,6 +32,7 @@ median of `--rounds` wrk runs (see `median_run`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -46,6 +49,8 @@ from bench.overload import Overload, run_overload
 from bench.peers import ensure_venv, venv
 from bench.peers.families import FAMILIES, SPEC_ENV, Inputs, ModelFiles, model_files, write_spec
 from harness.servers import free_port, served
+from loadtests.engine import GrpcLoad, run_step
+from loadtests.requests import encode_grpc
 from services.settings import ServeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +165,8 @@ PLATFORMS = ("platform", "platform-unbatched", SPLIT)
 TARGETS = [*PLATFORMS, "bentoml-noop", "starlette", "ort", "torch-eager", *PEERS, *OIP_PEERS, OVERLOAD]
 CLASSIC = ("image", "forecast", "text")  # the family routes
 OIP = ("oip-json", "oip-binary")  # the CNN's raw tensors by the inference protocol
-FAMILY_NAMES = (*CLASSIC, *OIP)
+GRPC = "grpc"  # the same tensors by the protocol's gRPC (raw contents), sent by loadtests' gRPC loop, not wrk
+FAMILY_NAMES = (*CLASSIC, *OIP, GRPC)
 OIP_MODEL = "fashion-cnn"
 
 
@@ -168,7 +174,7 @@ def serves(target: str) -> tuple[str, ...]:
     """The request families a target answers."""
     if target in PLATFORMS:
         return FAMILY_NAMES
-    return {"kserve": OIP, "mlserver": ("oip-json",)}.get(target, CLASSIC)  # MLServer 1.7: no binary form
+    return {"kserve": (*OIP, GRPC), "mlserver": ("oip-json", GRPC)}.get(target, CLASSIC)  # MLServer: no binary form
 
 
 def prepare_peers(workdir: Path, targets: list[str]) -> dict[str, str]:
@@ -185,9 +191,9 @@ def ready_path(target: str) -> str:
     return "/v2/health/ready" if target in OIP_PEERS else "/readyz"
 
 
-def target_env(target: str, admitted: int, runner_url: str) -> dict[str, str]:
-    """Settings a target serves with beyond the shared ones."""
-    return {
+def target_env(target: str, admitted: int, runner_url: str, grpc_port: int) -> dict[str, str]:
+    """Settings a target serves with beyond the shared ones (the platforms' gRPC on `grpc_port`)."""
+    return {"MODELROAD_GRPC_PORT": str(grpc_port)} | {
         "platform-unbatched": {"MODELROAD_MAX_BATCH_SIZE": "1"},  # batching off: one item per inference call
         SPLIT: {"MODELROAD_RUNNER_URL": runner_url},
         OVERLOAD: {"MODELROAD_MAX_IN_FLIGHT": str(admitted)},
@@ -214,7 +220,7 @@ def runner_for(target: str, env: dict[str, str], workdir: Path) -> Iterator[str]
         yield url
 
 
-def server_command(target: str, port: int, workers: int) -> list[str]:
+def server_command(target: str, port: int, workers: int, grpc_port: int) -> list[str]:
     host = ["--host", "127.0.0.1", "--port", str(port)]
     peers = venv("peers") / "bin"
     platform = [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host]
@@ -257,7 +263,9 @@ def server_command(target: str, port: int, workers: int) -> list[str]:
             ["--model", model_files()["image"].onnx, "--name", OIP_MODEL],
         )
         commands["kserve"] = [python, "-m", "bench.peers.kserve_peer", *model, "--http_port", str(port)]
+        commands["kserve"] += ["--grpc_port", str(grpc_port)]
         commands["mlserver"] = [python, "-m", "bench.peers.mlserver_peer", *model, "--port", str(port)]
+        commands["mlserver"] += ["--grpc-port", str(grpc_port)]
         commands[target] += ["--workers", str(workers)]
     return commands[target]
 
@@ -284,6 +292,26 @@ def oip_requests() -> dict[str, Request]:
             (("Inference-Header-Content-Length", str(len(header))),),
         ),
     }
+
+
+def measure_grpc(target: str, address: str, concurrency: int, duration: int) -> Result:
+    """The CNN's input by gRPC ModelInfer (raw contents, as tritonclient.grpc sends it): loadtests' asyncio loop on
+    one channel, pre-serialized requests, answers not decoded (wrk speaks no gRPC). Its CPU is printed."""
+    ((name, pixels),) = family_feeds()["image"][1].items()
+    load = GrpcLoad(address, [encode_grpc({name: pixels.astype("float32")}, OIP_MODEL, None)], {})
+    step = asyncio.run(run_step(load, concurrency, None, 1.0, duration / 3, duration + 1.0, 30.0))
+    errors = sum(n for status, n in step.statuses.items() if status != "200")
+    print(json.dumps({"target": target, "family": GRPC, "concurrency": concurrency, "client_cpu": step.client_cpu}))
+    return Result(
+        target,
+        GRPC,
+        concurrency,
+        step.requests_per_s,
+        step.latency_ms(50),
+        step.latency_ms(90),
+        step.latency_ms(99),
+        errors,
+    )
 
 
 def family_feeds() -> dict[str, tuple[ModelFiles, Inputs]]:
@@ -447,6 +475,30 @@ def plot(results: list[Result], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+def measure_points(
+    target: str,
+    url: str,
+    grpc_address: str,
+    families: list[str],
+    requests: dict[str, Request],
+    args: argparse.Namespace,
+    workdir: Path,
+) -> list[Result]:
+    """Each family at each concurrency on a served target: wrk's median run, or the gRPC loop."""
+    results = []
+    for family in families:
+        for concurrency in args.concurrency:
+            if family == GRPC:
+                results.append(measure_grpc(target, grpc_address, concurrency, args.duration))
+            else:
+                runs = [run_wrk(url, requests[family], concurrency, args.duration, workdir) for _ in range(args.rounds)]
+                rps, p, errors = median_run(runs)
+                quantiles = (p.get("50", 0), p.get("90", 0), p.get("99", 0))
+                results.append(Result(target, family, concurrency, rps, *quantiles, errors))
+            print(json.dumps(asdict(results[-1])), flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=TARGETS)
@@ -480,14 +532,14 @@ def main(argv: list[str] | None = None) -> int:
                     if family in calls
                 ]
                 continue
-            port = free_port()
-            command = server_command(target, port, args.workers)
+            port, grpc_port = free_port(), free_port()
+            command = server_command(target, port, args.workers, grpc_port)
             with (
                 runner_for(target, env, workdir) as runner_url,
                 served(
                     command,
                     port,
-                    {**env, **target_env(target, admitted, runner_url)},
+                    {**env, **target_env(target, admitted, runner_url, grpc_port)},
                     workdir / f"{target}.log",
                     ROOT,
                     ready_path=ready_path(target),
@@ -510,19 +562,8 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         print(json.dumps(asdict(overloads[-1])), flush=True)
                     continue
-                for family in (f for f in args.families if f in serves(target)):
-                    for concurrency in args.concurrency:
-                        runs = [
-                            run_wrk(url, requests[family], concurrency, args.duration, workdir)
-                            for _ in range(args.rounds)
-                        ]
-                        rps, p, errors = median_run(runs)
-                        results.append(
-                            Result(
-                                target, family, concurrency, rps, p.get("50", 0), p.get("90", 0), p.get("99", 0), errors
-                            )
-                        )
-                        print(json.dumps(asdict(results[-1])), flush=True)
+                families = [f for f in args.families if f in serves(target)]
+                results += measure_points(target, url, f"127.0.0.1:{grpc_port}", families, requests, args, workdir)
     settings = {"workers": args.workers, "duration_s": args.duration, "rounds": args.rounds, "cores": os.cpu_count()}
     write_reports(results, overloads, args.out, settings, ratio_concurrency=sustainable)
     print((args.out / "bench.md").read_text())

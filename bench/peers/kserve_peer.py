@@ -53,9 +53,11 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="the ONNX file")
     parser.add_argument("--name", required=True)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--grpc_port", type=int, help="also serve the protocol's gRPC on this port")
     args, _ = parser.parse_known_args()
     threads = max(1, (os.cpu_count() or 1) // args.workers)  # as the platform splits the cores among its workers
-    kserve.ModelServer(enable_grpc=False).start([OnnxModel(args.name, args.model, threads)])
+    grpc = {"enable_grpc": True, "grpc_port": args.grpc_port} if args.grpc_port else {"enable_grpc": False}
+    kserve.ModelServer(**grpc).start([OnnxModel(args.name, args.model, threads)])
 
 
 if __name__ == "__main__":

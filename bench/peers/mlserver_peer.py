@@ -56,12 +56,13 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--grpc-port", type=int, help="the protocol's gRPC port (default: a free one)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="mlserver-peer-"))
     settings = {
         "host": "127.0.0.1",
         "http_port": args.port,
-        "grpc_port": free_port(),
+        "grpc_port": args.grpc_port or free_port(),
         "metrics_port": free_port(),
         "metrics_dir": str(folder / "metrics"),
         "parallel_workers": args.workers,

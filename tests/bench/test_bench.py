@@ -138,6 +138,7 @@ def test_a_short_benchmark_measures_every_target_and_writes_its_reports(register
                 "--families",
                 "text",
                 "oip-json",
+                "grpc",
                 "--concurrency",
                 "4",
                 "--duration",
@@ -154,7 +155,7 @@ def test_a_short_benchmark_measures_every_target_and_writes_its_reports(register
     )
     report = json.loads((tmp_path / "bench.json").read_text())
     results, (overloaded,) = report["results"], report["overload"]
-    served = [(t, f) for t in targets for f in ("text", "oip-json") if f in serves(t)]
+    served = [(t, f) for t in targets for f in ("text", "oip-json", "grpc") if f in serves(t)]
     assert [(r["target"], r["family"]) for r in results] == served
     assert {"kserve", "mlserver", "platform"} <= {t for t, f in served if f == "oip-json"}
     assert all(r["rps"] > 0 and r["errors"] == 0 for r in results)
@@ -169,3 +170,5 @@ def test_a_short_benchmark_measures_every_target_and_writes_its_reports(register
         "| text | platform | 4 |" in markdown and "| text | ray-serve |" in markdown and "| text | 16 | 4 |" in markdown
     )
     assert "| oip-json | kserve |" in markdown and "| oip-json | mlserver |" in markdown
+    assert {"kserve", "mlserver", "platform"} <= {t for t, f in served if f == "grpc"}
+    assert "| grpc | kserve |" in markdown and "| grpc | platform | 4 |" in markdown
