@@ -38,8 +38,14 @@ TEXTS = ["a small domesticated carnivore kept as a pet", "a sweet baked food mad
 
 
 @pytest.fixture(scope="module")
-def grpc_server(registered, session_dir, tmp_path_factory):
-    """(process, http url, grpc address, log path): keys, the admin token, 2 workers, gRPC on a free port."""
+def payload_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("grpc-payloads")
+
+
+@pytest.fixture(scope="module")
+def grpc_server(registered, session_dir, tmp_path_factory, payload_folder):
+    """(process, http url, grpc address, log path): keys, the admin token, a payload log, 2 workers, gRPC on a
+    free port."""
     keys_file = tmp_path_factory.mktemp("grpc-keys") / "keys"
     keys_file.write_text(f"sha256:{hashlib.sha256(KEY.encode()).hexdigest()}\n")
     port = free_port()
@@ -49,6 +55,7 @@ def grpc_server(registered, session_dir, tmp_path_factory):
         "MODELROAD_API_KEYS_FILE": str(keys_file),
         "MODELROAD_ADMIN_TOKEN": TOKEN,
         "MODELROAD_DRAIN_S": "2",
+        "MODELROAD_PAYLOAD_LOG": str(payload_folder),
     }
     log_path = session_dir / "grpc.log"
     process, url = start_server(private_home(session_dir, "grpc-home"), log_path, extra_env=env)
@@ -83,14 +90,29 @@ def test_probes_metadata_and_readiness(client, registered):
         assert client.is_model_ready(name, headers=AUTH)
 
 
-def test_every_pipeline_answers_as_the_offline_model_raw_and_async(client, registered):
+def test_every_pipeline_answers_as_the_offline_model_raw_and_async(client, registered, payload_folder):
     files, pixels = fashion_test_images(3)
     expected = offline_image_probabilities(registered["fashion-cnn"]["tag"], files)
     by_file = infer(
-        client, "fashion-cnn-pipeline", np.array(files, dtype=np.object_), "image", "BYTES", request_id="r-9"
+        client,
+        "fashion-cnn-pipeline",
+        np.array(files, dtype=np.object_),
+        "image",
+        "BYTES",
+        request_id="r-9",
+        headers={**AUTH, "x-request-id": "grpc-call-9"},
     )
     np.testing.assert_allclose(by_file.as_numpy("probabilities"), expected, atol=1e-5)
     assert by_file.get_response().id == "r-9" and by_file.as_numpy("ood_score").shape == (3,)
+    deadline = time.monotonic() + 10  # the payload log is written off the request path
+    while time.monotonic() < deadline and "grpc-call-9" not in "".join(
+        path.read_text() for path in payload_folder.glob("payloads-*.jsonl")
+    ):
+        time.sleep(0.1)
+    logged = [
+        json.loads(line) for path in payload_folder.glob("payloads-*.jsonl") for line in path.read_text().splitlines()
+    ]
+    assert [line["model"] for line in logged if line["request_id"] == "grpc-call-9"] == ["fashion-cnn"] * 3
 
     history = co2_history()
     for cell in ("lstm", "gru"):
