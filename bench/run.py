@@ -220,7 +220,8 @@ def runner_for(target: str, env: dict[str, str], workdir: Path) -> Iterator[str]
         yield url
 
 
-def server_command(target: str, port: int, workers: int, grpc_port: int) -> list[str]:
+def server_command(target: str, port: int, workers: int, grpc_port: int | None = None) -> list[str]:
+    """The command serving `target` on `port`; a peer's gRPC too on `grpc_port` (the platforms': target_env)."""
     host = ["--host", "127.0.0.1", "--port", str(port)]
     peers = venv("peers") / "bin"
     platform = [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host]
@@ -263,9 +264,10 @@ def server_command(target: str, port: int, workers: int, grpc_port: int) -> list
             ["--model", model_files()["image"].onnx, "--name", OIP_MODEL],
         )
         commands["kserve"] = [python, "-m", "bench.peers.kserve_peer", *model, "--http_port", str(port)]
-        commands["kserve"] += ["--grpc_port", str(grpc_port)]
         commands["mlserver"] = [python, "-m", "bench.peers.mlserver_peer", *model, "--port", str(port)]
-        commands["mlserver"] += ["--grpc-port", str(grpc_port)]
+        if grpc_port:
+            commands["kserve"] += ["--grpc_port", str(grpc_port)]
+            commands["mlserver"] += ["--grpc-port", str(grpc_port)]
         commands[target] += ["--workers", str(workers)]
     return commands[target]
 
