@@ -116,7 +116,8 @@ def test_the_pod_serves_beside_prometheus_which_scrapes_it_with_the_project_conf
     ports = {}
     for container in pod["spec"]["containers"]:
         for port in container["ports"]:
-            port["hostPort"] = ports[container["name"]] = free_port()  # the file's 3000/9090 may be taken here
+            port["hostPort"] = free_port()  # the file's 3000/8001/9090 may be taken here
+            ports.setdefault(container["name"], port["hostPort"])  # each container's first: its HTTP port
     played = build.work_dir / "pod.yaml"
     played.write_text(yaml.safe_dump(pod))
     result = podman("play", "kube", "--replace", str(played))
