@@ -172,8 +172,8 @@ OIP_MODEL = "fashion-cnn"
 
 def serves(target: str) -> tuple[str, ...]:
     """The request families a target answers."""
-    if target in PLATFORMS:
-        return FAMILY_NAMES
+    if target in PLATFORMS:  # gRPC for the product only: its variants differ behind the front-end (the REST rows)
+        return FAMILY_NAMES if target == "platform" else (*CLASSIC, *OIP)
     return {"kserve": (*OIP, GRPC), "mlserver": ("oip-json", GRPC)}.get(target, CLASSIC)  # MLServer: no binary form
 
 

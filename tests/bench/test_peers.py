@@ -5,9 +5,12 @@ import json
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 
 from bench.peers.families import model_files
 from bench.run import (
+    GRPC,
+    OIP_MODEL,
     OIP_PEERS,
     PEERS,
     ROOT,
@@ -70,9 +73,9 @@ def test_an_inference_protocol_peer_answers_the_benchmark_requests_as_the_onnx_f
     import onnxruntime as ort
 
     expected = ort.InferenceSession(model_files()["image"].onnx).run(None, family_feeds()["image"][1])[0].ravel()
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     with served(
-        server_command(peer, port, workers=1),
+        server_command(peer, port, workers=1, grpc_port=grpc_port),
         port,
         prepare_peers(tmp_path, [peer]),
         tmp_path / "peer.log",
@@ -81,6 +84,16 @@ def test_an_inference_protocol_peer_answers_the_benchmark_requests_as_the_onnx_f
     ) as url:
         requests = oip_requests()
         for family in serves(peer):
+            if family == GRPC:  # the same tensors by the peer's gRPC server, as the benchmark sends them
+                ((name, pixels),) = family_feeds()["image"][1].items()
+                with triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+                    tensor = triton_grpc.InferInput(name, list(pixels.shape), "FP32")
+                    tensor.set_data_from_numpy(pixels.astype(np.float32))
+                    answer = client.infer(OIP_MODEL, [tensor])
+                np.testing.assert_allclose(
+                    answer.as_numpy(answer.get_response().outputs[0].name).ravel(), expected, atol=1e-5
+                )
+                continue
             request = requests[family]
             headers = {"Content-Type": request.content_type, **dict(request.headers)}
             response = httpx.post(url + request.route, content=request.body, headers=headers, timeout=10)

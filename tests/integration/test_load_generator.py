@@ -112,16 +112,17 @@ def test_an_unknown_model_or_an_unreachable_url_is_one_line_and_exit_2(server, c
 
 @pytest.mark.parametrize("peer", ["kserve", "mlserver"])
 def test_the_peers_are_load_tested_unchanged(peer, registered, capsys, tmp_path):
-    port = free_port()
-    command = server_command(peer, port, workers=1)
+    port, grpc_port = free_port(), free_port()
+    command = server_command(peer, port, workers=1, grpc_port=grpc_port)
     env = prepare_peers(tmp_path, [peer])
     inputs = tmp_path / "image.npz"
     np.savez(inputs, **family_feeds()["image"][1])  # the CNN's input as the benchmark sends it
     with served(command, port, env, tmp_path / "peer.log", ROOT, ready_path=ready_path(peer)) as url:
-        for protocol in (family.removeprefix("oip-") for family in serves(peer)):  # MLServer has no binary form
+        # JSON, binary (MLServer has none) and gRPC, each as the peer serves it
+        for protocol in (family.removeprefix("oip-") for family in serves(peer)):
             out = tmp_path / protocol
             args = ["--model", OIP_MODEL, "--inputs", str(inputs), "--protocol", protocol, "--concurrency", "2"]
-            args += ["--out", str(out), *SHORT]
+            args += ["--out", str(out), "--grpc", f"127.0.0.1:{grpc_port}", *SHORT]
             status, printed, err = run(capsys, url, *args)
             assert status == 0, printed + err
             (row,) = steps(out)
