@@ -71,9 +71,15 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
     assert run(scenario()) == 2
 
 
-def test_max_wait_lets_a_lone_request_wait_for_company():
+@pytest.mark.parametrize(
+    ("coming", "batches"),
+    [(True, [[[1], [2]]]), (False, [[[1]], [[2]]])],
+    ids=["company-coming-waits", "alone-does-not-wait"],
+)
+def test_max_wait_lets_a_lone_request_wait_only_when_company_is_coming(coming, batches):
+    """`company` says whether other requests were admitted: with none, the first runs before the second arrives."""
     infer = Recorder()
-    batcher = MicroBatcher("t", infer, len, max_items=8, max_wait_s=0.05)
+    batcher = MicroBatcher("t", infer, len, max_items=8, max_wait_s=0.05, company=lambda: coming)
 
     async def scenario():
         a = asyncio.create_task(batcher.submit([1]))
@@ -82,22 +88,7 @@ def test_max_wait_lets_a_lone_request_wait_for_company():
         return await asyncio.gather(a, b)
 
     assert run(scenario()) == [1, 2]
-    assert infer.batches == [[[1], [2]]]
-
-
-def test_a_lone_request_with_no_company_coming_does_not_wait():
-    """With nothing else admitted (`company` False), the second request finds the first batch already run."""
-    infer = Recorder()
-    batcher = MicroBatcher("t", infer, len, max_items=8, max_wait_s=0.05, company=lambda: False)
-
-    async def scenario():
-        a = asyncio.create_task(batcher.submit([1]))
-        await asyncio.sleep(0.01)
-        b = asyncio.create_task(batcher.submit([2]))
-        return await asyncio.gather(a, b)
-
-    assert run(scenario()) == [1, 2]
-    assert infer.batches == [[[1]], [[2]]]
+    assert infer.batches == batches
 
 
 def test_requests_abandoned_while_queued_are_not_computed():
