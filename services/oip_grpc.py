@@ -433,11 +433,20 @@ class GRPCServer:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(GRPCInference(self.app, self.settings), server)
         health_pb2_grpc.add_HealthServicer_to_server(Health(self.app.state.ready), server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        bound = server.add_insecure_port(address)
+        bound = (
+            server.add_secure_port(address, self.credentials())
+            if self.settings.ssl_certfile and self.settings.ssl_keyfile
+            else server.add_insecure_port(address)
+        )
         await server.start()
         self.server = server
         log.info("gRPC inference protocol on %s", address)
         return bound
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """With HTTPS on (MODELROAD_SSL_*), gRPC speaks TLS with the same certificate: never plaintext beside it."""
+        key = Path(self.settings.ssl_keyfile).read_bytes()
+        return grpc.ssl_server_credentials([(key, Path(self.settings.ssl_certfile).read_bytes())])
 
     async def stop(self, grace_s: float) -> None:
         """Calls in flight are answered (within `grace_s`); new ones are refused."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -173,6 +174,21 @@ def test_a_draining_server_refuses_new_calls_and_its_health_says_not_serving(dou
         finally:
             DRAIN.draining = False
     assert refused.status() == "StatusCode.UNAVAILABLE" and "shutting down" in refused.message()
+
+
+def test_with_https_on_the_grpc_port_speaks_tls_with_the_same_certificate(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    subprocess.run(
+        ["openssl", *request, "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    for address, _ in serve(Gate(), ssl_certfile=str(cert), ssl_keyfile=str(key)):
+        with triton.InferenceServerClient(address, ssl=True, root_certificates=str(cert)) as client:
+            assert client.is_server_live()
+        with triton.InferenceServerClient(address) as plaintext:
+            assert refusal(plaintext.is_server_live).status() == "StatusCode.UNAVAILABLE"
 
 
 def test_the_port_is_shared_by_one_servers_workers_and_refused_to_anyone_else():
