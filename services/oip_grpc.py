@@ -374,14 +374,14 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
-def _alive(pid: int) -> bool:
+def _a_server(pid: int) -> bool:
+    """Whether `pid` is a live `bentoml serve` process (not a process that took a dead server's pid since)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return "bentoml" in " ".join(psutil.Process(pid).cmdline())
+    except psutil.AccessDenied:
+        return True  # another user's process: assume the claim holds
+    except psutil.Error:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def claim_port(host: str, port: int, server: int) -> None:
@@ -396,7 +396,7 @@ def claim_port(host: str, port: int, server: int) -> None:
         owner = owner_file.read().strip()
         if owner == str(server):
             return  # a sibling worker claimed it
-        if owner.isdigit() and _alive(int(owner)):
+        if owner.isdigit() and _a_server(int(owner)):
             raise PortTaken(
                 f"gRPC port {port} is served by another modelroad server (process {owner}): set MODELROAD_GRPC_PORT "
                 "to a free port for this one, or 0 to serve no gRPC"

@@ -4,9 +4,11 @@ gRPC codes (timeout, busy, rate, draining), UNIMPLEMENTED for the rest, and the 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -193,10 +195,23 @@ def test_with_https_on_the_grpc_port_speaks_tls_with_the_same_certificate(tmp_pa
 
 def test_the_port_is_shared_by_one_servers_workers_and_refused_to_anyone_else():
     port = free_port()
-    claim_port("127.0.0.1", port, server=1)  # pid 1 is alive: a server that owns the port
-    claim_port("127.0.0.1", port, server=1)  # its second worker
-    with pytest.raises(PortTaken, match=f"gRPC port {port} is served by another modelroad server"):
-        claim_port("127.0.0.1", port, server=2)
+    # A live process standing in for a `bentoml serve` (its command line names bentoml), and one that does not.
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "bentoml", "serve"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claim_port("127.0.0.1", port, server=server.pid)  # its first worker
+        claim_port("127.0.0.1", port, server=server.pid)  # its second worker
+        with pytest.raises(PortTaken, match=f"gRPC port {port} is served by another modelroad server"):
+            claim_port("127.0.0.1", port, server=os.getpid())
+        server.kill()
+        server.wait()
+        claim_port("127.0.0.1", port, server=other.pid)  # a dead server's claim is taken over
+        other.kill()
+        other.wait()
+        claim_port("127.0.0.1", port, server=os.getpid())  # and a claim whose pid is no server's
+    finally:
+        for process in (server, other):
+            process.kill()
     with socket.socket() as foreign:
         foreign.bind(("127.0.0.1", 0))
         foreign.listen()
