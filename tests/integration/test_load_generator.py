@@ -51,7 +51,6 @@ def test_a_pipeline_with_bytes_inputs_swept_by_concurrency(server, capsys, tmp_p
         assert row["requests_per_s"] > 0 and row["statuses"] == {"200": pytest.approx(row["statuses"]["200"])}
         assert row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert row["server_queue_ms"] is not None and row["server_compute_ms"] > 0  # from the platform's /metrics
-    assert rows[1]["requests_per_s"] > rows[0]["requests_per_s"]  # the batcher makes more of four connections
     with open(tmp_path / "steps.csv") as file:
         assert [r["load"] for r in csv.DictReader(file)] == ["c=1", "c=4"]
     assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")

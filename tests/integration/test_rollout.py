@@ -316,7 +316,10 @@ def rollout(url: str, version: str, *options: str) -> subprocess.CompletedProces
 def test_deploy_rollout_promotes_a_good_candidate_and_rolls_a_bad_one_back(server, versions):
     _, ids = versions
     assert load(server, "rollout", ids["v1"]).status_code == 200
-    options = ("--steps", "50,100", "--interval", "2", "--min-requests", "5")
+    # The p99 gate is left wide: 2-s windows of a few dozen requests on 2 shared cores put a good candidate's p99
+    # at up to ~2x the primary's by chance (tests/deploy/test_rollout.py checks that gate); the bad one is judged by
+    # its answers.
+    options = ("--steps", "50,100", "--interval", "2", "--min-requests", "5", "--max-p99-ratio", "5")
     with Load(lambda: infer(server, "rollout"), lambda: infer(server, "rollout")) as served:
         good = rollout(server, ids["v3"], *options)
         promoted = traffic(server, "rollout").json()
