@@ -241,12 +241,14 @@ class Edge:
         ACCESS.info(json.dumps({**line, **({"key_id": key_id} if key_id else {})}))
 
 
-def guarded(method: str, access: Access = KEYED) -> Callable:
-    """A servicer method through the edge; `method` is the RPC's name."""
+def guarded(access: Access = KEYED) -> Callable:
+    """A servicer method (named as its RPC) through the edge."""
 
     def wrap(handler: Callable) -> Callable:
+        method = f"/{SERVICE}/{handler.__name__}"  # the call's path: the metrics' and the access log's endpoint
+
         async def rpc(self: GRPCInference, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await self.edge.answer(f"/{SERVICE}/{method}", access, handler.__get__(self), request, context)
+            return await self.edge.answer(method, access, handler.__get__(self), request, context)
 
         rpc.__name__ = handler.__name__
         return rpc
@@ -264,20 +266,20 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
         self.state, self.settings = app.state, settings
         self.edge = Edge(app.state.gate, settings.request_timeout_s, settings.access_log)
 
-    @guarded("ServerLive", OPEN)
+    @guarded(OPEN)
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    @guarded("ServerReady", OPEN)
+    @guarded(OPEN)
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.state.ready() and not DRAIN.draining)
 
-    @guarded("ServerMetadata")
+    @guarded()
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         extensions = [*EXTENSIONS, *(["model_repository"] if self.state.admin else [])]
         return pb.ServerMetadataResponse(name=SERVER["name"], version=SERVER["version"], extensions=extensions)
 
-    @guarded("ModelMetadata")
+    @guarded()
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         described = self.state.models.metadata(request.name, request.version or None)
         tensor = pb.ModelMetadataResponse.TensorMetadata
@@ -289,11 +291,11 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor(**spec) for spec in described["outputs"]],
         )
 
-    @guarded("ModelReady")
+    @guarded()
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.state.models.get(request.name, request.version or None).ready)
 
-    @guarded("ModelInfer")
+    @guarded()
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         key = dict(context.invocation_metadata() or ()).get(ROUTING_KEY.lower())
         choice = choose(self.state.models, request.model_name, request.model_version or None, key)
@@ -311,12 +313,12 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
         check_admin_token(self.settings.admin_token, token.strip() if scheme.lower() == "bearer" else None)
         return self.state.admin
 
-    @guarded("RepositoryIndex", ADMIN)
+    @guarded(ADMIN)
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
         entries = self._admin(context).index(ready_only=request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**e) for e in entries])
 
-    @guarded("RepositoryModelLoad", ADMIN)
+    @guarded(ADMIN)
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
@@ -328,7 +330,7 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
         await admin.load(request.model_name, load_parameters(parameters))
         return pb.RepositoryModelLoadResponse()
 
-    @guarded("RepositoryModelUnload", ADMIN)
+    @guarded(ADMIN)
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
