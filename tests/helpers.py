@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+from pathlib import Path
 
 import bentoml
 import httpx
@@ -72,3 +74,15 @@ def prometheus_query(url: str, query: str) -> list[dict]:
         return []
     # Prometheus answers a plain-text 503 until its storage is open.
     return response.json()["data"]["result"] if response.status_code == 200 else []
+
+
+def localhost_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 made with openssl: (cert, key) PEM files in `folder`."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    subprocess.run(
+        ["openssl", *request, "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

@@ -18,6 +18,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from harness.servers import stop, wait_ready
+from tests.helpers import localhost_certificate
 from tests.integration.conftest import private_home, start_server
 
 pytestmark = pytest.mark.slow
@@ -166,14 +167,7 @@ ORIGIN = "https://app.example.com"
 @pytest.fixture(scope="module")
 def tls_cors(registered, session_dir, tmp_path_factory):
     """HTTPS with a self-signed certificate made here, and CORS for one origin."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
-    subprocess.run(
-        ["openssl", *request, "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = localhost_certificate(tmp_path_factory.mktemp("tls"))
     home = private_home(session_dir, "tls-home")
     log_path = session_dir / "tls.log"
     env = {"MODELROAD_SSL_CERTFILE": str(cert), "MODELROAD_SSL_KEYFILE": str(key), "MODELROAD_CORS_ORIGINS": ORIGIN}

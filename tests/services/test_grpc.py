@@ -34,6 +34,7 @@ from services.metrics import VersionSeries
 from services.oip_grpc import GRPCServer, PortTaken, claim_port, decode_inputs
 from services.settings import ServeSettings
 from services.startup import DRAIN
+from tests.helpers import localhost_certificate
 
 
 class Doubler(InferenceModel):
@@ -179,13 +180,7 @@ def test_a_draining_server_refuses_new_calls_and_its_health_says_not_serving(dou
 
 
 def test_with_https_on_the_grpc_port_speaks_tls_with_the_same_certificate(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
-    subprocess.run(
-        ["openssl", *request, "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = localhost_certificate(tmp_path)
     for address, _ in serve(Gate(), ssl_certfile=str(cert), ssl_keyfile=str(key)):
         with triton.InferenceServerClient(address, ssl=True, root_certificates=str(cert)) as client:
             assert client.is_server_live()
