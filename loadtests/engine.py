@@ -129,7 +129,8 @@ class GrpcLoad(Load):
     METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
     def __init__(self, address: str, requests: Sequence[Encoded], headers: dict[str, str]):
-        super().__init__(address, requests, {name.lower(): value for name, value in headers.items()})
+        super().__init__(address, requests, headers)
+        self.metadata = tuple((name.lower(), value) for name, value in headers.items())  # made once, sent per call
         self.timeout_s = 30.0
 
     @asynccontextmanager
@@ -142,7 +143,7 @@ class GrpcLoad(Load):
         request = self.next_request()
         start = time.monotonic() if start is None else start
         try:
-            await infer(request.body, metadata=tuple(self.headers.items()), timeout=self.timeout_s)
+            await infer(request.body, metadata=self.metadata, timeout=self.timeout_s)
             status = "200"
         except grpc.aio.AioRpcError as refused:
             status = refused.code().name

@@ -255,10 +255,10 @@ def loaded(args: argparse.Namespace, client: httpx.Client, requests: list[Encode
     """The load to send, once a first request of it was answered."""
     if args.protocol == "grpc":
         address = args.grpc or f"{httpx.URL(args.url).host}:8001"
-        load: Load = GrpcLoad(address, requests, headers)
+        load = GrpcLoad(address, requests, headers)
         with grpc.insecure_channel(address) as channel:
             try:
-                channel.unary_unary(GrpcLoad.METHOD)(requests[0].body, metadata=tuple(load.headers.items()), timeout=30)
+                channel.unary_unary(GrpcLoad.METHOD)(requests[0].body, metadata=load.metadata, timeout=30)
             except grpc.RpcError as refused:
                 raise Unmeasurable(
                     f"a first gRPC call to {address} failed ({refused.code().name}): {refused.details()}"

@@ -67,6 +67,11 @@ def _deserialize_bytes(buffer: bytes, count: int, name: str) -> np.ndarray:
     return np.array(items, dtype=np.object_)
 
 
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """An output's raw bytes, as both the binary extension and gRPC's raw contents carry them."""
+    return serialize_bytes(array) if array.dtype == np.object_ else np.ascontiguousarray(array).tobytes()
+
+
 def serialize_bytes(array: np.ndarray) -> bytes:
     parts = []
     for item in array.reshape(-1):
@@ -152,7 +157,7 @@ def encode_response(model: InferenceModel, request: InferenceRequest, outputs: d
         array = outputs[requested.name]
         entry: dict[str, Any] = {"name": requested.name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if (requested.parameters or {}).get("binary_data", binary_default):
-            chunk = serialize_bytes(array) if array.dtype == np.object_ else np.ascontiguousarray(array).tobytes()
+            chunk = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:

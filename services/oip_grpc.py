@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import psutil
 from fastapi import FastAPI
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -47,7 +46,7 @@ from services.errors import UNEXPECTED, BadRequest, ServingError, reason_label
 from services.gate import DRAINING, Gate, Refusal
 from services.inference import VERSION_HEADER, InferenceModel
 from services.metrics import ERRORS, IN_PROGRESS, RequestSeries
-from services.oip import EXTENSIONS, SERVER, RequestInput, choose, serialize_bytes, tensor_of
+from services.oip import EXTENSIONS, SERVER, RequestInput, choose, tensor_bytes, tensor_of
 from services.payloads import CURRENT_REQUEST_ID
 from services.repository import check_admin_token, load_parameters
 from services.settings import ServeSettings
@@ -134,8 +133,7 @@ def encode_outputs(model: InferenceModel, request: pb.ModelInferRequest, outputs
             raise BadRequest(f"{model.name} has no output {name!r}; its outputs are {sorted(outputs)}")
         array = outputs[name]
         response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        data = serialize_bytes(array) if array.dtype == np.object_ else np.ascontiguousarray(array).tobytes()
-        response.raw_output_contents.append(data)
+        response.raw_output_contents.append(tensor_bytes(array))
     return response
 
 
