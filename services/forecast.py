@@ -1,5 +1,7 @@
 """Forecasting: weekly history in, `horizon` weeks out, from the LSTM or the GRU forecaster; and their pipelines."""
 
+import math
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 import bentoml
@@ -15,7 +17,7 @@ from contracts.summaries import history_summaries
 from contracts.tensors import TensorSpec
 from services.app import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.errors import BadRequest
-from services.family import VERDICT_TENSORS, FamilyPipeline, answering, verdict_tensors
+from services.family import VERDICT_TENSORS, FamilyPipeline, answering, pipeline_name, verdict_tensors
 from services.metrics import AnswerCounters
 from services.ood import ood_threshold
 from services.payloads import log_predictions
@@ -58,11 +60,9 @@ class ForecastFamily:
     @staticmethod
     def routes(cards: dict[str, ModelCard]) -> APIRouter:
         contracts = [ForecastContract.from_card(card) for card in cards.values()]
-        # The route's default is the better one on validation data (never the test split), as registered at start.
         models = {str(card.cell): name for name, card in cards.items()}
-        default = str(min(cards.values(), key=lambda card: card.val_loss).cell)
         min_history, horizon = max(c.min_history for c in contracts), min(c.horizon for c in contracts)
-        return forecast_routes(min_history, horizon, models, default)
+        return forecast_routes(min_history, horizon, models)
 
 
 def forecast_summary(answer: Forecast) -> dict[str, Any]:
@@ -115,8 +115,21 @@ def whole_number(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def forecast_routes(min_history: int, max_horizon: int, models: dict[str, str], default: str) -> APIRouter:
-    """`models`: each cell's model name; `default`: the cell a request naming none gets."""
+def better_model(request: Request, models: Iterable[str]) -> str:
+    """The forecaster a request naming no cell gets: of those served, the better on validation data (never the test
+    split), by the cards of their latest versions; while none is served, the first (whose routes say why)."""
+    served = request.app.state.models.versions
+
+    def val_loss(model: str) -> float:
+        versions = served.get(pipeline_name(model))
+        loss = list(versions.values())[-1].runner.card.val_loss if versions else None
+        return math.inf if loss is None else loss
+
+    return min(models, key=val_loss)
+
+
+def forecast_routes(min_history: int, max_horizon: int, models: dict[str, str]) -> APIRouter:
+    """`models`: each cell's model name."""
     router = APIRouter(tags=["forecast"], dependencies=[JSON_ONLY])
     Value = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
     cells = tuple(models)
@@ -141,7 +154,7 @@ def forecast_routes(min_history: int, max_horizon: int, models: dict[str, str], 
     @router.post("/forecast", response_model=Forecast, responses=ERROR_RESPONSES)
     async def forecast(request: Request, body: ForecastRequest) -> Response:
         """Forecast the next `horizon` weeks of a weekly series from its history."""
-        choice = answering(request, models[body.model or default])
+        choice = answering(request, models[body.model] if body.model else better_model(request, models.values()))
         pipeline: ForecastPipeline = choice.primary
         history = np.asarray([body.history])
         with choice.answering():

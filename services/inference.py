@@ -225,6 +225,8 @@ class ModelRepository:
     def __init__(self, models: Iterable[InferenceModel] = ()):
         self.versions: dict[str, dict[str, InferenceModel]] = {}
         self.policies: dict[str, Policy] = {}  # by stored model name; replaced whole by the repository admin
+        # Why a name is not served, where the server knows better than "no such model" (services/pending.py).
+        self.unserved: Callable[[str], ServingError | None] = lambda name: None
         for model in models:
             self.add(model)
 
@@ -260,7 +262,7 @@ class ModelRepository:
         """`version` of `name`, or with none, the latest (the version policy is for `choose`)."""
         versions = self.versions.get(name)
         if not versions:
-            raise NotFound(f"no model named {name!r}; served: {sorted(self.versions)}")
+            raise self.unserved(name) or NotFound(f"no model named {name!r}; served: {sorted(self.versions)}")
         if version is None:
             return list(versions.values())[-1]
         if version not in versions:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from services.forecast import ForecastFamily
 from services.image import ImageFamily
 from services.inference import InferenceModel, ModelRepository, OnnxModel
 from services.oip_grpc import GRPCServer, PortTaken
+from services.pending import PendingModels, ReadinessReport, stored_name
 from services.repository import RepositoryAdmin, ServedState
 from services.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS, service_config
@@ -28,40 +30,53 @@ log = logging.getLogger(__name__)
 # The served families by name (their store tags are in the settings' one registry): one line a family, no forks.
 FAMILIES: dict[str, FamilyKind] = {"image": ImageFamily, "forecast": ForecastFamily, "text": TextFamily}
 TAGS = SETTINGS.family_models
+# Under `python -m training serve`, family models still training: routes now, models when registered.
+PENDING = PendingModels.at_start(SETTINGS.training_progress, [tag for tags in TAGS.values() for tag in tags])
 # Checked against their sha256 at import, so `bentoml serve` refuses a changed file instead of restarting workers.
-REFERENCES = {tag: verified_model(tag, SETTINGS.pinned_digests) for tag in SETTINGS.served_models}
-STORED = {tag: bentoml.models.get(tag) for tag in REFERENCES}  # `latest` resolved once, at start
-# Each family model's name, its family and its card at start (what its routes were built for).
-FAMILY_MODELS = {
-    STORED[t].tag.name: (kind, ModelCard.from_metadata(STORED[t].info.metadata))
-    for family, kind in FAMILIES.items()
-    for t in TAGS[family]
+REFERENCES = {
+    tag: verified_model(tag, SETTINGS.pinned_digests) for tag in SETTINGS.served_models if not PENDING.skips(tag)
 }
+STORED = {tag: bentoml.models.get(tag) for tag in REFERENCES}  # `latest` resolved once, at start
+
+
+def start_cards(family: str) -> dict[str, ModelCard]:
+    """A family's model names and the cards its routes are built for: the stored models', and pending ones'."""
+    cards = {STORED[t].tag.name: ModelCard.from_metadata(STORED[t].info.metadata) for t in TAGS[family] if t in STORED}
+    return {**cards, **{name: PENDING.cards[name] for t in TAGS[family] if (name := stored_name(t)) in PENDING.cards}}
+
+
+# Each family model's name, its family and its card at start (what its routes were built for).
+FAMILY_MODELS = {name: (kind, card) for family, kind in FAMILIES.items() for name, card in start_cards(family).items()}
 # A family model served in more than one version at start (another in MODELROAD_MODELS, side by side) keeps its
 # routes on the version its setting names: a policy gives that one all the traffic until the repository changes it.
 START_POLICIES = {
     name: {"split": {STORED[t].tag.version: 100}}
     for family in FAMILIES
     for t in TAGS[family]
-    if len({str(m.tag) for m in STORED.values() if m.tag.name == (name := STORED[t].tag.name)}) > 1
+    if t in STORED and len({str(m.tag) for m in STORED.values() if m.tag.name == (name := STORED[t].tag.name)}) > 1
 }
-# With the repository extension on, what is served may change; the workers share it through this state.
-STATE = ServedState.of_server([str(m.tag) for m in STORED.values()], START_POLICIES) if SETTINGS.admin_token else None
+# With the repository extension on, or models pending, what is served may change; the workers share it here.
+STATE = (
+    ServedState.of_server([str(m.tag) for m in STORED.values()], START_POLICIES)
+    if SETTINGS.admin_token or PENDING
+    else None
+)
 APP = build_app(
     "modelroad",
     "CNN, RNN and Transformer models served with ONNX Runtime: family routes, and the Open Inference Protocol v2 "
     "(with Triton's binary tensor extension) for every model and each family's pipeline.",
     [
-        *(
-            kind.routes({STORED[t].tag.name: FAMILY_MODELS[STORED[t].tag.name][1] for t in TAGS[name]})
-            for name, kind in FAMILIES.items()
-        ),
+        *(kind.routes(cards) for family, kind in FAMILIES.items() if (cards := start_cards(family))),
         oip.routes(
-            names=[n for m in STORED.values() for n in (m.tag.name, pipeline_name(m.tag.name))],
+            names=[
+                n
+                for name in [*(m.tag.name for m in STORED.values()), *PENDING.cards]
+                for n in (name, pipeline_name(name))
+            ],
             versions=[m.tag.version for m in STORED.values()],
-            extensions=["model_repository"] if STATE else [],
+            extensions=["model_repository"] if SETTINGS.admin_token else [],
         ),
-        *([repository.routes(SETTINGS.admin_token)] if STATE else []),
+        *([repository.routes(SETTINGS.admin_token)] if SETTINGS.admin_token else []),
     ],
     guarded=True,
 )
@@ -109,6 +124,7 @@ class Platform:
         unique = {str(stored.tag): stored for stored in STORED.values()}.values()  # `latest` may name a pinned tag
         self.repository = ModelRepository([model for stored in unique for model in open_version(stored)])
         self.repository.policies = {name: Policy.parse(record) for name, record in START_POLICIES.items()}
+        self.repository.unserved = PENDING.refusal
         self.admin = (
             RepositoryAdmin(
                 self.repository,
@@ -121,7 +137,8 @@ class Platform:
             if STATE
             else None
         )
-        APP.state.models, APP.state.admin = self.repository, self.admin
+        APP.state.models, APP.state.admin, APP.state.pending = self.repository, self.admin, PENDING
+        self._joining: asyncio.Task | None = None  # held: the loop keeps only a weak reference to a task
         APP.state.ready = self.__is_ready__
         self.grpc = GRPCServer(APP, SETTINGS) if SETTINGS.grpc_port else None
 
@@ -131,6 +148,8 @@ class Platform:
         DRAIN.install(SETTINGS.drain_s)
         if self.admin:
             self.admin.start_following()  # also catches up a restarted worker on what was loaded before
+        if self.admin and PENDING:
+            self._joining = asyncio.get_running_loop().create_task(PENDING.join_when_registered(self.admin))
         if self.grpc:
             try:
                 await self.grpc.start()
@@ -154,3 +173,4 @@ class Platform:
 for number, reference in enumerate(REFERENCES.values()):
     setattr(Platform, f"model_{number}", reference)
 Platform = bentoml.service(**service_config("modelroad"))(bentoml.asgi_app(APP, path="/")(Platform))
+Platform.add_asgi_middleware(ReadinessReport, state=APP.state)

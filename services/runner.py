@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -65,12 +66,18 @@ def verified_model(tag: str, pins: dict[str, str] | None = None) -> bentoml.mode
     return bentoml.models.BentoModel(str(stored.tag))
 
 
+@functools.cache
+def cpu_fallback_said() -> None:
+    """Once a process, not once a model version loaded."""
+    log.warning("device=auto: ONNX Runtime has no CUDA provider here; running on CPU")
+
+
 def choose_providers(device: str, available: Sequence[str]) -> tuple[list[str], str]:
     """ONNX Runtime providers for the configured device: cpu, cuda, or auto (cuda when present, else cpu)."""
     has_cuda = "CUDAExecutionProvider" in available
     if device == "cpu" or (device == "auto" and not has_cuda):
         if device == "auto":
-            log.warning("device=auto: ONNX Runtime has no CUDA provider here; running on CPU")
+            cpu_fallback_said()
         return ["CPUExecutionProvider"], "cpu"
     if not has_cuda:
         raise RuntimeError(

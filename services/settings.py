@@ -73,6 +73,9 @@ class ServeSettings:
     ood_thresholds: str = ""
     # The inference protocol over gRPC, served by every worker on this port beside HTTP (same address); 0: off.
     grpc_port: int = 8001
+    # Set by `python -m training serve`: the training runs' progress records (contracts/progress.py). A family model
+    # the store lacks at start whose run has queued one is served once registered; its routes say how far it is.
+    training_progress: str = ""
     runner_url: str = ""  # a runner service (services/runner_service.py) to run the models in; empty: in-process
     runner_wait_s: float = 120.0  # how long a worker waits at start for the runner service to be ready
 

@@ -1,5 +1,5 @@
-"""Command line: `python -m training train fashion-cnn`, `ensure`, `tune`, `report`, `list`, `import FILE.onnx`,
-`drift LOG_DIR`."""
+"""Command line: `python -m training train fashion-cnn`, `ensure`, `serve`, `tune`, `report`, `list`,
+`import FILE.onnx`, `drift LOG_DIR`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from contracts.progress import PROGRESS_FOLDER
 from training.config import TrainConfig
 from training.tasks import TASKS
 
@@ -83,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="tasks trained side by side, each in its own process with cores/lanes threads (default: 2)",
     )
     add_config_flags(ensure)
+    serve = commands.add_parser(
+        "serve", help="serve every family, training first the default models the store lacks (each joins when ready)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--lanes", type=int, default=2, help="tasks trained side by side (default: 2)")
+    add_config_flags(serve)
     listing = commands.add_parser("list", help="list registered models with their key test metric")
     listing.add_argument(
         "--digests", action="store_true", help="print each model's tag=digest instead, for MODELROAD_MODEL_DIGESTS"
@@ -105,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_command(args: argparse.Namespace, argv: list[str]) -> int:
-    from training.pipeline import run
+    from training.pipeline import loaded, run
 
+    runs = []
     for name in args.tasks:
         tuned, tuning = {}, None
         if args.params_from:
@@ -114,8 +123,25 @@ def train_command(args: argparse.Namespace, argv: list[str]) -> int:
 
             tuned, tuning = best_params(args.params_from, name)
             log.info("%s: parameters of study %s: %s", name, args.params_from, tuned)
-        run(config_from_args(name, args, tuned), tuning)
-    return 0
+        runs.append((config_from_args(name, args, tuned), tuning))
+    # With progress records on (`python -m training serve`), every task's data is loaded first and its record
+    # queued with its interface card: a server builds the routes of the models this lane has not started yet.
+    ahead, failed = {}, []
+    for cfg, _ in runs if os.environ.get(PROGRESS_FOLDER) else []:
+        try:
+            ahead[cfg.task] = loaded(cfg)
+        except Exception:
+            log.exception("%s: loading its data failed", cfg.task)
+            failed.append(cfg.task)
+    for cfg, tuning in runs:
+        if cfg.task in failed:
+            continue
+        try:
+            run(cfg, tuning, ahead.get(cfg.task))
+        except Exception:  # the tasks after it still train; the exit status says one failed
+            log.exception("%s: training failed", cfg.task)
+            failed.append(cfg.task)
+    return 1 if failed else 0
 
 
 def import_command(args: argparse.Namespace, argv: list[str]) -> int:
@@ -171,32 +197,54 @@ def list_command(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def ensure_command(args: argparse.Namespace, argv: list[str]) -> int:
-    from training.pipeline import run
+def tasks_to_train() -> list[str]:
+    """The default tasks with no servable model in the store."""
     from training.register import list_registered
 
     # A model registered before OOD scores existed cannot be served: its task is trained again.
     stored = {r["tag"].split(":")[0] for r in list_registered() if r["ood_threshold"] is not None}
-    tasks = [name for name in TASKS if name not in stored]
+    return [name for name in TASKS if name not in stored]
+
+
+def lane_flags(argv: list[str], command: str, own: tuple[str, ...]) -> list[str]:
+    """The training flags given to `command`, for its lanes: its own options (`own`, with their values) left out."""
+    flags = argv[argv.index(command) + 1 :]
+    for option in own:
+        flags = [flag for flag in flags if not flag.startswith(f"{option}=")]
+        if option in flags:
+            at = flags.index(option)
+            flags = flags[:at] + flags[at + 2 :]
+    return flags
+
+
+def ensure_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from training.pipeline import run
+
+    tasks = tasks_to_train()
     if not tasks:
         log.info("every default model is in the store: %s", ", ".join(sorted(TASKS)))
     if args.lanes > 1 and len(tasks) > 1:
         from training.lanes import train_in_lanes
 
-        # The lanes get the flags given here, --lanes and its value aside.
-        flags = [flag for flag in argv[argv.index("ensure") + 1 :] if not flag.startswith("--lanes=")]
-        if "--lanes" in flags:
-            at = flags.index("--lanes")
-            flags = flags[:at] + flags[at + 2 :]
-        return train_in_lanes(tasks, args.lanes, flags)
+        return train_in_lanes(tasks, args.lanes, lane_flags(argv, "ensure", ("--lanes",)))
     for name in tasks:
         run(config_from_args(name, args))
     return 0
 
 
+def serve_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from training.serve import serve
+
+    flags = lane_flags(argv, "serve", ("--lanes", "--host", "--port"))
+    out_dir = Path(getattr(args, "out_dir", TrainConfig.out_dir))
+    tasks = tasks_to_train()
+    return serve(tasks, args.host, args.port, args.lanes, flags, out_dir, stored=len(tasks) < len(TASKS))
+
+
 COMMANDS = {
     "train": train_command,
     "ensure": ensure_command,
+    "serve": serve_command,
     "tune": tune_command,
     "report": report_command,
     "list": list_command,

@@ -12,6 +12,8 @@ import logging
 import os
 import subprocess
 import sys
+from subprocess import Popen
+from typing import Any
 
 from training.tasks import TASKS
 
@@ -29,14 +31,17 @@ def plan_lanes(tasks: list[str], lanes: int) -> list[list[str]]:
     return plan
 
 
-def train_in_lanes(tasks: list[str], lanes: int, flags: list[str]) -> int:
-    """`python -m training train <lane's tasks> <flags>` per lane, all at once, the cores split between
-    them (unless the flags set --threads); returns the first non-zero exit status, else 0."""
+def start_lanes(tasks: list[str], lanes: int, flags: list[str], **popen: Any) -> list[tuple[list[str], Popen]]:
+    """`python -m training train <lane's tasks> <flags>` per lane, all at once, the cores split between them (unless
+    the flags set --threads); each lane's tasks and process (`popen`: e.g. where its output goes)."""
     plan = plan_lanes(tasks, lanes)
     threads = [] if "--threads" in flags else ["--threads", str(max(1, (os.cpu_count() or 1) // len(plan)))]
     log.info("training in %d lanes: %s", len(plan), " | ".join(", ".join(lane) for lane in plan))
-    processes = [
-        subprocess.Popen([sys.executable, "-m", "training", "train", *lane, *threads, *flags]) for lane in plan
-    ]
-    codes = [process.wait() for process in processes]
+    command = [sys.executable, "-m", "training", "train"]
+    return [(lane, subprocess.Popen([*command, *lane, *threads, *flags], **popen)) for lane in plan]
+
+
+def train_in_lanes(tasks: list[str], lanes: int, flags: list[str]) -> int:
+    """Every lane trained to its end; returns the first non-zero exit status, else 0."""
+    codes = [process.wait() for _, process in start_lanes(tasks, lanes, flags)]
     return next((code for code in codes if code != 0), 0)

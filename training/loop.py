@@ -267,20 +267,26 @@ def train_epoch(
     return running / seen
 
 
+def net_config(task: Task, data: Prepared, cfg: TrainConfig) -> dict[str, Any]:
+    """The net's config: the task's for its data, then the run's overrides."""
+    return dataclasses.asdict(config_from_dict(task.model, {**task.model_config(data), **cfg.model}))
+
+
 def fit(
     task: Task,
     data: Prepared,
     cfg: TrainConfig,
     run_dir: Path,
     ranks: Ranks = SINGLE,
-    on_epoch: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[dict[str, float], float], None] | None = None,
 ) -> Trained:
-    """Train on every rank; `on_epoch(epoch, objective)` hears each epoch's validation objective (lower is
-    better), e.g. an Optuna trial that may prune the run by raising."""
+    """Train on every rank; `on_epoch(record, objective)` hears each epoch's record (its number, losses and
+    validation score) and validation objective (lower is better): an Optuna trial may prune the run by raising,
+    the progress record counts epochs."""
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device, ranks)
-    model_config = dataclasses.asdict(config_from_dict(task.model, {**task.model_config(data), **cfg.model}))
+    model_config = net_config(task, data, cfg)
     net = build_model(task.model, config_from_dict(task.model, model_config)).to(device)
     # Batch order is drawn alike on every rank (the global batches); augmentation differs per rank.
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -322,7 +328,7 @@ def fit(
             rounded = {k: round(v, 4) for k, v in record.items()}
             log.info("%s epoch %d: %s%s", task.name, epoch + 1, rounded, " (best)" if improved else "")
         if on_epoch is not None:
-            on_epoch(epoch + 1, objective)
+            on_epoch(record, objective)
         if leader_says(ranks, progress.stale >= cfg.patience):
             if ranks.leader:
                 log.info("early stop: no better validation result for %d epochs", progress.stale)

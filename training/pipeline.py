@@ -23,8 +23,9 @@ from training.config import TrainConfig
 from training.distributed import Ranks, start, stop
 from training.evaluate import plot_history
 from training.export import check_parity, export_onnx, output_difference
-from training.loop import Trained, fit, pick_device
+from training.loop import Trained, fit, net_config, pick_device
 from training.ood import PredictScored, fit_scored, ood_report
+from training.progress import ProgressReport
 from training.register import register_model
 from training.tasks import get_task
 from training.tasks.base import Predict, Prepared, Task
@@ -95,11 +96,9 @@ def export(task: Task, trained: Trained, data: Prepared, run_dir: Path) -> Expor
     return Exported(scored, examples, path, opset, check_parity(scored, task, path, examples))
 
 
-def evaluated_card(
-    task: Task, cfg: TrainConfig, data: Prepared, trained: Trained, exported: Exported, extra: dict[str, Any]
-) -> ModelCard:
-    """The card of the exported graph: test metrics and the OOD threshold describe what will be served."""
-    predict = onnx_predictor(task, exported.path)
+def interface_card(task: Task, cfg: TrainConfig, data: Prepared) -> ModelCard:
+    """What the model will take and answer, known before training: a server builds a family's routes from it
+    while the model trains (contracts/progress.py)."""
     return ModelCard(
         task=task.kind,
         family=task.model,
@@ -108,6 +107,17 @@ def evaluated_card(
         labels=tuple(data.labels or ()),
         preprocessing=data.preprocessing,
         key_metric=task.key_metric,
+        model_config=net_config(task, data, cfg),
+    )
+
+
+def evaluated_card(
+    task: Task, cfg: TrainConfig, data: Prepared, trained: Trained, exported: Exported, extra: dict[str, Any]
+) -> ModelCard:
+    """The card of the exported graph: test metrics and the OOD threshold describe what will be served."""
+    predict = onnx_predictor(task, exported.path)
+    return dataclasses.replace(
+        interface_card(task, cfg, data),
         metrics=task.evaluate(first_output(predict), data, cfg.run_dir()),
         baseline=task.baseline(data),
         ood=OodRecord.from_metadata(ood_report(predict, task, data, cfg.run_dir())),
@@ -148,18 +158,44 @@ def save_variants(
         )
 
 
-def run(cfg: TrainConfig, tuning: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def loaded(cfg: TrainConfig) -> tuple[Prepared, ProgressReport]:
+    """A task's data, and its progress record queued with the interface its model will have."""
+    task = get_task(cfg.task)
+    report = ProgressReport(task.name, 1 if cfg.dry_run else cfg.epochs, task.expected_seconds)
+    try:
+        data = task.load_data(cfg)
+    except BaseException as exc:
+        report.failed(exc)
+        raise
+    report.queued(interface_card(task, cfg, data))
+    return data, report
+
+
+def run(
+    cfg: TrainConfig, tuning: dict[str, Any] | None = None, prepared: tuple[Prepared, ProgressReport] | None = None
+) -> dict[str, Any] | None:
     """Train one task end to end; returns the model card as stored (with `tag` when registered).
 
     Under torchrun every rank trains; rank 0 alone exports, registers and returns the card (others: None).
-    `tuning`: the Optuna study the parameters came from, recorded in the card."""
+    `tuning`: the Optuna study the parameters came from, recorded in the card. `prepared`: its data and progress
+    record, when loaded beforehand (`loaded`). A failure is recorded in the progress record, then raised."""
+    data, report = prepared or loaded(cfg)
+    try:
+        return trained_and_registered(cfg, tuning, data, report)
+    except BaseException as exc:
+        report.failed(exc)
+        raise
+
+
+def trained_and_registered(
+    cfg: TrainConfig, tuning: dict[str, Any] | None, data: Prepared, report: ProgressReport
+) -> dict[str, Any] | None:
     task = get_task(cfg.task)
     ranks = start(cuda=pick_device(cfg.device).type == "cuda")
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     if ranks.leader:
         cfg.save(run_dir / "config.json")
-    data = task.load_data(cfg)
     log.info(
         "%s: %d train / %d val / %d test from %s",
         task.name,
@@ -168,10 +204,12 @@ def run(cfg: TrainConfig, tuning: dict[str, Any] | None = None) -> dict[str, Any
         len(data.test),
         data.source,
     )
-    trained = fit(task, data, cfg, run_dir, ranks)
+    report.training()
+    trained = fit(task, data, cfg, run_dir, ranks, on_epoch=lambda history, _: report.epoch(history))
     stop(ranks)  # every rank has finished its steps; rank 0 alone goes on to export
     if not ranks.leader:
         return None
+    report.exporting()
     plot_history(trained.history, run_dir / "training_curves.png")
     exported = export(task, trained, data, run_dir)
     extra = {
@@ -196,4 +234,6 @@ def run(cfg: TrainConfig, tuning: dict[str, Any] | None = None) -> dict[str, Any
         100 * card.ood.evaluation["test_fpr"],
         f", registered {stored['tag']}" if "tag" in stored else "",
     )
+    if "tag" in stored:
+        report.registered(stored)
     return stored

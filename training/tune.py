@@ -83,7 +83,8 @@ def tune(base: TrainConfig, trials: int, timeout: float | None) -> optuna.Study:
         run_dir = path.parent / task.name / f"trial-{trial.number}"
         run_dir.mkdir(parents=True, exist_ok=True)
 
-        def report(epoch: int, value: float) -> None:
+        def report(record: dict[str, float], value: float) -> None:
+            epoch = int(record["epoch"])
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: {value:.4f} trails the median")

@@ -5,7 +5,7 @@ import bentoml
 import pytest
 
 from contracts.card import ModelCard
-from services.runner import ModelIntegrityError, ModelLoadError, choose_providers, verified_model
+from services.runner import ModelIntegrityError, ModelLoadError, choose_providers, cpu_fallback_said, verified_model
 from services.settings import ServeSettings
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -19,9 +19,11 @@ def test_auto_takes_cuda_when_onnxruntime_has_it():
     assert choose_providers("auto", [CUDA, CPU]) == ([CUDA, CPU], "cuda")
 
 
-def test_auto_falls_back_to_cpu_with_one_log_line(caplog):
+def test_auto_falls_back_to_cpu_with_one_log_line_a_process(caplog):
+    cpu_fallback_said.cache_clear()  # as in a new process
     with caplog.at_level("WARNING"):
         assert choose_providers("auto", [CPU]) == ([CPU], "cpu")
+        assert choose_providers("auto", [CPU]) == ([CPU], "cpu")  # a second model version loaded: no second line
     assert [r.message for r in caplog.records] == [
         "device=auto: ONNX Runtime has no CUDA provider here; running on CPU"
     ]

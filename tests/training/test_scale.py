@@ -69,9 +69,9 @@ def test_on_epoch_hears_the_validation_objective_and_can_stop_the_run(tmp_path):
     cfg.run_dir().mkdir(parents=True)
     heard = []
 
-    def prune_after_two(epoch: int, objective: float) -> None:
-        heard.append((epoch, objective))
-        if epoch == 2:
+    def prune_after_two(record: dict[str, float], objective: float) -> None:
+        heard.append((record["epoch"], objective))
+        if record["epoch"] == 2:
             raise optuna.TrialPruned()
 
     with pytest.raises(optuna.TrialPruned):
