@@ -8,16 +8,18 @@ export BENTOML_DO_NOT_TRACK := true
 .PHONY: setup serve train test test-fast loadtest soak bench bento image pod pod-down lint
 
 setup:
-	@scripts/setup.sh
+	@scripts/setup.sh test
 
-## Serve every family on $(HOST):$(PORT), training the default models first if the store has none.
-serve: setup
-	$(PY) -m training ensure
-	.venv/bin/bentoml serve services.platform:Platform --host $(HOST) --port $(PORT)
+## Serve every family on $(HOST):$(PORT), training first the default models the store lacks: each family
+## answers as soon as its model is registered (the others say how far their training is).
+serve:
+	@scripts/setup.sh serve
+	$(PY) -m training serve --host $(HOST) --port $(PORT)
 
 ## Train (or re-train) the default models and register them: make train TASKS="fashion-cnn"
 TASKS ?= fashion-cnn
-train: setup
+train:
+	@scripts/setup.sh serve
 	$(PY) -m training train $(TASKS)
 
 ## The whole suite (unit, in-process service, real `bentoml serve`, bentoml build); the 25 slowest listed at the end.

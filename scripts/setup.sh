@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian/Ubuntu machine: system packages (datasets, OOD test texts, Prometheus, wrk, podman) and the venv.
-# Idempotent and quick when nothing changed. Usage: scripts/setup.sh [extras], default "train,dev".
+# Set up a fresh Debian/Ubuntu machine: Debian packages and the venv. Idempotent and quick when nothing changed.
+# Usage: scripts/setup.sh [serve|test]
+#   serve: what serving and training the default models need (the datasets, torch, BentoML): `make serve`;
+#   test (default): that, and the tests' and the image's tools (Prometheus, wrk, podman; pytest, Locust, clients).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-train,dev}"
-apt_packages=(dataset-fashion-mnist wordnet-base fortunes-min prometheus wrk podman runc catatonit debootstrap)
+profile="${1:-test}"
+apt_packages=(dataset-fashion-mnist wordnet-base fortunes-min)
+extras="train"
+if [ "$profile" = test ]; then
+  apt_packages+=(prometheus wrk podman runc catatonit debootstrap)
+  extras="train,dev"
+elif [ "$profile" != serve ]; then
+  echo "setup: unknown profile '$profile' (serve or test)" >&2
+  exit 2
+fi
 
 missing=()
 for pkg in "${apt_packages[@]}"; do
@@ -16,7 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
   else
-    echo "setup: missing Debian packages ${missing[*]}: run 'sudo apt-get install ${missing[*]}' (training on the default data needs them)" >&2
+    echo "setup: missing Debian packages ${missing[*]}: run 'sudo apt-get install ${missing[*]}'" >&2
   fi
 fi
 
@@ -27,14 +37,18 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)-${extras//,/_}"
-if [ ! -f "$stamp" ]; then
+# The stamp names the pyproject it installed and its extras: "test" after "serve" adds the dev extra, and
+# "serve" after "test" has nothing to do.
+stamp_prefix=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+installed=""
+for stamp in "$stamp_prefix"-*; do
+  [ -f "$stamp" ] && installed="${stamp#"$stamp_prefix"-}"
+done
+if [ "$installed" != "train_dev" ] && [ "$installed" != "${extras//,/_}" ]; then
   # torch first, pinned: anything that pulls an unpinned torch would fetch a multi-GB CUDA build.
-  if [[ "$extras" == *train* ]]; then
-    .venv/bin/pip install -q torch==2.13.0
-  fi
+  .venv/bin/pip install -q torch==2.13.0
   .venv/bin/pip install -q -e ".[${extras}]"
   rm -f .venv/.installed-*
-  touch "$stamp"
+  touch "$stamp_prefix-${extras//,/_}"
 fi
 echo "setup: ready (.venv, extras: ${extras})"
