@@ -18,6 +18,8 @@ from typing import Any, Self
 
 PROGRESS_FOLDER = "MODELROAD_TRAINING_PROGRESS"
 STATES = ("queued", "training", "exporting", "registered", "failed")
+# Beside the records: the threads each training run should use now (the supervisor raises it as lanes end).
+THREADS_FILE = "threads"
 MIN_RETRY_S, MAX_RETRY_S = 5, 60  # Retry-After while a model trains: its time left, within these bounds
 
 
@@ -71,7 +73,7 @@ class TrainingProgress:
             scored = f": test {self.metric} {self.score:.4f}" if self.score is not None else ""
             return f"{self.task} is registered as {self.tag}{scored}" + (f" ({self.baseline})" if self.baseline else "")
         if self.state == "queued":
-            return f"{self.task} is queued for training (its lane trains another task first)"
+            return f"{self.task} is queued: its data is loading, or its lane trains another task first"
         done = f"epoch {self.epoch} of {self.epochs}" if self.state == "training" else "exporting to ONNX"
         scored = f", last validation {self.metric} {self.score:.4f}" if self.score is not None else ""
         return f"{self.task} is training: {done}{scored}{self.time_left()}"

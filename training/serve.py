@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,15 +20,20 @@ import urllib.request
 from pathlib import Path
 from subprocess import Popen
 
-from contracts.progress import PROGRESS_FOLDER, TrainingProgress
+from contracts.progress import PROGRESS_FOLDER, THREADS_FILE, TrainingProgress
 from training.lanes import start_lanes
 
 POLL_S = 2.0
+LINE_EVERY_S = 30.0
+
+
+def lane_now(lane: list[str], records: dict[str, TrainingProgress]) -> TrainingProgress | None:
+    """The lane's task in progress: its first not done (None: the lane is done)."""
+    return next((records[t] for t in lane if t in records and not records[t].done), None)
 
 
 def lane_line(number: int, lane: list[str], records: dict[str, TrainingProgress]) -> str:
-    """The lane's task in progress (its first not done), or that the lane is done."""
-    current = next((records[t] for t in lane if t in records and not records[t].done), None)
+    current = lane_now(lane, records)
     if current is None:
         return f"lane {number}: done ({', '.join(lane)})"
     return f"lane {number}: {current.describe()}"
@@ -60,10 +66,11 @@ class Supervisor:
     def __init__(self, folder: Path, log_path: Path, url: str, stored: bool):
         self.folder, self.log_path, self.url = folder, log_path, url
         self.stored = stored  # some default model was in the store before: the server need not wait for one
+        self.rebalance = True  # False: the lanes' threads were set by hand (--threads)
         self.started = time.monotonic()
         self.lanes: list[tuple[list[str], Popen]] = []
         self.server: Popen | None = None
-        self.shown: dict[int, str] = {}  # each lane's last line
+        self.shown: dict[int, tuple] = {}  # each lane's last (task, state), line and when it was shown
         self.announced: set[str] = set()  # tasks whose end was said
         self.finished = False
 
@@ -80,7 +87,10 @@ class Supervisor:
                 self.say(f"starting the server on {self.url}: the models still training join it when registered")
                 self.server = Popen(server_command, env=env)
             self.announce(records, awaited(self.url) if self.server else None)
-            training = any(process.poll() is None for _, process in self.lanes)
+            live = sum(process.poll() is None for _, process in self.lanes)
+            training = live > 0
+            if self.rebalance and training:
+                self.share_cores(live)
             if self.server is None and not training:
                 self.say(f"no model could be trained: see {self.log_path}")
                 return 1
@@ -94,11 +104,24 @@ class Supervisor:
                 )
             time.sleep(POLL_S)
 
+    def share_cores(self, live: int) -> None:
+        """The cores split among the lanes still training: a lane left alone takes them all from its next epoch."""
+        threads = str(max(1, (os.cpu_count() or 1) // live))
+        path = self.folder / THREADS_FILE
+        if not path.exists() or path.read_text() != threads:
+            path.write_text(threads)
+
     def show_lanes(self, records: dict[str, TrainingProgress]) -> None:
+        """A lane's line when its task or state changes, else at most every LINE_EVERY_S (the GRU's epochs take
+        seconds: a line each would be a wall)."""
+        now = time.monotonic()
         for number, (lane, _) in enumerate(self.lanes, 1):
+            current = lane_now(lane, records)
+            step = (current.task, current.state) if current else None
             line = lane_line(number, lane, records)
-            if self.shown.get(number) != line:
-                self.shown[number] = line
+            last_step, last_line, at = self.shown.get(number, ((), "", 0.0))
+            if step != last_step or (line != last_line and now - at >= LINE_EVERY_S):
+                self.shown[number] = (step, line, now)
                 self.say(line)
 
     def announce(self, records: dict[str, TrainingProgress], waiting: dict[str, str] | None) -> None:
@@ -132,8 +155,8 @@ def serve(tasks: list[str], host: str, port: int, lanes: int, flags: list[str], 
     folder, logs = out_dir / "progress", out_dir / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.json"):
-        old.unlink()
+    for old in [*folder.glob("*.json"), folder / THREADS_FILE]:
+        old.unlink(missing_ok=True)
     log_path = logs / time.strftime("training-%Y%m%d-%H%M%S.log")
     for task in tasks:
         TrainingProgress(task, log=str(log_path)).save(folder)
@@ -141,6 +164,9 @@ def serve(tasks: list[str], host: str, port: int, lanes: int, flags: list[str], 
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     supervisor = Supervisor(folder, log_path, url, stored)
     supervisor.say(f"training {', '.join(tasks)} (not in the store); the full log: {log_path}")
+    supervisor.rebalance = "--threads" not in flags
+    # SIGTERM (a service manager, `kill`) stops the lanes and the server too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     with open(log_path, "ab") as log_file:
         supervisor.lanes = start_lanes(tasks, lanes, flags, env=env, stdout=log_file, stderr=subprocess.STDOUT)
         try:

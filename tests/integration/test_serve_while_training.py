@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -171,7 +170,7 @@ def test_training_serve_serves_what_it_has_and_says_why_a_run_failed(registered,
         assert f"(log: {log})" in lines and "Traceback" in log.read_text()
         assert "Traceback" not in lines  # the terminal gets one line; the log the rest
     finally:
-        process.send_signal(signal.SIGINT)
+        process.terminate()  # as a service manager stops it: the lanes and the server go too
         process.wait(60)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/livez", timeout=2)  # the server stopped with the command
