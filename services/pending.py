@@ -148,7 +148,8 @@ class ReadinessReport:
         self.app, self.state = app, state  # the platform app's state, set by the worker at start
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/readyz" or not hasattr(self.state, "ready"):
+        answered = scope["type"] == "http" and scope["path"] == "/readyz" and scope["method"] == "GET"
+        if not answered or not hasattr(self.state, "ready"):  # other methods: BentoML's route (HEAD; else 405)
             await self.app(scope, receive, send)
             return
         await self.report()(scope, receive, send)

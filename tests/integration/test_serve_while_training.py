@@ -85,6 +85,7 @@ def test_a_model_still_training_answers_with_its_progress(training_server):
     assert ready.status_code == 200 and set(ready.json()["waiting"]) == {"wordnet-transformer", "co2-gru"}
     assert "epoch 4 of 11" in ready.json()["waiting"]["wordnet-transformer"]
     assert httpx.get(f"{url}/livez").status_code == 200
+    assert httpx.request("TRACE", f"{url}/readyz").status_code == 405  # GET alone is answered with the report
 
     answer = httpx.post(f"{url}/classify_text", json={"text": "a small dog"})
     assert answer.status_code == 503 and answer.headers["retry-after"] == "60"
