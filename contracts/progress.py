@@ -18,8 +18,6 @@ from typing import Any, Self
 
 PROGRESS_FOLDER = "MODELROAD_TRAINING_PROGRESS"
 STATES = ("queued", "training", "exporting", "registered", "failed")
-# Beside the records: the threads each training run should use now (the supervisor raises it as lanes end).
-THREADS_FILE = "threads"
 MIN_RETRY_S, MAX_RETRY_S = 5, 60  # Retry-After while a model trains: its time left, within these bounds
 
 

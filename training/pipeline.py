@@ -205,15 +205,7 @@ def trained_and_registered(
         data.source,
     )
     report.training()
-
-    def on_epoch(history: dict[str, float], _: float) -> None:
-        report.epoch(history)
-        # A lane whose neighbour has ended gets its cores (torch's intra-op threads can change between epochs).
-        if (threads := report.threads()) and threads != torch.get_num_threads():
-            log.info("%s: %d threads from epoch %d", task.name, threads, history["epoch"] + 1)
-            torch.set_num_threads(threads)
-
-    trained = fit(task, data, cfg, run_dir, ranks, on_epoch=on_epoch)
+    trained = fit(task, data, cfg, run_dir, ranks, on_epoch=lambda history, _: report.epoch(history))
     stop(ranks)  # every rank has finished its steps; rank 0 alone goes on to export
     if not ranks.leader:
         return None

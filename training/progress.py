@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.card import ModelCard
-from contracts.progress import PROGRESS_FOLDER, THREADS_FILE, TrainingProgress
+from contracts.progress import PROGRESS_FOLDER, TrainingProgress
 
 
 class ProgressReport:
@@ -53,13 +53,6 @@ class ProgressReport:
 
     def failed(self, error: BaseException) -> None:
         self._write(state="failed", error=f"{type(error).__name__}: {error}", seconds_left=None)
-
-    def threads(self) -> int | None:
-        """The threads a run should use now, where the supervisor says (`THREADS_FILE`: more once other lanes end)."""
-        try:
-            return int((Path(self.folder) / THREADS_FILE).read_text()) if self.folder else None
-        except (FileNotFoundError, ValueError):
-            return None
 
     def _write(self, **changes: Any) -> None:
         for name, value in changes.items():

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from subprocess import Popen
 
-from contracts.progress import PROGRESS_FOLDER, THREADS_FILE, TrainingProgress
+from contracts.progress import PROGRESS_FOLDER, TrainingProgress
 from training.lanes import start_lanes
 
 POLL_S = 2.0
@@ -66,7 +66,6 @@ class Supervisor:
     def __init__(self, folder: Path, log_path: Path, url: str, stored: bool):
         self.folder, self.log_path, self.url = folder, log_path, url
         self.stored = stored  # some default model was in the store before: the server need not wait for one
-        self.rebalance = True  # False: the lanes' threads were set by hand (--threads)
         self.started = time.monotonic()
         self.lanes: list[tuple[list[str], Popen]] = []
         self.server: Popen | None = None
@@ -87,10 +86,7 @@ class Supervisor:
                 self.say(f"starting the server on {self.url}: the models still training join it when registered")
                 self.server = Popen(server_command, env=env)
             self.announce(records, awaited(self.url) if self.server else None)
-            live = sum(process.poll() is None for _, process in self.lanes)
-            training = live > 0
-            if self.rebalance and training:
-                self.share_cores(live)
+            training = any(process.poll() is None for _, process in self.lanes)
             if self.server is None and not training:
                 self.say(f"no model could be trained: see {self.log_path}")
                 return 1
@@ -103,13 +99,6 @@ class Supervisor:
                     "training finished" + (f"; failed: {', '.join(failed)} (log: {self.log_path})" if failed else "")
                 )
             time.sleep(POLL_S)
-
-    def share_cores(self, live: int) -> None:
-        """The cores split among the lanes still training: a lane left alone takes them all from its next epoch."""
-        threads = str(max(1, (os.cpu_count() or 1) // live))
-        path = self.folder / THREADS_FILE
-        if not path.exists() or path.read_text() != threads:
-            path.write_text(threads)
 
     def show_lanes(self, records: dict[str, TrainingProgress]) -> None:
         """A lane's line when its task or state changes, else at most every LINE_EVERY_S (the GRU's epochs take
@@ -155,8 +144,8 @@ def serve(tasks: list[str], host: str, port: int, lanes: int, flags: list[str], 
     folder, logs = out_dir / "progress", out_dir / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
-    for old in [*folder.glob("*.json"), folder / THREADS_FILE]:
-        old.unlink(missing_ok=True)
+    for old in folder.glob("*.json"):
+        old.unlink()
     log_path = logs / time.strftime("training-%Y%m%d-%H%M%S.log")
     for task in tasks:
         TrainingProgress(task, log=str(log_path)).save(folder)
@@ -164,7 +153,6 @@ def serve(tasks: list[str], host: str, port: int, lanes: int, flags: list[str], 
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     supervisor = Supervisor(folder, log_path, url, stored)
     supervisor.say(f"training {', '.join(tasks)} (not in the store); the full log: {log_path}")
-    supervisor.rebalance = "--threads" not in flags
     # SIGTERM (a service manager, `kill`) stops the lanes and the server too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     with open(log_path, "ab") as log_file:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from contracts.card import ModelCard
-from contracts.progress import PROGRESS_FOLDER, THREADS_FILE, TrainingProgress
+from contracts.progress import PROGRESS_FOLDER, TrainingProgress
 from services.pending import PendingModels, StillTraining
 from training.__main__ import lane_flags, main
 from training.progress import ProgressReport
@@ -39,9 +39,6 @@ def test_a_report_estimates_the_time_left_from_its_epochs(tmp_path, monkeypatch)
     record = TrainingProgress.load(tmp_path, "fashion-cnn")
     assert (record.state, record.epoch, record.score) == ("training", 1, 0.8)
     assert record.seconds_left == pytest.approx(60 * 11 + 0.1 * 300)
-    assert report.threads() is None  # no word from a supervisor: the run keeps its --threads
-    (tmp_path / THREADS_FILE).write_text("2")
-    assert report.threads() == 2
     report.failed(RuntimeError("out of memory"))
     assert TrainingProgress.load(tmp_path, "fashion-cnn").describe() == (
         "fashion-cnn's training failed: RuntimeError: out of memory"
