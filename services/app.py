@@ -25,7 +25,9 @@ from services.keys import KeyRing, RateLimiter
 from services.metrics import exposition
 from services.settings import SETTINGS, ServeSettings
 
-OPEN_PATHS = ("/docs.json", "/metrics", "/v2/health/")  # never refused for load or rate
+REFERENCE_PATH = "/reference"  # the API reference page (services/pages.py)
+# Never refused for load or rate: the pages, the OpenAPI document, metrics, health ("/" is that page alone).
+OPEN_PATHS = ("/", REFERENCE_PATH, "/docs.json", "/metrics", "/v2/health/")
 
 # Served beside the app's own routes (/livez and /readyz by BentoML, /metrics by the app outside its schema);
 # listed in the OpenAPI document so that it describes the whole server.

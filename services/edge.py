@@ -69,6 +69,17 @@ def template(scope: Scope) -> str:
     return "other" if isinstance(route, FallbackRoute) else route.path
 
 
+class PathSet:
+    """Paths and everything below them; "/" (the overview page) stands for itself alone, not for every path."""
+
+    def __init__(self, paths: tuple[str, ...]):
+        self.prefixes = tuple(path for path in paths if path != "/")
+        self.root = "/" in paths
+
+    def holds(self, path: str) -> bool:
+        return self.root if path == "/" else path.startswith(self.prefixes)
+
+
 class EdgeMiddleware:
     """In order: API keys (401), the per-client rate limit (429), admission (at most `max_in_flight` requests at
     once, else 503 at once), the request timeout (504), the body limit (413); and the request metrics."""
@@ -91,8 +102,8 @@ class EdgeMiddleware:
         self.max_body_bytes = max_body_bytes
         self.max_json_bytes = max_body_bytes if max_json_bytes is None else min(max_json_bytes, max_body_bytes)
         self.request_timeout_s = request_timeout_s
-        self.open_paths = open_paths  # never refused for load or rate: health and docs
-        self.keyless_paths = keyless_paths  # keyless: probes, docs (by setting), the admin's
+        self.open_paths = PathSet(open_paths)  # never refused for load or rate: health, docs and pages
+        self.keyless_paths = PathSet(keyless_paths)  # keyless: probes, docs and pages (by setting), the admin's
         # Shared with the gRPC edge where the app has one (its keys, rate limit and in-flight bound).
         self.gate = gate or Gate(max_in_flight, keys, limiter)
         self.access_log = access_log
@@ -152,12 +163,12 @@ class EdgeMiddleware:
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
         gate, path = self.gate, scope["path"]
         try:
-            if DRAIN.draining and not path.startswith(self.open_paths):
+            if DRAIN.draining and not self.open_paths.holds(path):
                 raise Refusal(503, DRAINING)
             client = scope["client"][0] if scope.get("client") else "unknown"
-            if gate.keys is not None and not path.startswith(self.keyless_paths):
+            if gate.keys is not None and not self.keyless_paths.holds(path):
                 client = scope[KEY_ID] = gate.identify(dict(scope["headers"]))  # the key's id, never the key
-            if path.startswith(self.open_paths):
+            if self.open_paths.holds(path):
                 return await self._answer_in_time(scope, receive, send)
             gate.check_rate(client)
             gate.admit()

@@ -158,8 +158,9 @@ def install_error_handlers(app: FastAPI) -> None:
 class FallbackRoute(Route):
     """Last route: an unknown path gets 404 JSON, a known one with a method it does not serve 405 with `Allow`.
 
-    A full match for every path but BentoML's own pages behind this app (its index and static files), so such
-    requests stay in this app instead of getting BentoML's plain-text answers.
+    A full match for every path but BentoML's static files behind this app, so such requests stay in this app
+    instead of getting BentoML's plain-text answers; `/` too (BentoML's index page loads a third-party tracker:
+    the platform serves its own, services/pages.py, and any other app here answers 404).
     """
 
     LEFT_TO_BENTOML = ("/static_content/",)
@@ -171,7 +172,7 @@ class FallbackRoute(Route):
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path == "/" or path.startswith(self.LEFT_TO_BENTOML):
+        if scope["type"] != "http" or path.startswith(self.LEFT_TO_BENTOML):
             return Match.NONE, {}
         return Match.FULL, {}
 

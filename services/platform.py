@@ -10,7 +10,7 @@ import signal
 import bentoml
 
 from contracts.card import ModelCard
-from services import oip, repository
+from services import oip, pages, repository
 from services.app import build_app
 from services.family import FamilyKind, pipeline_name
 from services.forecast import ForecastFamily
@@ -77,6 +77,7 @@ APP = build_app(
             extensions=["model_repository"] if SETTINGS.admin_token else [],
         ),
         *([repository.routes(SETTINGS.admin_token)] if SETTINGS.admin_token else []),
+        pages.routes(),
     ],
     guarded=True,
 )
