@@ -80,12 +80,13 @@ class PendingModels:
             return pending
         inherited = os.environ.get(PENDING_NAMES)
         for tag in family_tags:
-            name, version = tag.split(":")
+            name, _, version = tag.partition(":")
             record = TrainingProgress.load(folder, name)
             if inherited is not None:
                 waited = name in inherited.split(",")
             else:
-                waited = version == "latest" and not in_store(tag) and record is not None and bool(record.card)
+                latest = version in ("", "latest")
+                waited = latest and not in_store(tag) and record is not None and bool(record.card)
             if waited and record is not None:
                 pending.cards[name] = ModelCard.from_metadata(record.card)
             elif record is not None and record.state == "failed" and not record.card and not in_store(tag):
@@ -93,7 +94,9 @@ class PendingModels:
         os.environ[PENDING_NAMES] = ",".join(pending.cards)
         return pending
 
-    def __bool__(self) -> bool:
+    @property
+    def joining(self) -> bool:
+        """Whether some model is to join once registered (its routes are built)."""
         return bool(self.cards)
 
     def skips(self, tag: str) -> bool:

@@ -58,7 +58,7 @@ START_POLICIES = {
 # With the repository extension on, or models pending, what is served may change; the workers share it here.
 STATE = (
     ServedState.of_server([str(m.tag) for m in STORED.values()], START_POLICIES)
-    if SETTINGS.admin_token or PENDING
+    if SETTINGS.admin_token or PENDING.joining
     else None
 )
 APP = build_app(
@@ -149,7 +149,7 @@ class Platform:
         DRAIN.install(SETTINGS.drain_s)
         if self.admin:
             self.admin.start_following()  # also catches up a restarted worker on what was loaded before
-        if self.admin and PENDING:
+        if self.admin and PENDING.joining:
             self._joining = asyncio.get_running_loop().create_task(PENDING.join_when_registered(self.admin))
         if self.grpc:
             try:
