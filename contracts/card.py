@@ -99,6 +99,12 @@ class ModelCard:
         return _without_none({**self.extra, **plain})
 
     @property
+    def baselines_line(self) -> str:
+        """The baselines' test scores on the key metric, for a person: "tfidf_logistic_regression 0.6936"."""
+        scored = ((name, s.get(self.key_metric)) for name, s in self.baseline.items())
+        return ", ".join(f"{name} {value:.4f}" for name, value in scored if isinstance(value, float))
+
+    @property
     def classes(self) -> int:
         return len(self.labels)
 

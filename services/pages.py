@@ -21,7 +21,6 @@ from services.app import REFERENCE_PATH
 from services.inference import InferenceModel, ModelRepository
 
 ASSETS = Path(fastapi_offline.__file__).parent / "static"  # swagger-ui-bundle.js, swagger-ui.css, favicon.png
-REFERENCE = REFERENCE_PATH  # open like /docs.json (services/app.py): keyless unless MODELROAD_PROTECT_DOCS_AND_METRICS
 STYLE = (
     "body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem}table{border-collapse:collapse}"
     "td,th{border-bottom:1px solid #ddd;padding:.3rem .8rem;text-align:left}code{font-size:.9em}"
@@ -31,15 +30,12 @@ STYLE = (
 def model_row(model: InferenceModel, policy: str) -> str:
     card = model.runner.card
     score = card.metrics.get(card.key_metric)
-    baselines = ", ".join(
-        f"{name} {s[card.key_metric]:.4f}" for name, s in card.baseline.items() if card.key_metric in s
-    )
     cells = [
         model.name,
         model.version,
         card.task,
         f"{card.key_metric} {score:.4f}" if isinstance(score, float) else "",
-        baselines,
+        card.baselines_line,
         card.created_at[:19].replace("T", " "),
         f"{card.parity_max_abs_diff:.1e}" if card.parity_max_abs_diff is not None else "",
         card.digest[:19],
@@ -64,10 +60,10 @@ def overview(models: ModelRepository, waiting: dict[str, str]) -> str:
     awaited = "".join(f"<li><b>{escape(name)}</b>: {escape(why)}</li>" for name, why in waiting.items())
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>modelroad</title>"
-        f'<link rel=icon href="{REFERENCE}/assets/favicon.png"><style>{STYLE}</style></head><body>'
+        f'<link rel=icon href="{REFERENCE_PATH}/assets/favicon.png"><style>{STYLE}</style></head><body>'
         "<h1>modelroad</h1><p>CNN, RNN and Transformer models served with ONNX Runtime: family routes and the "
         "Open Inference Protocol (REST and gRPC) for every model.</p>"
-        f'<p><a href="{REFERENCE}">API reference</a> · <a href="/docs.json">OpenAPI document</a> · '
+        f'<p><a href="{REFERENCE_PATH}">API reference</a> · <a href="/docs.json">OpenAPI document</a> · '
         '<a href="/readyz">readiness</a> · <a href="/metrics">metrics</a></p>'
         f"<h2>Served</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
         + (f"<h2>Awaited</h2><ul>{awaited}</ul>" if awaited else "")
@@ -85,15 +81,15 @@ def routes() -> APIRouter:
         waiting = pending.waiting(state.models.versions) if pending is not None else {}
         return HTMLResponse(overview(state.models, waiting), headers={"Cache-Control": "no-store"})
 
-    @router.get(REFERENCE, response_class=HTMLResponse)
+    @router.get(REFERENCE_PATH, response_class=HTMLResponse)
     async def reference() -> HTMLResponse:
         return get_swagger_ui_html(
             openapi_url="/docs.json",
             title="modelroad: API reference",
-            swagger_js_url=f"{REFERENCE}/assets/swagger-ui-bundle.js",
-            swagger_css_url=f"{REFERENCE}/assets/swagger-ui.css",
-            swagger_favicon_url=f"{REFERENCE}/assets/favicon.png",
+            swagger_js_url=f"{REFERENCE_PATH}/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{REFERENCE_PATH}/assets/swagger-ui.css",
+            swagger_favicon_url=f"{REFERENCE_PATH}/assets/favicon.png",
         )
 
-    router.routes.append(Mount(f"{REFERENCE}/assets", StaticFiles(directory=ASSETS), name="reference-assets"))
+    router.routes.append(Mount(f"{REFERENCE_PATH}/assets", StaticFiles(directory=ASSETS), name="reference-assets"))
     return router

@@ -222,13 +222,12 @@ def trained_and_registered(
     card = evaluated_card(task, cfg, data, trained, exported, extra)
     stored = save_card(cfg, task.name, exported.path, data.files, card, run_dir)
     save_variants(task, cfg, data, exported, card, stored.get("tag"))
-    baselines = ", ".join(f"{name} {scores[task.key_metric]:.4f}" for name, scores in card.baseline.items())
     log.info(
         "%s: test %s %.4f (baselines: %s), parity %.1e, OOD AUROC %.3f at %.1f%% test false alarms%s",
         task.name,
         task.key_metric,
         card.metrics[task.key_metric],
-        baselines,
+        card.baselines_line,
         exported.parity,
         card.ood.evaluation["all"]["auroc"],
         100 * card.ood.evaluation["test_fpr"],

@@ -47,9 +47,10 @@ class ProgressReport:
 
     def registered(self, card: dict[str, Any]) -> None:
         stored = ModelCard.from_metadata(card)
-        baselines = ", ".join(f"{name} {s[stored.key_metric]:.4f}" for name, s in stored.baseline.items())
         score = stored.metrics.get(stored.key_metric)
-        self._write(state="registered", tag=card.get("tag", ""), score=score, baseline=baselines, seconds_left=0)
+        self._write(
+            state="registered", tag=card.get("tag", ""), score=score, baseline=stored.baselines_line, seconds_left=0
+        )
 
     def failed(self, error: BaseException) -> None:
         self._write(state="failed", error=f"{type(error).__name__}: {error}", seconds_left=None)
