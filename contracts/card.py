@@ -52,6 +52,7 @@ class ModelCard:
     labels: tuple[str, ...] = ()  # class names, by class id
     preprocessing: Preprocessing | None = None  # what the family's contract needs to prepare requests
     key_metric: str = ""
+    example: dict[str, Any] = field(default_factory=dict)  # a request body its family route takes, from the test data
     metrics: dict[str, Any] = field(default_factory=dict)  # on the test split, from the exported graph
     baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
     ood: OodRecord = field(default_factory=OodRecord)

@@ -26,8 +26,12 @@ from services.metrics import exposition
 from services.settings import SETTINGS, ServeSettings
 
 REFERENCE_PATH = "/reference"  # the API reference page (services/pages.py)
+CONSOLE_PATH = "/console"  # the console's assets and figures (services/pages.py); the page itself is "/"
 # Never refused for load or rate: the pages, the OpenAPI document, metrics, health ("/" is that page alone).
-OPEN_PATHS = ("/", REFERENCE_PATH, "/docs.json", "/metrics", "/v2/health/")
+OPEN_PATHS = ("/", CONSOLE_PATH, REFERENCE_PATH, "/docs.json", "/metrics", "/v2/health/")
+# Keyless whatever the settings: the console's page and its scripts hold no data (what it shows needs a key
+# where the API or the figures do).
+PAGE_PATHS = ("/", f"{CONSOLE_PATH}/assets/")
 
 # Served beside the app's own routes (/livez and /readyz by BentoML, /metrics by the app outside its schema);
 # listed in the OpenAPI document so that it describes the whole server.
@@ -152,7 +156,11 @@ def build_app(title: str, description: str, routers: Sequence[APIRouter], guarde
         request_timeout_s=SETTINGS.request_timeout_s,
         open_paths=OPEN_PATHS,
         # Probes, and the repository extension, which its admin token guards; docs and metrics as set.
-        keyless_paths=("/v2/health/", "/v2/repository/", *(() if SETTINGS.protect_docs_and_metrics else OPEN_PATHS)),
+        keyless_paths=(
+            "/v2/health/",
+            "/v2/repository/",
+            *(PAGE_PATHS if SETTINGS.protect_docs_and_metrics else OPEN_PATHS),
+        ),
         access_log=SETTINGS.access_log,
         gate=app.state.gate,
     )

@@ -210,10 +210,58 @@ class RequestSeries:
         observed.observe(seconds)
 
 
-def exposition() -> bytes:
-    """Every series in Prometheus' text format: all workers' (BentoML sets PROMETHEUS_MULTIPROC_DIR), or this one's."""
+def all_workers() -> CollectorRegistry:
+    """Every worker's series (BentoML sets PROMETHEUS_MULTIPROC_DIR), or this process's."""
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        return generate_latest(OWN_PROCESS)
+        return OWN_PROCESS
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry)
+    return registry
+
+
+def exposition() -> bytes:
+    """Every series in Prometheus' text format."""
+    return generate_latest(all_workers())
+
+
+# The per-version series the console reads (services/pages.py), by family name as collected (no `_total`).
+FIGURES = {
+    "modelroad_version_requests": "requests",
+    "modelroad_version_request_seconds": "seconds",
+    "modelroad_version_answers": "answers",
+    "modelroad_version_ood_answers": "ood",
+    "modelroad_shadow_comparisons": "shadow",
+}
+
+
+def version_figures() -> list[dict[str, Any]]:
+    """Each served version's counts since the server started, summed over workers: requests by outcome, the
+    latency histogram's cumulative buckets (and the +Inf bucket's count apart: JSON has no infinity), answers
+    scored and over the OOD threshold, shadow comparisons by outcome. A reader turns two readings into rates and
+    quantiles (the console does, in the browser)."""
+    figures: dict[tuple[str, str], dict[str, Any]] = {}
+    bounds: dict[tuple[str, str], dict[float, float]] = {}
+    for family in all_workers().collect():
+        kind = FIGURES.get(family.name)
+        for sample in family.samples if kind else ():
+            key = sample.labels["model"], sample.labels["version"]
+            entry = figures.setdefault(
+                key,
+                {"model": key[0], "version": key[1], "requests": {}, "answers": 0, "ood": 0, "shadow": {}},
+            )
+            if kind == "seconds":
+                if sample.name.endswith("_bucket"):
+                    le = float(sample.labels["le"])
+                    bounds.setdefault(key, {})[le] = bounds.get(key, {}).get(le, 0) + sample.value
+            elif not sample.name.endswith("_total"):
+                continue  # a counter's _created
+            elif kind in ("requests", "shadow"):
+                outcome = sample.labels["outcome"]
+                entry[kind][outcome] = entry[kind].get(outcome, 0) + sample.value
+            else:
+                entry[kind] += sample.value
+    for key, entry in figures.items():
+        counts = bounds.get(key, {})
+        entry["observed"] = counts.pop(float("inf"), 0)
+        entry["buckets"] = sorted([le, n] for le, n in counts.items())
+    return sorted(figures.values(), key=lambda e: (e["model"], e["version"]))

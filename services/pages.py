@@ -1,85 +1,96 @@
-"""The server's own pages: `/`, what is served, and `/reference`, the API reference (Swagger UI, its files from the
-`fastapi-offline` package). Every asset comes from this server: BentoML's index page, which `/` replaces, loads
-Google Tag Manager (a request to a third party from every browser that opens it).
+"""The server's own pages: `/`, the console (what is served, live figures, a form per family to try it), and
+`/reference`, the API reference (Swagger UI, its files from the `fastapi-offline` package). Every asset comes
+from this server: BentoML's index page, which `/` replaces, loads Google Tag Manager (a request to a third party
+from every browser that opens it).
 
-Every value on a page is escaped (`html.escape`): model names, labels and versions come from the store.
+The console is a static page (services/console/) that reads two JSON documents, `/console/models` and
+`/console/figures`, and writes every value with `textContent`: names, labels and answers are never markup.
 """
 
 from __future__ import annotations
 
-from html import escape
+import time
 from pathlib import Path
+from typing import Any
 
 import fastapi_offline
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from services.app import REFERENCE_PATH
+from services.app import CONSOLE_PATH, REFERENCE_PATH
 from services.inference import InferenceModel, ModelRepository
+from services.metrics import version_figures
+from services.settings import SETTINGS
 
 ASSETS = Path(fastapi_offline.__file__).parent / "static"  # swagger-ui-bundle.js, swagger-ui.css, favicon.png
-STYLE = (
-    "body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem}table{border-collapse:collapse}"
-    "td,th{border-bottom:1px solid #ddd;padding:.3rem .8rem;text-align:left}code{font-size:.9em}"
-)
+CONSOLE = Path(__file__).parent / "console"  # index.html, console.js, console.css
+FAMILY_ROUTES = ("/classify_image", "/classify_text", "/forecast")  # the console's forms, where served
 
 
-def model_row(model: InferenceModel, policy: str) -> str:
+def version_summary(model: InferenceModel) -> dict[str, Any]:
     card = model.runner.card
     score = card.metrics.get(card.key_metric)
-    cells = [
-        model.name,
-        model.version,
-        card.task,
-        f"{card.key_metric} {score:.4f}" if isinstance(score, float) else "",
-        card.baselines_line,
-        card.created_at[:19].replace("T", " "),
-        f"{card.parity_max_abs_diff:.1e}" if card.parity_max_abs_diff is not None else "",
-        card.digest[:19],
-        policy,
-    ]
-    return "<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in cells) + "</tr>"
+    return {
+        "version": model.version,
+        "task": card.task,
+        "metric": card.key_metric,
+        "score": score if isinstance(score, (int, float)) else None,
+        "baselines": card.baselines_line,
+        "created": card.created_at[:19].replace("T", " "),
+        "parity": card.parity_max_abs_diff,
+        "digest": card.digest[:19],
+        "labels": list(card.labels),
+        "example": card.example,
+    }
 
 
-def overview(models: ModelRepository, waiting: dict[str, str]) -> str:
-    """The served stored models (their graphs; each family model's pipeline beside it), version policies, and what
-    is awaited."""
+def served_models(models: ModelRepository) -> list[dict[str, Any]]:
+    """Each served stored model (a family model's pipeline is its route, not a row) with its versions, oldest
+    first, and its version policy (None: the latest takes all)."""
     rows = []
-    for model in models.models():
-        if model.name != model.model:
-            continue  # a pipeline: the row of its stored model says it all
-        policy = models.policies.get(model.model)
-        rows.append(model_row(model, str(policy.to_record()) if policy else "latest takes all"))
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("model", "version", "task", "test", "baselines", "created", "parity", "digest", "policy")
-    )
-    awaited = "".join(f"<li><b>{escape(name)}</b>: {escape(why)}</li>" for name, why in waiting.items())
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8><title>modelroad</title>"
-        f'<link rel=icon href="{REFERENCE_PATH}/assets/favicon.png"><style>{STYLE}</style></head><body>'
-        "<h1>modelroad</h1><p>CNN, RNN and Transformer models served with ONNX Runtime: family routes and the "
-        "Open Inference Protocol (REST and gRPC) for every model.</p>"
-        f'<p><a href="{REFERENCE_PATH}">API reference</a> · <a href="/docs.json">OpenAPI document</a> · '
-        '<a href="/readyz">readiness</a> · <a href="/metrics">metrics</a></p>'
-        f"<h2>Served</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        + (f"<h2>Awaited</h2><ul>{awaited}</ul>" if awaited else "")
-        + "</body></html>"
-    )
+    for name, versions in models.versions.items():
+        latest = list(versions.values())[-1]
+        if latest.name != latest.model:
+            continue
+        policy = models.policies.get(name)
+        rows.append(
+            {
+                "name": name,
+                "versions": [version_summary(model) for model in versions.values()],
+                "policy": policy.to_record() if policy else None,
+            }
+        )
+    return rows
 
 
 def routes() -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
-    @router.get("/", response_class=HTMLResponse)
-    async def index(request: Request) -> HTMLResponse:
+    @router.get("/")
+    async def console() -> FileResponse:
+        return FileResponse(CONSOLE / "index.html", headers={"Cache-Control": "no-store"})
+
+    @router.get(f"{CONSOLE_PATH}/models")
+    async def models(request: Request) -> JSONResponse:
         state = request.app.state
         pending = getattr(state, "pending", None)
-        waiting = pending.waiting(state.models.versions) if pending is not None else {}
-        return HTMLResponse(overview(state.models, waiting), headers={"Cache-Control": "no-store"})
+        served = {route.path for route in request.app.routes}
+        return JSONResponse(
+            {
+                "keys": bool(SETTINGS.api_keys_file),
+                "routes": [path for path in FAMILY_ROUTES if path in served],
+                "models": served_models(state.models),
+                "awaited": pending.waiting(state.models.versions) if pending is not None else {},
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @router.get(f"{CONSOLE_PATH}/figures")
+    async def figures() -> JSONResponse:
+        return JSONResponse({"at": time.time(), "versions": version_figures()}, headers={"Cache-Control": "no-store"})
 
     @router.get(REFERENCE_PATH, response_class=HTMLResponse)
     async def reference() -> HTMLResponse:
@@ -92,4 +103,5 @@ def routes() -> APIRouter:
         )
 
     router.routes.append(Mount(f"{REFERENCE_PATH}/assets", StaticFiles(directory=ASSETS), name="reference-assets"))
+    router.routes.append(Mount(f"{CONSOLE_PATH}/assets", StaticFiles(directory=CONSOLE), name="console-assets"))
     return router

@@ -107,6 +107,7 @@ def interface_card(task: Task, cfg: TrainConfig, data: Prepared) -> ModelCard:
         labels=tuple(data.labels or ()),
         preprocessing=data.preprocessing,
         key_metric=task.key_metric,
+        example=task.example(data),
         model_config=net_config(task, data, cfg),
     )
 

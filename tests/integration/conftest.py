@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +64,36 @@ def served(registered, session_dir):
 @pytest.fixture(scope="session")
 def server(served) -> str:
     return served[1]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless chromium driven by selenium through chromium-driver, logging every network request."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        required = os.environ.get("MODELROAD_REQUIRE_CONTAINER") == "1"  # .ci/run installs the browser as root
+        (pytest.fail if required else pytest.skip)("chromium and chromium-driver: scripts/setup.sh installs them")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every network request, for the origin check
+    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    chrome.set_page_load_timeout(60)
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+def requested_urls(browser) -> list[str]:
+    """The URLs the browser asked for since the last call (Chrome's DevTools network events)."""
+    urls = []
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls

@@ -38,6 +38,7 @@ def guarded(registered, session_dir, tmp_path_factory):
         "MODELROAD_RATE_LIMIT": str(RATE),
         "MODELROAD_RATE_BURST": "60",
         "MODELROAD_ACCESS_LOG": "true",
+        "MODELROAD_PROTECT_DOCS_AND_METRICS": "true",
     }
     process, url = start_server(home, log_path, extra_env=env)
     try:
@@ -51,7 +52,7 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_prediction_and_protocol_routes_need_a_key_and_probes_docs_and_metrics_do_not(guarded):
+def test_prediction_protocol_docs_and_metrics_routes_need_a_key_and_probes_and_the_pages_shell_do_not(guarded):
     url, _, _ = guarded
     for method, path in [("POST", "/classify_text"), ("GET", "/v2"), ("GET", "/v2/models/fashion-cnn"), ("GET", "/x")]:
         for headers in ({}, bearer("wrong-key"), {"X-API-Key": NOISY[:-1]}, {"Authorization": f"Basic {NOISY}"}):
@@ -60,8 +61,11 @@ def test_prediction_and_protocol_routes_need_a_key_and_probes_docs_and_metrics_d
             assert "API key" in refused.json()["error"] and refused.headers["www-authenticate"] == "Bearer"
     for headers in (bearer(NOISY), {"X-API-Key": QUIET}):
         assert httpx.post(f"{url}/classify_text", json={"text": "a cat"}, headers=headers).status_code == 200
-    for path in ("/livez", "/readyz", "/v2/health/ready", "/docs.json", "/metrics"):
+    for path in ("/livez", "/readyz", "/v2/health/ready", "/", "/console/assets/console.js"):
         assert httpx.get(url + path).status_code == 200, path
+    for path in ("/docs.json", "/metrics", "/console/models", "/console/figures"):  # protected by the setting
+        assert httpx.get(url + path).status_code == 401, path
+        assert httpx.get(url + path, headers=bearer(QUIET)).status_code == 200, path
     client = triton.InferenceServerClient(url.removeprefix("http://"))
     assert client.get_model_metadata("fashion-cnn", headers=bearer(QUIET))["name"] == "fashion-cnn"
     with pytest.raises(InferenceServerException) as refused:
@@ -112,7 +116,7 @@ def test_keys_never_reach_the_log_or_the_metrics(guarded):
     url, _, log_path = guarded
     httpx.get(f"{url}/v2/models/fashion-cnn", headers=bearer(NOISY))
     httpx.get(f"{url}/v2/models/fashion-cnn", headers=bearer("a-wrong-key-to-log"))
-    exposed = log_path.read_text() + httpx.get(f"{url}/metrics").text
+    exposed = log_path.read_text() + httpx.get(f"{url}/metrics", headers=bearer(QUIET)).text
     assert all(key not in exposed for key in (NOISY, QUIET, LATER, "a-wrong-key-to-log"))
 
 
@@ -228,3 +232,26 @@ def test_without_cors_origins_no_cors_header_is_sent(server):
         f"{server}/classify_text", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
     )
     assert not [name for name in preflight.headers if name.lower().startswith("access-control-")]
+
+
+def test_the_console_asks_for_a_key_keeps_it_in_the_tab_and_sends_it(guarded, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _, _ = guarded
+    browser.get(f"{url}/")
+    key_form = browser.find_element(By.ID, "key")
+    WebDriverWait(browser, 30).until(lambda _: key_form.is_displayed())  # /console/models answered 401
+    assert "API key" in browser.find_element(By.ID, "key-status").text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#models tbody tr")
+    browser.find_element(By.ID, "key-input").send_keys(QUIET)
+    key_form.find_element(By.TAG_NAME, "button").click()
+    WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, '#models tr[data-model="fashion-cnn"]'))
+    form = browser.find_element(By.ID, "text-form")
+    form.find_element(By.TAG_NAME, "textarea").send_keys("a small boat propelled by oars")
+    form.find_element(By.TAG_NAME, "button").click()
+    WebDriverWait(browser, 30).until(lambda _: form.find_elements(By.CSS_SELECTOR, ".answer .label"))
+    assert form.find_element(By.CSS_SELECTOR, ".error").text == ""
+    assert browser.execute_script("return sessionStorage.getItem('modelroad.key')") == QUIET
+    assert browser.execute_script("return localStorage.length") == 0  # kept for the tab only
+    browser.execute_script("sessionStorage.clear()")

@@ -130,6 +130,10 @@ class Task(ABC):
     def ood_sets(self, data: Prepared) -> dict[str, list[tuple[torch.Tensor, ...]]]:
         """Inputs the model never saw, by set name, as batches of the model's inputs (training/ood_sets.py)."""
 
+    def example(self, data: Prepared) -> dict[str, Any]:
+        """A request body the family's route takes, from the test data (the console's example); {} for none."""
+        return {}
+
     @abstractmethod
     def reference_summaries(self, data: Prepared) -> list[dict[str, Any]]:
         """Up to REFERENCE_ITEMS training inputs summarized as the payload logs summarize served ones

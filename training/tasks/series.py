@@ -211,6 +211,10 @@ class ForecastTask(Task):
         sets = series_sets(series, self.min_history, np.random.default_rng(0))
         return {name: [(torch.from_numpy(scaling.encode(windows)),)] for name, windows in sets.items()}
 
+    def example(self, data: Prepared) -> dict[str, Any]:
+        """The series' last `window` weeks (the end of the test split): what to forecast from next."""
+        return {"history": [round(float(v), 3) for v in data.extras["series"][-self.window :]]}
+
     def reference_summaries(self, data: Prepared) -> list[dict[str, Any]]:
         # Raw training windows, as users send histories (level included: drift in level is drift to report).
         series = data.extras["series"]

@@ -242,6 +242,9 @@ class TextClassificationTask(Task):
             },
         )
 
+    def example(self, data: Prepared) -> dict[str, Any]:
+        return {"text": data.extras["test_texts"][0]}
+
     def model_config(self, data: Prepared) -> dict[str, Any]:
         return {"vocab_size": data.extras["vocab_size"], "num_classes": len(data.labels), "max_tokens": self.max_tokens}
 
