@@ -41,6 +41,10 @@ function format(value, digits) {
   return value === null || value === undefined || Number.isNaN(value) ? "–" : value.toFixed(digits);
 }
 
+function milliseconds(seconds) {
+  return seconds === null ? "–" : `${(seconds * 1000).toFixed(1)} ms`;
+}
+
 function percent(part, whole) {
   return whole > 0 ? `${format((100 * part) / whole, 1)}%` : "–";
 }
@@ -101,6 +105,7 @@ function policyText(policy) {
   return policy.shadow ? `${split}; shadow ${policy.shadow.version} (${policy.shadow.percent}%)` : split;
 }
 
+const FIGURES = ["requests", "rate", "p50", "p99", "errors", "ood", "agrees"]; // the columns' classes
 let served = { models: [], routes: [], awaited: {}, keys: false };
 
 function renderModels() {
@@ -110,16 +115,16 @@ function renderModels() {
     for (const v of model.versions) {
       const f = figuresOf(`${model.name}@${v.version}`);
       const row = node("tr", undefined, { "data-model": model.name, "data-version": v.version });
-      const cells = [
-        model.name, v.version, v.task, v.score === null ? "" : `${v.metric} ${v.score.toFixed(4)}`, v.baselines,
-        v.created, v.parity === null ? "" : v.parity.toExponential(1), v.digest, policyText(model.policy),
-      ];
-      for (const cell of cells) row.append(node("td", cell));
+      for (const cell of [model.name, v.version, policyText(model.policy)]) row.append(node("td", cell));
       const figures = f
-        ? [f.total, format(f.rate, 1), `${format(f.p50 && f.p50 * 1000, 1)} ms`, `${format(f.p99 && f.p99 * 1000, 1)} ms`,
-           f.errors, f.ood, f.agrees]
+        ? [f.total, format(f.rate, 1), milliseconds(f.p50), milliseconds(f.p99), f.errors, f.ood, f.agrees]
         : [0, "–", "–", "–", "–", "–", "–"];
-      figures.forEach((value, i) => row.append(node("td", value, { class: `figure ${["requests", "rate", "p50", "p99", "errors", "ood", "agrees"][i]}` })));
+      FIGURES.forEach((name, i) => row.append(node("td", figures[i], { class: `figure ${name}` })));
+      const card = [
+        v.score === null ? v.task : `${v.metric} ${v.score.toFixed(4)}`, v.baselines, v.created,
+        v.parity === null ? "" : v.parity.toExponential(1), v.digest,
+      ];
+      for (const cell of card) row.append(node("td", cell, { class: "card" }));
       body.append(row);
     }
   }
@@ -210,7 +215,6 @@ function showForecast(history, answer, box) {
   line(0, history, "history");
   line(history.length - 1, [history[history.length - 1], ...answer.forecast], "ahead");
   box.append(svg, node("p", answer.forecast.map((v) => v.toFixed(2)).join(", "), { class: "values" }));
-  box.append(node("p", `model ${answer.model}`, { class: "note" }));
 }
 
 // A number where the token reads as one, else the token itself: the API says what is wrong with it.
