@@ -47,7 +47,7 @@ def test_the_console_lists_each_served_version_with_its_card_and_policy(console,
     for name in FAMILY_MODELS:  # the families' (int8 variants are stored, not served)
         assert f"{name} {registered[name]['tag'].split(':')[1]}" in table
     row = console.find_element(By.CSS_SELECTOR, '#models tr[data-model="fashion-cnn"]').text
-    assert "accuracy 0." in row and "logistic_regression" in row and "latest takes all" in row
+    assert "image-classification accuracy 0." in row and "logistic_regression" in row and "latest takes all" in row
     assert not console.find_element(By.ID, "key").is_displayed()  # no keys on this server
 
 

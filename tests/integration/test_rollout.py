@@ -21,6 +21,8 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from harness.servers import stop, wait_ready
 from tests.helpers import fashion_test_images
@@ -266,7 +268,7 @@ def test_a_bad_policy_is_refused_and_nothing_changes(server, versions, policy, h
     assert traffic(server, "rollout").json() == before
 
 
-def test_a_shadow_never_answers_and_its_agreement_is_counted_off_the_response_path(server, versions):
+def test_a_shadow_never_answers_and_its_agreement_is_counted_off_the_response_path(server, versions, browser):
     _, ids = versions
     assert load(server, "fashion-cnn", ids["cnn"]).status_code == 200
 
@@ -284,6 +286,13 @@ def test_a_shadow_never_answers_and_its_agreement_is_counted_off_the_response_pa
         time.sleep(0.5)
         counts = compared(ids[shadow])
         assert counts.get(outcome, 0) >= 30 * 0.9 and sum(counts.values()) - counts.get(outcome, 0) == 0, counts
+
+    # The console shows the policy on every version's row, and the shadow's agreement on its own.
+    browser.get(f"{server}/")
+    row = f'#models tr[data-model="fashion-cnn"][data-version="{ids["cnn-copy"]}"]'
+    WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, f"{row} td.agrees"))
+    assert browser.find_element(By.CSS_SELECTOR, f"{row} td.agrees").text == "100.0%"
+    assert f"shadow {ids['cnn-copy']} (100%)" in browser.find_element(By.CSS_SELECTOR, row).text
 
     def p99(model: str) -> float:
         with httpx.Client() as client:
