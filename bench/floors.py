@@ -3,6 +3,9 @@
 - `starlette_app`: a bare Starlette app (`uvicorn bench.floors:starlette_app`): the HTTP floor.
 - `NoopService`: a default BentoML `@bentoml.api` service (`bentoml serve bench.floors:NoopService`):
   BentoML's own floor, with the platform's worker count and access log setting.
+- `MountedService`: `starlette_app` mounted in a BentoML service at `/` as the platform mounts its app
+  (`bentoml.asgi_app`, the platform's service settings): the floor of the platform's own HTTP stack, BentoML's
+  ASGI layers and uvicorn included.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from services.settings import service_config
 
 LABELS = [f"class-{i}" for i in range(10)]
 PROBABILITIES = dict.fromkeys(LABELS, 0.1)
@@ -73,3 +78,9 @@ class NoopService:
     @bentoml.api(route="/classify_text")
     async def classify_text(self, text: str) -> dict[str, Any]:
         return TEXT_ANSWER
+
+
+@bentoml.service(**service_config("mounted"))  # the platform's BentoML settings: its metrics and tracing off
+@bentoml.asgi_app(starlette_app, path="/")
+class MountedService:
+    pass

@@ -10,6 +10,8 @@ Targets (served one after another on this machine, BentoML ones with `--workers`
   (services/runner_service.py, one process) that the API workers call with their batches: the GPU
   layout, measured here on CPU for what the hop costs;
 - `bentoml-noop`: a default BentoML `@bentoml.api` service answering the same shapes without inference;
+- `bentoml-mounted`: the bare Starlette app below mounted in a BentoML service as the platform mounts its own
+  app: what BentoML's ASGI stack alone leaves of the HTTP floor (the platform's ceiling);
 - `starlette`: a bare Starlette app on uvicorn, one process, answering the same shapes (the HTTP floor);
 - `ort`: ONNX Runtime in-process on one preprocessed item per call (the compute limit; no HTTP);
 - `torch-eager`: the same items through the same trained nets in PyTorch eager, in-process, with
@@ -162,7 +164,17 @@ OIP_PEERS = ("kserve", "mlserver")
 OVERLOAD = "platform-overload"
 SPLIT = "platform-runner-service"
 PLATFORMS = ("platform", "platform-unbatched", SPLIT)
-TARGETS = [*PLATFORMS, "bentoml-noop", "starlette", "ort", "torch-eager", *PEERS, *OIP_PEERS, OVERLOAD]
+TARGETS = [
+    *PLATFORMS,
+    "bentoml-noop",
+    "bentoml-mounted",
+    "starlette",
+    "ort",
+    "torch-eager",
+    *PEERS,
+    *OIP_PEERS,
+    OVERLOAD,
+]
 CLASSIC = ("image", "forecast", "text")  # the family routes
 OIP = ("oip-json", "oip-binary")  # the CNN's raw tensors by the inference protocol
 GRPC = "grpc"  # the same tensors by the protocol's gRPC (raw contents), sent by loadtests' gRPC loop, not wrk
@@ -228,6 +240,7 @@ def server_command(target: str, port: int, workers: int, grpc_port: int | None =
     commands = {
         **dict.fromkeys(("platform", "platform-unbatched", SPLIT, OVERLOAD), platform),  # settings differ: target_env
         "bentoml-noop": [str(BIN / "bentoml"), "serve", "bench.floors:NoopService", *host],
+        "bentoml-mounted": [str(BIN / "bentoml"), "serve", "bench.floors:MountedService", *host],
         # One process: uvicorn 0.54's --workers mode answered every request 44 ms late here (Nagle and
         # delayed-ACK timing), which would make the floor meaningless; one process is the honest floor.
         "starlette": [

@@ -58,8 +58,5 @@ class ForecastContract:
         self, outputs: Feeds, threshold: float | None, histories: np.ndarray, horizon: int, model: str
     ) -> list[Forecast]:
         """One answer per history: `horizon` weeks (rounded to 4 places), the model's tag, the OOD fields."""
-        rows = self.forecasts(outputs, histories, horizon).tolist()
-        return [
-            Forecast(forecast=[round(x, 4) for x in row], model=model, **v)
-            for row, v in zip(rows, verdicts(outputs, threshold))
-        ]
+        rows = np.round(self.forecasts(outputs, histories, horizon), 4).tolist()  # one call, not one per value
+        return [Forecast(forecast=row, model=model, **v) for row, v in zip(rows, verdicts(outputs, threshold))]

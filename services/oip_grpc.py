@@ -26,7 +26,6 @@ import os
 import socket
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from contracts.preprocessing import ImageTooLarge, InvalidInput
 from contracts.tensors import Feeds, datatype_of
-from services.edge import ACCESS, REQUEST_ID
+from services.edge import ACCESS, REQUEST_ID, REQUEST_IDS
 from services.errors import UNEXPECTED, BadRequest, ServingError, reason_label
 from services.gate import DRAINING, Gate, Refusal
 from services.inference import VERSION_HEADER, InferenceModel
@@ -176,7 +175,7 @@ class Edge:
         arrived, status = time.perf_counter(), 200
         headers = headers_of(context)
         request_id = headers.get(b"x-request-id", b"")
-        request_id = (request_id if REQUEST_ID.fullmatch(request_id) else uuid.uuid4().hex.encode()).decode()
+        request_id = (request_id if REQUEST_ID.fullmatch(request_id) else REQUEST_IDS.new()).decode()
         CURRENT_REQUEST_ID.set(request_id)  # for the payload log's lines
         admitted, key_id = False, None
         IN_PROGRESS.inc()

@@ -142,6 +142,7 @@ class OnnxRunner:
         self.created = stored.info.creation_time
         self.card = ModelCard.from_metadata(stored.info.metadata)
         self.series = VersionSeries(self.name, self.version)  # what a rollout compares between versions
+        self.inference_seconds = INFERENCE_SECONDS.labels(self.name)
         providers, wanted = choose_providers(settings.device, ort.get_available_providers())
         # The API worker reads the graph's signature itself, also when a runner service computes.
         session = ort.InferenceSession(
@@ -189,7 +190,7 @@ class OnnxRunner:
 
     def run(self, feeds: Feeds) -> Outputs:
         """One inference call (one batch): the graph's outputs."""
-        with INFERENCE_SECONDS.labels(self.name).time():
+        with self.inference_seconds.time():
             return self.session.run(feeds)
 
     async def submit(self, feeds: Feeds) -> Outputs:

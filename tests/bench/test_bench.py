@@ -121,6 +121,7 @@ def test_a_short_benchmark_measures_every_target_and_writes_its_reports(register
         "platform-unbatched",
         "platform-runner-service",
         "bentoml-noop",
+        "bentoml-mounted",
         "starlette",
         "ort",
         "torch-eager",
