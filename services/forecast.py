@@ -15,7 +15,7 @@ from contracts.card import ModelCard
 from contracts.forecast import Forecast, ForecastContract
 from contracts.summaries import history_summaries
 from contracts.tensors import TensorSpec
-from services.app import ERROR_RESPONSES, JSON_ONLY, json_response
+from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, json_response
 from services.errors import BadRequest
 from services.family import VERDICT_TENSORS, FamilyPipeline, answering, pipeline_name, verdict_tensors
 from services.metrics import AnswerCounters
@@ -130,7 +130,7 @@ def better_model(request: Request, models: Iterable[str]) -> str:
 
 def forecast_routes(min_history: int, max_horizon: int, models: dict[str, str]) -> APIRouter:
     """`models`: each cell's model name."""
-    router = APIRouter(tags=["forecast"], dependencies=[JSON_ONLY])
+    router = APIRouter(tags=["forecast"], dependencies=[JSON_ONLY], route_class=DirectRoute)
     Value = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
     cells = tuple(models)
 

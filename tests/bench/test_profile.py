@@ -5,8 +5,8 @@ import pytest
 
 from bench.profile import Frames, main
 
-STACKS = """process 7:"python";run (asyncio/runners.py:118);handle (services/edge.py:142);classify (services/text.py:50) 6
-process 7:"python";run (asyncio/runners.py:118);handle (services/edge.py:150);send (uvicorn/h.py:522) 3
+STACKS = """process 7:"py";run (asyncio/runners.py:118);handle (services/edge.py:142);classify (services/text.py:50) 6
+process 7:"py";run (asyncio/runners.py:118);handle (services/edge.py:150);send (uvicorn/h.py:522) 3
 thread (0x7f):"prepare";work (services/text.py:60) 1
 """
 

@@ -107,7 +107,7 @@ PNG = image_file("PNG")
         (
             {"content": b"[1,2]", "headers": {"content-type": "application/json"}, "path": "/forecast"},
             400,
-            "body: Input should be a valid dictionary",
+            "body: Input should be an object",
         ),
         ({"json": {"text": ""}, "path": "/classify_text"}, 400, "text: String should have at least 1 character"),
         ({"json": {"text": None}, "path": "/classify_text"}, 400, "text: Input should be a valid string"),

@@ -51,7 +51,7 @@ def test_bad_uploads_get_400_with_a_json_error(client, kwargs, error):
         (b'{"pixels": [[[1, 2]]]}', "pixels.0.0: List should have at least 28 items"),
         (b'{"pixels": []}', "pixels: List should have at least 1 item"),
         (b'{"pixels": [[[1, 2], [3]]]}', "pixels.0.0: List should have at least 28 items"),
-        (b'{"pixels": "abc"}', "pixels: Input should be a valid list"),
+        (b'{"pixels": "abc"}', "pixels: Input should be a valid array"),
         (b'{"pixel": []}', "pixels: Field required"),
         (b'{"pixels": [[[NaN]]]}', "pixels.0.0.0: Input should be a finite number"),
         (b"{not json", "Invalid JSON"),

@@ -48,7 +48,7 @@ def test_a_batch_padded_together_answers_as_each_text_alone(client, registered):
             "texts: List should have at most 64 items after validation, not 65",
         ),
         ("/classify_texts", {"texts": ["a dog", ""]}, "texts.1: String should have at least 1 character"),
-        ("/classify_texts", {"texts": "a dog"}, "texts: Input should be a valid list"),
+        ("/classify_texts", {"texts": "a dog"}, "texts: Input should be a valid array"),
     ],
 )
 def test_bad_text_requests_get_400_saying_what_is_wrong(client, path, body, error):
