@@ -97,19 +97,27 @@ class DirectRoute(APIRoute):
     solving, a JSON body parsed and then validated, the exit stacks): ~30-40 µs of the ~500 a family request
     costs one worker here (`python -m bench.profile`).
 
-    Its endpoint takes `request` and, at most, one pydantic model as its body, validated from the raw bytes in
-    one pass (`model_validate_json`); a bad body gets the errors FastAPI would report (the same 400). Its
-    dependencies may only be `media_types` checks, run first; anything else FastAPI would have to solve is
-    refused when the route is made, not skipped in silence."""
+    Its endpoint takes `request`, path parameters (str) and at most one pydantic model as its body, validated
+    from the raw bytes in one pass (`model_validate_json`); a bad body gets the errors FastAPI would report (the
+    same 400). Its dependencies may only be `media_types` checks, run first; anything else FastAPI would have to
+    solve is refused when the route is made, not skipped in silence."""
 
     def __init__(self, path: str, endpoint: Callable[..., Awaitable[Response]], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
         dependant = self.dependant
         checks = [d.call for d in dependant.dependencies]
-        solved = (dependant.path_params, dependant.query_params, dependant.header_params, dependant.cookie_params)
-        if any(solved) or len(dependant.body_params) > 1 or not all(getattr(c, "direct", False) for c in checks):
-            raise TypeError(f"{path}: a DirectRoute's endpoint takes the request, one body model and media checks")
-        self.checks = checks
+        solved = (dependant.query_params, dependant.header_params, dependant.cookie_params)
+        if (
+            any(solved)
+            or len(dependant.body_params) > 1
+            or any(p.field_info.annotation is not str for p in dependant.path_params)
+            or not all(getattr(c, "direct", False) for c in checks)
+        ):
+            raise TypeError(
+                f"{path}: a DirectRoute's endpoint takes the request, str path parameters, one body model and media "
+                "checks (media_types)"
+            )
+        self.checks, self.path_names = checks, [p.name for p in dependant.path_params]
         body = dependant.body_params[0] if dependant.body_params else None
         self.body: tuple[str, type[BaseModel]] | None = (body.name, body.field_info.annotation) if body else None
         self.app = request_response(self.answer)
@@ -117,8 +125,9 @@ class DirectRoute(APIRoute):
     async def answer(self, request: Request) -> Response:
         for check in self.checks:
             await check(request)
+        path = {name: request.path_params[name] for name in self.path_names}
         if self.body is None:
-            return await self.endpoint(request)
+            return await self.endpoint(request, **path)
         name, model = self.body
         raw = await request.body()
         if not raw:  # as FastAPI says it
@@ -129,7 +138,7 @@ class DirectRoute(APIRoute):
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
             ) from None
-        return await self.endpoint(request, **{name: parsed})
+        return await self.endpoint(request, **path, **{name: parsed})
 
 
 JSON_ONLY = media_types("application/json")

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
 from contracts.tensors import NUMPY_TYPES, datatype_of
-from services.app import media_types
+from services.app import DirectRoute, media_types
 from services.errors import BadRequest, Unavailable, validation_message
 from services.inference import Choice, InferenceModel, ModelRepository
 from services.traffic import ROUTING_KEY
@@ -258,25 +258,27 @@ def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[s
     async def version_ready(request: Request, name: Name, version: Version) -> dict[str, Any]:
         return readiness(served_models(request).get(name, version))
 
-    @router.post(
-        "/models/{name}/infer",
-        summary="inference",
-        responses=ERRORS,
-        openapi_extra=INFER_BODY,
-        dependencies=[INFER_TYPES],
-    )
     async def model_infer(request: Request, name: Name) -> Response:
         return await infer(request, name)
 
-    @router.post(
-        "/models/{name}/versions/{version}/infer",
-        summary="inference on a version",
-        responses=ERRORS,
-        openapi_extra=INFER_BODY,
-        dependencies=[INFER_TYPES],
-    )
     async def version_infer(request: Request, name: Name, version: Version) -> Response:
         return await infer(request, name, version)
+
+    # The hot routes, answered without FastAPI's request handling (services/app.py).
+    for path, endpoint, summary in (
+        ("/models/{name}/infer", model_infer, "inference"),
+        ("/models/{name}/versions/{version}/infer", version_infer, "inference on a version"),
+    ):
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            summary=summary,
+            responses=ERRORS,
+            openapi_extra=INFER_BODY,
+            dependencies=[INFER_TYPES],
+            route_class_override=DirectRoute,
+        )
 
     return router
 

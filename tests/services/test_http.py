@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from services import settings
-from services.app import ERROR_RESPONSES, build_app
+from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, build_app
 from services.edge import EdgeMiddleware
 from services.errors import UNEXPECTED, BadRequest
 from services.remote import RunnerUnavailable
@@ -50,7 +50,16 @@ async def item(name: str) -> dict:
     return {"name": name}
 
 
-client = TestClient(build_app("probe", "a probe", [router]), raise_server_exceptions=False)
+# The family routes' class: FastAPI documents it, the route answers itself (one-pass bodies, media checks first).
+direct = APIRouter(route_class=DirectRoute, dependencies=[JSON_ONLY])
+
+
+@direct.post("/direct/{name}", responses=ERROR_RESPONSES)
+async def direct_validated(request: Request, name: str, body: Horizon) -> JSONResponse:
+    return JSONResponse({"name": name, "horizon": body.horizon})
+
+
+client = TestClient(build_app("probe", "a probe", [router, direct]), raise_server_exceptions=False)
 
 
 def test_small_bodies_pass_untouched():
@@ -136,6 +145,34 @@ def test_validation_errors_get_400_with_a_readable_error_and_pydantics_list(body
     assert response.status_code == 400
     assert response.json()["error"].startswith(error)
     assert isinstance(response.json()["detail"], list)
+
+
+@pytest.mark.parametrize("body", [b'{"horizon": 0}', b'{"horizon": "4"}', b"{", b"", b'{"horizon": 1e999}'])
+def test_a_direct_route_refuses_a_bad_body_as_fastapi_does(body):
+    headers = {"content-type": "application/json"}
+    by_fastapi, direct = (
+        client.post("/validated", content=body, headers=headers),
+        client.post("/direct/a", content=body, headers=headers),
+    )
+    assert direct.status_code == by_fastapi.status_code == 400
+    assert direct.json()["error"] == by_fastapi.json()["error"]
+
+
+def test_a_direct_route_passes_its_path_and_body_and_checks_the_media_type_first():
+    assert client.post("/direct/a%20b", json={"horizon": 3}).json() == {"name": "a b", "horizon": 3}
+    refused = client.post("/direct/a", content=b'{"horizon": 3}', headers={"content-type": "text/plain"})
+    assert refused.status_code == 415 and "application/json" in refused.json()["error"]
+    assert client.get("/docs.json").json()["paths"]["/direct/{name}"]["post"][
+        "requestBody"
+    ]  # documented as FastAPI would
+
+
+def test_a_direct_route_refuses_what_fastapi_would_have_to_solve():
+    async def with_query(request: Request, limit: int) -> JSONResponse:
+        return JSONResponse({})
+
+    with pytest.raises(TypeError, match="DirectRoute"):
+        DirectRoute("/q", with_query, methods=["POST"])
 
 
 def test_error_metrics_are_labelled_by_route_template_never_by_path():
