@@ -1,14 +1,16 @@
-"""What OOD scoring costs a route: wrk at `--connections` against a server with scores on, then the same
-server with `MODELROAD_OOD_SCORES=false` (the graphs' scoring nodes not run, no verdicts), one after the other.
+"""What OOD scoring costs a route: wrk at `--connections` against a server with scores on and the same
+server with `MODELROAD_OOD_SCORES=false` (the graphs' scoring nodes not run, no verdicts), one after the other,
+in `--pairs` pairs whose order alternates (on/off, off/on, ...) so that a drift of the machine cancels out.
 
-Printed: requests/s of each route with and without scores, and the cost as a share of the route's
-requests/s (the target: at most 25% at c=32). `python -m bench.ood` (~2 min).
+Printed: each pair's cost per route (1 - on/off requests/s) and their median (the target: at most 10% at
+c=32). `python -m bench.ood` (~4 min with 3 pairs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -44,16 +46,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=3, help="on/off pairs, their order alternating")
     args = parser.parse_args(argv)
     routes = requests()
+    costs: dict[str, list[float]] = {name: [] for name in routes}
     with tempfile.TemporaryDirectory() as scratch:
-        on = throughput(True, routes, args.connections, args.seconds, Path(scratch))
-        off = throughput(False, routes, args.connections, args.seconds, Path(scratch))
-    print(f"wrk c={args.connections}, {args.seconds} s per route, one server after the other")
-    print(f"{'route':28} {'scores on':>10} {'scores off':>11} {'cost':>7}")
+        for pair in range(args.pairs):
+            measured = {}
+            for scores in (True, False) if pair % 2 == 0 else (False, True):
+                measured[scores] = throughput(scores, routes, args.connections, args.seconds, Path(scratch))
+            for name in routes:
+                costs[name].append(1 - measured[True][name] / measured[False][name])
+                print(f"pair {pair + 1} {name}: on {measured[True][name]:,.0f}, off {measured[False][name]:,.0f}")
+    print(f"wrk c={args.connections}, {args.seconds} s per route, {args.pairs} pairs of servers in alternating order")
+    print(f"{'route':28} {'median cost':>12}  each pair's")
     for name, request in routes.items():
         label = f"{request.route} {name}"
-        print(f"{label:28} {on[name]:>10,.0f} {off[name]:>11,.0f} {1 - on[name] / off[name]:>7.1%}")
+        each = ", ".join(f"{cost:.1%}" for cost in costs[name])
+        print(f"{label:28} {statistics.median(costs[name]):>12.1%}  {each}")
     return 0
 
 
