@@ -67,14 +67,11 @@ class Frames:
         return "\n".join(lines) + "\n"
 
 
-def worker_pid(server_pid: int) -> int:
-    """The one BentoML worker under a `bentoml serve` process: the descendant that answers requests (the
-    Python process with no Python children)."""
+def worker_pids(server_pid: int) -> list[int]:
+    """The BentoML workers under a `bentoml serve` process: the descendants that answer requests (the Python
+    processes with no Python children)."""
     pythons = [p for p in psutil.Process(server_pid).children(recursive=True) if "python" in p.name().lower()]
-    leaves = [p for p in pythons if not any(c in pythons for c in p.children())]
-    if len(leaves) != 1:
-        raise RuntimeError(f"expected one worker under {server_pid}, found {[p.pid for p in leaves]}")
-    return leaves[0].pid
+    return sorted(p.pid for p in pythons if not any(c in pythons for c in p.children()))
 
 
 def py_spy(pid: int, seconds: int, out: Path, form: str) -> None:
@@ -125,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(server, url, log_path)
-        pid = worker_pid(server.pid)
+        (pid,) = worker_pids(server.pid)  # one worker: it answers every request
         for name in args.routes:
             print(
                 profile(name, requests[name], url, pid, args.seconds, args.concurrency, args.out, args.top), flush=True
