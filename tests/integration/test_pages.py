@@ -52,12 +52,18 @@ def test_the_console_lists_each_served_version_with_its_card_and_policy(console,
 
 
 def test_the_live_figures_change_under_traffic(console, server):
+    # The first reading of the figures has been shown ("few" seconds until then): counts from here on are rates.
+    WebDriverWait(console, 20).until(lambda b: b.find_element(By.ID, "window").text != "few")
     before = int(float(cell(console, "fashion-cnn", "requests")))
     (png,), _ = fashion_test_images(1)
     with httpx.Client(base_url=server) as client:
         for _ in range(20):
             assert client.post("/classify_image", files={"image": png}).status_code == 200
-    WebDriverWait(console, 20).until(lambda b: int(float(cell(b, "fashion-cnn", "requests"))) >= before + 20)
+    WebDriverWait(console, 20).until(
+        lambda b: (
+            int(float(cell(b, "fashion-cnn", "requests"))) >= before + 20 and cell(b, "fashion-cnn", "rate") != "–"
+        )
+    )
     assert float(cell(console, "fashion-cnn", "rate")) > 0
     assert cell(console, "fashion-cnn", "p50").endswith(" ms") and cell(console, "fashion-cnn", "p99").endswith(" ms")
     assert cell(console, "fashion-cnn", "errors") == "0.0%" and cell(console, "fashion-cnn", "ood").endswith("%")
