@@ -290,8 +290,10 @@ def test_a_shadow_never_answers_and_its_agreement_is_counted_off_the_response_pa
     # The console shows the policy on every version's row, and the shadow's agreement on its own.
     browser.get(f"{server}/")
     row = f'#models tr[data-model="fashion-cnn"][data-version="{ids["cnn-copy"]}"]'
-    WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, f"{row} td.agrees"))
-    assert browser.find_element(By.CSS_SELECTOR, f"{row} td.agrees").text == "100.0%"
+    agreement = f"{row} td.agrees"  # a dash until the first reading of the figures is shown
+    WebDriverWait(browser, 30).until(
+        lambda b: [c.text for c in b.find_elements(By.CSS_SELECTOR, agreement)] == ["100.0%"]
+    )
     assert f"shadow {ids['cnn-copy']} (100%)" in browser.find_element(By.CSS_SELECTOR, row).text
 
     def p99(model: str) -> float:
