@@ -19,9 +19,14 @@ function authorization() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
-// The answer's JSON and status; a 401 opens the key form.
+// The answer's JSON and status (status 0: no answer at all); a 401 opens the key form.
 async function call(url, init = {}) {
-  const response = await fetch(url, { ...init, headers: { ...authorization(), ...(init.headers || {}) } });
+  let response;
+  try {
+    response = await fetch(url, { ...init, headers: { ...authorization(), ...(init.headers || {}) } });
+  } catch (_) {
+    return { status: 0, ok: false, body: { error: "the server did not answer" }, headers: new Headers() };
+  }
   let body;
   try {
     body = await response.json();
