@@ -27,8 +27,11 @@ def console(browser, server):
     assert urls and all(url.startswith(server) for url in urls), urls
 
 
-def cell(browser, model: str, column: str) -> str:
-    return browser.find_element(By.CSS_SELECTOR, f'#models tr[data-model="{model}"] td.{column}').text
+def cell(browser, model: str, column: str) -> str | None:
+    """A table cell's text, read in one script call: the table is redrawn every few seconds, so an element
+    found in one call may be gone (stale) by the next."""
+    selector = f'#models tr[data-model="{model}"] td.{column}'
+    return browser.execute_script("const c = document.querySelector(arguments[0]); return c && c.textContent", selector)
 
 
 def answer_of(form) -> str:

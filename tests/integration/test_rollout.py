@@ -21,7 +21,6 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from harness.servers import stop, wait_ready
@@ -290,11 +289,10 @@ def test_a_shadow_never_answers_and_its_agreement_is_counted_off_the_response_pa
     # The console shows the policy on every version's row, and the shadow's agreement on its own.
     browser.get(f"{server}/")
     row = f'#models tr[data-model="fashion-cnn"][data-version="{ids["cnn-copy"]}"]'
-    agreement = f"{row} td.agrees"  # a dash until the first reading of the figures is shown
-    WebDriverWait(browser, 30).until(
-        lambda b: [c.text for c in b.find_elements(By.CSS_SELECTOR, agreement)] == ["100.0%"]
-    )
-    assert f"shadow {ids['cnn-copy']} (100%)" in browser.find_element(By.CSS_SELECTOR, row).text
+    cell = f"{row} td.agrees"  # a dash until the first reading of the figures is shown; redrawn every 3 s
+    read = "const c = document.querySelector(arguments[0]); return c && c.textContent"
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script(read, cell) == "100.0%")
+    assert f"shadow {ids['cnn-copy']} (100%)" in browser.execute_script(read, row)
 
     def p99(model: str) -> float:
         with httpx.Client() as client:
