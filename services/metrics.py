@@ -282,8 +282,8 @@ def version_figures() -> list[dict[str, Any]]:
             )
             if kind == "seconds":
                 if sample.name.endswith("_bucket"):
-                    le = float(sample.labels["le"])
-                    bounds.setdefault(key, {})[le] = bounds.get(key, {}).get(le, 0) + sample.value
+                    counts, le = bounds.setdefault(key, {}), float(sample.labels["le"])
+                    counts[le] = counts.get(le, 0) + sample.value
             elif not sample.name.endswith("_total"):
                 continue  # a counter's _created
             elif kind in ("requests", "shadow"):
