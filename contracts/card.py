@@ -20,6 +20,7 @@ from contracts.tensors import TensorSpec
 # Each task kind's preprocessing (an imported model has none: tensors in and out).
 PREPROCESSING: dict[str, type[Preprocessing]] = {
     "image-classification": ImagePreprocessing,
+    "image-generation": ImagePreprocessing,  # the size of the images drawn (mean 0, std 1: pixels / 255)
     "forecasting": ForecastPreprocessing,
     "text-classification": TextPreprocessing,
 }
@@ -44,7 +45,7 @@ class OodRecord:
 
 @dataclass(frozen=True)
 class ModelCard:
-    task: str  # "image-classification", "forecasting", "text-classification", "imported"
+    task: str  # "image-classification", "forecasting", "text-classification", "image-generation", "imported"
     family: str | None = None  # the net's name in models/ (None for an imported model)
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()  # recorded for imported models; a family's model names its `output`

@@ -65,6 +65,12 @@ class Conflict(ServingError):
     status = 409
 
 
+class NotAcceptable(ServingError):
+    """No answer in a media type the request accepts (e.g. one PNG for several images)."""
+
+    status = 406
+
+
 class UnsupportedMediaType(ServingError):
     """A body in a media type the route does not take."""
 

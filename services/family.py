@@ -26,7 +26,8 @@ T = TypeVar("T")
 class Family(Protocol):
     """One version of a family's model as served: its runner and the pipeline over it, made per worker."""
 
-    runner: OnnxRunner
+    runner: OnnxRunner  # model.onnx's
+    runners: tuple[OnnxRunner, ...]  # every graph the version serves, model.onnx's first (each a raw OIP model)
 
     def pipeline(self) -> InferenceModel:
         """The version's pipeline for the inference protocol (what users with raw inputs call); its `family` is

@@ -41,6 +41,7 @@ class ForecastFamily:
 
     def __init__(self, stored: bentoml.Model):
         self.runner = OnnxRunner(stored, SETTINGS)  # histories of one length run as one batch
+        self.runners = (self.runner,)
         self.contract = ForecastContract.from_card(self.runner.card)
         threshold = ood_threshold(self.runner.name, self.runner.card)
         self.counters = AnswerCounters(self.runner.name, self.runner.version, threshold=threshold)

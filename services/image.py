@@ -39,6 +39,7 @@ class ImageFamily:
         card = ModelCard.from_metadata(stored.info.metadata)
         self.contract = ImageContract.from_card(card)
         self.runner = OnnxRunner(stored, SETTINGS)
+        self.runners = (self.runner,)
         threshold = ood_threshold(self.runner.name, card)
         self.counters = AnswerCounters(self.runner.name, self.runner.version, card.labels, threshold)
 

@@ -126,6 +126,19 @@ OOD_ANSWERS = Counter(
     "modelroad_ood_answers_total", "Answers whose input scored above the model's OOD threshold, by model.", ["model"]
 )
 
+GENERATION_STEPS = Counter(
+    "modelroad_generation_steps_total",
+    "Denoising steps taken by generation requests, by model (one denoiser call for a request's images each).",
+    ["model"],
+)
+GENERATED_IMAGES = Counter("modelroad_generated_images_total", "Images generated, by model.", ["model"])
+GENERATION_SECONDS = Histogram(
+    "modelroad_generation_seconds",
+    "Time from a generation request's first denoising step to its decoded images, by model.",
+    ["model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
 
 # Per model version (labels bounded by the versions served, never by client input): what a rollout compares.
 VERSION_REQUESTS = Counter(

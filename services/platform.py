@@ -14,6 +14,7 @@ from services import oip, pages, repository
 from services.app import build_app
 from services.family import FamilyKind, pipeline_name
 from services.forecast import ForecastFamily
+from services.generation import GenerationFamily
 from services.image import ImageFamily
 from services.inference import InferenceModel, ModelRepository, OnnxModel
 from services.oip_grpc import GRPCServer, PortTaken
@@ -28,7 +29,12 @@ from services.traffic import Policy
 log = logging.getLogger(__name__)
 
 # The served families by name (their store tags are in the settings' one registry): one line a family, no forks.
-FAMILIES: dict[str, FamilyKind] = {"image": ImageFamily, "forecast": ForecastFamily, "text": TextFamily}
+FAMILIES: dict[str, FamilyKind] = {
+    "image": ImageFamily,
+    "forecast": ForecastFamily,
+    "text": TextFamily,
+    "generation": GenerationFamily,
+}
 TAGS = SETTINGS.family_models
 # Under `python -m training serve`, family models still training: routes now, models when registered.
 PENDING = PendingModels.at_start(SETTINGS.training_progress, [tag for tags in TAGS.values() for tag in tags])
@@ -63,8 +69,8 @@ STATE = (
 )
 APP = build_app(
     "modelroad",
-    "CNN, RNN and Transformer models served with ONNX Runtime: family routes, and the Open Inference Protocol v2 "
-    "(with Triton's binary tensor extension) for every model and each family's pipeline.",
+    "CNN, RNN, Transformer and diffusion models served with ONNX Runtime: family routes, and the Open Inference "
+    "Protocol v2 (with Triton's binary tensor extension) for every model and each family's pipeline.",
     [
         *(kind.routes(cards) for family, kind in FAMILIES.items() if (cards := start_cards(family))),
         oip.routes(
@@ -84,19 +90,21 @@ APP = build_app(
 
 
 def open_version(stored: bentoml.Model) -> list[InferenceModel]:
-    """A stored model version as served, warmed up: its graph (tensors in and out) and, for a family's model, the
-    family's pipeline over the same runner (what the family's routes run)."""
+    """A stored model version as served, warmed up: its graphs (tensors in and out; a generator's decoder too) and,
+    for a family's model, the family's pipeline over the same runners (what the family's routes run)."""
     family = FAMILY_MODELS.get(stored.tag.name)
     if family is None:
-        runner = OnnxRunner(stored, SETTINGS)
-        models: list[InferenceModel] = [OnnxModel(runner)]
+        runners: tuple[OnnxRunner, ...] = (OnnxRunner(stored, SETTINGS),)
+        models: list[InferenceModel] = [OnnxModel(runners[0])]
     else:
         kind, card = family
         if problem := interface_change(card, ModelCard.from_metadata(stored.info.metadata)):
             raise ValueError(f"{stored.tag} cannot serve {stored.tag.name}'s routes: {problem}")
         version = kind(stored)
-        runner, models = version.runner, [OnnxModel(version.runner), version.pipeline()]
-    runner.warm_up()
+        runners = version.runners
+        models = [*map(OnnxModel, runners), version.pipeline()]
+    for runner in runners:
+        runner.warm_up()
     return models
 
 

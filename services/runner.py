@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections import defaultdict
@@ -136,8 +137,12 @@ class OnnxRunner:
         stored: bentoml.Model,
         settings: ServeSettings,
         collate: Collate | None = None,
+        graph: str = "model.onnx",
     ):
-        self.name = stored.tag.name
+        """`graph`: which of the stored files; another than model.onnx is served under `<name>-<its stem>` (e.g. a
+        generator's `fashion-diffusion-decoder`), in this process."""
+        self.name = stored.tag.name if graph == "model.onnx" else f"{stored.tag.name}-{graph.removesuffix('.onnx')}"
+        settings = settings if graph == "model.onnx" else dataclasses.replace(settings, runner_url="")
         self.tag, self.version = str(stored.tag), stored.tag.version
         self.created = stored.info.creation_time
         self.card = ModelCard.from_metadata(stored.info.metadata)
@@ -146,7 +151,7 @@ class OnnxRunner:
         providers, wanted = choose_providers(settings.device, ort.get_available_providers())
         # The API worker reads the graph's signature itself, also when a runner service computes.
         session = ort.InferenceSession(
-            stored.path_of("model.onnx"),
+            stored.path_of(graph),
             session_options(settings),
             providers=providers if not settings.runner_url else ["CPUExecutionProvider"],
         )

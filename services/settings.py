@@ -31,6 +31,7 @@ class ServeSettings:
     lstm_model: str = "co2-lstm:latest"
     gru_model: str = "co2-gru:latest"
     text_model: str = "wordnet-transformer:latest"  # or wordnet-transformer-int8:latest
+    generation_model: str = "fashion-diffusion:latest"  # empty: no generation routes
     # More store tags, comma-separated, served beside the families' through the inference protocol (tensors in and
     # out): an imported model (`python -m training import`), or another version of a family's model side by side
     # (the family's routes stay on the version its own setting names, until the repository's `traffic` or `load`).
@@ -90,6 +91,7 @@ class ServeSettings:
             "image": (self.image_model,),
             "forecast": (self.lstm_model, self.gru_model),
             "text": (self.text_model,),
+            "generation": (self.generation_model,) if self.generation_model else (),
         }
 
     @property

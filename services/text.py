@@ -41,6 +41,7 @@ class TextFamily:
         # Requests of other lengths share a batch, padded to its longest text: the attention mask ignores padding.
         pad = padded_calls({"input_ids": self.contract.encoding.pad_id, "attention_mask": 0})
         self.runner = OnnxRunner(stored, SETTINGS, pad)
+        self.runners = (self.runner,)
         threshold = ood_threshold(self.runner.name, card)
         self.counters = AnswerCounters(self.runner.name, self.runner.version, card.labels, threshold)
 

@@ -59,9 +59,35 @@ def text_cards(session_dir: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="session")
-def registered(cnn_card: dict, lstm_card: dict, gru_card: dict, text_cards: dict) -> dict[str, dict]:
+def diffusion_card(session_dir: Path, cnn_card: dict) -> dict:
+    """The generator, its VAE trained first (one pretraining epoch), judged by the CNN above."""
+    from training.config import TrainConfig
+    from training.pipeline import run
+
+    return run(
+        TrainConfig(
+            task="fashion-diffusion",
+            dry_run=True,
+            pretrain_epochs=1,
+            batch_size=256,
+            lr=2e-3,
+            out_dir=str(session_dir / "artifacts"),
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def registered(
+    cnn_card: dict, lstm_card: dict, gru_card: dict, text_cards: dict, diffusion_card: dict
+) -> dict[str, dict]:
     """Every family's model in the store, by store name (what the platform service needs)."""
-    return {"fashion-cnn": cnn_card, "co2-lstm": lstm_card, "co2-gru": gru_card, **text_cards}
+    return {
+        "fashion-cnn": cnn_card,
+        "co2-lstm": lstm_card,
+        "co2-gru": gru_card,
+        **text_cards,
+        "fashion-diffusion": diffusion_card,
+    }
 
 
 @pytest.fixture(scope="session")

@@ -202,8 +202,9 @@ def tasks_to_train() -> list[str]:
     from training.register import list_registered
 
     # A model registered before OOD scores existed cannot be served: its task is trained again.
-    stored = {r["tag"].split(":")[0] for r in list_registered() if r["ood_threshold"] is not None}
-    return [name for name in TASKS if name not in stored]
+    scored = {r["tag"].split(":")[0] for r in list_registered() if r["ood_threshold"] is not None}
+    unscored = {r["tag"].split(":")[0] for r in list_registered()}
+    return [name for name, task in TASKS.items() if name not in (scored if task.scores_ood else unscored)]
 
 
 def lane_flags(argv: list[str], command: str, own: tuple[str, ...]) -> list[str]:

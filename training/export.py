@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from contracts.answers import OOD_OUTPUT
+from contracts.tensors import TensorSpec
 from models.ood import Scored
-from training.tasks.base import Task
+from training.tasks.base import Companion, Task, dynamic_shapes
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +41,60 @@ def export_onnx(model: nn.Module, task: Task, example: tuple[torch.Tensor, ...],
     """Write model.onnx (one file, dynamo exporter) with the dynamic axes of the task's inputs; returns the opset.
 
     A `Scored` net exports its OOD score as a second output, `ood_score`."""
+    # Scored.forward takes *inputs: torch.export sees them as one tuple argument.
+    return export_graph(model, task.inputs, output_names(model, task), example, path, packed=isinstance(model, Scored))
+
+
+def export_graph(
+    model: nn.Module,
+    inputs: tuple[TensorSpec, ...],
+    outputs: list[str],
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    packed: bool = False,
+) -> int:
+    """One ONNX file of `model` with the inputs' dynamic axes, checked; returns the opset. `packed`: forward takes
+    *inputs."""
     if len(example[0]) < 2:
         raise ExportError("export with a batch of at least 2: a batch of 1 fixes the batch axis at 1")
     model.eval()
+    shapes = dynamic_shapes(inputs)
     torch.onnx.export(
         model,
         example,
         str(path),
         dynamo=True,
         external_data=False,
-        input_names=[spec.name for spec in task.inputs],
-        output_names=output_names(model, task),
-        # Scored.forward takes *inputs: torch.export sees them as one tuple argument.
-        dynamic_shapes=(task.dynamic_shapes(),) if isinstance(model, Scored) else task.dynamic_shapes(),
+        input_names=[spec.name for spec in inputs],
+        output_names=outputs,
+        dynamic_shapes=(shapes,) if packed else shapes,
     )
     onnx.checker.check_model(str(path), full_check=True)
     graph = onnx.load(str(path))
-    for spec, graph_input in zip(task.inputs, graph.graph.input):
+    for spec, graph_input in zip(inputs, graph.graph.input):
         dims = graph_input.type.tensor_type.shape.dim
         for axis, (want, dim) in enumerate(zip(spec.shape, dims)):
             if isinstance(want, str) and not dim.dim_param:
                 raise ExportError(f"input {spec.name!r} axis {axis} ({want}) was frozen at {dim.dim_value}")
     return graph.opset_import[0].version
+
+
+def export_companion(companion: Companion, folder: Path) -> tuple[Path, float]:
+    """A task's companion graph written into `folder` and held to parity; its path and max |torch - ORT|."""
+    path = folder / companion.file
+    export_graph(companion.module, companion.inputs, [companion.output], companion.examples[0], path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for inputs in companion.examples:
+        (expected,) = outputs_of(companion.module, inputs)
+        (got,) = session.run(None, {spec.name: t.numpy() for spec, t in zip(companion.inputs, inputs)})
+        worst = max(worst, float(np.max(np.abs(expected - got))))
+    if worst > companion.tolerance:
+        raise ExportError(
+            f"{companion.file} differs from PyTorch: max abs diff {worst:.2e} ({companion.tolerance:.0e})"
+        )
+    log.info("%s: max abs diff %.2e", companion.file, worst)
+    return path, worst
 
 
 def output_difference(

@@ -22,7 +22,7 @@ from models import build_model, config_from_dict
 from training.config import TrainConfig
 from training.distributed import Ranks, start, stop
 from training.evaluate import plot_history
-from training.export import check_parity, export_onnx, output_difference
+from training.export import check_parity, export_companion, export_onnx, output_difference
 from training.loop import Trained, fit, net_config, pick_device
 from training.ood import PredictScored, fit_scored, ood_report
 from training.progress import ProgressReport
@@ -34,13 +34,13 @@ log = logging.getLogger(__name__)
 
 
 def onnx_predictor(task: Task, path: Path) -> PredictScored:
-    """The exported graph as a function: (inputs...) -> (the task's output, the OOD score)."""
+    """The exported graph as a function: (inputs...) -> (the task's output, the OOD score; None without one)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [spec.name for spec in task.inputs]
 
-    def predict(*inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        output, score = session.run(None, {name: t.numpy() for name, t in zip(names, inputs)})
-        return output, score
+    def predict(*inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        output, *score = session.run(None, {name: t.numpy() for name, t in zip(names, inputs)})
+        return output, score[0] if score else None
 
     return predict
 
@@ -74,13 +74,15 @@ def machine(cfg: TrainConfig, ranks: Ranks) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Exported:
-    """The trained net with its OOD score, exported to ONNX and held to parity with PyTorch."""
+    """The trained net with its OOD score, exported to ONNX and held to parity with PyTorch; and its companions."""
 
     scored: nn.Module
     examples: list[tuple[torch.Tensor, ...]]
     path: Path
     opset: int
     parity: float
+    companions: dict[str, Path]  # stored file name -> path
+    companions_parity: dict[str, float]
 
 
 def export(task: Task, trained: Trained, data: Prepared, run_dir: Path) -> Exported:
@@ -89,11 +91,22 @@ def export(task: Task, trained: Trained, data: Prepared, run_dir: Path) -> Expor
     net = build_model(task.model, config_from_dict(task.model, trained.model_config))
     net.load_state_dict(trained.model.state_dict())
     net.eval()
-    scored = fit_scored(task, net, data)
+    graph = task.graph(net)
+    scored = fit_scored(task, graph, data) if task.scores_ood else graph.eval()
     examples = task.export_inputs(data)
     path = run_dir / "model.onnx"
     opset = export_onnx(scored, task, examples[0], path)
-    return Exported(scored, examples, path, opset, check_parity(scored, task, path, examples))
+    parity = check_parity(scored, task, path, examples)
+    companions = {c.file: export_companion(c, run_dir) for c in task.companions(net, data)}
+    return Exported(
+        scored,
+        examples,
+        path,
+        opset,
+        parity,
+        {file: path for file, (path, _) in companions.items()},
+        {file: difference for file, (_, difference) in companions.items()},
+    )
 
 
 def interface_card(task: Task, cfg: TrainConfig, data: Prepared) -> ModelCard:
@@ -117,12 +130,13 @@ def evaluated_card(
 ) -> ModelCard:
     """The card of the exported graph: test metrics and the OOD threshold describe what will be served."""
     predict = onnx_predictor(task, exported.path)
+    summaries = task.reference_summaries(data)
     return dataclasses.replace(
         interface_card(task, cfg, data),
         metrics=task.evaluate(first_output(predict), data, cfg.run_dir()),
         baseline=task.baseline(data),
-        ood=OodRecord.from_metadata(ood_report(predict, task, data, cfg.run_dir())),
-        reference=columns(task.reference_summaries(data)),
+        ood=OodRecord.from_metadata(ood_report(predict, task, data, cfg.run_dir())) if task.scores_ood else OodRecord(),
+        reference=columns(summaries) if summaries else {},
         parity_max_abs_diff=exported.parity,
         opset=exported.opset,
         model_config=trained.model_config,
@@ -220,18 +234,21 @@ def trained_and_registered(
         "machine": machine(cfg, ranks),
         **({"tuning": tuning} if tuning else {}),
     }
+    if exported.companions_parity:
+        extra["companions_parity"] = exported.companions_parity
     card = evaluated_card(task, cfg, data, trained, exported, extra)
-    stored = save_card(cfg, task.name, exported.path, data.files, card, run_dir)
+    files = {**data.files, **exported.companions, **{name: run_dir / name for name in task.artifacts}}
+    stored = save_card(cfg, task.name, exported.path, files, card, run_dir)
     save_variants(task, cfg, data, exported, card, stored.get("tag"))
+    ood = card.ood.evaluation
     log.info(
-        "%s: test %s %.4f (baselines: %s), parity %.1e, OOD AUROC %.3f at %.1f%% test false alarms%s",
+        "%s: test %s %.4f (baselines: %s), parity %.1e%s%s",
         task.name,
         task.key_metric,
         card.metrics[task.key_metric],
         card.baselines_line,
         exported.parity,
-        card.ood.evaluation["all"]["auroc"],
-        100 * card.ood.evaluation["test_fpr"],
+        f", OOD AUROC {ood['all']['auroc']:.3f} at {100 * ood['test_fpr']:.1f}% test false alarms" if ood else "",
         f", registered {stored['tag']}" if "tag" in stored else "",
     )
     if "tag" in stored:

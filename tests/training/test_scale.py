@@ -197,6 +197,18 @@ def test_lanes_take_the_longest_tasks_first_onto_the_least_loaded_lane():
     assert plan_lanes(["co2-gru"], 2) == [["co2-gru"]]
 
 
+def test_a_task_that_needs_another_trains_after_it_in_its_lane():
+    from training.lanes import plan_lanes
+
+    everything = ["fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "fashion-diffusion"]
+    assert plan_lanes(everything, 2) == [
+        ["wordnet-transformer"],
+        ["fashion-cnn", "co2-gru", "co2-lstm", "fashion-diffusion"],
+    ]
+    assert plan_lanes(["fashion-cnn", "fashion-diffusion"], 2) == [["fashion-cnn", "fashion-diffusion"]]
+    assert plan_lanes(["co2-gru", "fashion-diffusion"], 2) == [["co2-gru"], ["fashion-diffusion"]]
+
+
 @pytest.mark.slow
 def test_ensure_trains_every_missing_task_in_two_lanes_then_nothing(tmp_path):
     store, argv = tmp_path / "bentoml", ["ensure", "--dry-run", "--out-dir", str(tmp_path / "run")]

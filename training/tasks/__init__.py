@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from training.tasks.base import Task
+from training.tasks.generation import ImageGenerationTask
 from training.tasks.images import ImageClassificationTask
 from training.tasks.series import ForecastTask
 from training.tasks.text import TextClassificationTask
 
 TASKS: dict[str, Task] = {
     task.name: task
-    for task in (ImageClassificationTask(), ForecastTask("lstm"), ForecastTask("gru"), TextClassificationTask())
+    for task in (
+        ImageClassificationTask(),
+        ForecastTask("lstm"),
+        ForecastTask("gru"),
+        TextClassificationTask(),
+        ImageGenerationTask(),  # last: its evaluation judges samples with the CNN above
+    )
 }
 
 

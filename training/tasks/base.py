@@ -45,6 +45,19 @@ class Prepared:
     class_weights: torch.Tensor | None = None  # per-class loss weights, fitted on the training split
 
 
+@dataclass(frozen=True)
+class Companion:
+    """Another graph exported from the trained net and stored beside model.onnx (e.g. a generator's decoder),
+    held to parity on its own examples."""
+
+    file: str  # its name in the store, e.g. "decoder.onnx"
+    module: nn.Module
+    inputs: tuple[TensorSpec, ...]
+    output: str
+    examples: list[tuple[torch.Tensor, ...]]  # the first is the export example (batch >= 2)
+    tolerance: float = 1e-4
+
+
 class Task(ABC):
     name: str  # the name in the model store, e.g. "fashion-cnn"
     model: str  # the net's name in the models registry
@@ -57,6 +70,12 @@ class Task(ABC):
     train_defaults: ClassVar[dict[str, Any]] = {}
     # Seconds its default training takes on 2 cores (measured): how `ensure` shares tasks between lanes.
     expected_seconds: ClassVar[float] = 60.0
+    # Whether answers carry an OOD score (exported inside model.onnx): a generator's have no input to score.
+    scores_ood: ClassVar[bool] = True
+    # Tasks whose stored models this one's evaluation reads (trained before it when trained together).
+    needs: ClassVar[tuple[str, ...]] = ()
+    # Files the evaluation writes into the run folder that are stored with the model (e.g. a grid of samples).
+    artifacts: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def load_data(self, cfg: TrainConfig) -> Prepared: ...
@@ -114,6 +133,15 @@ class Task(ABC):
         """Other ONNX files derived from the exported one (e.g. int8), registered beside it as `<name>-<suffix>`."""
         return {}
 
+    def graph(self, net: nn.Module) -> nn.Module:
+        """What model.onnx computes (before its OOD score is added): the net itself, unless the task serves a part
+        of it (a diffusion model's denoiser)."""
+        return net
+
+    def companions(self, net: nn.Module, data: Prepared) -> list[Companion]:
+        """More graphs of the trained net, stored beside model.onnx."""
+        return []
+
     def export_inputs(self, data: Prepared) -> list[tuple[torch.Tensor, ...]]:
         """Held-out inputs for export and the parity check; the first is the export example (batch >= 2)."""
         inputs = data.test.tensors[:-1]
@@ -159,17 +187,18 @@ class Task(ABC):
         for start in range(0, n, size):
             yield self.collate([dataset[i] for i in range(start, min(start + size, n))])[:-1]
 
-    def dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
-        """torch.export dynamic shapes, one dict per input, from the named axes of the input spec."""
-        dims: dict[str, Any] = {}
-        shapes = []
-        for spec in self.inputs:
-            axes = {}
-            for i, axis in enumerate(spec.shape):
-                if isinstance(axis, str):
-                    axes[i] = dims.setdefault(axis, torch.export.Dim(axis, min=1, max=4096))
-            shapes.append(axes)
-        return tuple(shapes)
+
+def dynamic_shapes(inputs: tuple[TensorSpec, ...]) -> tuple[dict[int, Any], ...]:
+    """torch.export dynamic shapes, one dict per input, from the named axes of the input specs."""
+    dims: dict[str, Any] = {}
+    shapes = []
+    for spec in inputs:
+        axes = {}
+        for i, axis in enumerate(spec.shape):
+            if isinstance(axis, str):
+                axes[i] = dims.setdefault(axis, torch.export.Dim(axis, min=1, max=4096))
+        shapes.append(axes)
+    return tuple(shapes)
 
 
 def fingerprint_arrays(*arrays: np.ndarray) -> str:

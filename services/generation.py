@@ -1,0 +1,319 @@
+"""Image generation: a seed, a class and a count in; PNG images out, whole or step by step (server-sent events).
+
+Each request runs its own denoising loop (contracts/sampling.py) and submits every step to the denoiser's
+micro-batcher: the steps of concurrent requests, wherever each is in its loop, share ONNX Runtime calls. An image
+depends on its seed alone, not on what it was batched with (each row is computed alike; tested).
+"""
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import bentoml
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from contracts.card import ModelCard
+from contracts.sampling import (
+    GUIDANCE,
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_STEPS,
+    STEPS,
+    Denoising,
+    cosine_schedule,
+    image_seeds,
+)
+from contracts.tensors import TensorSpec
+from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, json_response
+from services.errors import BadRequest, NotAcceptable, ServingError
+from services.family import FamilyPipeline, answering
+from services.inference import Choice
+from services.metrics import GENERATED_IMAGES, GENERATION_SECONDS, GENERATION_STEPS
+from services.payloads import log_predictions
+from services.runner import OnnxRunner
+from services.settings import SETTINGS
+
+log = logging.getLogger(__name__)
+
+PREVIEW_EVERY = 5  # a stream's step events carry a preview of the images every this many steps
+
+
+class GenerationRequest(BaseModel):
+    """What a generation request asks for (its `label` is checked against the served model's classes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(1, strict=True, ge=1, le=MAX_IMAGES, description="how many images")
+    seed: int | None = Field(
+        None,
+        strict=True,
+        ge=0,
+        le=MAX_SEED,
+        description="image i is drawn from seed + i: the same seed gives the same images; none: the server draws "
+        "one (the answer's `seeds` say which)",
+    )
+    label: str | None = Field(None, description="the class to draw; none: any class")
+    steps: int = Field(STEPS, strict=True, ge=1, le=MAX_STEPS, description="denoising steps: more, finer")
+    guidance: float = Field(
+        GUIDANCE,
+        ge=0,
+        le=MAX_GUIDANCE,
+        allow_inf_nan=False,
+        description="classifier-free guidance: 1 draws from the class as trained, more makes it plainer",
+    )
+
+
+def request_model(labels: tuple[str, ...]) -> type[GenerationRequest]:
+    """The request body with `label` limited to the model's classes (the OpenAPI document lists them)."""
+    label = Literal[labels]  # type: ignore[valid-type]
+    return create_model(
+        "GenerationRequest",
+        __base__=GenerationRequest,
+        label=(label | None, Field(None, description="the class to draw; none: any class")),
+    )
+
+
+class GeneratedImages(BaseModel):
+    images: list[str] = Field(description="base64 PNG images (8-bit grey), in the order of `seeds`")
+    seeds: list[int] = Field(description="each image's seed: asked for alone (n 1), it gives that image again")
+    label: str | None
+    steps: int
+    guidance: float
+    model: str = Field(description="the model version that drew them, name:version")
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """(H, W) uint8 -> PNG bytes."""
+    out = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(out, format="PNG")
+    return out.getvalue()
+
+
+def as_uint8(pixels: np.ndarray) -> np.ndarray:
+    """The decoder's (N, 1, H, W) brightness in [0, 1] -> (N, H, W) uint8."""
+    return np.clip(np.rint(pixels[:, 0] * 255.0), 0, 255).astype(np.uint8)
+
+
+class GenerationFamily:
+    """One version of the image generator: its denoiser (model.onnx) and its decoder, each behind a batcher."""
+
+    def __init__(self, stored: bentoml.Model):
+        card = ModelCard.from_metadata(stored.info.metadata)
+        self.labels = card.labels
+        self.null_label = len(card.labels)  # the class id the model was trained to read as "no class"
+        self.latent = int(card.model_config["latent"])
+        self.alphas = cosine_schedule(int(card.model_config["timesteps"]))
+        self.runner = OnnxRunner(stored, SETTINGS)
+        self.decoder = OnnxRunner(stored, SETTINGS, graph="decoder.onnx")
+        self.runners = (self.runner, self.decoder)
+        self.steps_taken = GENERATION_STEPS.labels(self.runner.name)
+        self.images_made = GENERATED_IMAGES.labels(self.runner.name)
+        self.seconds = GENERATION_SECONDS.labels(self.runner.name)
+
+    def pipeline(self) -> "GenerationPipeline":
+        return GenerationPipeline(self)
+
+    def start(self, request: GenerationRequest) -> tuple[Denoising, list[int]]:
+        """The request's images as noise, and their seeds."""
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        seeds = image_seeds(seed, request.n)
+        if request.label is not None and request.label not in self.labels:
+            raise BadRequest(f"label {request.label!r} is not one of this model's classes: {list(self.labels)}")
+        label = self.labels.index(request.label) if request.label is not None else self.null_label
+        labels = np.full(request.n, label, dtype=np.int64)
+        return Denoising.start(seeds, labels, request.guidance, request.steps, self.alphas, self.latent), seeds
+
+    async def step(self, state: Denoising) -> None:
+        latents, timesteps, labels = state.denoiser_inputs(self.null_label)
+        outputs = await self.runner.submit({"latents": latents, "timesteps": timesteps, "labels": labels})
+        state.advance(outputs["noise"])
+        self.steps_taken.inc()
+
+    async def pixels(self, latents: np.ndarray) -> np.ndarray:
+        """(N, H, W) uint8 images of latents."""
+        return as_uint8((await self.decoder.submit({"latents": latents}))["pixels"])
+
+    async def generate(self, request: GenerationRequest) -> tuple[np.ndarray, list[int]]:
+        """The whole loop: (N, H, W) uint8 images and their seeds."""
+        state, seeds = self.start(request)
+        started = time.perf_counter()
+        while not state.finished:
+            await self.step(state)
+        images = await self.pixels(state.latents)
+        self.finished(request, seeds, images, started)
+        return images, seeds
+
+    def finished(self, request: GenerationRequest, seeds: list[int], images: np.ndarray, started: float) -> None:
+        self.seconds.observe(time.perf_counter() - started)
+        self.images_made.inc(len(images))
+        log_predictions(self.runner, seeds, seeds, lambda chosen: summaries(request, chosen), no_values, no_answer)
+
+    def answer(self, request: GenerationRequest, images: np.ndarray, seeds: list[int]) -> GeneratedImages:
+        return GeneratedImages(
+            images=[base64.b64encode(png(image)).decode() for image in images],
+            seeds=seeds,
+            label=request.label,
+            steps=request.steps,
+            guidance=request.guidance,
+            model=self.runner.tag,
+        )
+
+    @staticmethod
+    def routes(cards: dict[str, ModelCard]) -> APIRouter:
+        ((name, card),) = cards.items()
+        return generation_routes(name, card.labels)
+
+
+def summaries(request: GenerationRequest, seeds: list[int]) -> list[dict[str, Any]]:
+    """What the payload log keeps of a generated image: its seed and what was asked, never the image."""
+    asked = {"label": request.label, "n": request.n, "steps": request.steps, "guidance": request.guidance}
+    return [{"seed": seed, **asked} for seed in seeds]
+
+
+def no_values(seed: int) -> dict[str, Any]:
+    return {}  # the seed and the request are the whole input
+
+
+def no_answer(seed: int) -> dict[str, Any]:
+    return {}  # images are not logged
+
+
+class GenerationPipeline(FamilyPipeline):
+    """`<model>-pipeline`: seed and n (and optionally label, steps, guidance) in; UINT8 images and seeds out."""
+
+    family: GenerationFamily
+
+    def __init__(self, family: GenerationFamily):
+        super().__init__(
+            family,
+            [
+                TensorSpec("seed", "INT64", (1,)),
+                TensorSpec("n", "INT64", (1,)),
+                TensorSpec("label", "BYTES", (1,)),
+                TensorSpec("steps", "INT64", (1,)),
+                TensorSpec("guidance", "FP32", (1,)),
+            ],
+            [TensorSpec("images", "UINT8", (-1, 28, 28)), TensorSpec("seeds", "INT64", (-1,))],
+            required=["seed", "n"],
+        )
+
+    async def infer(self, tensors: dict[str, np.ndarray], record: bool = True) -> dict[str, np.ndarray]:
+        fields: dict[str, Any] = {name: tensors[name][0].item() for name in ("seed", "n", "steps") if name in tensors}
+        if "guidance" in tensors:
+            fields["guidance"] = float(tensors["guidance"][0])
+        if "label" in tensors:
+            try:
+                fields["label"] = tensors["label"][0].decode()
+            except UnicodeDecodeError:
+                raise BadRequest("label is not UTF-8") from None
+        try:
+            request = GenerationRequest.model_validate(fields)
+        except ValueError as exc:
+            raise BadRequest(f"not a generation request: {exc}") from None
+        images, seeds = await self.family.generate(request)
+        return {"images": images, "seeds": np.array(seeds, dtype=np.int64)}
+
+
+def wants_png(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "image/png" in accept and "application/json" not in accept
+
+
+def event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def strip(images: np.ndarray) -> str:
+    """A request's images side by side, as one base64 PNG: a stream's preview."""
+    return base64.b64encode(png(np.concatenate(list(images), axis=1))).decode()
+
+
+async def events(
+    choice: Choice, family: GenerationFamily, request: GenerationRequest, state: Denoising, seeds: list[int]
+) -> AsyncIterator[bytes]:
+    """A `step` event per denoising step (a preview every PREVIEW_EVERY), then `done` with the images; a failure
+    after the stream began is an `error` event. The request timeout covers the whole loop. A client that goes away
+    cancels this generator at its next await: no more steps are submitted."""
+    deadline = asyncio.get_running_loop().time() + SETTINGS.request_timeout_s
+    started = time.perf_counter()
+    try:
+        with choice.answering():
+            while not state.finished:
+                async with asyncio.timeout_at(deadline):
+                    await family.step(state)
+                    preview = state.done % PREVIEW_EVERY == 0 and not state.finished
+                    shown = {"preview": strip(await family.pixels(state.clean))} if preview else {}
+                yield event("step", {"step": state.done, "of": len(state.steps), **shown})
+            async with asyncio.timeout_at(deadline):
+                images = await family.pixels(state.latents)
+            family.finished(request, seeds, images, started)
+        yield event("done", family.answer(request, images, seeds).model_dump())
+    except TimeoutError:
+        yield event("error", {"error": f"no answer within the request timeout of {SETTINGS.request_timeout_s:g} s"})
+    except ServingError as refused:
+        yield event("error", {"error": str(refused)})
+    except Exception:
+        log.exception("generation stream failed")
+        yield event("error", {"error": "the server failed while generating; the images were not made"})
+
+
+def generation_routes(model: str, labels: tuple[str, ...]) -> APIRouter:
+    router = APIRouter(tags=["generation"], dependencies=[JSON_ONLY], route_class=DirectRoute)
+    Body = request_model(labels)
+
+    @router.post(
+        "/generate_images",
+        response_model=GeneratedImages,
+        responses={
+            **ERROR_RESPONSES,
+            200: {"content": {"image/png": {}}, "description": "with `Accept: image/png` and n 1: the PNG itself"},
+            406: ERROR_RESPONSES[415] | {"description": "`Accept: image/png` with n over 1"},
+        },
+    )
+    async def generate_images(request: Request, body: Body) -> Response:  # type: ignore[valid-type]
+        """Draw n images of a class (or of any), reproducibly from a seed."""
+        as_png = wants_png(request)
+        if as_png and body.n != 1:
+            raise NotAcceptable("image/png answers one image: ask for n 1, or accept application/json")
+        choice = answering(request, model)
+        family: GenerationFamily = choice.primary.family
+        with choice.answering():
+            images, seeds = await family.generate(body)
+        if as_png:
+            return Response(png(images[0]), media_type="image/png", headers=choice.version_header)
+        return json_response(family.answer(body, images, seeds), choice.version_header)
+
+    @router.post(
+        "/generate_images/stream",
+        responses={
+            **ERROR_RESPONSES,
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "server-sent events: `step` ({step, of, preview every few steps}), then `done` "
+                "(the JSON answer of /generate_images) or `error` ({error})",
+            },
+        },
+    )
+    async def generate_images_stream(request: Request, body: Body) -> Response:  # type: ignore[valid-type]
+        """Draw images as /generate_images does, watching them form: an event per denoising step."""
+        choice = answering(request, model)
+        family: GenerationFamily = choice.primary.family
+        state, seeds = family.start(body)  # a bad request is refused before the stream begins
+        return StreamingResponse(
+            events(choice, family, body, state, seeds),
+            media_type="text/event-stream",
+            headers={**choice.version_header, "Cache-Control": "no-cache"},
+        )
+
+    return router
