@@ -97,6 +97,31 @@ class TextUser(PlatformUser):
                 response.failure("one answer per text was expected")
 
 
+GENERATED_CLASSES = [None, "T-shirt/top", "Trouser", "Dress", "Sneaker", "Bag", "Ankle boot"]
+
+
+class GenerationUser(PlatformUser):
+    @task(3)
+    def generate_images(self) -> None:
+        body = {"n": random.randint(1, 4), "seed": random.randrange(2**31), "label": random.choice(GENERATED_CLASSES)}
+        with self.client.post("/generate_images", json=body, catch_response=True, name="/generate_images") as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+            elif len(response.json()["images"]) != body["n"]:
+                response.failure("one image per image asked for was expected")
+
+    @task(1)
+    def watch_images_form(self) -> None:
+        body = {"n": 1, "seed": random.randrange(2**31), "steps": 10}
+        with self.client.post(
+            "/generate_images/stream", json=body, catch_response=True, name="/generate_images/stream"
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+            elif response.text.count("event: step") != 10 or "event: done" not in response.text:
+                response.failure(f"the stream did not send 10 steps and then its images: {response.text[-200:]}")
+
+
 class GrpcUser(User):
     """The inference protocol over gRPC: a real upload to the image pipeline as raw BYTES, as tritonclient sends it;
     each call reported to Locust as a `grpc` request."""

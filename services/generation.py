@@ -23,6 +23,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from contracts.card import ModelCard
+from contracts.preprocessing import ImagePreprocessing
 from contracts.sampling import (
     GUIDANCE,
     MAX_GUIDANCE,
@@ -111,6 +112,10 @@ class GenerationFamily:
     def __init__(self, stored: bentoml.Model):
         card = ModelCard.from_metadata(stored.info.metadata)
         self.labels = card.labels
+        prep = card.preprocessing
+        if not isinstance(prep, ImagePreprocessing):
+            raise ValueError(f"{stored.tag}: a generator's card must name its images' size (image preprocessing)")
+        self.size = (prep.height, prep.width)
         self.null_label = len(card.labels)  # the class id the model was trained to read as "no class"
         self.latent = int(card.model_config["latent"])
         self.alphas = cosine_schedule(int(card.model_config["timesteps"]))
@@ -144,14 +149,15 @@ class GenerationFamily:
         """(N, H, W) uint8 images of latents."""
         return as_uint8((await self.decoder.submit({"latents": latents}))["pixels"])
 
-    async def generate(self, request: GenerationRequest) -> tuple[np.ndarray, list[int]]:
-        """The whole loop: (N, H, W) uint8 images and their seeds."""
+    async def generate(self, request: GenerationRequest, record: bool = True) -> tuple[np.ndarray, list[int]]:
+        """The whole loop: (N, H, W) uint8 images and their seeds. `record`: counted and logged (not a shadow's)."""
         state, seeds = self.start(request)
         started = time.perf_counter()
         while not state.finished:
             await self.step(state)
         images = await self.pixels(state.latents)
-        self.finished(request, seeds, images, started)
+        if record:
+            self.finished(request, seeds, images, started)
         return images, seeds
 
     def finished(self, request: GenerationRequest, seeds: list[int], images: np.ndarray, started: float) -> None:
@@ -204,7 +210,7 @@ class GenerationPipeline(FamilyPipeline):
                 TensorSpec("steps", "INT64", (1,)),
                 TensorSpec("guidance", "FP32", (1,)),
             ],
-            [TensorSpec("images", "UINT8", (-1, 28, 28)), TensorSpec("seeds", "INT64", (-1,))],
+            [TensorSpec("images", "UINT8", (-1, *family.size)), TensorSpec("seeds", "INT64", (-1,))],
             required=["seed", "n"],
         )
 
@@ -221,8 +227,25 @@ class GenerationPipeline(FamilyPipeline):
             request = GenerationRequest.model_validate(fields)
         except ValueError as exc:
             raise BadRequest(f"not a generation request: {exc}") from None
-        images, seeds = await self.family.generate(request)
+        images, seeds = await self.family.generate(request, record)
+        return self.tensors(images, seeds)
+
+    @staticmethod
+    def tensors(images: np.ndarray, seeds: list[int]) -> dict[str, np.ndarray]:
         return {"images": images, "seeds": np.array(seeds, dtype=np.int64)}
+
+    @staticmethod
+    def inputs(request: GenerationRequest, seeds: list[int]) -> dict[str, np.ndarray]:
+        """A request as the pipeline's tensors, its seed drawn (what a shadow is sent)."""
+        tensors = {
+            "seed": np.array([seeds[0]], dtype=np.int64),
+            "n": np.array([request.n], dtype=np.int64),
+            "steps": np.array([request.steps], dtype=np.int64),
+            "guidance": np.array([request.guidance], dtype=np.float32),
+        }
+        if request.label is not None:
+            tensors["label"] = np.array([request.label.encode()], dtype=np.object_)
+        return tensors
 
 
 def wants_png(request: Request) -> bool:
@@ -287,9 +310,11 @@ def generation_routes(model: str, labels: tuple[str, ...]) -> APIRouter:
         if as_png and body.n != 1:
             raise NotAcceptable("image/png answers one image: ask for n 1, or accept application/json")
         choice = answering(request, model)
-        family: GenerationFamily = choice.primary.family
+        pipeline: GenerationPipeline = choice.primary
+        family = pipeline.family
         with choice.answering():
             images, seeds = await family.generate(body)
+        choice.mirror(lambda: pipeline.inputs(body, seeds), lambda: pipeline.tensors(images, seeds))
         if as_png:
             return Response(png(images[0]), media_type="image/png", headers=choice.version_header)
         return json_response(family.answer(body, images, seeds), choice.version_header)

@@ -27,7 +27,7 @@ from services.settings import SETTINGS
 
 ASSETS = Path(fastapi_offline.__file__).parent / "static"  # swagger-ui-bundle.js, swagger-ui.css, favicon.png
 CONSOLE = Path(__file__).parent / "console"  # index.html, console.js, console.css
-FAMILY_ROUTES = ("/classify_image", "/classify_text", "/forecast")  # the console's forms, where served
+FAMILY_ROUTES = ("/classify_image", "/classify_text", "/forecast", "/generate_images")  # the console's forms
 
 
 def version_summary(model: InferenceModel) -> dict[str, Any]:

@@ -173,7 +173,10 @@ def drift_report(log_dir: Path, out_dir: Path) -> list[ModelDrift]:
             drifts.append(ModelDrift(model, version, len(logged), [], None, "Not in the model store: not compared."))
             continue
         if not card.reference:
-            problem = "Its card has no reference summaries (trained before they existed): not compared."
+            problem = (
+                "Its card has no reference summaries (trained before they existed, or its inputs are not data: "
+                "a generator's seeds): not compared."
+            )
             drifts.append(ModelDrift(model, version, len(logged), [], None, problem))
             continue
         drift = compare(model, version, logged, card)

@@ -159,6 +159,11 @@ async function refreshModels() {
   if (example) pick.onclick = () => { document.querySelector("#forecast-form textarea").value = example.example.history.join(", "); };
   const text = served.models.flatMap((m) => m.versions).find((v) => v.example && v.example.text);
   if (text) document.querySelector("#text-form textarea").placeholder = text.example.text;
+  const generator = served.models.flatMap((m) => m.versions).find((v) => v.task === "image-generation");
+  const classes = document.querySelector("#generate-form select");
+  if (generator && classes.options.length === 1) {
+    for (const label of generator.labels) classes.append(node("option", label, { value: label }));
+  }
   renderModels();
 }
 
@@ -246,6 +251,23 @@ const SENDERS = {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ history, horizon }),
     };
     return [init, (answer, box) => showForecast(history, answer, box)];
+  },
+  "generate-form": (form) => {
+    const label = form.querySelector("select").value;
+    const seed = form.querySelector("input[name=seed]").value;
+    const body = {
+      n: Number(form.querySelector("input[name=n]").value),
+      ...(seed === "" ? {} : { seed: Number(seed) }),
+      ...(label ? { label } : {}),
+    };
+    const init = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+    return [init, (answer, box) => {
+      for (const [i, image] of answer.images.entries()) {
+        box.append(node("img", undefined, {
+          src: `data:image/png;base64,${image}`, class: "drawn", alt: `seed ${answer.seeds[i]}`, title: `seed ${answer.seeds[i]}`,
+        }));
+      }
+    }];
   },
 };
 

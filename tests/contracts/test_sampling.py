@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from contracts.sampling import Denoising, cosine_schedule, first_noise, guided, image_seeds, sampling_steps
+from contracts.sampling import CLEAN_BOUND, Denoising, cosine_schedule, first_noise, guided, image_seeds, sampling_steps
 
 ALPHAS = cosine_schedule(1000)
 
@@ -54,3 +54,11 @@ def test_an_image_is_the_same_alone_and_among_others():
             state.advance(linear_denoiser(*state.denoiser_inputs(null_label=10)))
     assert alone.finished and np.array_equal(together.latents[1], alone.latents[0])
     assert not np.array_equal(together.latents[0], together.latents[1])
+
+
+def test_a_wild_noise_prediction_at_the_noisiest_step_cannot_blow_the_latents_up():
+    """alpha-bar is ~2e-9 at the first step: the clean estimate is bounded, and the noise made to agree with it."""
+    state = Denoising.start([1], np.array([0]), 1.0, 25, ALPHAS, 8)
+    wrong = state.latents + 0.05  # a prediction off by 0.05 everywhere
+    state.advance(np.concatenate([wrong, wrong]))
+    assert np.abs(state.clean).max() <= CLEAN_BOUND and np.abs(state.latents).max() < 3.0

@@ -13,7 +13,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests.helpers import fashion_test_images
 from tests.integration.conftest import requested_urls
 
-FAMILY_MODELS = ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer")
+FAMILY_MODELS = ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "fashion-diffusion")
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def console(browser, server):
     WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#models tbody tr"))
     yield browser
     urls = requested_urls(browser)
-    assert urls and all(url.startswith(server) for url in urls), urls
+    assert urls and all(url.startswith((server, "data:")) for url in urls), urls  # data: the images drawn
 
 
 def cell(browser, model: str, column: str) -> str | None:
@@ -119,6 +119,25 @@ def test_the_forecast_form_draws_the_forecast_after_the_latest_co2_weeks(console
     assert len(form.find_element(By.CSS_SELECTOR, ".answer .values").text.split(", ")) == 12
     assert form.find_element(By.CSS_SELECTOR, "svg.forecast polyline.ahead").get_attribute("points").count(",") == 13
     assert form.find_element(By.CSS_SELECTOR, ".answer .version").text.startswith("answered by co2-")
+
+
+def test_the_generation_form_draws_the_images_the_api_gives_for_the_seed(console, registered, server):
+    form = console.find_element(By.ID, "generate-form")
+    classes = form.find_element(By.TAG_NAME, "select")
+    WebDriverWait(console, 20).until(lambda _: len(classes.find_elements(By.TAG_NAME, "option")) == 11)
+    classes.find_element(By.CSS_SELECTOR, 'option[value="Sneaker"]').click()
+    for name, value in (("n", "3"), ("seed", "5")):
+        field = form.find_element(By.CSS_SELECTOR, f"input[name={name}]")
+        field.clear()
+        field.send_keys(value)
+    form.find_element(By.TAG_NAME, "button").click()
+    WebDriverWait(console, 30).until(lambda _: len(form.find_elements(By.CSS_SELECTOR, ".answer img.drawn")) == 3)
+    images = form.find_elements(By.CSS_SELECTOR, ".answer img.drawn")
+    shown = [img.get_attribute("src").removeprefix("data:image/png;base64,") for img in images]
+    api = httpx.post(f"{server}/generate_images", json={"n": 3, "seed": 5, "label": "Sneaker"}, timeout=30).json()
+    assert shown == api["images"]
+    tag = registered["fashion-diffusion"]["tag"]
+    assert form.find_element(By.CSS_SELECTOR, ".answer .version").text == f"answered by {tag}"
 
 
 def test_the_api_reference_renders_the_served_document_from_this_server_alone(browser, server):

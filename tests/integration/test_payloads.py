@@ -34,15 +34,26 @@ def test_every_prediction_is_logged_with_its_request_id_model_and_summary(regist
                 client.post(
                     "/forecast", json={"history": co2_history(), "horizon": 4}, headers={"x-request-id": "series-1"}
                 ),
+                client.post(
+                    "/generate_images",
+                    json={"n": 2, "seed": 3, "label": "Bag", "steps": 3},
+                    headers={"x-request-id": "drawn-1"},
+                ),
             ]
-        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert [a.status_code for a in answers] == [200, 200, 200, 200]
     finally:
         stop(process)  # the worker writes what is queued as it stops
     lines = [json.loads(line) for path in folder.glob("payloads-*.jsonl") for line in path.read_text().splitlines()]
     by_request = {}
     for line in lines:
         by_request.setdefault(line["request_id"], []).append(line)
-    assert sorted(by_request) == ["images-1", "series-1", "texts-1"]
+    assert sorted(by_request) == ["drawn-1", "images-1", "series-1", "texts-1"]
+    asked = {"label": "Bag", "n": 2, "steps": 3, "guidance": 3.0}
+    assert [(x["model"], x["input"]) for x in by_request["drawn-1"]] == [
+        ("fashion-diffusion", {"seed": 3, **asked}),
+        ("fashion-diffusion", {"seed": 4, **asked}),
+    ]  # the seeds and the request, never the images
+    assert all(not x["answer"] for x in by_request["drawn-1"])
     images, texts, (series,) = by_request["images-1"], by_request["texts-1"], by_request["series-1"]
     assert [x["model"] for x in images] == ["fashion-cnn"] * 2
     assert [x["answer"]["label"] for x in images] == [a["label"] for a in answers[0].json()]
@@ -67,6 +78,7 @@ def test_every_prediction_is_logged_with_its_request_id_model_and_summary(regist
     )
     assert drift.returncode in (0, 1), drift.stderr  # 1: drift found
     text = (report / "report.md").read_text()
-    for model in ("fashion-cnn", "wordnet-transformer", series["model"]):
+    for model in ("fashion-cnn", "wordnet-transformer", series["model"], "fashion-diffusion"):
         assert f"## {model}:" in text
+    assert "a generator's seeds" in text  # nothing to compare
     assert "| chars |" in text and "| step_std |" in text and len(list(report.glob("*.png"))) == 3

@@ -287,7 +287,7 @@ def test_locust_gate_passes_on_a_healthy_server_and_fails_past_its_p95(server, t
 
     assert locust(2000) == 0
     stats = (tmp_path / "p95-2000_stats.csv").read_text()
-    for endpoint in ("/classify_image", "/forecast", "/classify_text", "/classify_texts"):
+    for endpoint in ("/classify_image", "/forecast", "/classify_text", "/classify_texts", "/generate_images"):
         assert stats.count(f",{endpoint},") == 1, endpoint
     assert (tmp_path / "p95-2000.html").stat().st_size > 0
     assert locust(0.001) == 1

@@ -12,9 +12,10 @@ def versions_of(client) -> dict[tuple[str, str], dict]:
 
 def test_the_models_document_lists_each_stored_model_with_its_card_and_the_family_routes(client, registered):
     document = client.get("/console/models").json()
-    assert document["routes"] == ["/classify_image", "/classify_text", "/forecast"] and document["keys"] is False
+    routes = ["/classify_image", "/classify_text", "/forecast", "/generate_images"]
+    assert document["routes"] == routes and document["keys"] is False
     models = {model["name"]: model for model in document["models"]}
-    for name in ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer"):
+    for name in ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "fashion-diffusion"):
         version = registered[name]["tag"].split(":")[1]
         assert version in [v["version"] for v in models[name]["versions"]], name
     cnn = models["fashion-cnn"]["versions"][-1]
@@ -23,6 +24,8 @@ def test_the_models_document_lists_each_stored_model_with_its_card_and_the_famil
     window = registered["co2-gru"]["preprocessing"]["window"]
     assert len(models["co2-gru"]["versions"][-1]["example"]["history"]) == window  # the console's "latest weeks"
     assert models["wordnet-transformer"]["versions"][-1]["example"]["text"]
+    generator = models["fashion-diffusion"]["versions"][-1]
+    assert generator["task"] == "image-generation" and len(generator["labels"]) == 10  # the form's classes
     assert "co2-lstm-int8" not in models or models["co2-lstm-int8"]["policy"] is None
 
 

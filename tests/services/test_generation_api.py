@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contracts.sampling import GUIDANCE
 from services.metrics import GENERATED_IMAGES, GENERATION_STEPS
 
 
@@ -29,7 +30,7 @@ def test_images_of_a_class_come_as_pngs_with_their_seeds_and_version(client, reg
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["seeds"] == [5, 6, 7] and body["label"] == "Sneaker" and body["model"] == tag
-    assert body["steps"] == 4 and body["guidance"] == 2.0
+    assert body["steps"] == 4 and body["guidance"] == GUIDANCE
     images = [decoded(image) for image in body["images"]]
     assert [image.shape for image in images] == [(28, 28)] * 3
     assert response.headers["x-model-version"] == tag

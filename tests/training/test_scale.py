@@ -215,9 +215,11 @@ def test_ensure_trains_every_missing_task_in_two_lanes_then_nothing(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(store)}
     first = subprocess.run([sys.executable, "-m", "training", *argv], cwd=ROOT, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "training in 2 lanes: wordnet-transformer | fashion-cnn, co2-gru, co2-lstm" in first.stderr
+    lanes = "wordnet-transformer | fashion-cnn, co2-gru, co2-lstm, fashion-diffusion"
+    assert f"training in 2 lanes: {lanes}" in first.stderr
     names = {p.name for p in (store / "models").iterdir()}
-    assert {"fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "wordnet-transformer-int8"} <= names
+    defaults = {"fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "wordnet-transformer-int8"}
+    assert defaults | {"fashion-diffusion"} <= names
     cards = [card_of(tmp_path / "run", task) for task in ("fashion-cnn", "wordnet-transformer")]
     assert all(card["machine"]["threads_per_process"] == max(1, (os.cpu_count() or 1) // 2) for card in cards)
 
