@@ -70,7 +70,10 @@ class VAE(nn.Module):
     def negative_elbo(self, pixels: torch.Tensor, latents: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor):
         """Per image, in nats: the reconstruction's binary cross-entropy (summed over pixels) and the KL divergence
         of the posterior from N(0, I)."""
-        reconstruction = F.binary_cross_entropy_with_logits(self.decode(latents), pixels, reduction="none")
+        # Binary cross-entropy with logits, written out in its stable form: exported as one op, ONNX Runtime's
+        # version overflowed to inf where the trained decoder is sure of a pixel.
+        logits = self.decode(latents)
+        reconstruction = logits.clamp(min=0) - logits * pixels + torch.log1p(torch.exp(-logits.abs()))
         kl = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(1)
         return reconstruction.flatten(1).sum(1), kl
 

@@ -81,3 +81,24 @@ def test_the_frechet_distance_is_zero_for_one_set_and_the_squared_shift_for_a_mo
     a = np.random.default_rng(0).normal(size=(2000, 6))
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
     assert frechet_distance(a, a + 2.0) == pytest.approx(6 * 4.0, rel=1e-6)
+
+
+def test_the_vae_score_stays_finite_where_the_decoder_is_sure_of_its_pixels(tmp_path):
+    """A trained decoder's logits reach the hundreds; ONNX Runtime's own cross-entropy with logits overflowed."""
+    import torch
+
+    from contracts.tensors import TensorSpec
+    from models import build_model
+    from models.generative import VAEScore
+    from training.export import export_companion
+    from training.tasks.base import Companion
+
+    net = build_model("latent-diffusion").eval()
+    with torch.no_grad():
+        net.vae.decoder[-1].weight.mul_(1000.0)  # logits in the thousands: sigmoid is exactly 0 or 1 in float32
+    pixels = torch.rand(6, 1, 28, 28).round()
+    image = TensorSpec("pixels", "FP32", ("batch", 1, 28, 28))
+    companion = Companion("vae_score.onnx", VAEScore(net), (image,), "negative_elbo", [(pixels,)], 1e-2)
+    path, difference = export_companion(companion, tmp_path)
+    (scores,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixels": pixels.numpy()})
+    assert np.all(np.isfinite(scores)) and difference < 1e-2
