@@ -100,5 +100,7 @@ def test_the_vae_score_stays_finite_where_the_decoder_is_sure_of_its_pixels(tmp_
     image = TensorSpec("pixels", "FP32", ("batch", 1, 28, 28))
     companion = Companion("vae_score.onnx", VAEScore(net), (image,), "negative_elbo", [(pixels,)], 1e-2)
     path, difference = export_companion(companion, tmp_path)
-    (scores,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixels": pixels.numpy()})
+    (scores,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"pixels": pixels.numpy()}
+    )
     assert np.all(np.isfinite(scores)) and difference < 1e-2
