@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**53 - 1  # the largest integer a JSON number keeps exactly everywhere (JavaScript, JSON Schema tools)
 STEPS = 25  # DDIM steps a request takes unless it says
 MAX_STEPS = 100
 GUIDANCE = 3.0  # classifier-free guidance unless a request says (measured: docs/generation.md)

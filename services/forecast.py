@@ -15,7 +15,7 @@ from contracts.card import ModelCard
 from contracts.forecast import Forecast, ForecastContract
 from contracts.summaries import history_summaries
 from contracts.tensors import TensorSpec
-from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, json_response
+from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, json_response, whole_number
 from services.errors import BadRequest
 from services.family import VERDICT_TENSORS, FamilyPipeline, answering, pipeline_name, verdict_tensors
 from services.metrics import AnswerCounters
@@ -109,11 +109,6 @@ class ForecastPipeline(FamilyPipeline):
         weeks = min(primary["forecast"].shape[1], shadow["forecast"].shape[1])
         difference = np.abs(primary["forecast"][:, :weeks] - shadow["forecast"][:, :weeks]).max(axis=1)
         return difference <= FORECAST_TOLERANCE, difference
-
-
-def whole_number(value: object) -> object:
-    """JSON Schema counts 4.0 as an integer; strict int alone would refuse it (and rightly refuses "4" and 4.5)."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def better_model(request: Request, models: Iterable[str]) -> str:

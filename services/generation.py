@@ -13,14 +13,14 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import bentoml
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from contracts.card import ModelCard
 from contracts.preprocessing import ImagePreprocessing
@@ -36,7 +36,7 @@ from contracts.sampling import (
     image_seeds,
 )
 from contracts.tensors import TensorSpec
-from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, json_response
+from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, json_response, whole_number
 from services.errors import BadRequest, NotAcceptable, ServingError
 from services.family import FamilyPipeline, answering
 from services.inference import Choice
@@ -55,8 +55,10 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int = Field(1, strict=True, ge=1, le=MAX_IMAGES, description="how many images")
-    seed: int | None = Field(
+    n: Annotated[int, BeforeValidator(whole_number)] = Field(
+        1, strict=True, ge=1, le=MAX_IMAGES, description="how many images"
+    )
+    seed: Annotated[int | None, BeforeValidator(whole_number)] = Field(
         None,
         strict=True,
         ge=0,
@@ -65,9 +67,12 @@ class GenerationRequest(BaseModel):
         "one (the answer's `seeds` say which)",
     )
     label: str | None = Field(None, description="the class to draw; none: any class")
-    steps: int = Field(STEPS, strict=True, ge=1, le=MAX_STEPS, description="denoising steps: more, finer")
+    steps: Annotated[int, BeforeValidator(whole_number)] = Field(
+        STEPS, strict=True, ge=1, le=MAX_STEPS, description="denoising steps: more, finer"
+    )
     guidance: float = Field(
         GUIDANCE,
+        strict=True,
         ge=0,
         le=MAX_GUIDANCE,
         allow_inf_nan=False,

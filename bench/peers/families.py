@@ -36,14 +36,15 @@ class ModelFiles:
 
 
 def model_files() -> dict[str, ModelFiles]:
-    """Where the platform's default models lie, per family (needs BentoML: the benchmark's venv)."""
+    """Where the platform's default models lie, for each family the peers serve (the three classic ones: the
+    generator has a benchmark of its own, bench/generation.py). Needs BentoML: the benchmark's venv."""
     import bentoml
 
     from services.settings import SETTINGS
 
     files = {}
-    for family, tags in SETTINGS.family_models.items():
-        stored = bentoml.models.get(tags[-1])  # the forecast family's last is the GRU
+    for family in FAMILIES:
+        stored = bentoml.models.get(SETTINGS.family_models[family][-1])  # the forecast family's last is the GRU
         card = ModelCard.from_metadata(stored.info.metadata)
         tokenizer = getattr(card.preprocessing, "tokenizer", None)
         checkpoint = Path(card.train_config["out_dir"]) / card.train_config["task"] / "best.pt"

@@ -1,6 +1,7 @@
 """/generate_images, its stream and its pipeline on the in-process platform service."""
 
 import base64
+import dataclasses
 import io
 import json
 
@@ -69,9 +70,11 @@ def test_accept_png_answers_the_png_itself_for_one_image(client):
         ({"steps": 0}, "steps: Input should be greater than or equal to 1"),
         ({"steps": 101}, "steps: Input should be less than or equal to 100"),
         ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
-        ({"seed": 2**63}, "seed: Input should be less than or equal to"),
+        ({"seed": 2**53}, "seed: Input should be less than or equal to 9007199254740991"),
         ({"guidance": -0.5}, "guidance: Input should be greater than or equal to 0"),
         ({"guidance": 11}, "guidance: Input should be less than or equal to 10"),
+        ({"guidance": "2"}, "guidance: Input should be a valid number"),
+        ({"n": 2.5}, "n: Input should be a valid integer"),
         ({"label": "Hat"}, "label: Input should be 'T-shirt/top'"),
         ({"colour": "red"}, "colour: Extra inputs are not permitted"),
         ([1, 2], "Input should be an object"),
@@ -82,6 +85,10 @@ def test_bad_generation_requests_get_400_saying_what_is_wrong(client, body, erro
         response = client.post(path, json=body)
         assert response.status_code == 400, response.text
         assert error in response.json()["error"]
+
+
+def test_a_whole_number_written_as_a_float_is_an_integer_as_json_schema_says(client):
+    assert generate(client, n=2.0, seed=40.0, steps=6.0, label="Bag")["seeds"] == [40, 41]
 
 
 def test_a_nan_guidance_is_refused(client):
@@ -143,3 +150,13 @@ def test_the_decoder_is_served_as_a_raw_model(client):
     assert response.status_code == 200, response.text
     (pixels,) = response.json()["outputs"]
     assert pixels["name"] == "pixels" and pixels["shape"] == [2, 1, 28, 28]
+
+
+def test_the_request_timeout_covers_the_streams_whole_loop_and_ends_it_with_an_error_event(client, monkeypatch):
+    from services import generation
+
+    monkeypatch.setattr(generation, "SETTINGS", dataclasses.replace(generation.SETTINGS, request_timeout_s=0.0))
+    with client.stream("POST", "/generate_images/stream", json={"n": 2, "steps": 50}) as response:
+        assert response.status_code == 200  # the stream had begun: the failure is an event, not a status
+        events = events_of(response.read().decode())
+    assert events == [("error", {"error": "no answer within the request timeout of 0 s"})]
