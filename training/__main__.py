@@ -201,10 +201,12 @@ def tasks_to_train() -> list[str]:
     """The default tasks with no servable model in the store."""
     from training.register import list_registered
 
-    # A model registered before OOD scores existed cannot be served: its task is trained again.
-    scored = {r["tag"].split(":")[0] for r in list_registered() if r["ood_threshold"] is not None}
-    unscored = {r["tag"].split(":")[0] for r in list_registered()}
-    return [name for name, task in TASKS.items() if name not in (scored if task.scores_ood else unscored)]
+    # A model registered before OOD scores existed cannot be served: its task is trained again (a generator's
+    # answers carry no score: any stored version serves).
+    rows = list_registered()
+    stored = {r["tag"].split(":")[0] for r in rows}
+    scored = {r["tag"].split(":")[0] for r in rows if r["ood_threshold"] is not None}
+    return [name for name, task in TASKS.items() if name not in (scored if task.scores_ood else stored)]
 
 
 def lane_flags(argv: list[str], command: str, own: tuple[str, ...]) -> list[str]:
