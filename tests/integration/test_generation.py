@@ -5,7 +5,9 @@ import asyncio
 import base64
 import io
 import json
+import os
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -13,6 +15,9 @@ import pytest
 import tritonclient.http as triton
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
+from harness.servers import stop, wait_ready
+from tests.integration.conftest import start_server
 
 pytestmark = pytest.mark.slow
 
@@ -107,3 +112,20 @@ def test_the_pipeline_answers_tritonclient_with_the_routes_images(server, binary
         f"{server}/generate_images", json={"n": 4, "seed": 90, "label": "Trouser", "steps": 8}, timeout=30
     ).json()
     assert all(np.array_equal(image, pixels(png)) for image, png in zip(images, expected["images"]))
+
+
+def test_a_server_without_the_generator_serves_the_other_families(registered, session_dir):
+    """MODELROAD_GENERATION_MODEL empty: a store without the generator starts, and its routes are not there."""
+    home = session_dir / "no-generator"
+    (home / "models").mkdir(parents=True)
+    for name in ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer"):
+        (home / "models" / name).symlink_to(Path(os.environ["BENTOML_HOME"]) / "models" / name)
+    log_path = session_dir / "no-generator.log"
+    process, url = start_server(home, log_path, extra_env={"MODELROAD_GENERATION_MODEL": ""})
+    try:
+        wait_ready(process, url, log_path)
+        assert httpx.post(f"{url}/classify_text", json={"text": "a small dog"}).status_code == 200
+        assert httpx.post(f"{url}/generate_images", json={"n": 1}).status_code == 404
+        assert "/generate_images" not in httpx.get(f"{url}/docs.json").json()["paths"]
+    finally:
+        stop(process)
