@@ -4,8 +4,8 @@
 - `NoopService`: a default BentoML `@bentoml.api` service (`bentoml serve bench.floors:NoopService`):
   BentoML's own floor, with the platform's worker count and access log setting.
 - `MountedService`: `starlette_app` mounted in a BentoML service at `/` as the platform mounts its app
-  (`bentoml.asgi_app`, the platform's service settings): the floor of the platform's own HTTP stack, BentoML's
-  ASGI layers and uvicorn included.
+  (`bentoml.asgi_app`, the platform's service settings, `AppFirst`): the floor of the platform's own HTTP stack,
+  BentoML's ASGI layers and uvicorn included.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from services.app import AppFirst
 from services.settings import service_config
 
 LABELS = [f"class-{i}" for i in range(10)]
@@ -84,3 +85,6 @@ class NoopService:
 @bentoml.asgi_app(starlette_app, path="/")
 class MountedService:
     pass
+
+
+MountedService.add_asgi_middleware(AppFirst, mounted=starlette_app)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
-from contracts.answers import InDistribution, OodScore, ranked, softmax, verdicts
+from contracts.answers import InDistribution, OodScore, ranked, verdicts
 from contracts.card import ModelCard
 from contracts.preprocessing import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImagePreprocessing
 from contracts.tensors import Feeds
@@ -58,7 +58,7 @@ class ImageContract:
 
     def answers(self, outputs: Feeds, threshold: float | None = None) -> list[ImageClassification]:
         """The graph's outputs for N images -> one answer per image (OOD fields when `threshold` is given)."""
-        rows = ranked(softmax(outputs[self.output]), self.labels)
+        rows = ranked(outputs, self.output, self.labels)
         return [
             ImageClassification(label=self.labels[i], class_id=i, probabilities=p, **v)
             for (i, p), v in zip(rows, verdicts(outputs, threshold))

@@ -5,10 +5,9 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel
 
-from contracts.answers import InDistribution, OodScore, ranked, softmax, verdicts
+from contracts.answers import InDistribution, OodScore, ranked, verdicts
 from contracts.card import ModelCard
 from contracts.preprocessing import TextEncoding, TextPreprocessing
 from contracts.tensors import Feeds
@@ -57,7 +56,7 @@ class TextContract:
 
     def answers(self, outputs: Feeds, threshold: float | None = None) -> list[TextClassification]:
         """The graph's outputs for N texts -> one answer per text (OOD fields when `threshold` is given)."""
-        rows = ranked(softmax(np.asarray(outputs[self.output])), self.labels)
+        rows = ranked(outputs, self.output, self.labels)
         return [
             TextClassification(label=self.labels[i], probabilities=p, **v)
             for (i, p), v in zip(rows, verdicts(outputs, threshold))

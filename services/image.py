@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from contracts.answers import OOD_OUTPUT
+from contracts.answers import OOD_OUTPUT, class_arrays
 from contracts.card import ModelCard
 from contracts.image import ImageClassification, ImageContract
 from contracts.summaries import array_summaries
@@ -38,7 +38,7 @@ class ImageFamily:
     def __init__(self, stored: bentoml.Model):
         card = ModelCard.from_metadata(stored.info.metadata)
         self.contract = ImageContract.from_card(card)
-        self.runner = OnnxRunner(stored, SETTINGS)
+        self.runner = OnnxRunner(stored, SETTINGS, derive=lambda outputs: class_arrays(outputs[self.contract.output]))
         self.runners = (self.runner,)
         threshold = ood_threshold(self.runner.name, card)
         self.counters = AnswerCounters(self.runner.name, self.runner.version, card.labels, threshold)

@@ -132,7 +132,7 @@ class OnnxModel(InferenceModel):
         return f"{self.name}: {batch}" if batch else None
 
     async def infer(self, tensors: Feeds, record: bool = True) -> Feeds:
-        return await self.runner.submit(tensors)
+        return self.runner.graph_outputs(await self.runner.submit(tensors))
 
 
 @dataclass

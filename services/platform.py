@@ -11,7 +11,7 @@ import bentoml
 
 from contracts.card import ModelCard
 from services import oip, pages, repository
-from services.app import build_app
+from services.app import AppFirst, build_app
 from services.family import FamilyKind, pipeline_name
 from services.forecast import ForecastFamily
 from services.generation import GenerationFamily
@@ -183,3 +183,4 @@ for number, reference in enumerate(REFERENCES.values()):
     setattr(Platform, f"model_{number}", reference)
 Platform = bentoml.service(**service_config("modelroad"))(bentoml.asgi_app(APP, path="/")(Platform))
 Platform.add_asgi_middleware(ReadinessReport, state=APP.state)
+Platform.add_asgi_middleware(AppFirst, mounted=APP)

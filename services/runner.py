@@ -138,9 +138,12 @@ class OnnxRunner:
         settings: ServeSettings,
         collate: Collate | None = None,
         graph: str = "model.onnx",
+        derive: Callable[[Outputs], Outputs] | None = None,
     ):
         """`graph`: which of the stored files; another than model.onnx is served under `<name>-<its stem>` (e.g. a
-        generator's `fashion-diffusion-decoder`), in this process."""
+        generator's `fashion-diffusion-decoder`), in this process. `derive`: arrays a family's answers read,
+        computed from each run's outputs for the whole batch and split with them; the graph's own outputs (the
+        protocol's) leave them out."""
         self.name = stored.tag.name if graph == "model.onnx" else f"{stored.tag.name}-{graph.removesuffix('.onnx')}"
         settings = settings if graph == "model.onnx" else dataclasses.replace(settings, runner_url="")
         self.tag, self.version = str(stored.tag), stored.tag.version
@@ -163,6 +166,7 @@ class OnnxRunner:
         )
         # Calls merge into one batch only where every input's first axis is dynamic (an imported model's may not be).
         self._collate = collate or (run_calls if all(spec.shape[:1] == (-1,) for spec in self.inputs) else each_alone)
+        self.derive = derive
         self.warmed = False
         self.batcher = MicroBatcher(
             self.name,
@@ -196,7 +200,14 @@ class OnnxRunner:
     def run(self, feeds: Feeds) -> Outputs:
         """One inference call (one batch): the graph's outputs."""
         with self.inference_seconds.time():
-            return self.session.run(feeds)
+            outputs = self.session.run(feeds)
+        return {**outputs, **self.derive(outputs)} if self.derive else outputs
+
+    def graph_outputs(self, outputs: Outputs) -> Outputs:
+        """A call's outputs without what `derive` added."""
+        if self.derive is None:
+            return outputs
+        return {spec.name: outputs[spec.name] for spec in self.outputs if spec.name in outputs}
 
     async def submit(self, feeds: Feeds) -> Outputs:
         """One call's outputs, computed in a batch with whatever else is queued."""

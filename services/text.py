@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from contracts.answers import OOD_OUTPUT
+from contracts.answers import OOD_OUTPUT, class_arrays
 from contracts.card import ModelCard
 from contracts.summaries import text_summaries
 from contracts.tensors import TensorSpec
@@ -40,7 +40,9 @@ class TextFamily:
         self.contract.tokenizer  # noqa: B018 - loaded now, not on the first request
         # Requests of other lengths share a batch, padded to its longest text: the attention mask ignores padding.
         pad = padded_calls({"input_ids": self.contract.encoding.pad_id, "attention_mask": 0})
-        self.runner = OnnxRunner(stored, SETTINGS, pad)
+        self.runner = OnnxRunner(
+            stored, SETTINGS, pad, derive=lambda outputs: class_arrays(outputs[self.contract.output])
+        )
         self.runners = (self.runner,)
         threshold = ood_threshold(self.runner.name, card)
         self.counters = AnswerCounters(self.runner.name, self.runner.version, card.labels, threshold)

@@ -302,3 +302,28 @@ def test_full_garbage_collections_are_made_rare_at_start(client):
 def test_the_startup_heap_is_frozen_out_of_garbage_collection(client):
     # BentoML ran the service's startup hook when the in-process app started (the `client` fixture).
     assert gc.get_freeze_count() > 10_000
+
+
+def test_app_first_sends_every_request_but_bentomls_own_routes_straight_to_the_mounted_app():
+    import bentoml
+
+    from services.app import AppFirst
+    from services.settings import service_config
+
+    scopes = []
+
+    async def echo(request):
+        scopes.append(request.scope)
+        return JSONResponse({"path": request.url.path})
+
+    mounted = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
+    service = bentoml.service(**service_config("direct"))(bentoml.asgi_app(mounted, path="/")(type("S", (), {})))
+    service.add_asgi_middleware(AppFirst, mounted=mounted)
+    with TestClient(service.to_asgi(is_main=True)) as client:
+        assert client.post("/classify_text").json() == {"path": "/classify_text"}
+        assert client.get("/v2/models/m").json() == {"path": "/v2/models/m"}
+        # BentoML's request context puts `request_id` in every scope it handles, and its mount `app_root_path`
+        assert not {"request_id", "app_root_path"} & scopes[-1].keys()
+        for path in ("/livez", "/healthz", "/readyz", "/schema.json"):  # BentoML's own routes
+            assert client.get(path).status_code == 200
+        assert len(scopes) == 2

@@ -1,5 +1,6 @@
 """The runner service's parts without a server: the wire format, batching of calls, checks of a call's arrays."""
 
+import asyncio
 import io
 import pickle
 
@@ -153,3 +154,25 @@ def test_the_runner_url_setting_decides_where_models_run(cnn_card, monkeypatch):
     monkeypatch.setattr("services.runner.RemoteSession", lambda *args: made.append(args) or object())
     OnnxRunner(bentoml.models.get(cnn_card["tag"]), settings)
     assert made == [("http://runner:3000", cnn_card["tag"], settings.request_timeout_s, 0.0)]
+
+
+def test_a_classifiers_answer_arrays_are_derived_once_a_batch_and_the_protocol_gets_the_graphs_outputs_alone(
+    registered,
+):
+    from services.image import ImageFamily
+    from services.inference import OnnxModel
+
+    family = ImageFamily(bentoml.models.get(registered["fashion-cnn"]["tag"]))
+    derive, derived = family.runner.derive, []
+    family.runner.derive = lambda outputs: derived.append(len(outputs["logits"])) or derive(outputs)
+    rng = np.random.default_rng(0)
+    calls = [{"pixels": rng.random((n, 1, 28, 28), dtype=np.float32)} for n in (1, 3, 2)]
+    outputs = family.runner.infer(calls)
+    assert derived == [6]  # one batch, derived once
+    for output in outputs:
+        graph = family.runner.graph_outputs(output)
+        assert sorted(graph) == ["logits", "ood_score"] and len(output) > len(graph)
+        # answers read from the batch's arrays are those computed from the call's own logits
+        assert family.contract.answers(output, 0.5) == family.contract.answers(graph, 0.5)
+    answered = asyncio.run(OnnxModel(family.runner).infer(calls[1]))
+    assert sorted(answered) == ["logits", "ood_score"]
