@@ -146,6 +146,9 @@ class TextEncoding:
 
     def pad(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """(B, longest) int64 input_ids and attention_mask (1 = token, 0 = padding)."""
+        if len(ids) == 1:  # a request's one text: nothing to pad
+            input_ids = np.array(ids, dtype=np.int64)
+            return input_ids, np.ones_like(input_ids)
         longest = max(len(row) for row in ids)
         input_ids = np.full((len(ids), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(ids), longest), dtype=np.int64)

@@ -212,11 +212,11 @@ class AnswerCounters:
             self.predictions[label].inc()
         if self.threshold is None or scores is None:
             return
-        scores = np.asarray(scores, dtype=np.float64)
-        for score in scores.tolist():
+        values = np.asarray(scores, dtype=np.float64).tolist()  # a request's few: Python, not numpy, from here
+        for score in values:
             self.scores.observe(score)
-        self.answered.inc(len(scores))
-        flagged = len(scores) - int((scores <= self.threshold).sum())  # NaN is never inside
+        self.answered.inc(len(values))
+        flagged = sum(not score <= self.threshold for score in values)  # NaN is never inside
         if flagged:
             self.outside.inc(flagged)
             self.version_outside.inc(flagged)
