@@ -73,9 +73,8 @@ class DeferredWrites:
 
     def defer(self, value: Any) -> bool:
         """Under `lock`: whether `value` will be written at the end of this turn (False: no loop in this thread)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = asyncio._get_running_loop()  # None in the runners' threads (no exception to raise and catch)
+        if loop is None:
             return False
         if self.flushing_on is not loop:  # none scheduled, or on a loop that may never run it
             loop.call_soon(self.flush)
