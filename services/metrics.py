@@ -7,12 +7,10 @@ route template (or `other`), bounded method and status.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,81 +56,21 @@ def this_process() -> int:
     return _PID
 
 
-class DeferredWrites:
-    """The values the event loop updated since its last turn, written to their files once at the end of it.
-
-    A worker's multiprocess values are memory-mapped files; each update wrote its value there at once, ~15 writes
-    a request. The requests of one batch finish in one turn of the loop and update the same series: written
-    once a turn, the text route answered 8-14% more requests/s (`python -m bench`, one worker, c=32). Other
-    threads (the runners' timers) still write at once; readers of the files flush first (`all_workers`)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()  # the values' own lock, once they are made (`values_written_once_a_turn`)
-        self.dirty: dict[int, Any] = {}
-        self.flushing_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
-
-    def defer(self, value: Any) -> bool:
-        """Under `lock`: whether `value` will be written at the end of this turn (False: no loop in this thread)."""
-        loop = asyncio._get_running_loop()  # None in the runners' threads (no exception to raise and catch)
-        if loop is None:
-            return False
-        if self.flushing_on is not loop:  # none scheduled, or on a loop that may never run it
-            loop.call_soon(self.flush)
-            self.flushing_on = loop
-        self.dirty[id(value)] = value
-        return True
-
-    def flush(self) -> None:
-        with self.lock:
-            for value in self.dirty.values():
-                value.write()
-            self.dirty.clear()
-            self.flushing_on = None
-
-
-DEFERRED = DeferredWrites()
-atexit.register(DEFERRED.flush)
-
-
-def values_written_once_a_turn() -> None:
+def values_without_a_system_call() -> None:
     """prometheus_client's multiprocess values ask the OS for the pid at every update, to notice a fork: that
     system call was 8% of a worker's busy time on /classify_image here (`python -m bench.profile image`). The same
-    class, with the pid kept in memory and read again after a fork, and its writes deferred to the end of the
-    loop's turn (`DeferredWrites`), is swapped in — only while no value of the default class exists in this
-    process (two classes would write the same files)."""
+    class, with the pid kept in memory and read again after a fork, is swapped in — only while no value of the
+    default class exists in this process (two classes would write the same files)."""
     default = values.ValueClass
     if not getattr(default, "_multiprocess", False):
         return  # one process: no files, no pid
     cells = dict(zip(default.__init__.__code__.co_freevars, default.__init__.__closure__ or ()))
     if "values" not in cells or cells["values"].cell_contents:
         return
-    mapped = values.MultiProcessValue(process_identifier=this_process)
-    # One lock for the files, as prometheus_client has it: a new value may grow a file while another is written.
-    DEFERRED.lock = dict(zip(mapped.inc.__code__.co_freevars, mapped.inc.__closure__))["lock"].cell_contents
-
-    class DeferredValue(mapped):  # type: ignore[misc, valid-type]
-        def inc(self, amount: float) -> None:
-            with DEFERRED.lock:
-                self._MmapedValue__check_for_pid_change()  # after a fork: this process's files, from 0
-                self._value += amount
-                self._timestamp = 0.0
-                if not DEFERRED.defer(self):
-                    self.write()
-
-        def set(self, value: float, timestamp: float | None = None) -> None:
-            with DEFERRED.lock:
-                self._MmapedValue__check_for_pid_change()
-                self._value, self._timestamp = value, timestamp or 0.0
-                if not DEFERRED.defer(self):
-                    self.write()
-
-        def write(self) -> None:
-            self._file.write_value(self._key, self._value, self._timestamp)
-
-    values.ValueClass = DeferredValue
+    values.ValueClass = values.MultiProcessValue(process_identifier=this_process)
 
 
-values_written_once_a_turn()
+values_without_a_system_call()
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others are counted as `other`
 
@@ -274,11 +212,11 @@ class AnswerCounters:
             self.predictions[label].inc()
         if self.threshold is None or scores is None:
             return
-        values = np.asarray(scores, dtype=np.float64).tolist()  # a request's few: Python, not numpy, from here
-        for score in values:
+        floats = np.asarray(scores, dtype=np.float64).tolist()  # a request's few: Python, not numpy, from here
+        for score in floats:
             self.scores.observe(score)
-        self.answered.inc(len(values))
-        flagged = sum(not score <= self.threshold for score in values)  # NaN is never inside
+        self.answered.inc(len(floats))
+        flagged = sum(not score <= self.threshold for score in floats)  # NaN is never inside
         if flagged:
             self.outside.inc(flagged)
             self.version_outside.inc(flagged)
@@ -320,7 +258,6 @@ def all_workers() -> CollectorRegistry:
     """Every worker's series (BentoML sets PROMETHEUS_MULTIPROC_DIR), or this process's."""
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return OWN_PROCESS
-    DEFERRED.flush()  # this turn's updates too
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     return registry

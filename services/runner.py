@@ -198,7 +198,7 @@ class OnnxRunner:
         return MODEL_INFO.labels(self.name, self.version, self.session.device, str(self.card.opset or ""))
 
     def run(self, feeds: Feeds) -> Outputs:
-        """One inference call (one batch): the graph's outputs."""
+        """One inference call (one batch): the graph's outputs, and what `derive` makes of them."""
         with self.inference_seconds.time():
             outputs = self.session.run(feeds)
         return {**outputs, **self.derive(outputs)} if self.derive else outputs
