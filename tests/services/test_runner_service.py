@@ -176,3 +176,4 @@ def test_a_classifiers_answer_arrays_are_derived_once_a_batch_and_the_protocol_g
         assert family.contract.answers(output, 0.5) == family.contract.answers(graph, 0.5)
     answered = asyncio.run(OnnxModel(family.runner).infer(calls[1]))
     assert sorted(answered) == ["logits", "ood_score"]
+    family.runner.batcher.close()  # its thread
