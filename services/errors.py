@@ -34,6 +34,7 @@ UNEXPECTED = "an unexpected error occurred on the server (the server log says wh
 class ServingError(Exception):
     status = 500
     headers: ClassVar[dict[str, str] | None] = None
+    fields: dict[str, Any] | None = None  # more of the answer's body beside "error" (e.g. the current generation)
 
 
 class BadRequest(ServingError):
@@ -108,10 +109,15 @@ def endpoint(app: Any, scope: Scope) -> str:
 
 
 def error_response(
-    request: Request, status: int, message: str, detail: list | None = None, headers: dict[str, str] | None = None
+    request: Request,
+    status: int,
+    message: str,
+    detail: list | None = None,
+    headers: dict[str, str] | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> JSONResponse:
     ERRORS.labels(endpoint(request.scope.get("app"), request.scope), reason_label(status)).inc()
-    body: dict[str, Any] = {"error": message}
+    body: dict[str, Any] = {"error": message, **(fields or {})}
     if detail is not None:
         body["detail"] = detail
     headers = {"Retry-After": RETRY_AFTER} if status == 503 and headers is None else headers
@@ -133,7 +139,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every way a request can fail, answered in the one shape."""
 
     async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
-        response = error_response(request, exc.status, str(exc))
+        response = error_response(request, exc.status, str(exc), fields=exc.fields)
         response.headers.update(exc.headers or {})
         return response
 

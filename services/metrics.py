@@ -222,6 +222,18 @@ class AnswerCounters:
             self.version_outside.inc(flagged)
 
 
+# The fleet's desired state (services/desired.py): a replica's oldest worker's generation, and the newest read.
+SERVED_GENERATION = Gauge(
+    "modelroad_served_generation",
+    "The fleet state's generation this replica serves (its least caught-up worker's).",
+    multiprocess_mode="livemin",
+)
+DESIRED_GENERATION = Gauge(
+    "modelroad_desired_generation",
+    "The newest generation of the fleet's state this replica has read.",
+    multiprocess_mode="livemax",
+)
+
 MODEL_INFO = Gauge(
     "modelroad_model_info",
     "Loaded models (value 1): store tag, ONNX opset and the device ONNX Runtime runs on.",

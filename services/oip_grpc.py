@@ -324,7 +324,7 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
             name: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
             for name, value in request.parameters.items()
         }
-        await admin.load(request.model_name, load_parameters(parameters))
+        await admin.load(request.model_name, *load_parameters(parameters))
         return pb.RepositoryModelLoadResponse()
 
     @guarded(ADMIN)

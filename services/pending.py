@@ -132,7 +132,7 @@ class PendingModels:
                 if name in admin.repository.versions:
                     waiting.discard(name)
                     log.info("%s joined: its routes answer", name)
-                elif in_store(f"{name}:latest") and not any(stored_name(t) == name for t in admin.state.read().tags):
+                elif in_store(f"{name}:latest") and not admin.planned(name):
                     try:
                         await admin.load(name)
                     except ServingError as exc:
@@ -163,4 +163,7 @@ class ReadinessReport:
         pending: PendingModels | None = getattr(self.state, "pending", None)
         waiting = pending.waiting(served) if pending is not None else {}
         body = {"ready": ready(), "served": served, "waiting": waiting}
+        admin = getattr(self.state, "admin", None)
+        if admin is not None:  # the fleet's state: the generation served here, the newest read, and why they differ
+            body["generation"] = admin.progress()
         return JSONResponse(body, status_code=200 if body["ready"] else 503, headers={"Cache-Control": "no-store"})

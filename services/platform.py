@@ -12,6 +12,7 @@ import bentoml
 from contracts.card import ModelCard
 from services import oip, pages, repository
 from services.app import AppFirst, build_app
+from services.desired import DesiredState
 from services.family import FamilyKind, pipeline_name
 from services.forecast import ForecastFamily
 from services.generation import GenerationFamily
@@ -19,7 +20,7 @@ from services.image import ImageFamily
 from services.inference import InferenceModel, ModelRepository, OnnxModel
 from services.oip_grpc import GRPCServer, PortTaken
 from services.pending import PendingModels, ReadinessReport, stored_name
-from services.repository import RepositoryAdmin, ServedState
+from services.repository import RepositoryAdmin
 from services.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS, service_config
 from services.startup import DRAIN, quiet_garbage_collector
@@ -61,12 +62,13 @@ START_POLICIES = {
     for t in TAGS[family]
     if t in STORED and len({str(m.tag) for m in STORED.values() if m.tag.name == (name := STORED[t].tag.name)}) > 1
 }
-# With the repository extension on, or models pending, what is served may change; the workers share it here.
-STATE = (
-    ServedState.of_server([str(m.tag) for m in STORED.values()], START_POLICIES)
-    if SETTINGS.admin_token or PENDING.joining
-    else None
-)
+# With the repository extension on, what is served is the fleet's state, beside the store, kept across restarts
+# (the first server on a store writes its start there); with models pending alone, this server's own.
+START_TAGS = [str(m.tag) for m in STORED.values()]
+if SETTINGS.admin_token:
+    STATE: DesiredState | None = DesiredState.at(SETTINGS.fleet_folder, START_TAGS, START_POLICIES)
+else:
+    STATE = DesiredState.of_server(START_TAGS, START_POLICIES) if PENDING.joining else None
 APP = build_app(
     "modelroad",
     "CNN, RNN, Transformer and diffusion models served with ONNX Runtime: family routes, and the Open Inference "

@@ -9,27 +9,23 @@ version answers no new request and is closed once its requests in flight have fi
 the repository: a family's routes and pipeline run whichever version of its model the policy chooses. A
 family's model can be replaced but not unloaded (its routes would have nothing to run).
 
-`bentoml serve` runs each worker in its own process, so the served tags and policies live in a small file the
-workers share (`ServedState`). The worker that takes an admin request loads the model itself first, so a model
-that cannot load is refused before anything changes; then it writes the new state, and answers once every
-worker has followed (each polls the file and acknowledges the generation it applied).
+What is served and every policy is the fleet's desired state (services/desired.py), one document beside the
+model store that every worker of every replica on that store follows: any replica is the fleet's admin. The
+worker that takes an admin request loads the model itself first, so a model that cannot load is refused before
+anything changes; then it writes the new generation (compare-and-set: a change may name the generation it was
+based on, `generation` in a policy or in `parameters`; a stale one gets 409), and answers once every live worker
+has applied it or said why it cannot: which replicas serve it and which lag.
 """
 
 import asyncio
-import atexit
-import fcntl
 import hashlib
 import hmac
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import bentoml
 from fastapi import APIRouter, Depends, Request
@@ -37,82 +33,26 @@ from fastapi import Path as PathParameter
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
+from services.desired import (
+    DesiredState,
+    Served,
+    StaleGeneration,
+    UnreadableState,
+    WorkerReport,
+    fleet_report,
+    replica_name,
+)
 from services.errors import BadRequest, Conflict, Forbidden, NotFound, TimedOut, Unauthorized, validation_message
 from services.inference import InferenceModel, ModelRepository
+from services.metrics import DESIRED_GENERATION, SERVED_GENERATION
 from services.traffic import Policy
 
 log = logging.getLogger(__name__)
 
-STATE_FOLDER = "MODELROAD_REPOSITORY_STATE"  # set by the server's first process; its workers inherit it
-FOLLOW_EVERY_S = 0.2
+FOLLOW_EVERY_S = 0.2  # how often a worker reads the fleet's state
+REPORT_EVERY_S = 1.0  # how often a worker says it is alive and what it serves, changed or not
+RETRY_S = 10.0  # how long a worker waits before trying again a generation it could not apply
 M = TypeVar("M", bound=BaseModel)
-
-
-@dataclass
-class Served:
-    """What a server serves: store tags, and version policies by model name (their JSON records)."""
-
-    generation: int
-    tags: list[str]
-    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-class ServedState:
-    """What one server serves, in a folder its worker processes share, with each worker's progress."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.file = folder / "served.json"
-
-    @classmethod
-    def of_server(cls, tags: Sequence[str], policies: dict[str, dict[str, Any]] | None = None) -> Self:
-        """Made by `bentoml serve`'s first process, which imports the service before it starts the workers;
-        they inherit the environment and join it."""
-        if folder := os.environ.get(STATE_FOLDER):
-            return cls(Path(folder))
-        made = Path(tempfile.mkdtemp(prefix="modelroad-repository-"))
-        os.environ[STATE_FOLDER] = str(made)
-        atexit.register(shutil.rmtree, made, True)
-        state = cls(made)
-        state._write(Served(0, list(tags), dict(policies or {})))
-        return state
-
-    def read(self) -> Served:
-        return Served(**json.loads(self.file.read_text()))
-
-    def change(self, edit: Callable[[Served], None]) -> int:
-        """Apply `edit` (in place) to what is served, under an exclusive lock; returns the new generation."""
-        with open(self.folder / "lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a write of a small file
-            served = self.read()
-            edit(served)
-            served.generation += 1
-            self._write(served)
-            return served.generation
-
-    def acknowledge(self, generation: int) -> None:
-        self._replace(self.folder / f"worker-{os.getpid()}", str(generation))
-
-    def followers(self, generation: int) -> int:
-        """How many live workers have applied `generation` or a later one."""
-        count = 0
-        for path in self.folder.glob("worker-*"):
-            pid = int(path.name.removeprefix("worker-"))
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                continue  # a worker that died; its restart acknowledges under its own pid
-            count += int(path.read_text() or 0) >= generation
-        return count
-
-    def _write(self, served: Served) -> None:
-        self._replace(self.file, json.dumps(served.__dict__))
-
-    @staticmethod
-    def _replace(path: Path, text: str) -> None:
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        partial.write_text(text)
-        os.replace(partial, path)  # readers see the old file or the new one, never a part
 
 
 def stored_tag(name: str, version: str | None) -> str:
@@ -128,77 +68,106 @@ def stored_tag(name: str, version: str | None) -> str:
 
 
 class RepositoryAdmin:
-    """One worker's side of the extension: it changes what the server serves, and follows the other workers."""
+    """One worker's side of the extension: it changes what the fleet serves, and follows the fleet's state."""
 
     def __init__(
         self,
         repository: ModelRepository,
-        state: ServedState,
+        state: DesiredState,
         open_model: Callable[[str], list[InferenceModel]],
         workers: int,
         timeout_s: float,
         families: Collection[str] = (),
     ):
         self.repository, self.state, self.open_model = repository, state, open_model
-        self.workers, self.timeout_s = workers, timeout_s
+        self.workers, self.timeout_s = workers, timeout_s  # this replica's workers
         self.families = frozenset(families)  # model names a family route runs: replaced, never unloaded
-        self.applied = 0
+        self.replica = replica_name()
+        self.applied = 0  # the generation this worker serves (0: its start, none applied yet)
+        self.desired = 0  # the newest generation read
+        self.refused: str | None = None  # why `desired` cannot be applied here (the last good state stays)
+        self.unreadable: str | None = None  # why the document cannot be read (the last good state stays)
+        self._refused_at = (0, 0.0)  # the generation refused and when, to try it again after RETRY_S
+        self._reported_at = 0.0
         self._changing = asyncio.Lock()
         self._follower: asyncio.Task | None = None  # held: the loop keeps only a weak reference to a task
 
     def caught_up(self) -> bool:
-        return self.state.read().generation <= self.applied
+        """Whether this worker serves the fleet's state: it applied the generation in force (or, with a document
+        it cannot read, it keeps its start) and refuses none."""
+        return (self.applied > 0 or self.unreadable is not None) and self.refused is None
+
+    def progress(self) -> dict[str, Any]:
+        """What /readyz says of the fleet's state here."""
+        return {
+            "replica": self.replica,
+            "applied": self.applied,
+            "desired": self.desired,
+            "problem": self.unreadable or self.refused,
+        }
+
+    def planned(self, name: str) -> bool:
+        """Whether the fleet's state lists a version of `name` (False while it cannot be read)."""
+        try:
+            return any(tag.split(":")[0] == name for tag in self.state.read().tags)
+        except UnreadableState:
+            return False
 
     def start_following(self) -> None:
         self._follower = asyncio.get_running_loop().create_task(self._follow(), name="repository-follower")
 
-    async def load(self, name: str, version: str | None = None) -> list[str]:
-        """Serve `version` of `name` (default: the store's latest) alone, ending its policy; the versions served."""
+    async def load(self, name: str, version: str | None = None, based_on: int | None = None) -> dict[str, Any]:
+        """Serve `version` of `name` (default: the store's latest) alone, ending its policy: the versions served
+        and the fleet's progress."""
         tag = stored_tag(name, version)
         async with self._changing:
+            self._check_base(based_on)
             retired = [t for t in self.repository.stored() if t.split(":")[0] == name and t != tag]
             await self._serve([tag])
 
             def edit(served: Served) -> None:
-                served.tags = [*(t for t in served.tags if t not in (*retired, tag)), tag]
+                served.tags = [*(t for t in served.tags if t not in (*retired, tag) and t.split(":")[0] != name), tag]
                 served.policies.pop(name, None)
 
-            generation = self.state.change(edit)
+            generation = self.state.change(edit, based_on)
             await self._apply()
-        await self._followed(generation)
-        return list(self.repository.versions[name])
+        fleet = await self._followed(generation)
+        return {"name": name, "versions": list(self.repository.versions[name]), "fleet": fleet}
 
-    async def set_traffic(self, name: str, policy: Policy) -> dict[str, Any]:
+    async def set_traffic(self, name: str, policy: Policy, based_on: int | None = None) -> dict[str, Any]:
         """Put `policy` in force for `name`, serving its versions first (other served versions stay)."""
         try:
             tags = [stored_tag(name, version) for version in sorted(policy.versions)]
         except NotFound as unknown:
             raise BadRequest(f"the policy names a version the store lacks: {unknown}") from None
         async with self._changing:
+            self._check_base(based_on)
             await self._serve(tags)
 
             def edit(served: Served) -> None:
                 served.tags = [*served.tags, *(t for t in tags if t not in served.tags)]
                 served.policies[name] = policy.to_record()
 
-            generation = self.state.change(edit)
+            generation = self.state.change(edit, based_on)
             await self._apply()
-        await self._followed(generation)
-        return self.traffic(name)
+        fleet = await self._followed(generation)
+        return {**self.traffic(name), "fleet": fleet}
 
     def traffic(self, name: str) -> dict[str, Any]:
-        """The policy in force for `name`: its record, or the default (the latest served version takes all)."""
+        """The policy in force for `name`: its record, or the default (the latest served version takes all), and
+        the generation of the fleet's state it is part of."""
         versions = {m.version: m for m in self.repository.models() if m.model == name}
         served = sorted(versions.values(), key=lambda m: m.created)
         if not served:
             raise NotFound(f"no version of {name!r} is served; served: {sorted(self.repository.versions)}")
         policy = self.repository.policies.get(name)
         record = policy.to_record() if policy else {"split": {served[-1].version: 100.0}}
-        return {"name": name, **record, "served": [m.version for m in served]}
+        return {"name": name, **record, "served": [m.version for m in served], "generation": self.applied}
 
-    async def unload(self, name: str) -> None:
-        """Retire every version of `name`, each after its requests in flight."""
+    async def unload(self, name: str, based_on: int | None = None) -> dict[str, Any]:
+        """Retire every version of `name`, each after its requests in flight: the fleet's progress."""
         async with self._changing:
+            self._check_base(based_on)
             served = [t for t in self.repository.stored() if t.split(":")[0] == name]
             if not served:
                 raise NotFound(f"no stored model named {name!r} is served; served: {sorted(self.repository.versions)}")
@@ -206,12 +175,12 @@ class RepositoryAdmin:
                 raise Conflict(f"{name} serves a family route and its pipeline: load another version instead")
 
             def edit(state: Served) -> None:
-                state.tags = [t for t in state.tags if t not in served]
+                state.tags = [t for t in state.tags if t.split(":")[0] != name]
                 state.policies.pop(name, None)
 
-            generation = self.state.change(edit)
+            generation = self.state.change(edit, based_on)
             await self._apply()
-        await self._followed(generation)
+        return await self._followed(generation)
 
     def index(self, ready_only: bool) -> list[dict[str, str]]:
         """Every stored model version and pipeline: READY where served, else UNAVAILABLE and why."""
@@ -229,20 +198,21 @@ class RepositoryAdmin:
                 entries.append(entry if ready else {**entry, "state": "UNAVAILABLE", "reason": "not loaded"})
         return sorted(entries, key=lambda e: (e["name"], e["version"]))
 
+    def _check_base(self, based_on: int | None) -> None:
+        """Refuse a stale change before loading anything (the lock in `change` has the last word)."""
+        if based_on is None:
+            return
+        try:
+            current = self.state.read().generation
+        except UnreadableState:
+            return  # `change` says so
+        if based_on != current:
+            raise StaleGeneration(based_on, current)
+
     async def _serve(self, tags: Sequence[str]) -> None:
         """Load the tags not served yet (all of them, or none: a version that cannot load changes nothing)."""
-        opened = []
-        for tag in tags:
-            if tag not in self.repository.stored():
-                try:
-                    opened.append(await self._open(tag))
-                except BadRequest:
-                    for models in opened:
-                        models[0].runner.close()
-                    raise
-        for models in opened:
-            for model in models:
-                self.repository.add(model)
+        for model in await self._open_all([tag for tag in tags if tag not in self.repository.stored()]):
+            self.repository.add(model)
 
     async def _open(self, tag: str) -> list[InferenceModel]:
         """`tag` loaded and warmed up in a thread, so that this worker keeps answering meanwhile."""
@@ -252,49 +222,128 @@ class RepositoryAdmin:
             raise BadRequest(f"{tag} cannot be loaded: {exc}") from None
 
     async def _apply(self) -> None:
-        """Make this worker serve what the state says: load what is listed, put the policies in force, retire what
-        is not listed (after its requests in flight), and acknowledge the generation."""
-        served = self.state.read()
-        opened = []
-        for tag in served.tags:
-            if tag not in self.repository.stored():
-                try:
-                    opened += await self._open(tag)
-                except BadRequest as refused:
-                    log.error("%s", refused)  # loaded by the worker that changed the state; not here
+        """Make this worker serve what the fleet's state says, whole or not at all: load what is listed, put the
+        policies in force, retire what is not listed (after its requests in flight), and report the generation.
+        A generation it cannot apply (a version it cannot load, a policy it cannot read) leaves the last good
+        state in force, and the reason in its report."""
+        served = self._newer()
+        if served is None:
+            return
+        try:
+            policies = {name: Policy.parse(record) for name, record in served.policies.items()}
+            opened = await self._open_all([tag for tag in served.tags if tag not in self.repository.stored()])
+        except BadRequest as refused:
+            self._refuse(served.generation, str(refused))
+            return
         # New versions and the policies in one step (no await between): no request here meets a candidate
         # as the latest version before its policy is in force.
         for model in opened:
             self.repository.add(model)
-        self.repository.policies = {name: Policy.parse(record) for name, record in served.policies.items()}
+        self.repository.policies = policies
         retired = [m for t, models in self.repository.stored().items() if t not in served.tags for m in models]
         for model in retired:
             self.repository.remove(model)  # new requests no longer find it
+        self.applied, self.refused = served.generation, None
+        self._report()
         for model in retired:
             if not await model.drained(self.timeout_s):
                 log.warning("%s %s: closed with %d requests in flight", model.name, model.version, model.in_flight)
         for runner in {id(m.runner): m.runner for m in retired}.values():
             runner.close()
             log.info("%s unloaded", runner.tag)
-        self.applied = max(self.applied, served.generation)
-        self.state.acknowledge(self.applied)
 
-    async def _followed(self, generation: int) -> None:
+    def _newer(self) -> Served | None:
+        """The fleet's state when it is newer than what this worker serves (and not a generation refused a moment
+        ago); None when there is nothing to apply, or the document cannot be read."""
+        try:
+            served = self.state.read()
+        except UnreadableState as unreadable:
+            self._say_unreadable(str(unreadable))
+            return None
+        if self.unreadable:
+            log.warning("%s: the fleet's state %s can be read again", self.replica, self.state.file)
+            self.unreadable = None
+        self.desired = max(self.desired, served.generation)
+        generation, refused_at = self._refused_at
+        if generation == served.generation and time.monotonic() - refused_at < RETRY_S:
+            return None
+        return served if served.generation > self.applied else None
+
+    async def _open_all(self, tags: Sequence[str]) -> list[InferenceModel]:
+        """Every tag's models, or none (BadRequest naming the first that cannot load; the others closed)."""
+        opened: list[InferenceModel] = []
+        for tag in tags:
+            try:
+                opened += await self._open(tag)
+            except BadRequest:
+                for runner in {id(m.runner): m.runner for m in opened}.values():
+                    runner.close()
+                raise
+        return opened
+
+    def _refuse(self, generation: int, why: str) -> None:
+        if why != self.refused:  # one line a reason, not one every poll
+            log.error(
+                "%s: generation %d of the fleet's state %s not applied; generation %d stays in force: %s",
+                self.replica,
+                generation,
+                self.state.file,
+                self.applied,
+                why,
+            )
+        self.refused, self._refused_at = why, (generation, time.monotonic())
+        self._report()
+
+    def _say_unreadable(self, why: str) -> None:
+        if why != self.unreadable:
+            log.error(
+                "%s: the fleet's state %s %s; generation %d stays in force",
+                self.replica,
+                self.state.file,
+                why,
+                self.applied,
+            )
+        self.unreadable = why
+        self._report()
+
+    def _report(self) -> None:
+        SERVED_GENERATION.set(self.applied)
+        DESIRED_GENERATION.set(self.desired)
+        self._reported_at = time.monotonic()
+        report = WorkerReport(self.replica, os.getpid(), self.applied, self.desired, self.unreadable or self.refused)
+        try:
+            self.state.report(report)
+        except OSError as exc:  # the volume gone for a while: the next report tries again
+            log.debug("%s: cannot report to %s: %s", self.replica, self.state.workers, exc)
+
+    async def _followed(self, generation: int) -> dict[str, Any]:
+        """Wait until this replica's workers have applied `generation`, and every other live worker has applied it
+        or said why it cannot; which replicas applied it and which lag."""
         deadline = time.monotonic() + self.timeout_s
-        while (done := self.state.followers(generation)) < self.workers:
+        while True:
+            reports = self.state.reports()
+            here = [r for r in reports if r.replica == self.replica and r.applied >= generation]
+            settled = all(r.applied >= generation or (r.desired >= generation and r.problem) for r in reports)
+            if len(here) >= self.workers and settled:
+                return fleet_report(reports, generation)
             if time.monotonic() > deadline:
-                raise TimedOut(f"applied here; {done} of {self.workers} workers followed in {self.timeout_s:.0f} s")
+                if len(here) < self.workers:
+                    raise TimedOut(
+                        f"applied here; {len(here)} of {self.workers} workers followed in {self.timeout_s:.0f} s"
+                    )
+                return fleet_report(reports, generation)
             await asyncio.sleep(FOLLOW_EVERY_S / 4)
 
     async def _follow(self) -> None:
-        """Apply the other workers' changes."""
+        """Apply the fleet's changes (another worker's, another replica's), and say what this worker serves."""
         while True:
             try:
-                if not self.caught_up():
-                    async with self._changing:
-                        await self._apply()
+                async with self._changing:
+                    await self._apply()
+                if time.monotonic() - self._reported_at >= REPORT_EVERY_S:
+                    self._report()
             except Exception:
-                log.exception("following the model repository failed; retrying")
+                log.exception("following the fleet's state failed; retrying")
             await asyncio.sleep(FOLLOW_EVERY_S)
 
 
@@ -316,17 +365,44 @@ class ShadowPolicy(BaseModel):
     percent: Annotated[float, Field(ge=0, le=100)] = 100.0
 
 
+GENERATION = (
+    "the generation of the fleet's state this change is based on (from a GET of the policy); a stale one gets 409; "
+    "none: the latest"
+)
+
+
 class TrafficRequest(BaseModel):
     split: dict[str, Annotated[float, Field(ge=0, le=100)]] = Field(
         description="versions and their weights in percent, summing to 100; a request's X-Routing-Key makes its "
         "version sticky"
     )
     shadow: ShadowPolicy | None = Field(None, description="a version that gets a copy of `percent` of the requests")
+    generation: int | None = Field(None, description=GENERATION)
+
+
+class Lagging(BaseModel):
+    replica: str
+    applied: int = Field(description="the generation it serves")
+    reason: str
+
+
+class FleetProgress(BaseModel):
+    generation: int = Field(description="the generation of the fleet's state the change made")
+    applied: list[str] = Field(description="the replicas serving it (every live worker of theirs)")
+    lagging: list[Lagging] = Field(description="the replicas that do not (yet), and why")
 
 
 class TrafficPolicy(TrafficRequest):
     name: str
     served: list[str] = Field(description="the versions served, oldest first")
+    generation: int = Field(description="the generation of the fleet's state this replica serves")
+    fleet: FleetProgress | None = Field(None, description="after a change: which replicas applied it")
+
+
+class RepositoryChange(BaseModel):
+    name: str
+    versions: list[str]
+    fleet: FleetProgress
 
 
 class IndexEntry(BaseModel):
@@ -370,12 +446,25 @@ def bearer(token: str) -> Callable[..., Any]:
     return authorized
 
 
-def load_parameters(parameters: dict[str, Any]) -> str | None:
-    """The version a load request names (None: the latest); anything else is refused."""
+def load_parameters(parameters: dict[str, Any]) -> tuple[str | None, int | None]:
+    """The version a load request names (None: the latest) and the generation it is based on; else refused."""
     version = parameters.get("version")
-    if set(parameters) - {"version"} or not isinstance(version, str | None):
-        raise BadRequest(f"load takes one parameter, `version` (a string; default: the latest); got {parameters}")
-    return version
+    if set(parameters) - {"version", "generation"} or not isinstance(version, str | None):
+        raise BadRequest(
+            "load takes the parameters `version` (a string; default: the latest) and `generation` (an integer); "
+            f"got {parameters}"
+        )
+    return version, based_on(parameters)
+
+
+def based_on(record: dict[str, Any]) -> int | None:
+    """The `generation` a change names (None: the latest); 400 for anything but a whole number."""
+    generation = record.get("generation")
+    if generation is None:
+        return None
+    if isinstance(generation, bool) or not isinstance(generation, int):
+        raise BadRequest(f"generation must be a whole number, a generation of the fleet's state; got {generation!r}")
+    return generation
 
 
 ERRORS = {
@@ -383,7 +472,10 @@ ERRORS = {
     401: {"description": "no bearer token"},
     403: {"description": "not the admin token"},
     404: {"description": "no such model or version"},
-    409: {"description": "a family route runs this model: it can be replaced, not unloaded"},
+    409: {
+        "description": "the change is based on a stale generation (the answer's `generation` is the current one), or "
+        "a family route runs this model: it can be replaced, not unloaded"
+    },
     504: {"description": "applied, but not every worker followed in time"},
 }
 
@@ -409,9 +501,10 @@ def routes(token: str) -> APIRouter:
         responses=ERRORS,
         openapi_extra=json_body(ModelRepositoryRequest),
     )
-    async def load_model(request: Request, name: Name) -> dict[str, Any]:
+    async def load_model(request: Request, name: Name) -> RepositoryChange:
         body = await parsed(request, ModelRepositoryRequest)
-        return {"name": name, "versions": await admin(request).load(name, load_parameters(body.parameters))}
+        version, generation = load_parameters(body.parameters)
+        return RepositoryChange(**await admin(request).load(name, version, generation))
 
     @router.get("/models/{name}/traffic", summary="the version policy in force", responses=ERRORS)
     async def get_traffic(request: Request, name: Name) -> TrafficPolicy:
@@ -428,7 +521,9 @@ def routes(token: str) -> APIRouter:
             body = json.loads(await request.body())
         except ValueError:
             raise BadRequest("the body must be a JSON traffic policy") from None
-        return TrafficPolicy(**await admin(request).set_traffic(name, Policy.parse(body)))
+        generation = based_on(body) if isinstance(body, dict) else None
+        policy = Policy.parse({k: v for k, v in body.items() if k != "generation"} if isinstance(body, dict) else body)
+        return TrafficPolicy(**await admin(request).set_traffic(name, policy, generation))
 
     @router.post(
         "/models/{name}/unload",
@@ -436,9 +531,9 @@ def routes(token: str) -> APIRouter:
         responses=ERRORS,
         openapi_extra=json_body(ModelRepositoryRequest),
     )
-    async def unload_model(request: Request, name: Name) -> dict[str, Any]:
-        await parsed(request, ModelRepositoryRequest)  # `unload_dependents`: pipelines are pinned with their model
-        await admin(request).unload(name)
-        return {"name": name, "versions": []}
+    async def unload_model(request: Request, name: Name) -> RepositoryChange:
+        body = await parsed(request, ModelRepositoryRequest)  # `unload_dependents`: pipelines go with their model
+        fleet = await admin(request).unload(name, based_on(body.parameters))
+        return RepositoryChange(name=name, versions=[], fleet=fleet)
 
     return router

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from contracts.preprocessing import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
@@ -41,6 +42,9 @@ class ServeSettings:
     model_digests: str = ""
     # Turns on the model repository extension (/v2/repository: index, load, unload), for bearers of this token.
     admin_token: str = dataclasses.field(default="", repr=False)
+    # With the extension on: the folder of the fleet's desired state (services/desired.py), shared by every
+    # replica on one model store and kept across restarts; empty: `fleet` in BENTOML_HOME, beside `models`.
+    fleet_state: str = ""
     # A file of API keys (one a line, the key or `sha256:<hex>` of it; services/keys.py): when set, every
     # prediction and inference-protocol route needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.
     api_keys_file: str = ""
@@ -98,6 +102,11 @@ class ServeSettings:
     def served_models(self) -> tuple[str, ...]:
         """Every store tag a server serves: the families' and the extra models (the platform and its runner service)."""
         return (*(tag for tags in self.family_models.values() for tag in tags), *self.extra_models)
+
+    @property
+    def fleet_folder(self) -> Path:
+        home = os.environ.get("BENTOML_HOME") or os.path.expanduser("~/bentoml")
+        return Path(self.fleet_state or os.path.join(home, "fleet"))
 
     @property
     def cors_origin_list(self) -> list[str]:

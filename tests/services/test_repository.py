@@ -4,7 +4,8 @@ policies (splits, sticky keys, shadows) and the shadow's isolation from the prim
 import asyncio
 import collections
 import datetime
-import os
+import json
+import logging
 import time
 
 import numpy as np
@@ -13,7 +14,8 @@ import pytest
 from services.errors import BadRequest, Conflict, NotFound
 from services.inference import Choice, InferenceModel, ModelRepository
 from services.metrics import SHADOW_COMPARISONS, VersionSeries
-from services.repository import RepositoryAdmin, Served, ServedState
+from services.desired import DesiredState, Served, StaleGeneration, UnreadableState, WorkerReport, fleet_report
+from services.repository import RepositoryAdmin
 from services.traffic import Policy
 
 
@@ -51,21 +53,46 @@ class Scaling(InferenceModel):
         return {"y": tensors["x"] * self.factor}
 
 
-def test_served_state_changes_under_a_lock_and_counts_live_followers(monkeypatch):
-    monkeypatch.setenv("MODELROAD_REPOSITORY_STATE", "")  # restored after the test
-    state = ServedState.of_server(["a:1"])
-    assert os.environ["MODELROAD_REPOSITORY_STATE"] == str(state.folder)  # for the workers to inherit
-    assert ServedState.of_server(["ignored:1"]).read() == Served(0, ["a:1"])  # a worker joins the first one's state
+def test_the_fleet_state_is_kept_changed_by_compare_and_set_and_reports_live_workers(tmp_path):
+    state = DesiredState.at(tmp_path, ["a:1"])
+    assert DesiredState.at(tmp_path, ["ignored:1"]).read() == Served(1, ["a:1"])  # a restart keeps the state
 
     def edit(served: Served) -> None:
         served.tags.append("b:1")
         served.policies["b"] = {"split": {"1": 100}}
 
-    assert state.change(edit) == 1
-    assert state.read() == Served(1, ["a:1", "b:1"], {"b": {"split": {"1": 100}}})
-    state.acknowledge(1)
-    (state.folder / "worker-999999999").write_text("1")  # a worker that died
-    assert (state.followers(1), state.followers(2)) == (1, 0)
+    assert state.change(edit, based_on=1) == 2
+    with pytest.raises(StaleGeneration) as stale:
+        state.change(lambda served: served.tags.clear(), based_on=1)  # based on what someone else changed
+    assert stale.value.status == 409 and stale.value.fields == {"generation": 2}
+    assert state.read() == Served(2, ["a:1", "b:1"], {"b": {"split": {"1": 100}}}), "a refused change was applied"
+    assert state.change(lambda served: None) == 3  # no base: the latest
+
+    state.report(WorkerReport("r1", 1, applied=3, desired=3))
+    state.report(WorkerReport("r2", 2, applied=2, desired=3, problem="b:1 cannot be loaded"))
+    state.report(WorkerReport("r2", 3, applied=3, desired=3))
+    gone = WorkerReport("r3", 4, applied=1, desired=1)
+    state.report(gone)
+    gone_file = state.workers / "r3.4.json"
+    gone_file.write_text(json.dumps({**json.loads(gone_file.read_text()), "seen": time.time() - 60}))  # killed
+    assert [r.name for r in state.reports()] == ["r1/1", "r2/2", "r2/3"]
+    assert fleet_report(state.reports(), 3) == {
+        "generation": 3,
+        "applied": ["r1"],
+        "lagging": [{"replica": "r2", "applied": 2, "reason": "b:1 cannot be loaded"}],
+    }
+
+
+@pytest.mark.parametrize(
+    "text", ["{", '{"generation": 2}', '{"generation": "x", "tags": []}', '{"generation": 3, "tags": [7]}']
+)
+def test_a_document_that_is_not_a_state_is_unreadable_and_a_change_on_it_refused(tmp_path, text):
+    state = DesiredState.at(tmp_path, ["a:1"])
+    state.file.write_text(text)
+    with pytest.raises(UnreadableState):
+        state.read()
+    with pytest.raises(Conflict, match="fix or remove it first"):
+        state.change(lambda served: None)
 
 
 def test_latest_is_the_most_recently_created_version_whatever_the_order_of_loading():
@@ -136,16 +163,18 @@ def test_a_slow_or_failing_shadow_neither_slows_nor_fails_the_primary_and_is_cou
     }
 
 
-def admin_of(repository: ModelRepository, tags: list[str], families: tuple[str, ...] = ()) -> RepositoryAdmin:
-    state = ServedState.of_server(tags)
-    return RepositoryAdmin(repository, state, lambda tag: [stored_model(*tag.split(":"), 9)], 1, 5, families)
+def admin_of(
+    repository: ModelRepository, tags: list[str], folder, families: tuple[str, ...] = (), open_model=None
+) -> RepositoryAdmin:
+    state = DesiredState.at(folder, tags)
+    opener = open_model or (lambda tag: [stored_model(*tag.split(":"), 9)])
+    return RepositoryAdmin(repository, state, opener, 1, 5, families)
 
 
-def test_unload_waits_for_requests_in_flight_and_refuses_a_family_model(monkeypatch):
-    monkeypatch.setenv("MODELROAD_REPOSITORY_STATE", "")  # restored after the test
+def test_unload_waits_for_requests_in_flight_and_refuses_a_family_model(tmp_path):
     busy, family = stored_model("busy", "1", 1), stored_model("family", "1", 1)
     repository = ModelRepository([busy, family])
-    admin = admin_of(repository, [busy.tag, family.tag], families=("family",))
+    admin = admin_of(repository, [busy.tag, family.tag], tmp_path, families=("family",))
 
     async def scenario() -> list[str]:
         events, release = [], asyncio.Event()
@@ -175,21 +204,79 @@ def test_unload_waits_for_requests_in_flight_and_refuses_a_family_model(monkeypa
     assert admin.state.read().tags == [family.tag] and admin.caught_up()
 
 
-def test_a_policy_serves_its_versions_and_load_ends_it(monkeypatch):
-    monkeypatch.setenv("MODELROAD_REPOSITORY_STATE", "")
+def test_a_policy_serves_its_versions_and_load_ends_it(monkeypatch, tmp_path):
     monkeypatch.setattr("services.repository.stored_tag", lambda name, version: f"{name}:{version or 'v3'}")
     repository = ModelRepository([stored_model("m", "v1", 1)])
-    admin = admin_of(repository, ["m:v1"])
+    admin = admin_of(repository, ["m:v1"], tmp_path)
 
-    async def scenario() -> tuple[dict, dict, list[str]]:
-        split = await admin.set_traffic("m", Policy.parse({"split": {"v1": 80, "v2": 20}}))
+    async def scenario() -> tuple[dict, dict, dict]:
+        admin.start_following()
+        while not admin.caught_up():
+            await asyncio.sleep(0.01)
+        split = await admin.set_traffic("m", Policy.parse({"split": {"v1": 80, "v2": 20}}), based_on=1)
         loaded = await admin.load("m", "v1")  # the rollback: v1 alone, the split ended
         return split, admin.traffic("m"), loaded
 
     split, after, loaded = asyncio.run(scenario())
-    assert split == {"name": "m", "split": {"v1": 80.0, "v2": 20.0}, "served": ["v1", "v2"]}
-    assert after == {"name": "m", "split": {"v1": 100.0}, "served": ["v1"]} and loaded == ["v1"]
+    replica = admin.replica
+    assert split == {
+        "name": "m",
+        "split": {"v1": 80.0, "v2": 20.0},
+        "served": ["v1", "v2"],
+        "generation": 2,
+        "fleet": {"generation": 2, "applied": [replica], "lagging": []},
+    }
+    assert after == {"name": "m", "split": {"v1": 100.0}, "served": ["v1"], "generation": 3}
+    assert loaded == {"name": "m", "versions": ["v1"], "fleet": {"generation": 3, "applied": [replica], "lagging": []}}
     assert admin.state.read().policies == {} and repository.policies == {}
+
+
+def test_a_worker_keeps_its_last_good_state_when_a_generation_cannot_be_applied_or_read(tmp_path, caplog):
+    """A version its store lacks, then a hand-edited document: the worker serves what it served, says why once in
+    its log, in its report and in readiness, and applies the next good generation."""
+
+    def open_model(tag: str) -> list[InferenceModel]:
+        if tag == "m:missing":
+            raise FileNotFoundError("no such version in this store")
+        return [stored_model(*tag.split(":"), 9)]
+
+    repository = ModelRepository([stored_model("m", "v1", 1)])
+    admin = admin_of(repository, ["m:v1"], tmp_path, open_model=open_model)
+
+    async def follow_for(seconds: float) -> None:
+        admin.start_following()
+        await asyncio.sleep(seconds)
+        admin._follower.cancel()
+
+    asyncio.run(follow_for(0.3))
+    assert admin.caught_up() and admin.applied == 1
+
+    def missing(served: Served) -> None:
+        served.tags = ["m:missing"]
+
+    admin.state.change(missing)
+    with caplog.at_level(logging.ERROR, logger="services.repository"):
+        asyncio.run(follow_for(0.6))
+    assert list(repository.versions["m"]) == ["v1"], "a generation that cannot be applied changed something"
+    problem = "m:missing cannot be loaded: no such version in this store"
+    assert not admin.caught_up() and admin.progress()["problem"] == problem
+    assert len([r for r in caplog.records if "not applied" in r.getMessage()]) == 1, "one line, not one a poll"
+    (report,) = admin.state.reports()
+    assert (report.applied, report.desired, report.problem) == (1, 2, admin.refused)
+
+    admin.state.change(lambda served: setattr(served, "tags", ["m:v1", "m:v2"]))
+    admin.state.file.write_text('{"generation": 4, "tags": "half')  # a hand edit gone wrong
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="services.repository"):
+        asyncio.run(follow_for(0.6))
+    assert list(repository.versions["m"]) == ["v1"] and admin.applied == 1
+    assert str(admin.state.file) in caplog.records[0].getMessage() and len(caplog.records) == 1
+    assert "not a state document" in admin.progress()["problem"]
+
+    admin.state.file.write_text(json.dumps({"generation": 4, "tags": ["m:v1", "m:v2"], "policies": {}}))
+    asyncio.run(follow_for(0.3))
+    assert list(repository.versions["m"]) == ["v1", "v2"] and admin.applied == 4 and admin.caught_up()
+    assert admin.progress()["problem"] is None
 
 
 def test_a_versions_requests_are_counted_by_outcome_a_refused_input_apart_from_a_failure():
