@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup serve train test test-fast loadtest soak bench bento image pod pod-down lint
+.PHONY: setup serve fleet train test test-fast loadtest soak bench bento image pod pod-down lint
 
 setup:
 	@scripts/setup.sh test
@@ -15,6 +15,12 @@ setup:
 serve:
 	@scripts/setup.sh serve
 	$(PY) -m training serve --host $(HOST) --port $(PORT)
+
+## A fleet on one machine: REPLICAS replicas of the platform on one store behind HAProxy on $(HOST):$(PORT), a
+## Prometheus on :9090 scraping each (docs/fleet.md); the store's models (make serve or make train first).
+REPLICAS ?= 3
+fleet: setup
+	$(PY) -m deploy.fleet --replicas $(REPLICAS) --port $(PORT)
 
 ## Train (or re-train) the default models and register them: make train TASKS="fashion-cnn"
 TASKS ?= fashion-cnn

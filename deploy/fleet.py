@@ -8,9 +8,9 @@ It prints the URLs and runs until Ctrl-C, then stops everything. The admin token
 is made and printed when it is unset); every other MODELROAD_* setting reaches the replicas as it is. The store
 is BENTOML_HOME's (train the default models first: `make train TASKS="fashion-cnn co2-lstm ..."` or `make serve`).
 
-HAProxy checks each replica's /readyz every second (down after 2 failures, up after 1 success), retries a request
-whose connection failed or whose replica closed it unanswered on another replica (`retry-on`, `option
-redispatch`), and names the replica that answered in `X-Replica`.
+HAProxy checks each replica's /readyz every second (down after 2 failures, up after 1 success), retries on
+another replica a request whose connection failed, whose replica closed it unanswered or answered 503 (`retry-on`,
+`option redispatch`), and names the replica that answered in `X-Replica`.
 """
 
 from __future__ import annotations
@@ -63,10 +63,14 @@ defaults
   timeout client 60s
   timeout server 60s
   timeout http-request 10s
-  # A request whose connection failed, or whose replica closed it unanswered (killed), goes to another one.
+  # A request whose connection failed, whose replica closed it unanswered (killed) or answered 503 (draining
+  # after SIGTERM, or full) goes to another one: predictions have no side effect, admin changes are
+  # compare-and-set.
+  # A retry resends the request from HAProxy's buffer: it must be there whole before it is sent.
+  option http-buffer-request
   retries 3
   option redispatch 1
-  retry-on conn-failure empty-response 0rtt-rejected
+  retry-on conn-failure empty-response 503 0rtt-rejected
 frontend modelroad
   bind 127.0.0.1:{config.port}
   default_backend replicas
@@ -179,6 +183,7 @@ class Fleet:
 def running(config: FleetConfig, folder: Path | None = None) -> Iterator[Fleet]:
     """The fleet until the block ends: replicas started side by side and ready, then HAProxy and Prometheus."""
     folder = folder or Path(tempfile.mkdtemp(prefix="modelroad-fleet-"))
+    folder.mkdir(parents=True, exist_ok=True)
     fleet = Fleet(config, folder)
     with ExitStack() as stack:
         for number in range(1, config.replicas + 1):

@@ -2,7 +2,7 @@
 # Set up a fresh Debian/Ubuntu machine: Debian packages and the venv. Idempotent and quick when nothing changed.
 # Usage: scripts/setup.sh [serve|test]
 #   serve: what serving and training the default models need (the datasets, torch, BentoML): `make serve`;
-#   test (default): that, and the tests' and the image's tools (Prometheus, wrk, podman, chromium; pytest, Locust,
+#   test (default): that, and the tests', the fleet's and the image's tools (Prometheus, HAProxy, wrk, podman, chromium; pytest, Locust,
 #   the clients, selenium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ profile="${1:-test}"
 apt_packages=(dataset-fashion-mnist wordnet-base fortunes-min)
 extras="train"
 if [ "$profile" = test ]; then
-  apt_packages+=(prometheus wrk podman runc catatonit debootstrap chromium chromium-driver)
+  apt_packages+=(prometheus haproxy wrk podman runc catatonit debootstrap chromium chromium-driver)
   extras="train,dev"
 elif [ "$profile" != serve ]; then
   echo "setup: unknown profile '$profile' (serve or test)" >&2

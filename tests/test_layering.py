@@ -19,6 +19,7 @@ BELOW_FAMILIES = (
     "services.oip_grpc",
     "services.gate",
     "services.repository",
+    "services.desired",
     "services.app",
     "services.edge",
     "services.errors",

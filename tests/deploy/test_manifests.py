@@ -194,3 +194,36 @@ def test_the_rules_pass_their_promtool_unit_tests_the_ood_and_rollout_alerts_amo
     )
     result = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_manifest_is_valid_kubernetes_1_37_and_the_pods_share_one_store(resources):
+    """Each rendered resource against the Kubernetes 1.37 schemas (kubernetes-validate, offline); the
+    ServiceMonitor is the Prometheus operator's CRD, which those schemas do not hold."""
+    import kubernetes_validate
+
+    documents = [*resources.values(), load(K8S / "jobs" / "rollout.yaml")]
+    for document in documents:
+        if document["kind"] == "ServiceMonitor":
+            continue
+        kubernetes_validate.validate(document, "1.37", strict=True)
+    assert resources["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    pod = resources["Deployment"]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"]["claimName"] == resources["PersistentVolumeClaim"]["metadata"]["name"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"] if m["name"] == volume["name"]}
+    # The fleet's state and the bento's model store on the shared volume: every pod reads one of each.
+    assert any(env["MODELROAD_FLEET_STATE"]["value"].startswith(path + "/") for path in mounts)
+    assert mounts["/home/bentoml/bento/models"]["subPath"] == "models"
+    (fill,) = pod["initContainers"]
+    assert "/home/bentoml/bento/models/." in fill["command"][-1] and "cp -Rn" in fill["command"][-1]
+
+
+def test_the_rollout_job_runs_code_the_image_carries():
+    job = load(K8S / "jobs" / "rollout.yaml")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "deploy.rollout"] and container["image"] == ImageBuild().name
+    included = load(ROOT / "bentofile.yaml")["include"]
+    assert {"deploy/__init__.py", "deploy/rollout.py"} <= set(included)
+    assert any(arg.startswith("--prometheus=") for arg in container["args"])

@@ -332,11 +332,16 @@ def test_deploy_rollout_promotes_a_good_candidate_and_rolls_a_bad_one_back(serve
     with Load(lambda: infer(server, "rollout"), lambda: infer(server, "rollout")) as served:
         good = rollout(server, ids["v3"], *options)
         promoted = traffic(server, "rollout").json()
-        bad = rollout(server, ids["v2"], *options)
+        bad = rollout(server, ids["v2"], *options, "--max-disagreement", "0.05")
         after = traffic(server, "rollout").json()
+        better = rollout(server, ids["v2"], *options)  # answers otherwise, healthy: disagreement is reported only
+        last = traffic(server, "rollout").json()
     assert good.returncode == 0, good.stdout + good.stderr
     assert f"{ids['v3']} promoted" in good.stdout and promoted["split"] == {ids["v3"]: 100.0}
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert f"rolled back to {ids['v3']}" in bad.stdout and "disagreed with the primary on 100.0%" in bad.stdout
     assert after["split"] == {ids["v3"]: 100.0} and after["served"] == [ids["v3"]]
+    assert better.returncode == 0, better.stdout + better.stderr
+    assert "disagreed with the primary on 100.0%" in better.stdout and "not judged" in better.stdout
+    assert last["split"] == {ids["v2"]: 100.0}
     assert {status for status, _ in served.seen} == {200}, "a request failed during the rollouts"
