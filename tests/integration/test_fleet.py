@@ -269,7 +269,6 @@ def test_prometheus_judged_rollouts_on_the_fleet_while_a_replica_joins_and_anoth
     assert f"{ids['v2']} promoted" in good.stdout and after_good["split"] == {ids["v2"]: 100.0}
     assert joined["ready"]["applied"] == joined["ready"]["desired"] and joined["ready"]["problem"] is None
     assert joined["policy"]["generation"] >= joined["fleet"]["generation"] - 1  # one step may land in between
-    print(
-        f"requests through HAProxy: {len(flowing.seen)}, failed: {len(flowing.failed())} {collections.Counter(flowing.failed())}"
-    )
+    failed = collections.Counter(flowing.failed())
+    print(f"requests through HAProxy during the rollouts: {len(flowing.seen)}, failed: {sum(failed.values())} {failed}")
     assert flowing.failed() == [], "a request failed though HAProxy retries a killed replica's on another"

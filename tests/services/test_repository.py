@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
+from services.desired import DesiredState, Served, StaleGeneration, UnreadableState, WorkerReport, fleet_report
 from services.errors import BadRequest, Conflict, NotFound
 from services.inference import Choice, InferenceModel, ModelRepository
 from services.metrics import SHADOW_COMPARISONS, VersionSeries
-from services.desired import DesiredState, Served, StaleGeneration, UnreadableState, WorkerReport, fleet_report
 from services.repository import RepositoryAdmin
 from services.traffic import Policy
 
