@@ -50,6 +50,26 @@ class Limits:
     max_waits: int = 5  # intervals a phase may wait for enough traffic
 
 
+# Each gate's flag, type, default and meaning, for --help.
+GATES = [
+    (
+        "--max-error-ratio",
+        float,
+        Limits.max_error_ratio,
+        "the candidate's errors (and the shadow's), at most; or the primary's if higher",
+    ),
+    ("--max-p99-ratio", float, Limits.max_p99_ratio, "the candidate's p99 over the primary's, at most"),
+    (
+        "--max-disagreement",
+        float,
+        Limits.max_disagreement,
+        "the shadow's disagreement with the primary, at most (None: reported, not judged)",
+    ),
+    ("--min-requests", int, Limits.min_requests, "a phase's fewest requests to judge; fewer: it waits"),
+    ("--max-waits", int, Limits.max_waits, "intervals a phase waits for enough traffic before stopping undecided"),
+]
+
+
 class Undecided(Exception):
     """The rollout stopped without a verdict, its step in force."""
 
@@ -322,36 +342,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--scrape-interval", type=float, default=15.0, help="Prometheus' scrape interval, seconds")
     parser.add_argument("--steps", default="10,50,100", help="the candidate's shares in percent, comma-separated")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds each phase and step runs")
-    parser.add_argument(
-        "--max-error-ratio",
-        type=float,
-        default=Limits.max_error_ratio,
-        help="the candidate's errors (and the shadow's), at most; or the primary's if higher",
-    )
-    parser.add_argument(
-        "--max-p99-ratio",
-        type=float,
-        default=Limits.max_p99_ratio,
-        help="the candidate's p99 over the primary's, at most",
-    )
-    parser.add_argument(
-        "--max-disagreement",
-        type=float,
-        default=None,
-        help="the shadow's disagreement with the primary, at most (default: reported, not judged)",
-    )
-    parser.add_argument(
-        "--min-requests",
-        type=int,
-        default=Limits.min_requests,
-        help="a phase's fewest requests to judge; fewer: it waits",
-    )
-    parser.add_argument(
-        "--max-waits",
-        type=int,
-        default=Limits.max_waits,
-        help="intervals a phase waits for enough traffic before the rollout stops undecided",
-    )
+    for flag, kind, default, meaning in GATES:
+        parser.add_argument(flag, type=kind, default=default, help=meaning)
     parser.add_argument("--rollback", action="store_true", help="end a stopped rollout: the primary alone again")
     return parser
 

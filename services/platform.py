@@ -12,7 +12,7 @@ import bentoml
 from contracts.card import ModelCard
 from services import oip, pages, repository
 from services.app import AppFirst, build_app
-from services.desired import DesiredState
+from services.desired import DesiredState, replica_name
 from services.family import FamilyKind, pipeline_name
 from services.forecast import ForecastFamily
 from services.generation import GenerationFamily
@@ -65,6 +65,7 @@ START_POLICIES = {
 # With the repository extension on, what is served is the fleet's state, beside the store, kept across restarts
 # (the first server on a store writes its start there); with models pending alone, this server's own.
 START_TAGS = [str(m.tag) for m in STORED.values()]
+REPLICA = replica_name()  # named in the first process, so that its workers inherit one replica's name
 if SETTINGS.admin_token:
     STATE: DesiredState | None = DesiredState.at(SETTINGS.fleet_folder, START_TAGS, START_POLICIES)
 else:

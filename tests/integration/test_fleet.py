@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from deploy.fleet import REPLICA_HEADER, FleetConfig, running
 from harness.servers import free_port
 from tests.integration.conftest import ROOT
-from tests.integration.test_rollout import IMPORT, in_store
+from tests.integration.test_rollout import IMPORT, Load, in_store
 from tests.training.test_import import scale_graph, write
 
 pytestmark = pytest.mark.slow
@@ -107,34 +107,9 @@ def set_policy(url: str, body: dict) -> httpx.Response:
     return httpx.post(f"{url}/v2/repository/models/fleet/traffic", json=body, headers=AUTH, timeout=120)
 
 
-class Traffic:
-    """Requests through the balancer from threads until stopped: (status, version, replica) of each."""
-
-    def __init__(self, url: str, threads: int = 4):
-        self.url, self.seen, self.running = url, [], True
-        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
-
-    def _run(self) -> None:
-        with httpx.Client() as client:
-            while self.running:
-                try:
-                    response = infer(self.url, client)
-                    self.seen.append((response.status_code, response.headers.get("x-model-version")))
-                except httpx.HTTPError as failed:
-                    self.seen.append((type(failed).__name__, None))
-
-    def __enter__(self) -> Traffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.running = False
-        for thread in self.threads:
-            thread.join()
-
-    def failed(self) -> list:
-        return [status for status, _ in self.seen if status != 200]
+def traffic(url: str) -> Load:
+    """Requests through the balancer from 4 threads until the block ends, each on a new connection."""
+    return Load(*[lambda: infer(url)] * 4)
 
 
 def test_a_split_set_through_the_balancer_is_every_replicas_and_a_routing_key_sticks_fleet_wide(fleet, store):
@@ -191,7 +166,7 @@ def test_changes_are_compare_and_set_and_a_bad_one_changes_nothing(fleet, store)
 
 def test_a_replica_stopped_and_started_again_serves_the_policy_in_force(fleet):
     in_force = policy(fleet.url)
-    with Traffic(fleet.url) as flowing:
+    with traffic(fleet.url) as flowing:
         fleet.signal_replica(2, signal.SIGTERM)
         time.sleep(1)
         fleet.start_replica(2)
@@ -244,7 +219,7 @@ def test_prometheus_judged_rollouts_on_the_fleet_while_a_replica_joins_and_anoth
         ).status_code
         == 200
     )
-    with Traffic(fleet.url) as flowing:
+    with traffic(fleet.url) as flowing:
         bad = rollout(fleet, ids["bad"], "--steps", "50,100", "--interval", "3")
         after_bad = policy(fleet.url)
 

@@ -186,7 +186,7 @@ def test_refusals_of_the_extension(admin_server):
         (lambda: client.unload_model("fashion-cnn-pipeline", headers=AUTH), "404", "no stored model"),
         (lambda: client.load_model("no-such-model", headers=AUTH), "404", "no model named"),
         (lambda: client.load_model("Bad Name!", headers=AUTH), "400", "is not a model name"),
-        (lambda: client.load_model("rollout", headers=AUTH, config="{}"), "400", "takes one parameter"),
+        (lambda: client.load_model("rollout", headers=AUTH, config="{}"), "400", "load takes the parameters `version`"),
     ]
     for call, status, message in cases:
         with pytest.raises(InferenceServerException) as refused:

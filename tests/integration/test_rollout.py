@@ -160,8 +160,15 @@ class Load:
 
     def _run(self, call) -> None:
         while self.running:
-            response = call()
+            try:
+                response = call()
+            except httpx.HTTPError as failed:  # counted as a failure of its own, the thread goes on
+                self.seen.append((type(failed).__name__, None))
+                continue
             self.seen.append((response.status_code, response.headers.get("x-model-version")))
+
+    def failed(self) -> list:
+        return [status for status, _ in self.seen if status != 200]
 
     def __enter__(self) -> Load:
         for thread in self.threads:
