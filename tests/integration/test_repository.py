@@ -15,21 +15,30 @@ from tritonclient.utils import InferenceServerException
 
 from harness.servers import stop, wait_ready
 from tests.integration.conftest import private_home, start_server
-from tests.training.test_import import scale_graph, write
+from tests.training.test_import import scale_graph, sklearn_classifier, write
 from training.import_model import import_model
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def repository_server(registered, session_dir, tmp_path_factory):
+def zipmap_classifier(tmp_path_factory):
+    """skl2onnx's default export of a scaler + classifier (ZipMap on), imported; its inputs and the pipeline."""
+    path, x, pipeline = sklearn_classifier(tmp_path_factory.mktemp("sklearn"), True, ["coat", "dress", "shirt"])
+    return import_model(path, "sk-zipmap"), x, pipeline
+
+
+@pytest.fixture(scope="module")
+def repository_server(registered, session_dir, tmp_path_factory, zipmap_classifier):
     folder = tmp_path_factory.mktemp("imports")
     older = import_model(write(scale_graph(2.0), folder / "v1.onnx"), "scale")
     newer = import_model(write(scale_graph(3.0), folder / "v2.onnx"), "scale")
     fixed = import_model(write(scale_graph(5.0, batch=1), folder / "fixed.onnx"), "scale-fixed")
     home = private_home(session_dir, "repository-home")
     log_path = session_dir / "repository.log"
-    process, url = start_server(home, log_path, extra_env={"MODELROAD_MODELS": f"{older},{newer},{fixed}"})
+    process, url = start_server(
+        home, log_path, extra_env={"MODELROAD_MODELS": f"{older},{newer},{fixed},{zipmap_classifier[0]}"}
+    )
     try:
         wait_ready(process, url, log_path)
         yield url, older.split(":")[1], newer.split(":")[1]
@@ -60,6 +69,23 @@ def test_a_model_with_a_fixed_batch_axis_runs_each_call_alone(repository_server)
     assert scaled(client, "scale-fixed", 1).tolist() == [[5.0] * 3]
     with pytest.raises(InferenceServerException, match="must have shape"):
         scaled(client, "scale-fixed", 2)
+
+
+def test_a_scikit_learn_classifier_exported_with_zipmap_answers_every_output_as_a_tensor(
+    repository_server, zipmap_classifier
+):
+    url, _, _ = repository_server
+    _, x, pipeline = zipmap_classifier
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
+    outputs = client.get_model_metadata("sk-zipmap")["outputs"]
+    assert [o["datatype"] for o in outputs] == ["BYTES", "FP32"]
+    features = triton.InferInput("X", list(x.shape), "FP32")
+    for binary in (False, True):
+        features.set_data_from_numpy(x, binary_data=binary)
+        answer = client.infer("sk-zipmap", [features])  # no outputs named: every output, in JSON or binary
+        np.testing.assert_allclose(answer.as_numpy("output_probability"), pipeline.predict_proba(x), atol=1e-5)
+        labels = [v.decode() if isinstance(v, bytes) else v for v in answer.as_numpy("output_label").tolist()]
+        assert labels == pipeline.predict(x).tolist()
 
 
 def test_an_unknown_version_is_404(repository_server):

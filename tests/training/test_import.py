@@ -6,6 +6,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import convert_model_to_external_data
@@ -99,3 +100,50 @@ def test_the_command_line_imports_or_says_why_not(tmp_path, caplog):
     assert main(["import", str(good), "--name", "scale-fixed"]) == 0
     assert main(["import", str(tmp_path / "absent.onnx"), "--name", "absent"]) == 2
     assert "not a regular file" in caplog.text
+
+
+def sklearn_classifier(tmp_path: Path, zipmap: bool, labels: list) -> tuple[Path, np.ndarray, object]:
+    """A scaler + logistic regression exported by skl2onnx (ZipMap on by default), its test inputs and the pipeline."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    random = np.random.default_rng(1)
+    x = random.normal(size=(60, 4)).astype(np.float32)
+    y = np.array(labels)[(x[:, 0] + x[:, 1] > 0).astype(int) + (x[:, 2] > 1).astype(int)]
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
+    options = {} if zipmap else {"zipmap": False}
+    graph = to_onnx(pipeline, x[:1], options={id(pipeline): options} if options else None, target_opset=17)
+    return write(graph, tmp_path / "classifier.onnx"), x, pipeline
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2], ["coat", "dress", "shirt"]], ids=["int-labels", "str-labels"])
+@pytest.mark.parametrize("zipmap", [True, False], ids=["zipmap", "no-zipmap"])
+def test_a_scikit_learn_classifier_is_served_as_tensors_with_its_labels(session_dir, tmp_path, zipmap, labels):
+    path, x, pipeline = sklearn_classifier(tmp_path, zipmap, labels)
+    tag = import_model(path, "sk-classifier")
+    stored = bentoml.models.get(tag)
+    meta = stored.info.metadata
+    label, probability = meta["outputs"]  # skl2onnx names them output_label and output_probability (or probabilities)
+    assert probability["dtype"] == "float32" and probability["shape"][1:] == [3]
+    if zipmap:
+        assert meta["labels"] == [str(label) for label in labels]
+    session = onnxruntime.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
+    answered, probabilities = session.run([label["name"], probability["name"]], {"X": x})
+    np.testing.assert_allclose(probabilities, pipeline.predict_proba(x), atol=1e-5)
+    assert answered.tolist() == pipeline.predict(x).tolist()
+
+
+def test_a_map_output_that_is_no_zipmap_is_refused_naming_it(tmp_path):
+    keys = numpy_helper.from_array(np.array([1, 2], np.int64), "keys")
+    graph = helper.make_graph(
+        [helper.make_node("SequenceConstruct", ["x", "x"], ["pair"])],
+        "pairs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_sequence_value_info("pair", TensorProto.FLOAT, ["batch", 3])],
+        [keys],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(ImportRefused, match="output 'pair' is a sequence, not a tensor"):
+        import_model(write(model, tmp_path / "pairs.onnx"), "pairs")
