@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 VERSION_HEADER = "X-Model-Version"
 A = TypeVar("A")  # a protocol's answer
+INSTANCE_KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}  # the device a session runs on, as Triton names it
 MAX_SHADOWS_IN_FLIGHT = 32  # per worker; past this a shadow copy is dropped (and counted), never queued
 
 
@@ -54,6 +55,11 @@ class InferenceModel:
         self.inputs, self.outputs = tuple(inputs), tuple(outputs)
         self.required = frozenset(spec.name for spec in inputs) if required is None else frozenset(required)
         self.in_flight = 0
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The stored model's class labels: they name the classes of any output with as many (classification)."""
+        return tuple(self.runner.card.labels)
 
     @property
     def ready(self) -> bool:
@@ -98,6 +104,31 @@ class InferenceModel:
             "outputs": [spec.describe() for spec in self.outputs],
         }
 
+    def config(self) -> dict[str, Any]:
+        """Triton's model configuration (its JSON form), from what the metadata and the batcher say: batched where
+        every input and output has a dynamic first axis (then `dims` leave it out, as Triton's do)."""
+        batcher = self.runner.batcher
+        batched = all(spec.shape[:1] == (-1,) for spec in (*self.inputs, *self.outputs))
+
+        def tensors(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
+            dims = (lambda s: list(s.shape[1:])) if batched else (lambda s: list(s.shape))
+            return [{"name": s.name, "data_type": config_type(s.datatype), "dims": dims(s)} for s in specs]
+
+        config: dict[str, Any] = {
+            "name": self.name,
+            "platform": self.platform,
+            "max_batch_size": batcher.max_items if batched else 0,
+            "input": tensors(self.inputs),
+            "output": tensors(self.outputs),
+            "version_policy": {"all": {}},  # every loaded version answers a request that names it
+            "instance_group": [{"kind": INSTANCE_KINDS.get(self.runner.session.device, "KIND_AUTO"), "count": 1}],
+        }
+        if batched:
+            config["dynamic_batching"] = {"max_queue_delay_microseconds": round(batcher.max_wait_s * 1e6)}
+        if self.platform == InferenceModel.platform:
+            config["backend"] = "onnxruntime"
+        return config
+
     async def infer(self, tensors: dict[str, np.ndarray], record: bool = True) -> dict[str, np.ndarray]:
         """The outputs for inputs that passed `problem`; `record`: count them in the answer series and payload log
         (not for a shadow's copy)."""
@@ -133,6 +164,11 @@ class OnnxModel(InferenceModel):
 
     async def infer(self, tensors: Feeds, record: bool = True) -> Feeds:
         return self.runner.graph_outputs(await self.runner.submit(tensors))
+
+
+def config_type(datatype: str) -> str:
+    """A protocol datatype as Triton's configuration names it (BYTES is TYPE_STRING there)."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
 
 
 @dataclass
@@ -257,6 +293,9 @@ class ModelRepository:
 
     def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         return self.get(name, version).metadata(list(self.versions[name]))
+
+    def config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        return self.get(name, version).config()
 
     def get(self, name: str, version: str | None = None) -> InferenceModel:
         """`version` of `name`, or with none, the latest (the version policy is for `choose`)."""

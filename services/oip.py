@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from contracts.tensors import NUMPY_TYPES, datatype_of
 from services.app import DirectRoute, media_types
+from services.classification import class_count, classify
 from services.errors import BadRequest, Unavailable, validation_message
 from services.inference import Choice, InferenceModel, ModelRepository
 from services.traffic import ROUTING_KEY
@@ -27,7 +28,7 @@ HEADER_LENGTH = "inference-header-content-length"
 # NumPy kinds of JSON data each tensor kind takes: no int from a float (4.5 would become 4), bools from bools only.
 JSON_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 SERVER = {"name": "modelroad", "version": "0.1.0"}
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
 
 
 class RequestInput(BaseModel):
@@ -155,6 +156,8 @@ def encode_response(model: InferenceModel, request: InferenceRequest, outputs: d
         if requested.name not in outputs:
             raise BadRequest(f"{model.name} has no output {requested.name!r}; its outputs are {sorted(outputs)}")
         array = outputs[requested.name]
+        if count := class_count(requested.name, (requested.parameters or {}).get("classification")):
+            array = classify(requested.name, array, count, model.labels)
         entry: dict[str, Any] = {"name": requested.name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if (requested.parameters or {}).get("binary_data", binary_default):
             chunk = tensor_bytes(array)
@@ -238,25 +241,7 @@ def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[s
             raise Unavailable("the models are still loading")
         return {"ready": True}
 
-    @router.get("/models/{name}", summary="model metadata", responses={404: ERRORS[404]})
-    async def model_metadata(request: Request, name: Name) -> dict[str, Any]:
-        return served_models(request).metadata(name)
-
-    @router.get("/models/{name}/versions/{version}", summary="model version metadata", responses={404: ERRORS[404]})
-    async def version_metadata(request: Request, name: Name, version: Version) -> dict[str, Any]:
-        return served_models(request).metadata(name, version)
-
-    @router.get("/models/{name}/ready", summary="the model is ready", responses={404: ERRORS[404], 503: ERRORS[503]})
-    async def model_ready(request: Request, name: Name) -> dict[str, Any]:
-        return readiness(served_models(request).get(name))
-
-    @router.get(
-        "/models/{name}/versions/{version}/ready",
-        summary="the model version is ready",
-        responses={404: ERRORS[404], 503: ERRORS[503]},
-    )
-    async def version_ready(request: Request, name: Name, version: Version) -> dict[str, Any]:
-        return readiness(served_models(request).get(name, version))
+    add_model_routes(router, Name, Version)
 
     async def model_infer(request: Request, name: Name) -> Response:
         return await infer(request, name)
@@ -281,6 +266,42 @@ def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[s
         )
 
     return router
+
+
+def add_model_routes(router: APIRouter, Name: Any, Version: Any) -> None:
+    """Each model's and version's metadata, configuration and readiness."""
+
+    @router.get("/models/{name}", summary="model metadata", responses={404: ERRORS[404]})
+    async def model_metadata(request: Request, name: Name) -> dict[str, Any]:
+        return served_models(request).metadata(name)
+
+    @router.get("/models/{name}/versions/{version}", summary="model version metadata", responses={404: ERRORS[404]})
+    async def version_metadata(request: Request, name: Name, version: Version) -> dict[str, Any]:
+        return served_models(request).metadata(name, version)
+
+    @router.get("/models/{name}/config", summary="model configuration (Triton's)", responses={404: ERRORS[404]})
+    async def model_config(request: Request, name: Name) -> dict[str, Any]:
+        return served_models(request).config(name)
+
+    @router.get(
+        "/models/{name}/versions/{version}/config",
+        summary="model version configuration (Triton's)",
+        responses={404: ERRORS[404]},
+    )
+    async def version_config(request: Request, name: Name, version: Version) -> dict[str, Any]:
+        return served_models(request).config(name, version)
+
+    @router.get("/models/{name}/ready", summary="the model is ready", responses={404: ERRORS[404], 503: ERRORS[503]})
+    async def model_ready(request: Request, name: Name) -> dict[str, Any]:
+        return readiness(served_models(request).get(name))
+
+    @router.get(
+        "/models/{name}/versions/{version}/ready",
+        summary="the model version is ready",
+        responses={404: ERRORS[404], 503: ERRORS[503]},
+    )
+    async def version_ready(request: Request, name: Name, version: Version) -> dict[str, Any]:
+        return readiness(served_models(request).get(name, version))
 
 
 def readiness(model: InferenceModel) -> dict[str, Any]:

@@ -34,12 +34,15 @@ from typing import Any
 import grpc
 import psutil
 from fastapi import FastAPI
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from contracts.preprocessing import ImageTooLarge, InvalidInput
 from contracts.tensors import Feeds, datatype_of
+from services.classification import class_count, classify
 from services.edge import ACCESS, REQUEST_ID, REQUEST_IDS
 from services.errors import UNEXPECTED, BadRequest, ServingError, reason_label
 from services.gate import DRAINING, Gate, Refusal
@@ -127,13 +130,21 @@ def decode_inputs(request: pb.ModelInferRequest) -> Feeds:
 def encode_outputs(model: InferenceModel, request: pb.ModelInferRequest, outputs: Feeds) -> pb.ModelInferResponse:
     """The requested outputs (all by default), as raw bytes in `raw_output_contents` (as Triton answers)."""
     response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
-    for name in [wanted.name for wanted in request.outputs] or list(outputs):
+    for wanted in request.outputs or [pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs]:
+        name = wanted.name
         if name not in outputs:
             raise BadRequest(f"{model.name} has no output {name!r}; its outputs are {sorted(outputs)}")
         array = outputs[name]
+        if count := class_count(name, parameter(wanted.parameters.get("classification"))):
+            array = classify(name, array, count, model.labels)
         response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
         response.raw_output_contents.append(tensor_bytes(array))
     return response
+
+
+def parameter(value: pb.InferParameter | None) -> object:
+    """An InferParameter's value (None when absent)."""
+    return None if value is None else getattr(value, value.WhichOneof("parameter_choice") or "string_param")
 
 
 # ---- the edge: what every call passes through ----
@@ -289,6 +300,11 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     @guarded()
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        config = self.state.models.config(request.name, request.version or None)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
+
+    @guarded()
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.state.models.get(request.name, request.version or None).ready)
 
@@ -320,10 +336,7 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         admin = self._admin(context)
-        parameters = {
-            name: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
-            for name, value in request.parameters.items()
-        }
+        parameters = {name: parameter(value) for name, value in request.parameters.items()}
         await admin.load(request.model_name, *load_parameters(parameters))
         return pb.RepositoryModelLoadResponse()
 

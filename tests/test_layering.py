@@ -17,6 +17,7 @@ BELOW_FAMILIES = (
     "services.remote",
     "services.oip",
     "services.oip_grpc",
+    "services.classification",
     "services.gate",
     "services.repository",
     "services.desired",

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
@@ -81,7 +82,8 @@ def infer(client, model: str, array: np.ndarray, name: str, datatype: str, **kwa
 def test_probes_metadata_and_readiness(client, registered):
     assert client.is_server_live() and client.is_server_ready()  # probes: no key needed
     metadata = client.get_server_metadata(headers=AUTH)
-    assert metadata.name == "modelroad" and list(metadata.extensions) == ["binary_tensor_data", "model_repository"]
+    extensions = ["binary_tensor_data", "classification", "model_configuration", "model_repository"]
+    assert metadata.name == "modelroad" and list(metadata.extensions) == extensions
     version = registered["fashion-cnn"]["tag"].split(":")[1]
     described = client.get_model_metadata("fashion-cnn", version, headers=AUTH)
     assert list(described.versions) == [version] and described.inputs[0].datatype == "FP32"
@@ -134,6 +136,36 @@ def test_every_pipeline_answers_as_the_offline_model_raw_and_async(client, regis
     for _ in range(8):
         result, error = answers.get(timeout=30)
         assert error is None and result.as_numpy("class_id").tolist() == expected.argmax(1).tolist()
+
+
+def test_the_model_configuration_and_classification_as_tritonclient_asks(client, registered):
+    version = registered["fashion-cnn"]["tag"].split(":")[1]
+    config = client.get_model_config("fashion-cnn", version, headers=AUTH).config
+    assert (config.name, config.platform, config.max_batch_size) == ("fashion-cnn", "onnxruntime_onnx", 64)
+    pixels = ("pixels", model_config_pb2.TYPE_FP32, [1, 28, 28])
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [pixels]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 1000
+    with pytest.raises(InferenceServerException) as unknown:
+        client.get_model_config("no-such-model", headers=AUTH)
+    assert (
+        unknown.value.status() == "StatusCode.NOT_FOUND" and "no model named 'no-such-model'" in unknown.value.message()
+    )
+    files, _ = fashion_test_images(2)
+    expected = offline_image_probabilities(registered["fashion-cnn"]["tag"], files)
+    image = triton.InferInput("image", [2], "BYTES")
+    image.set_data_from_numpy(np.array(files, dtype=np.object_))
+    wanted = [triton.InferRequestedOutput("probabilities", class_count=3)]
+    top = client.infer("fashion-cnn-pipeline", [image], outputs=wanted, headers=AUTH).as_numpy("probabilities")
+    answered = [[entry.decode().split(":") for entry in row] for row in top]
+    assert [[int(index) for _, index, _ in row] for row in answered] == np.argsort(-expected)[:, :3].tolist()
+    np.testing.assert_allclose(
+        [[float(s) for s, _, _ in row] for row in answered], np.sort(expected)[:, ::-1][:, :3], atol=1e-5
+    )
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer(
+            "fashion-cnn-pipeline", [image], outputs=[triton.InferRequestedOutput("label", class_count=1)], headers=AUTH
+        )
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT" and "needs numeric scores" in refused.value.message()
 
 
 def test_typed_contents_and_requested_outputs_through_a_generated_stub(grpc_server, registered):

@@ -34,7 +34,8 @@ def infer(client, model: str, array: np.ndarray, input_name: str, datatype: str,
 
 def test_server_and_model_metadata_and_readiness(triton_client, registered):
     assert triton_client.is_server_live() and triton_client.is_server_ready()
-    assert triton_client.get_server_metadata()["extensions"] == ["binary_tensor_data"]  # no admin token: no repository
+    extensions = ["binary_tensor_data", "classification", "model_configuration"]  # no admin token: no repository
+    assert triton_client.get_server_metadata()["extensions"] == extensions
     with pytest.raises(InferenceServerException) as off:
         triton_client.get_model_repository_index()
     assert off.value.status() == "404"
@@ -45,6 +46,30 @@ def test_server_and_model_metadata_and_readiness(triton_client, registered):
         assert triton_client.is_model_ready(name) and triton_client.is_model_ready(name, version)
         assert triton_client.get_model_metadata(name, version)["versions"] == [version]
         assert triton_client.is_model_ready(f"{name}-pipeline")
+
+
+def test_the_model_configuration_and_classification_as_tritonclient_asks(triton_client, registered):
+    version = registered["fashion-cnn"]["tag"].split(":")[1]
+    config, metadata = (
+        triton_client.get_model_config("fashion-cnn", version),
+        triton_client.get_model_metadata("fashion-cnn"),
+    )
+    assert config["name"] == "fashion-cnn" and config["max_batch_size"] == 64
+    assert [-1, *config["input"][0]["dims"]] == metadata["inputs"][0]["shape"]
+    with pytest.raises(InferenceServerException) as unknown:
+        triton_client.get_model_config("no-such-model")
+    assert unknown.value.status() == "404" and "no model named 'no-such-model'" in unknown.value.message()
+    files, _ = fashion_test_images(2)
+    expected = offline_image_probabilities(registered["fashion-cnn"]["tag"], files)
+    image = triton.InferInput("image", [2], "BYTES")
+    image.set_data_from_numpy(np.array(files, dtype=np.object_))
+    for binary in (True, False):
+        wanted = [triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=2)]
+        top = triton_client.infer("fashion-cnn-pipeline", [image], outputs=wanted).as_numpy("probabilities")
+        answered = [[(e.decode() if isinstance(e, bytes) else e).split(":") for e in row] for row in top]
+        assert [[int(index) for _, index, _ in row] for row in answered] == np.argsort(-expected)[:, :2].tolist()
+        labels = registered["fashion-cnn"]["labels"]
+        assert [row[0][2] for row in answered] == [labels[i] for i in expected.argmax(1)]
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])

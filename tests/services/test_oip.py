@@ -204,3 +204,63 @@ def test_oip_requests_go_through_the_models_batcher_counted_in_items(client):
     files, _ = fashion_test_images(1)
     assert client.post("/classify_image", files={"image": ("a.png", files[0], "image/png")}).status_code == 200
     assert items() - before == 3
+
+
+def test_classification_answers_the_top_classes_as_score_index_label(client, cnn_card):
+    files, pixels = fashion_test_images(3)
+    batch = triton.InferInput("pixels", [3, 1, 28, 28], "FP32")
+    batch.set_data_from_numpy(((pixels.astype(np.float32) / 255 - 0.2860) / 0.3530)[:, None])
+    logits = binary_infer(client, "fashion-cnn", [batch], [triton.InferRequestedOutput("logits")]).as_numpy("logits")
+    top = np.argsort(-logits, axis=1)[:, :3]
+    for binary in (True, False):
+        wanted = [triton.InferRequestedOutput("logits", binary_data=binary, class_count=3)]
+        classes = binary_infer(client, "fashion-cnn", [batch], wanted).as_numpy("logits")
+        assert classes.shape == (3, 3)
+        for row, (answered, indices) in enumerate(zip(classes, top, strict=True)):
+            fields = [(e.decode() if isinstance(e, bytes) else e).split(":") for e in answered]  # JSON: str
+            assert [int(index) for _, index, _ in fields] == indices.tolist()
+            assert [label for _, _, label in fields] == [cnn_card["labels"][i] for i in indices]
+            np.testing.assert_allclose([float(score) for score, _, _ in fields], logits[row, indices], atol=1e-5)
+    image = triton.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array(files[:1], dtype=np.object_))
+    every = [triton.InferRequestedOutput("probabilities", class_count=99)]  # past the class count: every class
+    assert binary_infer(client, "fashion-cnn-pipeline", [image], every).as_numpy("probabilities").shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    "output,error",
+    [
+        ({"name": "label", "parameters": {"classification": 2}}, "output label: classification needs numeric scores"),
+        ({"name": "probabilities", "parameters": {"classification": 0}}, "must be a positive integer"),
+        ({"name": "probabilities", "parameters": {"classification": "2"}}, "must be a positive integer"),
+        ({"name": "probabilities", "parameters": {"classification": True}}, "must be a positive integer"),
+    ],
+)
+def test_classification_of_what_cannot_be_classified_is_refused(client, output, error):
+    request = {"inputs": [{"name": "pixels", "shape": [1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}
+    response = client.post("/v2/models/fashion-cnn-pipeline/infer", json={**request, "outputs": [output]})
+    assert response.status_code == 400 and error in response.json()["error"], response.text
+
+
+def test_each_models_configuration_agrees_with_its_metadata(client, registered):
+    cnn = client.get("/v2/models/fashion-cnn/config").json()
+    assert (cnn["platform"], cnn["backend"], cnn["max_batch_size"]) == ("onnxruntime_onnx", "onnxruntime", 64)
+    assert cnn["input"] == [{"name": "pixels", "data_type": "TYPE_FP32", "dims": [1, 28, 28]}]
+    assert cnn["dynamic_batching"] == {"max_queue_delay_microseconds": 1000}
+    assert cnn["instance_group"] == [{"kind": "KIND_CPU", "count": 1}] and cnn["version_policy"] == {"all": {}}
+    text = client.get("/v2/models/wordnet-transformer-pipeline/config").json()
+    assert text["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": []}] and "backend" not in text
+    names = ["fashion-cnn", "co2-lstm", "wordnet-transformer", "fashion-cnn-pipeline", "co2-gru-pipeline"]
+    for name in names:
+        metadata = client.get(f"/v2/models/{name}").json()
+        version = metadata["versions"][-1]
+        config = client.get(f"/v2/models/{name}/versions/{version}/config").json()
+        batch = [-1] if config["max_batch_size"] else []
+        for key, config_key in (("inputs", "input"), ("outputs", "output")):
+            described = [(t["name"], t["datatype"], t["shape"]) for t in metadata[key]]
+            configured = [(t["name"], t["data_type"], batch + t["dims"]) for t in config[config_key]]
+            assert configured == [(n, "TYPE_STRING" if d == "BYTES" else f"TYPE_{d}", s) for n, d, s in described]
+    unknown = client.get("/v2/models/no-such-model/config")
+    assert unknown.status_code == 404 and "no model named 'no-such-model'" in unknown.json()["error"]
+    assert client.get("/v2/models/fashion-cnn/versions/nope/config").status_code == 404
+    assert {"classification", "model_configuration"} <= set(client.get("/v2").json()["extensions"])
