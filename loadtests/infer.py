@@ -60,19 +60,21 @@ def model_metadata(client: httpx.Client, model: str, version: str | None) -> dic
     return answer.json()
 
 
-def server_times(client: httpx.Client, model: str) -> dict[str, float] | None:
-    """This platform's queue and compute series for `model` (a pipeline's are its graph's): sums and counts."""
+def server_times(client: httpx.Client, model: str, version: str | None = None) -> dict[str, float] | None:
+    """The server's queue and compute figures for `model` from Triton's statistics extension (this platform's,
+    Triton's; a pipeline's are its graph's), summed over its versions: counts and ns. None: the server has none."""
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/stats"
     try:
-        text = client.get("/metrics").text
-    except httpx.HTTPError:
+        answer = client.get(path)
+        stats = answer.json()["model_stats"] if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
-    graph = model.removesuffix("-pipeline")
     found: dict[str, float] = {}
-    for line in text.splitlines():
-        for series in ("modelroad_queue_seconds", "modelroad_inference_seconds"):
-            for part in ("sum", "count"):
-                if line.startswith(f'{series}_{part}{{model="{graph}"}}'):
-                    found[f"{series}_{part}"] = float(line.rsplit(" ", 1)[1])
+    for entry in stats or ():
+        for kind in ("queue", "compute_infer"):
+            duration = entry.get("inference_stats", {}).get(kind, {})
+            for part in ("count", "ns"):
+                found[f"{kind}_{part}"] = found.get(f"{kind}_{part}", 0) + float(duration.get(part, 0))
     return found or None
 
 
@@ -102,18 +104,15 @@ class Row:
 
 
 def server_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float | None]:
-    """Mean server-side queue wait per request and compute per batch over the step, in ms (None: not exposed)."""
+    """Mean server-side queue wait and compute time over the step, in ms (None: the server has no statistics)."""
 
-    def mean(series: str) -> float | None:
-        if not before or not after or f"{series}_count" not in after:
+    def mean(kind: str) -> float | None:
+        if not before or not after or f"{kind}_count" not in after:
             return None
-        count = after[f"{series}_count"] - before.get(f"{series}_count", 0)
-        return (after[f"{series}_sum"] - before.get(f"{series}_sum", 0)) / count * 1000 if count else None
+        count = after[f"{kind}_count"] - before.get(f"{kind}_count", 0)
+        return (after[f"{kind}_ns"] - before.get(f"{kind}_ns", 0)) / count / 1e6 if count else None
 
-    return {
-        "server_queue_ms": mean("modelroad_queue_seconds"),
-        "server_compute_ms": mean("modelroad_inference_seconds"),
-    }
+    return {"server_queue_ms": mean("queue"), "server_compute_ms": mean("compute_infer")}
 
 
 def table(rows: Sequence[Row]) -> str:
@@ -280,11 +279,11 @@ def measure(args: argparse.Namespace) -> list[Row]:
         rows: list[Row] = []
         print(table(rows), flush=True)
         for concurrency, rate in loads(args):
-            before = server_times(client, args.model)
+            before = server_times(client, args.model, args.version)
             # Open loop: windows of at least ~300 arrivals, so that Poisson noise (±6%) lets three agree within 10%.
             window = max(args.window, 300 / rate) if rate else args.window
             step = asyncio.run(run_step(load, concurrency, rate, args.warmup, window, args.max_seconds, args.timeout))
-            rows.append(Row(step, server_delta(before, server_times(client, args.model))))
+            rows.append(Row(step, server_delta(before, server_times(client, args.model, args.version))))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 

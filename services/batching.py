@@ -41,14 +41,17 @@ class MicroBatcher(Generic[P, R]):
         max_items: int,
         max_wait_s: float = 0.0,
         company: Callable[[], bool] = lambda: True,
+        version: str = "",
     ):
+        """`name` and `version`: the model version whose series count the batches."""
         self.name = name
         self._infer = infer
         self._count_items = count_items
         self.max_items = max_items
         self.max_wait_s = max_wait_s
         self._company = company
-        self._queued_for, self._items = QUEUE_SECONDS.labels(name), BATCH_SIZE.labels(name)  # children made once
+        # Children made once (`labels()` costs per call).
+        self._queued_for, self._items = QUEUE_SECONDS.labels(name, version), BATCH_SIZE.labels(name, version)
         self._queue: deque[_Pending[P, R]] = deque()
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None

@@ -23,7 +23,7 @@ import numpy as np
 from contracts.preprocessing import InvalidInput
 from contracts.tensors import Feeds, TensorSpec, rows_problem
 from services.errors import BadRequest, NotFound, ServingError
-from services.metrics import SHADOW_DROPPED, VersionSeries
+from services.metrics import SHADOW_DROPPED, VersionSeries, VersionStatistics, version_statistics
 from services.runner import OnnxRunner
 from services.traffic import Policy
 
@@ -129,6 +129,39 @@ class InferenceModel:
             config["backend"] = "onnxruntime"
         return config
 
+    def statistics(self, figures: VersionStatistics) -> dict[str, Any]:
+        """Triton's statistics of this version (its JSON form) from its stored version's figures. Its pipeline and
+        graph share one runner and one set of figures: every route the version answers is counted there once. The
+        merge and split of a batch's calls are inside compute_infer (compute_input and compute_output: 0 ns)."""
+        executions = sum(count for count, _ in figures.batches.values())
+        batches = sorted(figures.batches.items())
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_inference": round(figures.last * 1000),  # ms since the epoch
+            "inference_count": round(sum(size * count for size, (count, _) in batches)),
+            "execution_count": round(executions),
+            "inference_stats": {
+                "success": duration(figures.ok, figures.ok_s),
+                "fail": duration(figures.failed, figures.failed_s),
+                "queue": duration(figures.queued, figures.queue_s),
+                "compute_input": duration(executions, 0),
+                "compute_infer": duration(executions, sum(seconds for _, seconds in figures.batches.values())),
+                "compute_output": duration(executions, 0),
+                "cache_hit": duration(0, 0),
+                "cache_miss": duration(0, 0),
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": duration(count, 0),
+                    "compute_infer": duration(count, seconds),
+                    "compute_output": duration(count, 0),
+                }
+                for size, (count, seconds) in batches
+            ],
+        }
+
     async def infer(self, tensors: dict[str, np.ndarray], record: bool = True) -> dict[str, np.ndarray]:
         """The outputs for inputs that passed `problem`; `record`: count them in the answer series and payload log
         (not for a shadow's copy)."""
@@ -166,6 +199,11 @@ class OnnxModel(InferenceModel):
         return self.runner.graph_outputs(await self.runner.submit(tensors))
 
 
+def duration(count: float, seconds: float) -> dict[str, int]:
+    """One of Triton's statistic durations: how many, and their time in ns."""
+    return {"count": round(count), "ns": round(seconds * 1e9)}
+
+
 def config_type(datatype: str) -> str:
     """A protocol datatype as Triton's configuration names it (BYTES is TYPE_STRING there)."""
     return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
@@ -192,13 +230,13 @@ class Choice:
             try:
                 yield
             except ServingError as refused:
-                series.count("invalid" if refused.status < 500 else "error")
+                series.count("invalid" if refused.status < 500 else "error", time.perf_counter() - start)
                 raise
             except InvalidInput:  # an input the preprocessing refuses (e.g. not an image): 400 or 413
-                series.count("invalid")
+                series.count("invalid", time.perf_counter() - start)
                 raise
             except Exception:
-                series.count("error")
+                series.count("error", time.perf_counter() - start)
                 raise
         series.count("ok", time.perf_counter() - start)
 
@@ -296,6 +334,18 @@ class ModelRepository:
 
     def config(self, name: str, version: str | None = None) -> dict[str, Any]:
         return self.get(name, version).config()
+
+    def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Triton's statistics of every served model, of every version of `name`, or of one version of it."""
+        if not name:
+            models = self.models()
+        elif version:
+            models = [self.get(name, version)]
+        else:
+            self.get(name)  # NotFound for a name not served
+            models = list(self.versions[name].values())
+        figures = version_statistics()
+        return [model.statistics(figures.get((model.model, model.version), VersionStatistics())) for model in models]
 
     def get(self, name: str, version: str | None = None) -> InferenceModel:
         """`version` of `name`, or with none, the latest (the version policy is for `choose`)."""

@@ -11,7 +11,9 @@ import atexit
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -93,21 +95,36 @@ IN_PROGRESS = Gauge(
 # Compute of one ONNX Runtime call; a small CNN batch takes ~0.1-5 ms, a text batch up to ~100 ms.
 INFERENCE_SECONDS = Histogram(
     "modelroad_inference_seconds",
-    "Time of one ONNX Runtime call (one batch; with a runner service, the call to it), by model.",
-    ["model"],
+    "Time of one ONNX Runtime call (one batch; with a runner service, the call to it), by model and version.",
+    ["model", "version"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 QUEUE_SECONDS = Histogram(
     "modelroad_queue_seconds",
-    "Time a request waited for its batch to start, by model.",
-    ["model"],
+    "Time a request waited for its batch to start, by model and version.",
+    ["model", "version"],
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 BATCH_SIZE = Histogram(
     "modelroad_batch_size",
-    "Items per ONNX Runtime call, by model.",
-    ["model"],
+    "Items per ONNX Runtime call, by model and version.",
+    ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+# The same calls by exact batch size (bounded by MODELROAD_MAX_BATCH_SIZE): Triton's batch statistics.
+BATCHES = Counter(
+    "modelroad_batches", "ONNX Runtime calls, by model, version and batch size (items).", ["model", "version", "size"]
+)
+BATCH_SECONDS = Counter(
+    "modelroad_batch_seconds",
+    "Time of the ONNX Runtime calls, by model, version and batch size (items).",
+    ["model", "version", "size"],
+)
+LAST_INFERENCE = Gauge(
+    "modelroad_last_inference_timestamp_seconds",
+    "When a model version's last ONNX Runtime call ended (Unix time).",
+    ["model", "version"],
+    multiprocess_mode="max",
 )
 PREDICTIONS = Counter(
     "modelroad_predictions_total", "Predictions served, by model and predicted class.", ["model", "label"]
@@ -153,6 +170,11 @@ VERSION_SECONDS = Histogram(
     ["model", "version"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+VERSION_FAILED_SECONDS = Counter(
+    "modelroad_version_failed_seconds",
+    "Time from choosing a version to its refusal or failure, by model and version (the requests not ok).",
+    ["model", "version"],
+)
 VERSION_ANSWERS = Counter(
     "modelroad_version_answers_total", "Inputs answered by a family's version (with scores on).", ["model", "version"]
 )
@@ -184,14 +206,39 @@ class VersionSeries:
 
     def __init__(self, model: str, version: str):
         self.outcomes = {o: VERSION_REQUESTS.labels(model, version, o) for o in ("ok", "invalid", "error")}
-        self.seconds = VERSION_SECONDS.labels(model, version)
+        self.seconds, self.failed_seconds = (
+            VERSION_SECONDS.labels(model, version),
+            VERSION_FAILED_SECONDS.labels(model, version),
+        )
         self.compared = {o: SHADOW_COMPARISONS.labels(model, version, o) for o in ("agree", "disagree", "error")}
         self.difference = SHADOW_DIFFERENCE.labels(model, version)
 
-    def count(self, outcome: str, seconds: float | None = None) -> None:
+    def count(self, outcome: str, seconds: float) -> None:
         self.outcomes[outcome].inc()
-        if seconds is not None:
+        if outcome == "ok":
             self.seconds.observe(seconds)
+        else:
+            self.failed_seconds.inc(seconds)
+
+
+class RunSeries:
+    """One model version's ONNX Runtime calls: their time (the histogram, and by batch size), and the last's end.
+    A size's children are made at its first call (`labels()` costs per call)."""
+
+    def __init__(self, model: str, version: str):
+        self.model, self.version = model, version
+        self.seconds, self.last = INFERENCE_SECONDS.labels(model, version), LAST_INFERENCE.labels(model, version)
+        self._sizes: dict[int, tuple[Any, Any]] = {}
+
+    def record(self, size: int, seconds: float) -> None:
+        self.seconds.observe(seconds)
+        children = self._sizes.get(size)
+        if children is None:
+            labels = (self.model, self.version, str(size))
+            children = self._sizes[size] = (BATCHES.labels(*labels), BATCH_SECONDS.labels(*labels))
+        children[0].inc()
+        children[1].inc(seconds)
+        self.last.set(time.time())
 
 
 class AnswerCounters:
@@ -321,3 +368,50 @@ def version_figures() -> list[dict[str, Any]]:
         entry["observed"] = counts.pop(float("inf"), 0)
         entry["buckets"] = sorted([le, n] for le, n in counts.items())
     return sorted(figures.values(), key=lambda e: (e["model"], e["version"]))
+
+
+@dataclass
+class VersionStatistics:
+    """One model version's figures for Triton's statistics, summed over workers: requests answered (ok) and not
+    (refused or failed) with their time, calls queued for a batch and their wait, ONNX Runtime calls by batch size
+    ([count, seconds]) and when the last ended."""
+
+    ok: float = 0
+    ok_s: float = 0
+    failed: float = 0
+    failed_s: float = 0
+    queued: float = 0
+    queue_s: float = 0
+    batches: dict[int, list[float]] = field(default_factory=dict)
+    last: float = 0
+
+
+def version_statistics() -> dict[tuple[str, str], VersionStatistics]:
+    """Every version's statistics since the server started serving it, by (model, version), from its series."""
+    found: dict[tuple[str, str], VersionStatistics] = {}
+    for family in all_workers().collect():
+        for sample in family.samples if family.name.startswith("modelroad_") else ():
+            labels = sample.labels
+            if "version" not in labels or "model" not in labels:
+                continue
+            figures = found.setdefault((labels["model"], labels["version"]), VersionStatistics())
+            name, value = sample.name, sample.value
+            if name == "modelroad_version_requests_total":
+                if labels["outcome"] == "ok":
+                    figures.ok += value
+                else:
+                    figures.failed += value
+            elif name == "modelroad_version_request_seconds_sum":
+                figures.ok_s += value
+            elif name == "modelroad_version_failed_seconds_total":
+                figures.failed_s += value
+            elif name == "modelroad_queue_seconds_count":
+                figures.queued += value
+            elif name == "modelroad_queue_seconds_sum":
+                figures.queue_s += value
+            elif name in ("modelroad_batches_total", "modelroad_batch_seconds_total"):
+                size = figures.batches.setdefault(int(labels["size"]), [0, 0])
+                size[name == "modelroad_batch_seconds_total"] += value
+            elif name == "modelroad_last_inference_timestamp_seconds":
+                figures.last = max(figures.last, value)
+    return found

@@ -28,7 +28,7 @@ HEADER_LENGTH = "inference-header-content-length"
 # NumPy kinds of JSON data each tensor kind takes: no int from a float (4.5 would become 4), bools from bools only.
 JSON_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 SERVER = {"name": "modelroad", "version": "0.1.0"}
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 
 
 class RequestInput(BaseModel):
@@ -269,7 +269,23 @@ def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[s
 
 
 def add_model_routes(router: APIRouter, Name: Any, Version: Any) -> None:
-    """Each model's and version's metadata, configuration and readiness."""
+    """Each model's and version's metadata, configuration, statistics and readiness."""
+
+    @router.get("/models/stats", summary="every served model's statistics (Triton's)")
+    async def all_statistics(request: Request) -> dict[str, Any]:
+        return {"model_stats": served_models(request).statistics()}
+
+    @router.get("/models/{name}/stats", summary="the model's statistics (Triton's)", responses={404: ERRORS[404]})
+    async def model_statistics(request: Request, name: Name) -> dict[str, Any]:
+        return {"model_stats": served_models(request).statistics(name)}
+
+    @router.get(
+        "/models/{name}/versions/{version}/stats",
+        summary="the model version's statistics (Triton's)",
+        responses={404: ERRORS[404]},
+    )
+    async def version_statistics(request: Request, name: Name, version: Version) -> dict[str, Any]:
+        return {"model_stats": served_models(request).statistics(name, version)}
 
     @router.get("/models/{name}", summary="model metadata", responses={404: ERRORS[404]})
     async def model_metadata(request: Request, name: Name) -> dict[str, Any]:

@@ -305,6 +305,11 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
     @guarded()
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        found = self.state.models.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[json_format.ParseDict(s, pb.ModelStatistics()) for s in found])
+
+    @guarded()
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.state.models.get(request.name, request.version or None).ready)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -18,7 +19,7 @@ from contracts.card import ModelCard, file_sha256
 from contracts.tensors import Feeds, TensorSpec, zero_feeds
 from services.batching import MicroBatcher
 from services.gate import Admitted
-from services.metrics import INFERENCE_SECONDS, MODEL_INFO, VersionSeries
+from services.metrics import MODEL_INFO, RunSeries, VersionSeries
 from services.remote import RemoteSession
 from services.settings import ServeSettings
 
@@ -150,7 +151,7 @@ class OnnxRunner:
         self.created = stored.info.creation_time
         self.card = ModelCard.from_metadata(stored.info.metadata)
         self.series = VersionSeries(self.name, self.version)  # what a rollout compares between versions
-        self.inference_seconds = INFERENCE_SECONDS.labels(self.name)
+        self.runs = RunSeries(self.name, self.version)  # its ONNX Runtime calls (Triton's statistics read them)
         providers, wanted = choose_providers(settings.device, ort.get_available_providers())
         # The API worker reads the graph's signature itself, also when a runner service computes.
         session = ort.InferenceSession(
@@ -175,6 +176,7 @@ class OnnxRunner:
             max_items=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000,
             company=Admitted.others,
+            version=self.version,
         )
 
     def infer(self, calls: Sequence[Feeds]) -> list[Outputs]:
@@ -198,9 +200,12 @@ class OnnxRunner:
         return MODEL_INFO.labels(self.name, self.version, self.session.device, str(self.card.opset or ""))
 
     def run(self, feeds: Feeds) -> Outputs:
-        """One inference call (one batch): the graph's outputs, and what `derive` makes of them."""
-        with self.inference_seconds.time():
-            outputs = self.session.run(feeds)
+        """One inference call (one batch): the graph's outputs, and what `derive` makes of them. Counted once the
+        runner is warm (the warm-up call is not a client's)."""
+        start = time.perf_counter()
+        outputs = self.session.run(feeds)
+        if self.warmed:
+            self.runs.record(rows(feeds), time.perf_counter() - start)
         return {**outputs, **self.derive(outputs)} if self.derive else outputs
 
     def graph_outputs(self, outputs: Outputs) -> Outputs:

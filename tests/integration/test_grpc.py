@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+import tritonclient.http as triton_http
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
@@ -82,7 +83,7 @@ def infer(client, model: str, array: np.ndarray, name: str, datatype: str, **kwa
 def test_probes_metadata_and_readiness(client, registered):
     assert client.is_server_live() and client.is_server_ready()  # probes: no key needed
     metadata = client.get_server_metadata(headers=AUTH)
-    extensions = ["binary_tensor_data", "classification", "model_configuration", "model_repository"]
+    extensions = ["binary_tensor_data", "classification", "model_configuration", "statistics", "model_repository"]
     assert metadata.name == "modelroad" and list(metadata.extensions) == extensions
     version = registered["fashion-cnn"]["tag"].split(":")[1]
     described = client.get_model_metadata("fashion-cnn", version, headers=AUTH)
@@ -166,6 +167,36 @@ def test_the_model_configuration_and_classification_as_tritonclient_asks(client,
             "fashion-cnn-pipeline", [image], outputs=[triton.InferRequestedOutput("label", class_count=1)], headers=AUTH
         )
     assert refused.value.status() == "StatusCode.INVALID_ARGUMENT" and "needs numeric scores" in refused.value.message()
+
+
+def test_statistics_sum_every_workers_calls_and_agree_over_both_protocols(grpc_server, client, registered):
+    version = registered["fashion-cnn"]["tag"].split(":")[1]
+    rest = triton_http.InferenceServerClient(grpc_server[1].removeprefix("http://"))
+
+    def over_rest() -> dict:
+        return rest.get_inference_statistics("fashion-cnn", version, headers=AUTH)["model_stats"][0]
+
+    before = over_rest()
+    for _ in range(8):  # a channel each: the kernel spreads new connections over the 2 workers' shared port
+        with triton.InferenceServerClient(grpc_server[2]) as fresh:
+            infer(fresh, "fashion-cnn", np.zeros((2, 1, 28, 28), np.float32), "pixels", "FP32")
+    after = over_rest()
+    assert after["inference_count"] - before["inference_count"] == 16
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 8
+    assert after["inference_stats"]["queue"]["count"] - before["inference_stats"]["queue"]["count"] == 8
+    assert 1 <= after["execution_count"] - before["execution_count"] <= 8
+    (over_grpc,) = client.get_inference_statistics("fashion-cnn", version, headers=AUTH).model_stats
+    assert over_grpc.inference_count == after["inference_count"]
+    assert over_grpc.execution_count == after["execution_count"]
+    assert over_grpc.inference_stats.compute_infer.ns == after["inference_stats"]["compute_infer"]["ns"]
+    assert {(s.name, s.version) for s in client.get_inference_statistics(headers=AUTH).model_stats} >= {
+        ("fashion-cnn", version),
+        ("fashion-cnn-pipeline", version),
+    }
+    with pytest.raises(InferenceServerException) as unknown:
+        client.get_inference_statistics("no-such-model", headers=AUTH)
+    assert unknown.value.status() == "StatusCode.NOT_FOUND" and "no model named" in unknown.value.message()
+    rest.close()
 
 
 def test_typed_contents_and_requested_outputs_through_a_generated_stub(grpc_server, registered):

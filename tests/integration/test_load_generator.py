@@ -50,7 +50,7 @@ def test_a_pipeline_with_bytes_inputs_swept_by_concurrency(server, capsys, tmp_p
     for row in rows:
         assert row["requests_per_s"] > 0 and row["statuses"] == {"200": pytest.approx(row["statuses"]["200"])}
         assert row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"]
-        assert row["server_queue_ms"] is not None and row["server_compute_ms"] > 0  # from the platform's /metrics
+        assert row["server_queue_ms"] is not None and row["server_compute_ms"] > 0  # from its statistics extension
     with open(tmp_path / "steps.csv") as file:
         assert [r["load"] for r in csv.DictReader(file)] == ["c=1", "c=4"]
     assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
@@ -126,4 +126,4 @@ def test_the_peers_are_load_tested_unchanged(peer, registered, capsys, tmp_path)
             assert status == 0, printed + err
             (row,) = steps(out)
             assert row["error_ratio"] == 0 and row["requests_per_s"] > 0
-            assert row["server_queue_ms"] is None  # a peer exposes no modelroad_* series
+            assert row["server_queue_ms"] is None  # KServe and MLServer serve no statistics extension

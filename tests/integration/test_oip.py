@@ -34,7 +34,8 @@ def infer(client, model: str, array: np.ndarray, input_name: str, datatype: str,
 
 def test_server_and_model_metadata_and_readiness(triton_client, registered):
     assert triton_client.is_server_live() and triton_client.is_server_ready()
-    extensions = ["binary_tensor_data", "classification", "model_configuration"]  # no admin token: no repository
+    # No admin token: no repository.
+    extensions = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
     assert triton_client.get_server_metadata()["extensions"] == extensions
     with pytest.raises(InferenceServerException) as off:
         triton_client.get_model_repository_index()

@@ -147,7 +147,7 @@ def test_an_answer_and_the_edge_refusals_as_grpc_codes(doubler):
         time.sleep(0.4)
         assert first == [None]
     with triton.InferenceServerClient(address) as client:
-        unimplemented = refusal(lambda: client.get_inference_statistics("doubler"))
+        unimplemented = refusal(lambda: client.get_system_shared_memory_status())
     assert unimplemented.status() == "StatusCode.UNIMPLEMENTED"
 
 

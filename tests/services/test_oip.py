@@ -194,9 +194,10 @@ def test_binary_data_sizes_that_do_not_add_up_are_refused(client):
     assert bad_length.status_code == 400 and "Inference-Header-Content-Length" in bad_length.json()["error"]
 
 
-def test_oip_requests_go_through_the_models_batcher_counted_in_items(client):
+def test_oip_requests_go_through_the_models_batcher_counted_in_items(client, cnn_card):
     def items() -> float:
-        return REGISTRY.get_sample_value("modelroad_batch_size_sum", {"model": "fashion-cnn"}) or 0
+        labels = {"model": "fashion-cnn", "version": cnn_card["tag"].split(":")[1]}
+        return REGISTRY.get_sample_value("modelroad_batch_size_sum", labels) or 0
 
     before = items()
     request = {"inputs": [{**PIXELS, "shape": [2, 1, 28, 28], "data": [0.0] * 1568}]}
@@ -264,3 +265,36 @@ def test_each_models_configuration_agrees_with_its_metadata(client, registered):
     assert unknown.status_code == 404 and "no model named 'no-such-model'" in unknown.json()["error"]
     assert client.get("/v2/models/fashion-cnn/versions/nope/config").status_code == 404
     assert {"classification", "model_configuration"} <= set(client.get("/v2").json()["extensions"])
+
+
+def test_statistics_count_what_each_version_answered_refused_queued_and_computed(client, cnn_card):
+    version = cnn_card["tag"].split(":")[1]
+
+    def stats() -> dict:
+        (found,) = client.get(f"/v2/models/fashion-cnn/versions/{version}/stats").json()["model_stats"]
+        return found
+
+    before = stats()
+    request = {"inputs": [{**PIXELS, "shape": [3, 1, 28, 28], "data": [0.0] * 2352}]}
+    assert client.post("/v2/models/fashion-cnn/infer", json=request).status_code == 200
+    bad = {"inputs": [{**PIXELS, "shape": [1, 1, 28, 27], "data": [0.0] * 756}]}
+    assert client.post("/v2/models/fashion-cnn/infer", json=bad).status_code == 400
+    after = stats()
+    assert (after["name"], after["version"]) == ("fashion-cnn", version)
+    assert after["inference_count"] - before["inference_count"] == 3  # items, as Triton counts them
+    assert after["execution_count"] - before["execution_count"] == 1
+    done, was = after["inference_stats"], before["inference_stats"]
+    for kind, more in (("success", 1), ("fail", 1), ("queue", 1), ("compute_infer", 1)):
+        assert done[kind]["count"] - was[kind]["count"] == more, kind
+        assert done[kind]["ns"] > was[kind]["ns"], kind
+    size_3 = {b["batch_size"]: b for b in after["batch_stats"]}[3]["compute_infer"]
+    assert size_3["count"] >= 1 and size_3["ns"] > 0
+    assert after["last_inference"] >= before["last_inference"] > 0
+    every = client.get("/v2/models/stats").json()["model_stats"]
+    assert {("fashion-cnn", version), ("fashion-cnn-pipeline", version)} <= {(s["name"], s["version"]) for s in every}
+    pipeline = client.get("/v2/models/fashion-cnn-pipeline/stats").json()["model_stats"]
+    assert pipeline[0]["execution_count"] == after["execution_count"]  # one runner, one count for both
+    unknown = client.get("/v2/models/no-such-model/stats")
+    assert unknown.status_code == 404 and "no model named 'no-such-model'" in unknown.json()["error"]
+    assert client.get("/v2/models/fashion-cnn/versions/nope/stats").status_code == 404
+    assert "statistics" in client.get("/v2").json()["extensions"]
