@@ -221,7 +221,9 @@ class EdgeMiddleware:
         headers = dict(scope.get("headers", ()))
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         limit, what = (self.max_json_bytes, "JSON body")
-        if media in BYTE_BODIES:
+        # Bytes, or the binary tensor extension's JSON header and tensors (tritonclient sends it untyped): the
+        # header alone is held to the JSON limit below.
+        if media in BYTE_BODIES or JSON_HEADER_LENGTH in headers:
             limit, what = self.max_body_bytes, "request body"
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

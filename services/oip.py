@@ -22,6 +22,7 @@ from services.app import DirectRoute, media_types
 from services.classification import class_count, classify
 from services.errors import BadRequest, Unavailable, validation_message
 from services.inference import Choice, InferenceModel, ModelRepository
+from services.shared_memory import Place, served_regions
 from services.traffic import ROUTING_KEY
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -133,7 +134,13 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferenceReq
     offset = 0
     for spec in request.inputs:
         size = (spec.parameters or {}).get("binary_data_size")
-        if size is not None:
+        place = Place.of(spec.parameters or {}, f"input {spec.name}")
+        if place is not None:
+            if size is not None or spec.data is not None:
+                raise BadRequest(f"input {spec.name}: send it in shared memory, as binary data or as data: one of them")
+            what = f"input {spec.name}"
+            tensors[spec.name] = tensor_of(spec, served_regions(what).read(*place.span, what=what))
+        elif size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise BadRequest(f"input {spec.name}: binary_data_size {size!r} runs past the body's binary data")
             tensors[spec.name] = tensor_of(spec, binary[offset : offset + size])
@@ -156,10 +163,13 @@ def encode_response(model: InferenceModel, request: InferenceRequest, outputs: d
         if requested.name not in outputs:
             raise BadRequest(f"{model.name} has no output {requested.name!r}; its outputs are {sorted(outputs)}")
         array = outputs[requested.name]
-        if count := class_count(requested.name, (requested.parameters or {}).get("classification")):
+        parameters = requested.parameters or {}
+        if count := class_count(requested.name, parameters.get("classification")):
             array = classify(requested.name, array, count, model.labels)
         entry: dict[str, Any] = {"name": requested.name, "datatype": datatype_of(array), "shape": list(array.shape)}
-        if (requested.parameters or {}).get("binary_data", binary_default):
+        if place := Place.of(parameters, f"output {requested.name}"):
+            entry["parameters"] = place.wrote(tensor_bytes(array), f"output {requested.name}")
+        elif parameters.get("binary_data", binary_default):
             chunk = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
@@ -264,6 +274,63 @@ def routes(names: Sequence[str], versions: Sequence[str], extensions: Sequence[s
             dependencies=[INFER_TYPES],
             route_class_override=DirectRoute,
         )
+
+    return router
+
+
+class Registration(BaseModel):
+    """A system shared-memory region's registration: the object's key, and where the region lies in it."""
+
+    key: str
+    offset: Annotated[int, Field(ge=0)] = 0
+    byte_size: Annotated[int, Field(ge=0)]
+
+
+def shared_memory_routes() -> APIRouter:
+    """Triton's system shared-memory extension (served only with MODELROAD_SHARED_MEMORY on)."""
+    router = APIRouter(prefix="/v2/systemsharedmemory", tags=["Open Inference Protocol"])
+    Region = Annotated[str, Path(description="a region's name")]
+
+    def regions() -> Any:
+        return served_regions("the shared memory extension")
+
+    @router.get("/status", summary="every registered shared-memory region")
+    async def status_all() -> list[dict[str, Any]]:
+        return [region.describe() for region in regions().status()]
+
+    @router.get("/region/{name}/status", summary="one registered region", responses={404: ERRORS[404]})
+    async def status(name: Region) -> list[dict[str, Any]]:
+        return [region.describe() for region in regions().status(name)]
+
+    # tritonclient sends the registration's JSON without a Content-Type: the body is read as JSON whatever it says.
+    @router.post(
+        "/region/{name}/register",
+        summary="register a region",
+        responses={400: ERRORS[400]},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": Registration.model_json_schema()}},
+            }
+        },
+    )
+    async def register(request: Request, name: Region) -> dict[str, Any]:
+        try:
+            registration = Registration.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise BadRequest(validation_message(exc.errors())) from None
+        regions().register(name, registration.key, registration.offset, registration.byte_size)
+        return {}
+
+    @router.post("/unregister", summary="unregister every region")
+    async def unregister_all() -> dict[str, Any]:
+        regions().unregister()
+        return {}
+
+    @router.post("/region/{name}/unregister", summary="unregister a region")
+    async def unregister(name: Region) -> dict[str, Any]:
+        regions().unregister(name)
+        return {}
 
     return router
 

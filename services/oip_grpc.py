@@ -52,6 +52,7 @@ from services.oip import EXTENSIONS, SERVER, RequestInput, choose, tensor_bytes,
 from services.payloads import CURRENT_REQUEST_ID
 from services.repository import check_admin_token, load_parameters
 from services.settings import ServeSettings
+from services.shared_memory import Place, SharedMemory, served_regions
 from services.startup import DRAIN
 from services.traffic import ROUTING_KEY
 
@@ -106,24 +107,30 @@ class PortTaken(RuntimeError):
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> Feeds:
-    """A request's input tensors by name, from `raw_input_contents` (one per input) or each input's typed contents;
-    checked as REST checks JSON and binary data."""
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    """A request's input tensors by name, from a shared-memory region, `raw_input_contents` (one per input not in
+    shared memory) or each input's typed contents; checked as REST checks JSON and binary data."""
+    places = [Place.of(parameters(sent.parameters), f"input {sent.name}") for sent in request.inputs]
+    raw, sent_raw = iter(request.raw_input_contents), sum(place is None for place in places)
+    if request.raw_input_contents and len(request.raw_input_contents) != sent_raw:
         raise BadRequest(
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs: send one per input, "
-            "or typed contents for every input"
+            f"raw_input_contents has {len(request.raw_input_contents)} entries for {sent_raw} inputs: send one per "
+            "input (but those in shared memory), or typed contents for every input"
         )
     tensors: Feeds = {}
-    for index, sent in enumerate(request.inputs):
+    for sent, place in zip(request.inputs, places, strict=True):
         if sent.name in tensors:
             raise BadRequest("each input may be sent once")
+        what = f"input {sent.name}"
         field = CONTENTS.get(sent.datatype)
-        typed = list(getattr(sent.contents, field)) if field and not raw else None
+        typed = list(getattr(sent.contents, field)) if field and not request.raw_input_contents and not place else None
         spec = RequestInput.model_construct(
             name=sent.name, shape=list(sent.shape), datatype=sent.datatype, parameters=None, data=typed
         )
-        tensors[sent.name] = tensor_of(spec, raw[index] if raw else None)
+        if place is not None:
+            binary: bytes | None = served_regions(what).read(*place.span, what=what)
+        else:
+            binary = next(raw, None)
+        tensors[sent.name] = tensor_of(spec, binary)
     return tensors
 
 
@@ -135,16 +142,27 @@ def encode_outputs(model: InferenceModel, request: pb.ModelInferRequest, outputs
         if name not in outputs:
             raise BadRequest(f"{model.name} has no output {name!r}; its outputs are {sorted(outputs)}")
         array = outputs[name]
-        if count := class_count(name, parameter(wanted.parameters.get("classification"))):
+        asked = parameters(wanted.parameters)
+        if count := class_count(name, asked.get("classification")):
             array = classify(name, array, count, model.labels)
-        response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        response.raw_output_contents.append(tensor_bytes(array))
+        answered = response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        if place := Place.of(asked, f"output {name}"):
+            for key, value in place.wrote(tensor_bytes(array), f"output {name}").items():
+                setattr(answered.parameters[key], "string_param" if isinstance(value, str) else "int64_param", value)
+            response.raw_output_contents.append(b"")  # keeps the others' raw contents at their outputs' indices
+        else:
+            response.raw_output_contents.append(tensor_bytes(array))
     return response
 
 
 def parameter(value: pb.InferParameter | None) -> object:
     """An InferParameter's value (None when absent)."""
     return None if value is None else getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+
+
+def parameters(values: Any) -> dict[str, object]:
+    """A parameters map's values by name."""
+    return {name: parameter(value) for name, value in values.items()}
 
 
 # ---- the edge: what every call passes through ----
@@ -284,7 +302,11 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
 
     @guarded()
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
-        extensions = [*EXTENSIONS, *(["model_repository"] if self.state.admin else [])]
+        extensions = [
+            *EXTENSIONS,
+            *(["model_repository"] if self.state.admin else []),
+            *(["system_shared_memory"] if self.settings.shared_memory else []),
+        ]
         return pb.ServerMetadataResponse(name=SERVER["name"], version=SERVER["version"], extensions=extensions)
 
     @guarded()
@@ -323,6 +345,33 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
         context.set_trailing_metadata(((VERSION_HEADER.lower(), choice.primary.tag),))
         return response
 
+    def _regions(self) -> SharedMemory:
+        if not self.settings.shared_memory:
+            raise NotServed("the system shared memory extension is off on this server (MODELROAD_SHARED_MEMORY)")
+        return served_regions("the shared memory extension")
+
+    @guarded()
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        found = self._regions().status(request.name or None)
+        return pb.SystemSharedMemoryStatusResponse(regions={r.name: status(**r.describe()) for r in found})
+
+    @guarded()
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self._regions().register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @guarded()
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._regions().unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     def _admin(self, context: Any) -> Any:
         if self.state.admin is None:
             raise NotServed("the model repository extension is off: the server has no MODELROAD_ADMIN_TOKEN")
@@ -341,8 +390,7 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         admin = self._admin(context)
-        parameters = {name: parameter(value) for name, value in request.parameters.items()}
-        await admin.load(request.model_name, *load_parameters(parameters))
+        await admin.load(request.model_name, *load_parameters(parameters(request.parameters)))
         return pb.RepositoryModelLoadResponse()
 
     @guarded(ADMIN)

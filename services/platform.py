@@ -83,9 +83,13 @@ APP = build_app(
                 for n in (name, pipeline_name(name))
             ],
             versions=[m.tag.version for m in STORED.values()],
-            extensions=["model_repository"] if SETTINGS.admin_token else [],
+            extensions=[
+                *(["model_repository"] if SETTINGS.admin_token else []),
+                *(["system_shared_memory"] if SETTINGS.shared_memory else []),
+            ],
         ),
         *([repository.routes(SETTINGS.admin_token)] if SETTINGS.admin_token else []),
+        *([oip.shared_memory_routes()] if SETTINGS.shared_memory else []),
         pages.routes(),
     ],
     guarded=True,

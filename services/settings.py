@@ -56,6 +56,9 @@ class ServeSettings:
     cors_origins: str = ""
     ssl_certfile: str = ""  # both set: the server speaks HTTPS only (TLS 1.2 or later)
     ssl_keyfile: str = ""
+    # Triton's system shared-memory extension (services/shared_memory.py): for clients on this host only, since any
+    # client of the API can then make the server read and write the shared-memory objects it names.
+    shared_memory: bool = False
     # One JSON line a request (request id, method, route template, status, duration; no bodies, no keys).
     # Off by default: an access line a request costs throughput (BentoML's cost 20-37%).
     access_log: bool = False

@@ -18,6 +18,7 @@ BELOW_FAMILIES = (
     "services.oip",
     "services.oip_grpc",
     "services.classification",
+    "services.shared_memory",
     "services.gate",
     "services.repository",
     "services.desired",

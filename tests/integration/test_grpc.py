@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.http as triton_http
+import tritonclient.utils.shared_memory as shm
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
@@ -58,6 +59,7 @@ def grpc_server(registered, session_dir, tmp_path_factory, payload_folder):
         "MODELROAD_ADMIN_TOKEN": TOKEN,
         "MODELROAD_DRAIN_S": "2",
         "MODELROAD_PAYLOAD_LOG": str(payload_folder),
+        "MODELROAD_SHARED_MEMORY": "1",
     }
     log_path = session_dir / "grpc.log"
     process, url = start_server(private_home(session_dir, "grpc-home"), log_path, extra_env=env)
@@ -83,7 +85,10 @@ def infer(client, model: str, array: np.ndarray, name: str, datatype: str, **kwa
 def test_probes_metadata_and_readiness(client, registered):
     assert client.is_server_live() and client.is_server_ready()  # probes: no key needed
     metadata = client.get_server_metadata(headers=AUTH)
-    extensions = ["binary_tensor_data", "classification", "model_configuration", "statistics", "model_repository"]
+    extensions = [
+        *("binary_tensor_data", "classification", "model_configuration", "statistics"),
+        *("model_repository", "system_shared_memory"),
+    ]
     assert metadata.name == "modelroad" and list(metadata.extensions) == extensions
     version = registered["fashion-cnn"]["tag"].split(":")[1]
     described = client.get_model_metadata("fashion-cnn", version, headers=AUTH)
@@ -197,6 +202,63 @@ def test_statistics_sum_every_workers_calls_and_agree_over_both_protocols(grpc_s
         client.get_inference_statistics("no-such-model", headers=AUTH)
     assert unknown.value.status() == "StatusCode.NOT_FOUND" and "no model named" in unknown.value.message()
     rest.close()
+
+
+def refuse_what_lies_outside_the_regions(rest, client, sizes: dict[str, int]) -> None:
+    """An output bigger than its place, an input past its region: refused by name (the regions stay)."""
+    small = triton.InferRequestedOutput("logits")
+    small.set_shared_memory("out", 16)
+    tensor = triton.InferInput("pixels", [4, 1, 28, 28], "FP32")
+    tensor.set_shared_memory("in", sizes["in"])
+    with pytest.raises(InferenceServerException) as too_small:
+        client.infer("fashion-cnn", [tensor], outputs=[small], headers=AUTH)
+    assert too_small.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "more than the 16 asked" in too_small.value.message()
+    past = triton_http.InferInput("pixels", [4, 1, 28, 28], "FP32")
+    past.set_shared_memory("in", sizes["in"], offset=8)
+    with pytest.raises(InferenceServerException) as beyond:
+        rest.infer("fashion-cnn", [past], headers=AUTH)
+    assert beyond.value.status() == "400" and "run past region 'in'" in beyond.value.message()
+
+
+def test_inputs_and_outputs_in_system_shared_memory_over_both_protocols(grpc_server, client):
+    rest = triton_http.InferenceServerClient(grpc_server[1].removeprefix("http://"))
+    pixels = np.random.default_rng(0).normal(size=(4, 1, 28, 28)).astype(np.float32)
+    expected = infer(client, "fashion-cnn", pixels, "pixels", "FP32").as_numpy("logits")
+    keys = {"in": f"/modelroad-in-{os.getpid()}", "out": f"/modelroad-out-{os.getpid()}"}
+    sizes = {"in": pixels.nbytes, "out": expected.nbytes}
+    handles = {name: shm.create_shared_memory_region(name, keys[name], sizes[name]) for name in keys}
+    try:
+        shm.set_shared_memory_region(handles["in"], [pixels])
+        rest.register_system_shared_memory("in", keys["in"], sizes["in"], headers=AUTH)
+        client.register_system_shared_memory("out", keys["out"], sizes["out"], headers=AUTH)
+        listed = rest.get_system_shared_memory_status(headers=AUTH)
+        assert {(r["name"], r["key"], r["byte_size"]) for r in listed} == {(n, keys[n], sizes[n]) for n in keys}
+        assert set(client.get_system_shared_memory_status(headers=AUTH).regions) == {"in", "out"}
+        for module, protocol_client in ((triton_http, rest), (triton, client)):  # a region from either, on both
+            for _ in range(4):  # several calls: both workers answer from the regions the record names
+                shm.set_shared_memory_region(handles["out"], [np.zeros_like(expected)])
+                tensor = module.InferInput("pixels", list(pixels.shape), "FP32")
+                tensor.set_shared_memory("in", sizes["in"])
+                wanted = module.InferRequestedOutput("logits")
+                wanted.set_shared_memory("out", sizes["out"])
+                protocol_client.infer("fashion-cnn", [tensor], outputs=[wanted], headers=AUTH)
+                answered = shm.get_contents_as_numpy(handles["out"], np.float32, list(expected.shape))
+                np.testing.assert_allclose(answered, expected, atol=1e-5)
+        refuse_what_lies_outside_the_regions(rest, client, sizes)
+        rest.unregister_system_shared_memory("in", headers=AUTH)
+        tensor = triton.InferInput("pixels", list(pixels.shape), "FP32")
+        tensor.set_shared_memory("in", sizes["in"])
+        with pytest.raises(InferenceServerException) as gone:
+            client.infer("fashion-cnn", [tensor], headers=AUTH)
+        assert "no shared memory region 'in' is registered" in gone.value.message()
+        assert set(client.get_system_shared_memory_status(headers=AUTH).regions) == {"out"}
+    finally:
+        rest.unregister_system_shared_memory(headers=AUTH)
+        for handle in handles.values():
+            shm.destroy_shared_memory_region(handle)
+        rest.close()
+    assert client.get_system_shared_memory_status(headers=AUTH).regions == {}
 
 
 def test_typed_contents_and_requested_outputs_through_a_generated_stub(grpc_server, registered):

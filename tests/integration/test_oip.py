@@ -40,6 +40,9 @@ def test_server_and_model_metadata_and_readiness(triton_client, registered):
     with pytest.raises(InferenceServerException) as off:
         triton_client.get_model_repository_index()
     assert off.value.status() == "404"
+    with pytest.raises(InferenceServerException) as no_shared_memory:  # off unless MODELROAD_SHARED_MEMORY
+        triton_client.get_system_shared_memory_status()
+    assert no_shared_memory.value.status() == "404"
     for name, card in registered.items():
         if name.endswith("-int8"):
             continue  # registered, not served by default

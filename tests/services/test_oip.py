@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from tests.helpers import fashion_test_images, offline_image_probabilities, offline_text_probabilities
 
 JSON = {"content-type": "application/json"}
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def binary_infer(client, model: str, inputs: list, outputs: list | None = None):
@@ -151,6 +152,16 @@ PIXELS = {"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data":
         ("/v2/models/fashion-cnn/infer", {"inputs": [{**PIXELS, "shape": [-1, 1, 28, 28]}]}, 400, "negative dimension"),
         ("/v2/models/fashion-cnn/infer", {"input": []}, 400, "inputs: Field required"),
         (
+            "/v2/models/fashion-cnn/infer",
+            {
+                "inputs": [
+                    {**PIXELS, "data": None, "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4}}
+                ]
+            },
+            400,
+            "input pixels: shared memory is off on this server (MODELROAD_SHARED_MEMORY)",
+        ),
+        (
             "/v2/models/fashion-cnn-pipeline/infer",
             {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}]},
             400,
@@ -174,6 +185,18 @@ def test_bad_infer_requests_get_the_status_and_error_the_protocol_says(client, p
     response = client.post(path, json=body)
     assert response.status_code == status, response.text
     assert error in response.json()["error"]
+
+
+def test_a_binary_body_past_the_json_limit_is_held_to_the_body_limit(client):
+    pixels = triton.InferInput("pixels", [700, 1, 28, 28], "FP32")  # 2.2 MB of tensors: past the 2 MiB JSON limit
+    pixels.set_data_from_numpy(np.zeros((700, 1, 28, 28), np.float32))
+    body, length = triton.InferenceServerClient.generate_request_body([pixels])
+    # As tritonclient sends it: no Content-Type, the JSON part's length in its header (was 413 "JSON body of ...").
+    response = client.post("/v2/models/fashion-cnn/infer", content=body, headers={HEADER_LENGTH: str(length)})
+    assert response.status_code == 200, response.text
+    padded = b'{"inputs": []}' + b" " * (3 * 2**20)  # the JSON part itself is still held to the JSON limit
+    refused = client.post("/v2/models/fashion-cnn/infer", content=padded, headers={HEADER_LENGTH: str(len(padded))})
+    assert refused.status_code == 413 and "JSON header of" in refused.json()["error"]
 
 
 def test_binary_data_sizes_that_do_not_add_up_are_refused(client):
