@@ -17,7 +17,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
-from contracts.tensors import NUMPY_TYPES, datatype_of
+from contracts.tensors import DATATYPES, NUMPY_TYPES, datatype_of
 from services.app import DirectRoute, media_types
 from services.classification import class_count, classify
 from services.errors import BadRequest, Unavailable, validation_message
@@ -33,9 +33,11 @@ EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "st
 
 
 class RequestInput(BaseModel):
+    # The document states the rules `tensor_of` enforces (with its own messages): the protocol's datatypes, no
+    # negative dimension.
     name: str
-    shape: list[int]
-    datatype: str
+    shape: Annotated[list[int], Field(json_schema_extra={"items": {"type": "integer", "minimum": 0}})]
+    datatype: Annotated[str, Field(json_schema_extra={"enum": list(DATATYPES)})]
     parameters: dict[str, Any] | None = None
     data: Any = None
 
