@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("file", type=Path, help="the .onnx file (external data files beside it, if any)")
     imported.add_argument("--name", required=True, help="its name in the store and the inference protocol")
     imported.add_argument("--labels", type=Path, help="a text file of class names, one per line, by class id")
+    imported.add_argument(
+        "--examples",
+        type=Path,
+        help="an .npz of example inputs (one array per graph input, by name): a graph whose outputs are made tensors "
+        "(a ZipMap removed) is proven to answer as before on them (default: seeded inputs of its input types)",
+    )
     drift = commands.add_parser(
         "drift", help="compare the inputs in payload logs with the training data (Markdown + PNG report)"
     )
@@ -148,7 +154,7 @@ def import_command(args: argparse.Namespace, argv: list[str]) -> int:
     from training.import_model import ImportRefused, import_model
 
     try:
-        tag = import_model(args.file, args.name, args.labels)
+        tag = import_model(args.file, args.name, args.labels, args.examples)
     except ImportRefused as exc:
         log.error("not imported: %s", exc)
         return 2

@@ -126,23 +126,40 @@ def example_inputs(session: ort.InferenceSession, rows: int = 8) -> dict[str, np
     return feeds
 
 
+def read_examples(path: Path, session: ort.InferenceSession) -> dict[str, np.ndarray]:
+    """A user's example inputs: an .npz of one array per graph input, by name (read without unpickling)."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            feeds = {name: stored[name] for name in stored.files}
+    except (OSError, ValueError) as exc:
+        raise ImportRefused(f"{path}: not an .npz of arrays ({str(exc).splitlines()[0]})") from None
+    names = [arg.name for arg in session.get_inputs()]
+    if sorted(feeds) != sorted(names):
+        raise ImportRefused(f"{path} holds the arrays {sorted(feeds)}; the graph's inputs are {names}")
+    return feeds
+
+
 def check_unzipped(
-    original: onnx.ModelProto, unzipped: onnx.ModelProto, folder: Path, labels: tuple[str, ...]
+    original: onnx.ModelProto,
+    unzipped: onnx.ModelProto,
+    folder: Path,
+    labels: tuple[str, ...],
+    examples: dict[str, np.ndarray] | None = None,
 ) -> ort.InferenceSession:
-    """The unzipped graph's session, once its probabilities equal the original's maps, label by label, on example
-    inputs."""
+    """The unzipped graph's session, once its probabilities equal the original's maps, label by label, on the
+    user's example inputs (or, without, seeded ones of the graph's input types)."""
     sessions = []
     for model in (original, unzipped):
         whole = copy.deepcopy(model)
         load_external_data_for_model(whole, str(folder))
         sessions.append(ort.InferenceSession(whole.SerializeToString(), providers=["CPUExecutionProvider"]))
-    feeds = example_inputs(sessions[0])
+    feeds = examples if examples is not None else example_inputs(sessions[0])
     try:
         before = sessions[0].run(None, feeds)
     except Exception as exc:
-        raise ImportRefused(
-            f"the graph fails on example inputs of its input types: {str(exc).splitlines()[0]}"
-        ) from None
+        whose = "your example inputs" if examples is not None else "example inputs of its input types"
+        hint = "" if examples is not None else " (give inputs it takes with --examples FILE.npz)"
+        raise ImportRefused(f"the graph fails on {whose}: {str(exc).splitlines()[0]}{hint}") from None
     after = sessions[1].run(None, feeds)
     for output, old, new in zip(original.graph.output, before, after, strict=True):
         if output.type.HasField("tensor_type"):
@@ -165,8 +182,9 @@ def signature(session: ort.InferenceSession) -> tuple[tuple[TensorSpec, ...], tu
     return tuple(map(spec, session.get_inputs())), tuple(map(spec, session.get_outputs()))
 
 
-def import_model(path: Path, name: str, labels_path: Path | None = None) -> str:
-    """Check `path` and register it as `name`; returns the store tag."""
+def import_model(path: Path, name: str, labels_path: Path | None = None, examples_path: Path | None = None) -> str:
+    """Check `path` and register it as `name`; returns the store tag. `examples_path`: an .npz of inputs that a graph
+    whose outputs must be made tensors is proven on."""
     if not NAME.match(name):
         raise ImportRefused(f"name {name!r}: use lower-case letters, digits, '.', '_' and '-', at most 63 characters")
     if path.is_symlink() or not path.is_file():
@@ -189,7 +207,8 @@ def import_model(path: Path, name: str, labels_path: Path | None = None) -> str:
         if unzipped != model:
             graph = Path(scratch) / "model.onnx"
             onnx.save(unzipped, str(graph))  # external data stays referenced by its relative location
-            session = check_unzipped(model, unzipped, path.parent, class_labels)
+            examples = read_examples(examples_path, session) if examples_path else None
+            session = check_unzipped(model, unzipped, path.parent, class_labels, examples)
         inputs, outputs = signature(session)
         card = ModelCard(task="imported", inputs=inputs, outputs=outputs, output=outputs[0].name,
                          labels=tuple(labels) or class_labels, opset=opset,

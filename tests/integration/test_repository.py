@@ -86,6 +86,10 @@ def test_a_scikit_learn_classifier_exported_with_zipmap_answers_every_output_as_
         np.testing.assert_allclose(answer.as_numpy("output_probability"), pipeline.predict_proba(x), atol=1e-5)
         labels = [v.decode() if isinstance(v, bytes) else v for v in answer.as_numpy("output_label").tolist()]
         assert labels == pipeline.predict(x).tolist()
+    # Its class labels came from the ZipMap into the card: classification names them.
+    top = [triton.InferRequestedOutput("output_probability", class_count=1)]
+    classes = client.infer("sk-zipmap", [features], outputs=top).as_numpy("output_probability")
+    assert [entry.decode().rsplit(":", 1)[1] for entry in classes[:, 0]] == pipeline.predict(x).tolist()
 
 
 def test_an_unknown_version_is_404(repository_server):

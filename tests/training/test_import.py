@@ -102,7 +102,9 @@ def test_the_command_line_imports_or_says_why_not(tmp_path, caplog):
     assert "not a regular file" in caplog.text
 
 
-def sklearn_classifier(tmp_path: Path, zipmap: bool, labels: list) -> tuple[Path, np.ndarray, object]:
+def sklearn_classifier(
+    tmp_path: Path, zipmap: bool, labels: list, external: bool = False
+) -> tuple[Path, np.ndarray, object]:
     """A scaler + logistic regression exported by skl2onnx (ZipMap on by default), its test inputs and the pipeline."""
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
@@ -115,14 +117,23 @@ def sklearn_classifier(tmp_path: Path, zipmap: bool, labels: list) -> tuple[Path
     pipeline = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
     options = {} if zipmap else {"zipmap": False}
     graph = to_onnx(pipeline, x[:1], options={id(pipeline): options} if options else None, target_opset=17)
-    return write(graph, tmp_path / "classifier.onnx"), x, pipeline
+    path = tmp_path / "classifier" / "classifier.onnx"
+    path.parent.mkdir()
+    # External data: every initializer in a file beside the graph, as large models come.
+    onnx.save_model(graph, str(path), save_as_external_data=external, location="weights.bin", size_threshold=0)
+    return path, x, pipeline
 
 
 @pytest.mark.parametrize("labels", [[0, 1, 2], ["coat", "dress", "shirt"]], ids=["int-labels", "str-labels"])
 @pytest.mark.parametrize("zipmap", [True, False], ids=["zipmap", "no-zipmap"])
-def test_a_scikit_learn_classifier_is_served_as_tensors_with_its_labels(session_dir, tmp_path, zipmap, labels):
-    path, x, pipeline = sklearn_classifier(tmp_path, zipmap, labels)
-    tag = import_model(path, "sk-classifier")
+@pytest.mark.parametrize("external", [False, True], ids=["one-file", "external-data"])
+def test_a_scikit_learn_classifier_is_served_as_tensors_with_its_labels(
+    session_dir, tmp_path, zipmap, labels, external
+):
+    path, x, pipeline = sklearn_classifier(tmp_path, zipmap, labels, external)
+    examples = tmp_path / "examples.npz"
+    np.savez(examples, X=x[:5])
+    tag = import_model(path, "sk-classifier", examples_path=examples if external else None)
     stored = bentoml.models.get(tag)
     meta = stored.info.metadata
     label, probability = meta["outputs"]  # skl2onnx names them output_label and output_probability (or probabilities)
@@ -133,6 +144,21 @@ def test_a_scikit_learn_classifier_is_served_as_tensors_with_its_labels(session_
     answered, probabilities = session.run([label["name"], probability["name"]], {"X": x})
     np.testing.assert_allclose(probabilities, pipeline.predict_proba(x), atol=1e-5)
     assert answered.tolist() == pipeline.predict(x).tolist()
+
+
+def test_example_inputs_that_are_not_the_graphs_are_refused(session_dir, tmp_path):
+    path, x, _ = sklearn_classifier(tmp_path, True, [0, 1, 2])
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, features=x[:2])
+    with pytest.raises(ImportRefused, match=r"holds the arrays \['features'\]; the graph's inputs are \['X'\]"):
+        import_model(path, "sk-wrong", examples_path=wrong)
+    narrow = tmp_path / "narrow.npz"
+    np.savez(narrow, X=x[:2, :3])  # 3 features for a graph of 4
+    with pytest.raises(ImportRefused, match="the graph fails on your example inputs"):
+        import_model(path, "sk-narrow", examples_path=narrow)
+    np.savez(tmp_path / "pickled.npz", X=np.array([{"a": 1}], dtype=object))  # would need unpickling: never
+    with pytest.raises(ImportRefused, match=r"not an \.npz of arrays \(Object arrays cannot be loaded"):
+        import_model(path, "sk-pickled", examples_path=tmp_path / "pickled.npz")
 
 
 def test_a_map_output_that_is_no_zipmap_is_refused_naming_it(tmp_path):
