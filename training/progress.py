@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,15 @@ class ProgressReport:
 
     EXPORT_SHARE = 0.1  # of a task's expected seconds: the export, the parity check, the OOD fit, the variants
 
-    def __init__(self, task: str, epochs: int, expected_seconds: float, folder: str | None = None):
+    def __init__(
+        self,
+        task: str,
+        epochs: int,
+        expected_seconds: float,
+        folder: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.clock = clock  # a test's own (patching time.monotonic would also feed every other thread's calls)
         self.folder = folder if folder is not None else os.environ.get(PROGRESS_FOLDER, "")
         if os.environ.get("RANK", "0") != "0":
             self.folder = ""  # under torchrun, rank 0 alone reports
@@ -26,19 +35,19 @@ class ProgressReport:
         found = TrainingProgress.load(self.folder, task) if self.folder else None
         self.record = found or TrainingProgress(task)
         self.record.epochs, self.expected_seconds = epochs, expected_seconds
-        self.started = time.monotonic()
+        self.started = self.clock()
 
     def queued(self, card: ModelCard) -> None:
         """Before training: the interface its model will have (what a server builds the routes from)."""
         self._write(state="queued", card=card.to_metadata(), metric=card.key_metric, error="")
 
     def training(self) -> None:
-        self.started = time.monotonic()
+        self.started = self.clock()
         self._write(state="training", epoch=0, seconds_left=self.expected_seconds)
 
     def epoch(self, history: dict[str, float]) -> None:
         done = int(history["epoch"])
-        per_epoch = (time.monotonic() - self.started) / max(done, 1)
+        per_epoch = (self.clock() - self.started) / max(done, 1)
         left = per_epoch * (self.record.epochs - done) + self.EXPORT_SHARE * self.expected_seconds
         self._write(epoch=done, score=history.get("val_score"), seconds_left=left)
 

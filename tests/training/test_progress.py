@@ -28,10 +28,9 @@ def test_a_record_says_where_the_run_stands_in_one_line(tmp_path):
     assert list(TrainingProgress.load_all(tmp_path)) == ["fashion-cnn"]
 
 
-def test_a_report_estimates_the_time_left_from_its_epochs(tmp_path, monkeypatch):
+def test_a_report_estimates_the_time_left_from_its_epochs(tmp_path):
     clock = iter([100.0, 100.0, 160.0])  # made, training starts, one epoch later
-    monkeypatch.setattr("training.progress.time.monotonic", lambda: next(clock))
-    report = ProgressReport("fashion-cnn", epochs=12, expected_seconds=300, folder=str(tmp_path))
+    report = ProgressReport("fashion-cnn", 12, 300, folder=str(tmp_path), clock=lambda: next(clock))
     report.queued(ModelCard(task="image-classification", key_metric="accuracy", labels=("a", "b")))
     assert TrainingProgress.load(tmp_path, "fashion-cnn").card["labels"] == ["a", "b"]
     report.training()
