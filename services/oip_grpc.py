@@ -137,12 +137,11 @@ def decode_inputs(request: pb.ModelInferRequest) -> Feeds:
 def encode_outputs(model: InferenceModel, request: pb.ModelInferRequest, outputs: Feeds) -> pb.ModelInferResponse:
     """The requested outputs (all by default), as raw bytes in `raw_output_contents` (as Triton answers)."""
     response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
-    for wanted in request.outputs or [pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs]:
-        name = wanted.name
+    wanted = [(asked.name, parameters(asked.parameters)) for asked in request.outputs] or [(n, {}) for n in outputs]
+    for name, asked in wanted:
         if name not in outputs:
             raise BadRequest(f"{model.name} has no output {name!r}; its outputs are {sorted(outputs)}")
         array = outputs[name]
-        asked = parameters(wanted.parameters)
         if count := class_count(name, asked.get("classification")):
             array = classify(name, array, count, model.labels)
         answered = response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
