@@ -83,7 +83,11 @@ class Mapped:
 
     def __init__(self, region: Region):
         self.region, self.fd = region, open_object(region.key)
-        self.map = mmap.mmap(self.fd, os.fstat(self.fd).st_size)
+        try:
+            self.map = mmap.mmap(self.fd, os.fstat(self.fd).st_size)
+        except (ValueError, OSError) as exc:  # e.g. an empty object: nothing to map
+            os.close(self.fd)
+            raise BadRequest(f"region {region.name!r}: its object {region.key!r} cannot be mapped ({exc})") from None
 
     def span(self, offset: int, byte_size: int, what: str) -> tuple[int, int]:
         """The object's byte range for `byte_size` bytes at `offset` in the region, once checked."""

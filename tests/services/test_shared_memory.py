@@ -80,6 +80,10 @@ def test_every_bad_registration_and_access_is_a_bad_request(tmp_path, objects):
     os.truncate(SHM / key.strip("/"), 16)  # the client shrinks the object under the server: no fault, a 400
     with pytest.raises(BadRequest, match="now smaller than the region"):
         other.read("r", 0, 32, what="input x")
+    os.truncate(SHM / key.strip("/"), 0)
+    one.register("empty", key, 0, 0)  # an empty region of an empty object: nothing to map, a 400 on use
+    with pytest.raises(BadRequest, match="cannot be mapped"):
+        SharedMemory(tmp_path / "regions.json", "1:100.0").read("empty", 0, 0, what="input x")
 
 
 def test_the_regions_are_bounded_and_a_dead_servers_record_is_not_read(tmp_path, objects):
