@@ -206,10 +206,8 @@ class VersionSeries:
 
     def __init__(self, model: str, version: str):
         self.outcomes = {o: VERSION_REQUESTS.labels(model, version, o) for o in ("ok", "invalid", "error")}
-        self.seconds, self.failed_seconds = (
-            VERSION_SECONDS.labels(model, version),
-            VERSION_FAILED_SECONDS.labels(model, version),
-        )
+        self.seconds = VERSION_SECONDS.labels(model, version)
+        self.failed_seconds = VERSION_FAILED_SECONDS.labels(model, version)
         self.compared = {o: SHADOW_COMPARISONS.labels(model, version, o) for o in ("agree", "disagree", "error")}
         self.difference = SHADOW_DIFFERENCE.labels(model, version)
 

@@ -22,6 +22,7 @@ from services.app import DirectRoute, media_types
 from services.classification import class_count, classify
 from services.errors import BadRequest, Unavailable, validation_message
 from services.inference import Choice, InferenceModel, ModelRepository
+from services.repository import json_body, parsed
 from services.shared_memory import Place, served_regions
 from services.traffic import ROUTING_KEY
 
@@ -136,12 +137,11 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferenceReq
     offset = 0
     for spec in request.inputs:
         size = (spec.parameters or {}).get("binary_data_size")
-        place = Place.of(spec.parameters or {}, f"input {spec.name}")
+        place = Place.of(spec.parameters or {}, "input", spec.name)
         if place is not None:
             if size is not None or spec.data is not None:
-                raise BadRequest(f"input {spec.name}: send it in shared memory, as binary data or as data: one of them")
-            what = f"input {spec.name}"
-            tensors[spec.name] = tensor_of(spec, served_regions(what).read(*place.span, what=what))
+                raise BadRequest(f"{place.what}: send it in shared memory, as binary data or as data: one of them")
+            tensors[spec.name] = tensor_of(spec, place.read())
         elif size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise BadRequest(f"input {spec.name}: binary_data_size {size!r} runs past the body's binary data")
@@ -169,8 +169,8 @@ def encode_response(model: InferenceModel, request: InferenceRequest, outputs: d
         if count := class_count(requested.name, parameters.get("classification")):
             array = classify(requested.name, array, count, model.labels)
         entry: dict[str, Any] = {"name": requested.name, "datatype": datatype_of(array), "shape": list(array.shape)}
-        if place := Place.of(parameters, f"output {requested.name}"):
-            entry["parameters"] = place.wrote(tensor_bytes(array), f"output {requested.name}")
+        if place := Place.of(parameters, "output", requested.name):
+            entry["parameters"] = place.wrote(tensor_bytes(array))
         elif parameters.get("binary_data", binary_default):
             chunk = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(chunk)}
@@ -304,23 +304,15 @@ def shared_memory_routes() -> APIRouter:
     async def status(name: Region) -> list[dict[str, Any]]:
         return [region.describe() for region in regions().status(name)]
 
-    # tritonclient sends the registration's JSON without a Content-Type: the body is read as JSON whatever it says.
+    # tritonclient sends the registration's JSON without a Content-Type: `parsed` reads it whatever it says.
     @router.post(
         "/region/{name}/register",
         summary="register a region",
         responses={400: ERRORS[400]},
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": Registration.model_json_schema()}},
-            }
-        },
+        openapi_extra=json_body(Registration, required=True),
     )
     async def register(request: Request, name: Region) -> dict[str, Any]:
-        try:
-            registration = Registration.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise BadRequest(validation_message(exc.errors())) from None
+        registration = await parsed(request, Registration)
         regions().register(name, registration.key, registration.offset, registration.byte_size)
         return {}
 

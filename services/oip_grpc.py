@@ -109,7 +109,7 @@ class PortTaken(RuntimeError):
 def decode_inputs(request: pb.ModelInferRequest) -> Feeds:
     """A request's input tensors by name, from a shared-memory region, `raw_input_contents` (one per input not in
     shared memory) or each input's typed contents; checked as REST checks JSON and binary data."""
-    places = [Place.of(parameters(sent.parameters), f"input {sent.name}") for sent in request.inputs]
+    places = [Place.of(parameters(sent.parameters), "input", sent.name) for sent in request.inputs]
     raw, sent_raw = iter(request.raw_input_contents), sum(place is None for place in places)
     if request.raw_input_contents and len(request.raw_input_contents) != sent_raw:
         raise BadRequest(
@@ -120,17 +120,12 @@ def decode_inputs(request: pb.ModelInferRequest) -> Feeds:
     for sent, place in zip(request.inputs, places, strict=True):
         if sent.name in tensors:
             raise BadRequest("each input may be sent once")
-        what = f"input {sent.name}"
         field = CONTENTS.get(sent.datatype)
         typed = list(getattr(sent.contents, field)) if field and not request.raw_input_contents and not place else None
         spec = RequestInput.model_construct(
             name=sent.name, shape=list(sent.shape), datatype=sent.datatype, parameters=None, data=typed
         )
-        if place is not None:
-            binary: bytes | None = served_regions(what).read(*place.span, what=what)
-        else:
-            binary = next(raw, None)
-        tensors[sent.name] = tensor_of(spec, binary)
+        tensors[sent.name] = tensor_of(spec, place.read() if place is not None else next(raw, None))
     return tensors
 
 
@@ -145,8 +140,8 @@ def encode_outputs(model: InferenceModel, request: pb.ModelInferRequest, outputs
         if count := class_count(name, asked.get("classification")):
             array = classify(name, array, count, model.labels)
         answered = response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        if place := Place.of(asked, f"output {name}"):
-            for key, value in place.wrote(tensor_bytes(array), f"output {name}").items():
+        if place := Place.of(asked, "output", name):
+            for key, value in place.wrote(tensor_bytes(array)).items():
                 setattr(answered.parameters[key], "string_param" if isinstance(value, str) else "int64_param", value)
             response.raw_output_contents.append(b"")  # keeps the others' raw contents at their outputs' indices
         else:

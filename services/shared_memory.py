@@ -52,6 +52,13 @@ class Region:
         return asdict(self)
 
 
+def check_counts(what: str, values: dict[str, object]) -> None:
+    """BadRequest naming the first of `values` that is not a non-negative integer."""
+    for field, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise BadRequest(f"{what}: {field} must be a non-negative integer, not {value!r}")
+
+
 def object_path(key: str) -> Path:
     """The shared-memory object a key names (tritonclient's keys start with "/")."""
     if not KEY.fullmatch(key) or key.strip("/") in (".", ".."):
@@ -168,9 +175,7 @@ class SharedMemory:
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if not NAME.fullmatch(name):
             raise BadRequest(f"region name {name!r} is not 1 to 64 letters, digits, '_', '.' or '-'")
-        for field, value in (("offset", offset), ("byte_size", byte_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise BadRequest(f"region {name!r}: {field} must be a non-negative integer, not {value!r}")
+        check_counts(f"region {name!r}", {"offset": offset, "byte_size": byte_size})
         fd = open_object(key)
         try:
             size = os.fstat(fd).st_size
@@ -239,31 +244,30 @@ def served_regions(what: str) -> SharedMemory:
 
 @dataclass(frozen=True)
 class Place:
-    """Where a request puts one tensor: a region, and an offset and size within it."""
+    """Where a request puts one tensor (`what`: "input x", for messages): a region, an offset and size within it."""
 
+    what: str
     region: str
     byte_size: int
     offset: int = 0
 
     @classmethod
-    def of(cls, parameters: dict[str, Any], what: str) -> Place | None:
-        """The place a tensor's parameters name (None: not in shared memory), checked."""
+    def of(cls, parameters: dict[str, Any], kind: str, name: str) -> Place | None:
+        """The place a tensor's parameters name (None: not in shared memory, found with one lookup), checked."""
         region = parameters.get("shared_memory_region")
         if region is None:
             return None
+        what = f"{kind} {name}"
         size, offset = parameters.get("shared_memory_byte_size"), parameters.get("shared_memory_offset", 0)
         if not isinstance(region, str):
             raise BadRequest(f"{what}: shared_memory_region must be a region's name, not {region!r}")
-        for field, value in (("shared_memory_byte_size", size), ("shared_memory_offset", offset)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise BadRequest(f"{what}: {field} must be a non-negative integer, not {value!r}")
-        return cls(region, size, offset)
+        check_counts(what, {"shared_memory_byte_size": size, "shared_memory_offset": offset})
+        return cls(what, region, size, offset)
 
-    @property
-    def span(self) -> tuple[str, int, int]:
-        return self.region, self.offset, self.byte_size
+    def read(self) -> bytes:
+        return served_regions(self.what).read(self.region, self.offset, self.byte_size, self.what)
 
-    def wrote(self, data: bytes, what: str) -> dict[str, Any]:
+    def wrote(self, data: bytes) -> dict[str, Any]:
         """Write an output's raw bytes here; the output's parameters as answered."""
-        served_regions(what).write(self.region, self.offset, self.byte_size, data, what)
+        served_regions(self.what).write(self.region, self.offset, self.byte_size, data, self.what)
         return {"shared_memory_region": self.region, "shared_memory_byte_size": len(data)}

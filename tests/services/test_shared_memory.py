@@ -110,5 +110,5 @@ def test_the_regions_are_bounded_and_a_dead_servers_record_is_not_read(tmp_path,
 )
 def test_a_tensors_place_is_checked(parameters, message):
     with pytest.raises(BadRequest, match=message):
-        Place.of(parameters, "input x")
-    assert Place.of({"binary_data_size": 4}, "input x") is None
+        Place.of(parameters, "input", "x")
+    assert Place.of({"binary_data_size": 4}, "input", "x") is None
