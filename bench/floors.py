@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from services.app import AppFirst
+from services.compat.bentoml_asgi import AppFirst
 from services.settings import service_config
 
 LABELS = [f"class-{i}" for i in range(10)]

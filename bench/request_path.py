@@ -18,12 +18,15 @@ import argparse
 import inspect
 import io
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("services", "contracts", "models", "training")
@@ -93,12 +96,40 @@ def summary(edges: list[tuple[str, str, str]]) -> dict[str, Any]:
         first_caller.setdefault(caller, "")  # where the request starts
         entered.setdefault(caller, [])
         entered.setdefault(callee, []).append(function)
+    packages = [(package_of(caller), package_of(callee)) for caller, callee, _ in edges]
+    package_edges = list(dict.fromkeys((a, b) for a, b in packages if a != b))
     return {
         "files": len(entered),
         "calls_into_another_file": len(edges),
+        "packages": len({package for edge in package_edges for package in edge} | {package_of(f) for f in entered}),
+        "package_reentries": package_reentries(package_edges),
+        # A call into a family from anything but the front door (the edge, the app) or a family: a call back up.
+        "calls_up_into_a_family": [
+            f"{caller} -> {callee}:{function}"
+            for caller, callee, function in edges
+            if package_of(callee) == "services/families"
+            and package_of(caller) not in {"services/families", "services/edge", "services/compat"}
+        ],
         "reentries": reentries,
         "entries": entered,
     }
+
+
+def package_of(file: str) -> str:
+    """A file's package, as the layers name them: services/edge, contracts (services/platform.py is services)."""
+    return str(Path(file).parent)
+
+
+def package_reentries(edges: list[tuple[str, str]]) -> list[str]:
+    """Package edges into a package entered before, from another caller than the one that first entered it."""
+    first_caller: dict[str, str] = {}
+    again = []
+    for caller, callee in edges:
+        if callee in first_caller and first_caller[callee] != caller:
+            again.append(f"{caller} -> {callee}")
+        first_caller.setdefault(callee, caller)
+        first_caller.setdefault(caller, "")
+    return again
 
 
 def requests() -> dict[str, Callable[[Any], Any]]:
@@ -112,7 +143,31 @@ def requests() -> dict[str, Callable[[Any], Any]]:
         "/classify_text": lambda c: c.post("/classify_text", json={"text": "a small domesticated carnivore"}),
         "oip fashion-cnn": lambda c: c.post("/v2/models/fashion-cnn/infer", json=pixels),
         "oip text pipeline": lambda c: c.post("/v2/models/wordnet-transformer-pipeline/infer", json=text),
+        "grpc ModelInfer fashion-cnn": lambda c: grpc_infer("fashion-cnn", np.zeros((1, 1, 28, 28), np.float32)),
     }
+
+
+class Answered:
+    """A gRPC answer, read as the HTTP ones are (`raise_for_status`): the call raised already if it failed."""
+
+    def raise_for_status(self) -> None:
+        return None
+
+
+def grpc_infer(model: str, pixels: np.ndarray) -> Answered:
+    """One `ModelInfer` through the worker's gRPC server (raw contents, as tritonclient sends them)."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    from services.settings import SETTINGS
+
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="pixels", datatype="FP32", shape=pixels.shape)
+    request.raw_input_contents.append(pixels.tobytes())
+    with grpc.insecure_channel(f"127.0.0.1:{SETTINGS.grpc_port}") as channel:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    return Answered()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown routes {sorted(unknown)}")
     from starlette.testclient import TestClient
 
+    from harness.servers import free_port
+
+    os.environ.setdefault("MODELROAD_GRPC_PORT", str(free_port()))  # the worker's gRPC server, in this process
     from services.platform import Platform
 
     tracer = Tracer()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -11,7 +13,7 @@ from contracts.tensors import Feeds
 
 OOD_OUTPUT = "ood_score"  # every family's graph answers with this beside its prediction (models/ood.py)
 
-# Every answer the platform gives says whether its input is like the training data (services/ood.py); the
+# Every answer the platform gives says whether its input is like the training data (services/families/ood.py); the
 # benchmark's peers, which compute no verdict, leave both null.
 OodScore = Annotated[
     float | None, Field(description="how unlike the training data the input is (0: typical; higher: less like it)")
@@ -37,7 +39,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 # A classifier's answers are read from these, computed from its logits for a whole batch of requests at once (the
-# runner's `derive`, services/runner.py): per request, numpy's call overhead cost ~15% of a text route's requests/s.
+# runner's `derive`, services/runtime/runner.py), not per request (numpy's call overhead; docs/benchmarks.md).
 CLASS_ID, PROBABILITIES = "_class_id", "_probabilities"
 
 
@@ -45,6 +47,15 @@ def class_arrays(logits: np.ndarray) -> Feeds:
     """(N, K) logits -> each row's class, and its probabilities rounded to 6 places."""
     probabilities = softmax(logits)
     return {CLASS_ID: probabilities.argmax(axis=-1), PROBABILITIES: np.round(probabilities, 6)}
+
+
+def classes_derived(output: str) -> Callable[[Feeds], Feeds]:
+    """A runner's `derive` for a classifier whose logits are `output`: its class arrays, once per batch."""
+    return functools.partial(_class_arrays_of, output)
+
+
+def _class_arrays_of(output: str, outputs: Feeds) -> Feeds:
+    return class_arrays(outputs[output])
 
 
 def ranked(outputs: Feeds, logits: str, labels: tuple[str, ...]) -> list[tuple[int, dict[str, float]]]:

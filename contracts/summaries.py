@@ -1,4 +1,4 @@
-"""What an input looks like in numbers: the payload logs record these per input (services/payloads.py), and
+"""What an input looks like in numbers: the payload logs record these per input (services/ops/payloads.py), and
 the card records them for a sample of the training split, so that `python -m training drift` can compare the
 two without the training data."""
 

@@ -4,7 +4,8 @@ NumPy."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,36 @@ FROM_NUMPY_NAME = {np.dtype(numpy).name: datatype for datatype, numpy in NUMPY_T
 def datatype_of(array: np.ndarray) -> str:
     """The protocol's datatype of an array (object arrays hold BYTES)."""
     return next(name for name, numpy in NUMPY_TYPES.items() if np.dtype(numpy) == array.dtype)
+
+
+def serialize_bytes(items: Iterable[bytes | str]) -> bytes:
+    """Triton's BYTES wire form (binary tensor data, gRPC raw contents): each element a 4-byte little-endian length,
+    then its bytes (a str as UTF-8)."""
+    parts = []
+    for item in items:
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(data)) + data)
+    return b"".join(parts)
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """A tensor's raw bytes, as the binary tensor extension and gRPC's raw contents carry them."""
+    return serialize_bytes(array.reshape(-1)) if array.dtype == np.object_ else np.ascontiguousarray(array).tobytes()
+
+
+def deserialize_bytes(buffer: bytes) -> list[bytes]:
+    """The elements of BYTES in Triton's wire form; ValueError, saying where, for a buffer not in that form."""
+    items, offset = [], 0
+    while offset < len(buffer):
+        if offset + 4 > len(buffer):
+            raise ValueError("BYTES data ends inside an element's length")
+        (length,) = struct.unpack_from("<I", buffer, offset)
+        offset += 4
+        if offset + length > len(buffer):
+            raise ValueError("a BYTES element runs past the data")
+        items.append(buffer[offset : offset + length])
+        offset += length
+    return items
 
 
 @dataclass(frozen=True)

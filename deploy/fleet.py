@@ -1,6 +1,6 @@
 """A fleet on one machine: N `bentoml serve` replicas on one model store behind HAProxy, a real Prometheus
 scraping every replica. Any replica is the fleet's admin: what is served and every version policy is the fleet's
-state beside the store (services/desired.py), which every replica follows.
+state beside the store (services/dataplane/desired.py), which every replica follows.
 
     python -m deploy.fleet [--replicas 3] [--port 3000] [--prometheus-port 9090] [--workers 1]
 

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import grpc
 import httpx
 import yaml
 
+from contracts.tensors import serialize_bytes
 from harness.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,7 +267,7 @@ def ask_grpc(address: str) -> str:
     image = min((PAYLOADS / "images").glob("*.png")).read_bytes()
     request = pb.ModelInferRequest(model_name="fashion-cnn-pipeline")
     request.inputs.add(name="image", datatype="BYTES", shape=[1])
-    request.raw_input_contents.append(struct.pack("<I", len(image)) + image)
+    request.raw_input_contents.append(serialize_bytes([image]))
     request.outputs.add(name="label")
     with grpc.insecure_channel(address) as channel:
         answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)

@@ -11,11 +11,12 @@ import json
 import logging
 import os
 import random
-import struct
 import time
 from pathlib import Path
 
 from locust import FastHttpUser, User, between, constant_throughput, events, task
+
+from contracts.tensors import serialize_bytes
 
 PAYLOADS = Path(__file__).parent / "payloads"
 IMAGES = [(p.name, p.read_bytes()) for p in sorted((PAYLOADS / "images").iterdir())]
@@ -146,7 +147,7 @@ class GrpcUser(User):
         _, data = random.choice(IMAGES)
         request = service_pb2.ModelInferRequest(model_name="fashion-cnn-pipeline")
         request.inputs.add(name="image", datatype="BYTES", shape=[1])
-        request.raw_input_contents.append(struct.pack("<I", len(data)) + data)
+        request.raw_input_contents.append(serialize_bytes([data]))
         started, size, failure = time.perf_counter(), 0, None
         try:
             answer = self.infer(request, metadata=self.metadata, timeout=30)

@@ -4,7 +4,6 @@ metadata (or read from a file), encoded as JSON tensors or with Triton's binary 
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from contracts.tensors import NUMPY_TYPES, TensorSpec, datatype_of
+from contracts.tensors import NUMPY_TYPES, TensorSpec, datatype_of, tensor_bytes
 
 # BYTES inputs: random phrases of these words (UTF-8, a few to a dozen words each).
 WORDS = ("the", "a", "small", "large", "red", "blue", "animal", "food", "tool", "person", "plant", "sweet")
@@ -132,10 +131,7 @@ def encode(inputs: dict[str, np.ndarray], binary: bool) -> Encoded:
         return Encoded(json.dumps({"inputs": tensors}).encode(), {"Content-Type": "application/json"}, rows)
     chunks, tensors = [], []
     for name, array in inputs.items():
-        if array.dtype == object:
-            chunk = b"".join(struct.pack("<I", len(v)) + v for v in array.reshape(-1))
-        else:
-            chunk = np.ascontiguousarray(array).tobytes()
+        chunk = tensor_bytes(array)
         chunks.append(chunk)
         tensors.append(
             {
@@ -157,10 +153,7 @@ def encode_grpc(inputs: dict[str, np.ndarray], model: str, version: str | None) 
     request = pb.ModelInferRequest(model_name=model, model_version=version or "")
     for name, array in inputs.items():
         request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        if array.dtype == object:
-            request.raw_input_contents.append(b"".join(struct.pack("<I", len(v)) + v for v in array.reshape(-1)))
-        else:
-            request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+        request.raw_input_contents.append(tensor_bytes(array))
     return Encoded(request.SerializeToString(), {}, len(next(iter(inputs.values()))))
 
 

@@ -1,34 +1,34 @@
-"""The platform's refusals and the one error shape they are answered in.
-
-Each refusal carries its HTTP status; every way a request can fail leaves as `{"error": "<what was wrong>"}`
-(validation errors keep pydantic's first few in `detail`), 503s saying when to come back (`Retry-After`).
-An unknown path gets 404 and a known one with another method 405, in the same shape (`FallbackRoute`).
+"""The platform's refusals, protocol-neutral: each names its HTTP status, and one table gives the gRPC code for
+the same refusal, so both front-ends answer a failure alike (`failure`). The HTTP answer's shape is the edge's
+(services/edge/http_errors.py), the gRPC one the gRPC front-end's.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
-from starlette.exceptions import HTTPException
-from starlette.routing import Match, Route
-
 from contracts.preprocessing import ImageTooLarge, InvalidInput
-from services.metrics import ERRORS
 
-log = logging.getLogger(__name__)
-
-Scope = dict[str, Any]
-
-RETRY_AFTER = "1"
 MAX_DETAIL = 5  # validation errors listed in an answer
 UNEXPECTED = "an unexpected error occurred on the server (the server log says which); the request was not served"
+# An HTTP status -> the gRPC status code (its name in `grpc.StatusCode`) of the same refusal.
+GRPC_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    406: "INVALID_ARGUMENT",
+    409: "FAILED_PRECONDITION",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
 
 class ServingError(Exception):
@@ -90,38 +90,33 @@ class TimedOut(ServingError):
     status = 504
 
 
-class ErrorBody(BaseModel):
-    error: str
-    detail: list[dict[str, Any]] | None = None  # pydantic's errors, for a request that failed validation
+class Refusal(ServingError):
+    """A request turned away at the edge (draining, key, rate, admission), with the status and headers to say so."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.headers = status, headers  # type: ignore[misc]
+
+
+class NotServed(ServingError):
+    """A method this server does not serve as configured (the repository without an admin token)."""
+
+    status = 501
+
+
+def failure(exc: BaseException) -> tuple[int, str, dict[str, str] | None, dict[str, Any] | None]:
+    """How a failed request is answered, whichever protocol: its HTTP status, message, headers and more fields of
+    the answer. An exception of no refusal's kind is the server's fault: logged, and answered as UNEXPECTED."""
+    if isinstance(exc, ServingError):
+        return exc.status, str(exc), exc.headers, exc.fields
+    if isinstance(exc, InvalidInput):
+        return (413 if isinstance(exc, ImageTooLarge) else 400), str(exc), None, None
+    return 500, UNEXPECTED, None, None
 
 
 def reason_label(status: int) -> str:
     """A low-cardinality label for the errors counter: the status phrase in snake case."""
     return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
-
-
-def endpoint(app: Any, scope: Scope) -> str:
-    """The route template a request matched (bounded, unlike its path), or `other`."""
-    for route in getattr(app, "routes", ()):
-        if not isinstance(route, FallbackRoute) and route.matches(scope)[0] != Match.NONE:
-            return route.path
-    return "other"
-
-
-def error_response(
-    request: Request,
-    status: int,
-    message: str,
-    detail: list | None = None,
-    headers: dict[str, str] | None = None,
-    fields: dict[str, Any] | None = None,
-) -> JSONResponse:
-    ERRORS.labels(endpoint(request.scope.get("app"), request.scope), reason_label(status)).inc()
-    body: dict[str, Any] = {"error": message, **(fields or {})}
-    if detail is not None:
-        body["detail"] = detail
-    headers = {"Retry-After": RETRY_AFTER} if status == 503 and headers is None else headers
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def validation_message(errors: Sequence[dict[str, Any]]) -> str:
@@ -133,75 +128,3 @@ def validation_message(errors: Sequence[dict[str, Any]]) -> str:
         loc = [str(p) for p in e.get("loc", ())]
         reasons.append(f"{'.'.join(loc[1:] if loc[:1] == ['body'] else loc) or 'body'}: {e.get('msg', '')}")
     return "invalid request: " + "; ".join(reasons)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every way a request can fail, answered in the one shape."""
-
-    async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
-        response = error_response(request, exc.status, str(exc), fields=exc.fields)
-        response.headers.update(exc.headers or {})
-        return response
-
-    async def invalid_input(request: Request, exc: InvalidInput) -> JSONResponse:
-        return error_response(request, 413 if isinstance(exc, ImageTooLarge) else 400, str(exc))
-
-    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # The first few only: a body of many bad items must not get an answer many times its size.
-        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()[:MAX_DETAIL]]
-        return error_response(request, 400, validation_message(errors), errors)
-
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        response = error_response(request, exc.status_code, str(exc.detail))
-        response.headers.update(exc.headers or {})
-        return response
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return error_response(request, 500, UNEXPECTED)
-
-    app.add_exception_handler(ServingError, serving_error)
-    app.add_exception_handler(InvalidInput, invalid_input)
-    app.add_exception_handler(RequestValidationError, validation)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)
-
-
-class FallbackRoute(Route):
-    """Last route: an unknown path gets 404 JSON, a known one with a method it does not serve 405 with `Allow`.
-
-    A full match for every path but BentoML's static files behind this app, so such requests stay in this app
-    instead of getting BentoML's plain-text answers; `/` too (BentoML's index page loads a third-party tracker:
-    the platform serves its own, services/pages.py, and any other app here answers 404).
-    """
-
-    LEFT_TO_BENTOML = ("/static_content/",)
-
-    def __init__(self, known: dict[str, list[str]] | None = None) -> None:
-        super().__init__("/{path:path}", self.answer, include_in_schema=False)
-        self.methods = None  # every method: a known path's other methods get their 405 here
-        self.known = known or {}  # paths served beside this app (BentoML's /livez, say) and their methods
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or path.startswith(self.LEFT_TO_BENTOML):
-            return Match.NONE, {}
-        return Match.FULL, {}
-
-    async def answer(self, request: Request) -> Response:
-        allowed = sorted(
-            {
-                method
-                for route in request.app.routes
-                if route is not self and route.matches(request.scope)[0] == Match.PARTIAL
-                for method in route.methods or ()
-            }
-            | set(self.known.get(request.url.path, ()))
-        )
-        if allowed:
-            raise HTTPException(
-                405,
-                f"{request.method} is not served at {request.url.path}; use {', '.join(allowed)}",
-                headers={"Allow": ", ".join(allowed)},
-            )
-        raise HTTPException(404, f"no route {request.url.path}; see /docs.json")

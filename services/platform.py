@@ -10,22 +10,25 @@ import signal
 import bentoml
 
 from contracts.card import ModelCard
-from services import oip, pages, repository
-from services.app import AppFirst, build_app
-from services.desired import DesiredState, replica_name
-from services.family import FamilyKind, pipeline_name
-from services.forecast import ForecastFamily
-from services.generation import GenerationFamily
-from services.image import ImageFamily
-from services.inference import InferenceModel, ModelRepository, OnnxModel
-from services.oip_grpc import GRPCServer, PortTaken
-from services.pending import PendingModels, ReadinessReport, stored_name
-from services.repository import RepositoryAdmin
-from services.runner import OnnxRunner, verified_model
+from services.compat.bentoml_asgi import AppFirst
+from services.dataplane.admin import RepositoryAdmin
+from services.dataplane.desired import DesiredState, replica_name
+from services.dataplane.models import InferenceModel, ModelRepository, OnnxModel, pipeline_name
+from services.dataplane.pending import PendingModels, stored_name
+from services.dataplane.traffic import Policy
+from services.edge.app import build_app, gate_of
+from services.edge.readiness import ReadinessReport
+from services.edge.worker import Worker
+from services.families.base import FamilyKind
+from services.families.forecast import ForecastFamily
+from services.families.generation import GenerationFamily
+from services.families.image import ImageFamily
+from services.families.text import TextFamily
+from services.frontends import console, oip_rest, repository
+from services.frontends.oip_grpc import GRPCServer, PortTaken
+from services.ops.startup import DRAIN, quiet_garbage_collector
+from services.runtime.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS, service_config
-from services.startup import DRAIN, quiet_garbage_collector
-from services.text import TextFamily
-from services.traffic import Policy
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +73,14 @@ if SETTINGS.admin_token:
     STATE: DesiredState | None = DesiredState.at(SETTINGS.fleet_folder, START_TAGS, START_POLICIES)
 else:
     STATE = DesiredState.of_server(START_TAGS, START_POLICIES) if PENDING.joining else None
+GATE = gate_of(SETTINGS, guarded=True)  # per worker: each imports this module after the fork
 APP = build_app(
     "modelroad",
     "CNN, RNN, Transformer and diffusion models served with ONNX Runtime: family routes, and the Open Inference "
     "Protocol v2 (with Triton's binary tensor extension) for every model and each family's pipeline.",
     [
         *(kind.routes(cards) for family, kind in FAMILIES.items() if (cards := start_cards(family))),
-        oip.routes(
+        oip_rest.routes(
             names=[
                 n
                 for name in [*(m.tag.name for m in STORED.values()), *PENDING.cards]
@@ -89,9 +93,10 @@ APP = build_app(
             ],
         ),
         *([repository.routes(SETTINGS.admin_token)] if SETTINGS.admin_token else []),
-        *([oip.shared_memory_routes()] if SETTINGS.shared_memory else []),
-        pages.routes(),
+        *([oip_rest.shared_memory_routes()] if SETTINGS.shared_memory else []),
+        console.routes(),
     ],
+    gate=GATE,
     guarded=True,
 )
 
@@ -133,7 +138,8 @@ def load_version(tag: str) -> list[InferenceModel]:
 class Platform:
     """All model families in one process: one port, one /metrics, no inter-service hop; more models by OIP alone.
 
-    The worker's objects are set on the app (`APP.state`), where its routes find them.
+    The worker's objects (`Worker`) are attached to the app, where its routes find them, and handed to its gRPC
+    server.
     """
 
     def __init__(self) -> None:
@@ -153,10 +159,10 @@ class Platform:
             if STATE
             else None
         )
-        APP.state.models, APP.state.admin, APP.state.pending = self.repository, self.admin, PENDING
+        self.worker = Worker(self.repository, GATE, self.__is_ready__, self.admin, PENDING)
+        self.worker.attach(APP)
         self._joining: asyncio.Task | None = None  # held: the loop keeps only a weak reference to a task
-        APP.state.ready = self.__is_ready__
-        self.grpc = GRPCServer(APP, SETTINGS) if SETTINGS.grpc_port else None
+        self.grpc = GRPCServer(self.worker, SETTINGS) if SETTINGS.grpc_port else None
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -189,5 +195,5 @@ class Platform:
 for number, reference in enumerate(REFERENCES.values()):
     setattr(Platform, f"model_{number}", reference)
 Platform = bentoml.service(**service_config("modelroad"))(bentoml.asgi_app(APP, path="/")(Platform))
-Platform.add_asgi_middleware(ReadinessReport, state=APP.state)
+Platform.add_asgi_middleware(ReadinessReport, mounted=APP)
 Platform.add_asgi_middleware(AppFirst, mounted=APP)

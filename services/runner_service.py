@@ -6,7 +6,7 @@ MODELROAD_RUNNER_URL pointing here, parse, validate and pre-process on CPU. On C
 runner stays in the API process: this hop costs more than it saves there.
 
 `POST /run/<model tag>`: an .npz of the model's input arrays -> an .npz of its outputs
-(services/remote.py). Calls whose inputs have the same shapes past the batch axis run as one batch.
+(services/runtime/remote.py). Calls whose inputs have the same shapes past the batch axis run as one batch.
 
 It follows the API workers' repository: each worker holds the versions it serves
 (`PUT /models/<tag>/holders/<worker>`, which loads a stored version not served yet) and releases those it
@@ -26,12 +26,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from contracts.tensors import feeds_problem
-from services.app import build_app
+from services.edge.app import build_app
 from services.errors import BadRequest, NotFound
-from services.remote import DEVICE_HEADER, NPZ, decode_feeds, encode_feeds
-from services.runner import OnnxRunner, verified_model
+from services.ops.startup import quiet_garbage_collector
+from services.runtime.remote import DEVICE_HEADER, NPZ, decode_feeds, encode_feeds
+from services.runtime.runner import OnnxRunner, verified_model
 from services.settings import SETTINGS, service_config
-from services.startup import quiet_garbage_collector
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ class ServeSettings:
     max_wait_ms: float = 1.0  # how long a batch may wait for company once the runner is idle
     max_body_bytes: int = 10 * 1024 * 1024  # larger requests get 413 before their body is read
     # JSON bodies (every body but multipart uploads and binary tensors): the largest valid one is ~1 MiB
-    # (64 images of JSON floats); parsing 2 MiB holds the event loop ~12 ms.
+    # (64 images of JSON floats); parsing holds the event loop milliseconds a MiB.
     max_json_bytes: int = 2 * 1024 * 1024
     request_timeout_s: float = 30.0  # a request still unanswered after this gets 504 (and its queued work is dropped)
     max_in_flight: int = 256  # API requests a worker admits at once (~4 full batches); more get 503 + Retry-After
@@ -42,10 +42,10 @@ class ServeSettings:
     model_digests: str = ""
     # Turns on the model repository extension (/v2/repository: index, load, unload), for bearers of this token.
     admin_token: str = dataclasses.field(default="", repr=False)
-    # With the extension on: the folder of the fleet's desired state (services/desired.py), shared by every
+    # With the extension on: the folder of the fleet's desired state (services/dataplane/desired.py), shared by every
     # replica on one model store and kept across restarts; empty: `fleet` in BENTOML_HOME, beside `models`.
     fleet_state: str = ""
-    # A file of API keys (one a line, the key or `sha256:<hex>` of it; services/keys.py): when set, every
+    # A file of API keys (one a line, the key or `sha256:<hex>` of it; services/edge/keys.py): when set, every
     # prediction and inference-protocol route needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.
     api_keys_file: str = ""
     protect_docs_and_metrics: bool = False  # with keys: /docs.json and /metrics need one too (else they stay open)
@@ -56,25 +56,25 @@ class ServeSettings:
     cors_origins: str = ""
     ssl_certfile: str = ""  # both set: the server speaks HTTPS only (TLS 1.2 or later)
     ssl_keyfile: str = ""
-    # Triton's system shared-memory extension (services/shared_memory.py): for clients on this host only, since any
-    # client of the API can then make the server read and write the shared-memory objects it names.
+    # Triton's system shared-memory extension (services/frontends/shared_memory.py): for clients on this host only,
+    # since any client of the API can then make the server read and write the shared-memory objects it names.
     shared_memory: bool = False
     # One JSON line a request (request id, method, route template, status, duration; no bodies, no keys).
-    # Off by default: an access line a request costs throughput (BentoML's cost 20-37%).
+    # Off by default: writing a line a request costs throughput.
     access_log: bool = False
     drain_s: float = 1.0  # after SIGTERM, answer with `Connection: close` (new work: 503) this long, then stop
     tracing: bool = (
         False  # OpenTelemetry spans per request; off, BentoML's tracing middleware passes requests straight on
     )
-    # Payload logs (services/payloads.py): a folder turns them on; one JSON line per prediction, a summary of
+    # Payload logs (services/ops/payloads.py): a folder turns them on; one JSON line per prediction, a summary of
     # the input (its values too with payload_raw_inputs), written off the request path, rotated by size.
     payload_log: str = ""
     payload_sample_rate: float = 1.0  # the share of predictions logged
     payload_log_max_mb: int = 64  # per file; then it is rotated
     payload_log_files: int = 5  # files kept per worker, the current one included
     payload_raw_inputs: bool = False
-    # Every answer's OOD score and verdict (services/ood.py); off, the graphs' scoring nodes are not run and the
-    # answers carry none (what `python -m bench.ood` compares).
+    # Every answer's OOD score and verdict (services/families/ood.py); off, the graphs' scoring nodes are not run and
+    # the answers carry none (what `python -m bench.ood` compares).
     ood_scores: bool = True
     # OOD thresholds that replace the cards' (the validation split's at 1% false alarms), comma-separated
     # `model=threshold`, e.g. `fashion-cnn=6.5`: higher flags fewer inputs.
@@ -164,8 +164,8 @@ def service_config(name: str, workers: int = SETTINGS.workers) -> dict[str, Any]
     return {
         "name": name,
         "workers": workers,
-        "logging": {"access": {"enabled": False}},  # the app writes its own (services/edge.py, access_log)
-        # A backstop only: the edge answers 504 at request_timeout_s and cancels the work (services/edge.py).
+        "logging": {"access": {"enabled": False}},  # the app writes its own (services/edge/middleware.py, access_log)
+        # A backstop only: the edge answers 504 at request_timeout_s and cancels the work (services/edge/middleware.py).
         "traffic": {"timeout": SETTINGS.request_timeout_s + 1},
         # BentoML labels its request metrics by raw path (unbounded series); the app counts requests instead.
         "metrics": {"enabled": False},

@@ -1,4 +1,4 @@
-"""`python -m training drift LOG_DIR`: are the inputs the platform logged (services/payloads.py) like the
+"""`python -m training drift LOG_DIR`: are the inputs the platform logged (services/ops/payloads.py) like the
 training data? No training data is needed: each model's card holds summaries of its training inputs
 (`reference`, contracts/summaries.py), and the logged lines hold the same summaries of served ones.
 

@@ -4,8 +4,8 @@ the store lacks, and serving each family as soon as its model is registered.
 With every default model in the store this is `bentoml serve`. Otherwise the missing tasks train in lanes
 (training/lanes.py), their output in a log file; their progress records (contracts/progress.py) give one line per
 lane on the terminal. The server starts once one task's model is registered and every other task has queued its
-interface card (or failed); the others join it when registered (services/pending.py), each announced here once the
-server's /readyz no longer lists it as awaited.
+interface card (or failed); the others join it when registered (services/dataplane/pending.py), each announced here
+once the server's /readyz no longer lists it as awaited.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def test_every_bentofile_env_reaches_the_image():
 def test_rules_dashboards_and_autoscaling_use_only_series_the_service_exports():
     from prometheus_client.metrics import MetricWrapperBase
 
-    from services import metrics
+    from services.ops import metrics
 
     exported = {m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
     used = set()

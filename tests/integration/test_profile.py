@@ -16,4 +16,4 @@ def test_a_short_profile_of_a_route_writes_its_flame_graph_and_names_the_platfor
     assert (tmp_path / "text.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
     report = (tmp_path / "text.txt").read_text()
     assert report.startswith("text (/classify_text), c=32, under py-spy:") and ", 0 errors" in report
-    assert "EdgeMiddleware.__call__ (services/edge.py)" in report and "(services/text.py)" in report
+    assert "EdgeMiddleware.__call__ (services/edge/middleware.py)" in report and "(services/families/text.py)" in report

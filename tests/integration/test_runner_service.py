@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.servers import free_port, stop, wait_ready
-from services.remote import NPZ, decode_feeds, encode_feeds
+from services.runtime.remote import NPZ, decode_feeds, encode_feeds
 from tests.helpers import (
     co2_history,
     fashion_test_images,

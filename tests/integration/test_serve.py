@@ -357,7 +357,7 @@ def test_a_model_onnx_runtime_cannot_load_stops_the_server_with_one_error(regist
     log = log_path.read_text()
     assert process.returncode not in (None, 0) and time.monotonic() - started < 60
     last = log.strip().splitlines()[-1]  # the line to read: what failed and why
-    assert last.startswith("services.runner.ModelLoadError: co2-gru:") and "cannot load model.onnx" in last
+    assert last.startswith("services.runtime.runner.ModelLoadError: co2-gru:") and "cannot load model.onnx" in last
 
 
 def test_an_overloaded_server_refuses_with_503_and_retry_after_and_keeps_serving(registered, session_dir):

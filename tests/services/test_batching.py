@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from services.batching import MicroBatcher
+from services.runtime.batching import MicroBatcher
 
 
 class Recorder:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from contracts.sampling import GUIDANCE
-from services.metrics import GENERATED_IMAGES, GENERATION_STEPS
+from services.ops.metrics import GENERATED_IMAGES, GENERATION_STEPS
 
 
 def decoded(image: str) -> np.ndarray:
@@ -153,7 +153,7 @@ def test_the_decoder_is_served_as_a_raw_model(client):
 
 
 def test_the_request_timeout_covers_the_streams_whole_loop_and_ends_it_with_an_error_event(client, monkeypatch):
-    from services import generation
+    from services.families import generation
 
     monkeypatch.setattr(generation, "SETTINGS", dataclasses.replace(generation.SETTINGS, request_timeout_s=0.0))
     with client.stream("POST", "/generate_images/stream", json={"n": 2, "steps": 50}) as response:

@@ -25,15 +25,17 @@ from tritonclient.utils import InferenceServerException
 
 from contracts.tensors import TensorSpec
 from harness.servers import free_port
-from services import oip_grpc
+from services.dataplane.models import InferenceModel, ModelRepository
+from services.edge.gate import Gate
+from services.edge.keys import RateLimiter
+from services.edge.worker import Worker
 from services.errors import BadRequest
-from services.gate import Gate
-from services.inference import InferenceModel, ModelRepository
-from services.keys import RateLimiter
-from services.metrics import VersionSeries
-from services.oip_grpc import GRPCServer, PortTaken, claim_port, decode_inputs
+from services.frontends import oip_grpc
+from services.frontends.codec import decode_inputs
+from services.frontends.oip_grpc import GRPCServer, PortTaken, claim_port
+from services.ops.metrics import VersionSeries
+from services.ops.startup import DRAIN
 from services.settings import ServeSettings
-from services.startup import DRAIN
 from tests.helpers import localhost_certificate
 
 
@@ -58,10 +60,8 @@ class Doubler(InferenceModel):
 def serve(gate: Gate, **settings) -> Iterator[tuple[str, Doubler]]:
     """A gRPC server on its own event loop in a thread: (address, its model)."""
     model = Doubler()
-    app = SimpleNamespace(
-        state=SimpleNamespace(models=ModelRepository([model]), ready=lambda: True, admin=None, gate=gate)
-    )
-    server = GRPCServer(app, ServeSettings(grpc_port=free_port(), **settings))
+    worker = Worker(models=ModelRepository([model]), gate=gate, ready=lambda: True)
+    server = GRPCServer(worker, ServeSettings(grpc_port=free_port(), **settings))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

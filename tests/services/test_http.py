@@ -16,10 +16,12 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from services import settings
-from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, build_app
-from services.edge import EdgeMiddleware
+from services.compat.fastapi_routes import DirectRoute
+from services.edge.app import build_app
+from services.edge.middleware import EdgeMiddleware
+from services.edge.routes import ERROR_RESPONSES, JSON_ONLY
 from services.errors import UNEXPECTED, BadRequest
-from services.remote import RunnerUnavailable
+from services.runtime.remote import RunnerUnavailable
 from services.settings import SETTINGS
 
 router = APIRouter()
@@ -233,7 +235,7 @@ def test_requests_past_the_in_flight_bound_get_503_with_retry_after_at_once_and_
         assert refused.headers["retry-after"] == "1"
         assert "server busy" in refused.json()["error"]
     assert health.status_code == 200  # probes and docs are never refused for load
-    assert after.status_code == 200 and bounded.in_flight == 0
+    assert after.status_code == 200 and bounded.gate.in_flight == 0
 
 
 @pytest.mark.parametrize("tracing,config", [(False, {"excluded_urls": [".*"]}), (True, None)])
@@ -289,12 +291,12 @@ def test_an_answer_not_begun_within_the_timeout_gets_504_and_its_work_is_cancell
     assert waited < 1 and cancelled.is_set()
     assert fast.status_code == 200 and fast.json() == {"bytes": 3}
     assert stream.status_code == 200 and stream.content == b"begun;ended"  # begun in time: not cut off later
-    assert timed.in_flight == 0
+    assert timed.gate.in_flight == 0
 
 
 def test_full_garbage_collections_are_made_rare_at_start(client):
     # BentoML's timeout middleware keeps a live timer per request for its whole timeout; with CPython's
-    # default thresholds the full collections that walk them tripled the p99 (services/startup.py; the
+    # default thresholds the full collections that walk them tripled the p99 (services/ops/startup.py; the
     # side-by-side figures are in docs/serving.md). The startup hook ran when the in-process app started.
     assert gc.get_threshold()[2] >= 1000
 
@@ -302,28 +304,3 @@ def test_full_garbage_collections_are_made_rare_at_start(client):
 def test_the_startup_heap_is_frozen_out_of_garbage_collection(client):
     # BentoML ran the service's startup hook when the in-process app started (the `client` fixture).
     assert gc.get_freeze_count() > 10_000
-
-
-def test_app_first_sends_every_request_but_bentomls_own_routes_straight_to_the_mounted_app():
-    import bentoml
-
-    from services.app import AppFirst
-    from services.settings import service_config
-
-    scopes = []
-
-    async def echo(request):
-        scopes.append(request.scope)
-        return JSONResponse({"path": request.url.path})
-
-    mounted = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
-    service = bentoml.service(**service_config("direct"))(bentoml.asgi_app(mounted, path="/")(type("S", (), {})))
-    service.add_asgi_middleware(AppFirst, mounted=mounted)
-    with TestClient(service.to_asgi(is_main=True)) as client:
-        assert client.post("/classify_text").json() == {"path": "/classify_text"}
-        assert client.get("/v2/models/m").json() == {"path": "/v2/models/m"}
-        # BentoML's request context puts `request_id` in every scope it handles, and its mount `app_root_path`
-        assert not {"request_id", "app_root_path"} & scopes[-1].keys()
-        for path in ("/livez", "/healthz", "/readyz", "/schema.json"):  # BentoML's own routes
-            assert client.get(path).status_code == 200
-        assert len(scopes) == 2

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from services import keys
-from services.keys import KeyRing, RateLimiter, TokenBucket, presented_key
+from services.edge import keys
+from services.edge.keys import KeyRing, RateLimiter, TokenBucket, presented_key
 
 
 def test_keys_are_taken_as_given_or_as_their_sha256_and_known_by_an_id(tmp_path):

@@ -1,4 +1,4 @@
-"""Every answer's OOD verdict (services/ood.py), on the in-process platform service."""
+"""Every answer's OOD verdict (services/families/ood.py), on the in-process platform service."""
 
 import bentoml
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 from contracts.answers import verdicts
 from contracts.card import ModelCard, OodRecord
 from contracts.image import ImageContract
-from services.ood import ood_threshold
+from services.families.ood import ood_threshold
 from services.settings import ServeSettings
 from tests.helpers import co2_history, fashion_test_images
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import services.payloads as payloads
-from services.payloads import CURRENT_REQUEST_ID, DROPPED_QUEUE_FULL, DROPPED_WRITE_FAILED, PayloadLog
+import services.ops.payloads as payloads
+from services.ops.payloads import CURRENT_REQUEST_ID, DROPPED_QUEUE_FULL, DROPPED_WRITE_FAILED, PayloadLog
 
 
 def lines(directory: Path) -> list[dict]:
@@ -75,7 +75,7 @@ def test_a_batch_logs_its_sampled_items_with_their_own_answers_and_values_when_a
     import numpy as np
 
     from contracts.summaries import history_summaries
-    from services.forecast import history_values
+    from services.families.forecast import history_values
 
     log = PayloadLog(tmp_path, sample_rate=1.0, max_bytes=1 << 20, files=1, raw_inputs=True)
     monkeypatch.setattr(payloads, "PAYLOADS", log)

@@ -11,12 +11,19 @@ import time
 import numpy as np
 import pytest
 
-from services.desired import DesiredState, Served, StaleGeneration, UnreadableState, WorkerReport, fleet_report
+from services.dataplane.admin import RepositoryAdmin
+from services.dataplane.desired import (
+    DesiredState,
+    Served,
+    StaleGeneration,
+    UnreadableState,
+    WorkerReport,
+    fleet_report,
+)
+from services.dataplane.models import Choice, InferenceModel, ModelRepository
+from services.dataplane.traffic import Policy
 from services.errors import BadRequest, Conflict, NotFound
-from services.inference import Choice, InferenceModel, ModelRepository
-from services.metrics import SHADOW_COMPARISONS, VersionSeries
-from services.repository import RepositoryAdmin
-from services.traffic import Policy
+from services.ops.metrics import SHADOW_COMPARISONS, VersionSeries
 
 
 class StubRunner:
@@ -205,7 +212,7 @@ def test_unload_waits_for_requests_in_flight_and_refuses_a_family_model(tmp_path
 
 
 def test_a_policy_serves_its_versions_and_load_ends_it(monkeypatch, tmp_path):
-    monkeypatch.setattr("services.repository.stored_tag", lambda name, version: f"{name}:{version or 'v3'}")
+    monkeypatch.setattr("services.dataplane.admin.stored_tag", lambda name, version: f"{name}:{version or 'v3'}")
     repository = ModelRepository([stored_model("m", "v1", 1)])
     admin = admin_of(repository, ["m:v1"], tmp_path)
 
@@ -255,7 +262,7 @@ def test_a_worker_keeps_its_last_good_state_when_a_generation_cannot_be_applied_
         served.tags = ["m:missing"]
 
     admin.state.change(missing)
-    with caplog.at_level(logging.ERROR, logger="services.repository"):
+    with caplog.at_level(logging.ERROR, logger="services.dataplane.admin"):
         asyncio.run(follow_for(0.6))
     assert list(repository.versions["m"]) == ["v1"], "a generation that cannot be applied changed something"
     problem = "m:missing cannot be loaded: no such version in this store"
@@ -267,7 +274,7 @@ def test_a_worker_keeps_its_last_good_state_when_a_generation_cannot_be_applied_
     admin.state.change(lambda served: setattr(served, "tags", ["m:v1", "m:v2"]))
     admin.state.file.write_text('{"generation": 4, "tags": "half')  # a hand edit gone wrong
     caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="services.repository"):
+    with caplog.at_level(logging.ERROR, logger="services.dataplane.admin"):
         asyncio.run(follow_for(0.6))
     assert list(repository.versions["m"]) == ["v1"] and admin.applied == 1
     assert str(admin.state.file) in caplog.records[0].getMessage() and len(caplog.records) == 1
@@ -281,7 +288,7 @@ def test_a_worker_keeps_its_last_good_state_when_a_generation_cannot_be_applied_
 
 def test_a_versions_requests_are_counted_by_outcome_a_refused_input_apart_from_a_failure():
     from contracts.preprocessing import InvalidInput
-    from services.metrics import VERSION_REQUESTS
+    from services.ops.metrics import VERSION_REQUESTS
 
     model = stored_model("counted", "1", 1)
 

@@ -5,7 +5,13 @@ import bentoml
 import pytest
 
 from contracts.card import ModelCard
-from services.runner import ModelIntegrityError, ModelLoadError, choose_providers, cpu_fallback_said, verified_model
+from services.runtime.runner import (
+    ModelIntegrityError,
+    ModelLoadError,
+    choose_providers,
+    cpu_fallback_said,
+    verified_model,
+)
 from services.settings import ServeSettings
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"

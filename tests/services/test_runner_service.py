@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from contracts.tensors import feeds_problem, zero_feeds
-from services.remote import MAX_NPZ_BYTES, RemoteSession, decode_feeds, encode_feeds
-from services.runner import OnnxRunner, padded_calls
+from services.runtime.remote import MAX_NPZ_BYTES, RemoteSession, decode_feeds, encode_feeds
+from services.runtime.runner import OnnxRunner, padded_calls
 from services.settings import ServeSettings
 
 
@@ -151,7 +151,7 @@ def test_the_runner_url_setting_decides_where_models_run(cnn_card, monkeypatch):
     settings = ServeSettings.from_env({"MODELROAD_RUNNER_URL": "http://runner:3000", "MODELROAD_RUNNER_WAIT_S": "0"})
     assert (settings.runner_url, settings.runner_wait_s) == ("http://runner:3000", 0.0)
     made = []
-    monkeypatch.setattr("services.runner.RemoteSession", lambda *args: made.append(args) or object())
+    monkeypatch.setattr("services.runtime.runner.RemoteSession", lambda *args: made.append(args) or object())
     OnnxRunner(bentoml.models.get(cnn_card["tag"]), settings)
     assert made == [("http://runner:3000", cnn_card["tag"], settings.request_timeout_s, 0.0)]
 
@@ -159,8 +159,8 @@ def test_the_runner_url_setting_decides_where_models_run(cnn_card, monkeypatch):
 def test_a_classifiers_answer_arrays_are_derived_once_a_batch_and_the_protocol_gets_the_graphs_outputs_alone(
     registered,
 ):
-    from services.image import ImageFamily
-    from services.inference import OnnxModel
+    from services.dataplane.models import OnnxModel
+    from services.families.image import ImageFamily
 
     family = ImageFamily(bentoml.models.get(registered["fashion-cnn"]["tag"]))
     derive, derived = family.runner.derive, []

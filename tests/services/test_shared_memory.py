@@ -8,7 +8,7 @@ import pytest
 import tritonclient.utils.shared_memory as shm
 
 from services.errors import BadRequest, NotFound
-from services.shared_memory import MAX_REGIONS, SHM, Place, SharedMemory
+from services.frontends.shared_memory import MAX_REGIONS, SHM, Place, SharedMemory
 
 
 @pytest.fixture

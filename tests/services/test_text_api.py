@@ -1,8 +1,11 @@
 """/classify_text and /classify_texts on the in-process platform service."""
 
+import bentoml
 import numpy as np
 import pytest
 
+from contracts.card import ModelCard
+from contracts.text import TextContract
 from tests.helpers import offline_text_probabilities
 
 TEXTS = [
@@ -57,6 +60,16 @@ def test_bad_text_requests_get_400_saying_what_is_wrong(client, path, body, erro
     assert error in response.json()["error"]
 
 
-def test_long_texts_are_cut_to_the_trained_token_limit(client):
-    response = client.post("/classify_text", json={"text": "a small dog " * 150})  # ~450 tokens, 1800 characters
-    assert response.status_code == 200
+def test_long_texts_are_cut_to_the_trained_token_limit(client, registered):
+    stored = bentoml.models.get(registered["wordnet-transformer"]["tag"])
+    contract = TextContract.from_card(ModelCard.from_metadata(stored.info.metadata), stored.path)
+    limit = contract.encoding.max_tokens
+    words = ["a", "small", "dog"] * 150  # ~450 tokens, 1800 characters
+    # The shortest prefix of the words that reaches the limit: the first `limit` tokens are the long text's own.
+    cut = next(
+        " ".join(words[:n]) for n in range(1, len(words)) if len(contract.token_ids([" ".join(words[:n])])[0]) >= limit
+    )
+    assert contract.token_ids([cut])[0][:limit] == contract.token_ids([" ".join(words)])[0]
+    long, short = (client.post("/classify_text", json={"text": text}) for text in (" ".join(words), cut))
+    assert long.status_code == short.status_code == 200
+    assert long.json()["probabilities"] == short.json()["probabilities"]

@@ -8,7 +8,7 @@ from training.__main__ import main
 
 
 def write_log(folder, card, means, flagged):
-    """Payload lines as services/payloads.py writes them, for images whose normalized means are `means`."""
+    """Payload lines as services/ops/payloads.py writes them, for images whose normalized means are `means`."""
     model, version = card["tag"].split(":")
     folder.mkdir(parents=True, exist_ok=True)
     reference = card["reference"]

@@ -6,7 +6,7 @@ import pytest
 
 from contracts.card import ModelCard
 from contracts.progress import PROGRESS_FOLDER, TrainingProgress
-from services.pending import PendingModels, StillTraining
+from services.dataplane.pending import PendingModels, StillTraining
 from training.__main__ import lane_flags, main
 from training.progress import ProgressReport
 from training.serve import can_start, lane_line

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import REGISTRY as OWN_PROCESS
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+from services.compat.prometheus_values import values_without_a_system_call
 
 SERVER_METRICS = "MODELROAD_METRICS_DIR"  # "<pid of a server's first process>:<its metrics folder>"
 
@@ -43,35 +45,6 @@ def use_the_servers_metrics_folder() -> None:
 
 use_the_servers_metrics_folder()
 
-_PID = os.getpid()
-
-
-def _forked() -> None:
-    global _PID
-    _PID = os.getpid()
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
-def this_process() -> int:
-    return _PID
-
-
-def values_without_a_system_call() -> None:
-    """prometheus_client's multiprocess values ask the OS for the pid at every update, to notice a fork: that
-    system call was 8% of a worker's busy time on /classify_image here (`python -m bench.profile image`). The same
-    class, with the pid kept in memory and read again after a fork, is swapped in — only while no value of the
-    default class exists in this process (two classes would write the same files)."""
-    default = values.ValueClass
-    if not getattr(default, "_multiprocess", False):
-        return  # one process: no files, no pid
-    cells = dict(zip(default.__init__.__code__.co_freevars, default.__init__.__closure__ or ()))
-    if "values" not in cells or cells["values"].cell_contents:
-        return
-    values.ValueClass = values.MultiProcessValue(process_identifier=this_process)
-
-
 values_without_a_system_call()
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others are counted as `other`
@@ -79,7 +52,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 REQUESTS = Counter(
     "modelroad_requests_total",
     "Requests answered, by route template (or `other`; for gRPC the method's path), method, status (for gRPC the "
-    "HTTP status of the REST surface's answer, services/oip_grpc.py) and protocol (http or grpc).",
+    "HTTP status of the REST surface's answer, services/frontends/oip_grpc.py) and protocol (http or grpc).",
     ["endpoint", "method", "status", "protocol"],
 )
 REQUEST_SECONDS = Histogram(
@@ -267,7 +240,8 @@ class AnswerCounters:
             self.version_outside.inc(flagged)
 
 
-# The fleet's desired state (services/desired.py): a replica's oldest worker's generation, and the newest read.
+# The fleet's desired state (services/dataplane/desired.py): a replica's oldest worker's generation, and the newest
+# read.
 SERVED_GENERATION = Gauge(
     "modelroad_served_generation",
     "The fleet state's generation this replica serves (its least caught-up worker's).",
@@ -325,7 +299,7 @@ def exposition() -> bytes:
     return generate_latest(all_workers())
 
 
-# The per-version series the console reads (services/pages.py), by family name as collected (no `_total`).
+# The per-version series the console reads (services/frontends/console.py), by family name as collected (no `_total`).
 FIGURES = {
     "modelroad_version_requests": "requests",
     "modelroad_version_request_seconds": "seconds",

@@ -1,5 +1,5 @@
 """Each model's OOD threshold in use: the model's graph scores every input (models/ood.py), the family's contract
-compares the score with this threshold, and the answer counters (services/metrics.py) count both."""
+compares the score with this threshold, and the answer counters (services/ops/metrics.py) count both."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ version answers no new request and is closed once its requests in flight have fi
 the repository: a family's routes and pipeline run whichever version of its model the policy chooses. A
 family's model can be replaced but not unloaded (its routes would have nothing to run).
 
-What is served and every policy is the fleet's desired state (services/desired.py), one document beside the
+What is served and every policy is the fleet's desired state (services/dataplane/desired.py), one document beside the
 model store that every worker of every replica on that store follows: any replica is the fleet's admin. The
 worker that takes an admin request loads the model itself first, so a model that cannot load is refused before
 anything changes; then it writes the new generation (compare-and-set: a change may name the generation it was
@@ -20,20 +20,15 @@ has applied it or said why it cannot: which replicas serve it and which lag.
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Collection, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Any
 
 import bentoml
-from fastapi import APIRouter, Depends, Request
-from fastapi import Path as PathParameter
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, ValidationError
 
-from services.desired import (
+from services.dataplane.desired import (
     DesiredState,
     Served,
     StaleGeneration,
@@ -42,17 +37,16 @@ from services.desired import (
     fleet_report,
     replica_name,
 )
-from services.errors import BadRequest, Conflict, Forbidden, NotFound, TimedOut, Unauthorized, validation_message
-from services.inference import InferenceModel, ModelRepository
-from services.metrics import DESIRED_GENERATION, SERVED_GENERATION
-from services.traffic import Policy
+from services.dataplane.models import InferenceModel, ModelRepository
+from services.dataplane.traffic import Policy
+from services.errors import BadRequest, Conflict, Forbidden, NotFound, TimedOut, Unauthorized
+from services.ops.metrics import DESIRED_GENERATION, SERVED_GENERATION
 
 log = logging.getLogger(__name__)
 
 FOLLOW_EVERY_S = 0.2  # how often a worker reads the fleet's state
 REPORT_EVERY_S = 1.0  # how often a worker says it is alive and what it serves, changed or not
 RETRY_S = 10.0  # how long a worker waits before trying again a generation it could not apply
-M = TypeVar("M", bound=BaseModel)
 
 
 def stored_tag(name: str, version: str | None) -> str:
@@ -347,86 +341,6 @@ class RepositoryAdmin:
             await asyncio.sleep(FOLLOW_EVERY_S)
 
 
-def admin(request: Request) -> RepositoryAdmin:
-    """This worker's side of the extension (set on the app when the worker started)."""
-    return request.app.state.admin
-
-
-class RepositoryIndexRequest(BaseModel):
-    ready: bool = Field(False, description="list only the models ready for inference")
-
-
-class ModelRepositoryRequest(BaseModel):
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class ShadowPolicy(BaseModel):
-    version: str
-    percent: Annotated[float, Field(ge=0, le=100)] = 100.0
-
-
-GENERATION = (
-    "the generation of the fleet's state this change is based on (from a GET of the policy); a stale one gets 409; "
-    "none: the latest"
-)
-
-
-class TrafficRequest(BaseModel):
-    split: dict[str, Annotated[float, Field(ge=0, le=100)]] = Field(
-        description="versions and their weights in percent, summing to 100; a request's X-Routing-Key makes its "
-        "version sticky"
-    )
-    shadow: ShadowPolicy | None = Field(None, description="a version that gets a copy of `percent` of the requests")
-    generation: int | None = Field(None, description=GENERATION)
-
-
-class Lagging(BaseModel):
-    replica: str
-    applied: int = Field(description="the generation it serves")
-    reason: str
-
-
-class FleetProgress(BaseModel):
-    generation: int = Field(description="the generation of the fleet's state the change made")
-    applied: list[str] = Field(description="the replicas serving it (every live worker of theirs)")
-    lagging: list[Lagging] = Field(description="the replicas that do not (yet), and why")
-
-
-class TrafficPolicy(TrafficRequest):
-    name: str
-    served: list[str] = Field(description="the versions served, oldest first")
-    generation: int = Field(description="the generation of the fleet's state this replica serves")
-    fleet: FleetProgress | None = Field(None, description="after a change: which replicas applied it")
-
-
-class RepositoryChange(BaseModel):
-    name: str
-    versions: list[str]
-    fleet: FleetProgress
-
-
-class IndexEntry(BaseModel):
-    name: str
-    version: str
-    state: str = Field(description="READY or UNAVAILABLE")
-    reason: str | None = None
-
-
-def json_body(model: type[BaseModel], required: bool = False) -> dict[str, Any]:
-    """The OpenAPI request body of a route that parses its JSON itself (`parsed`): `model`'s schema."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
-
-
-async def parsed(request: Request, model: type[M]) -> M:
-    """The JSON body as `model`, whatever its content type (tritonclient sends none); an empty body is the defaults."""
-    body = await request.body()
-    try:
-        return model.model_validate_json(body) if body.strip() else model()
-    except ValidationError as exc:
-        raise BadRequest(validation_message(exc.errors())) from None
-
-
 def check_admin_token(token: str, presented: str | None) -> None:
     """401 without a bearer token, 403 with another one than `token` (either protocol)."""
     if presented is None:
@@ -434,16 +348,6 @@ def check_admin_token(token: str, presented: str | None) -> None:
     # Digests of equal length, compared in constant time: the answer's timing tells nothing of the token.
     if not hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), hashlib.sha256(token.encode()).digest()):
         raise Forbidden("the bearer token is not the admin token")
-
-
-def bearer(token: str) -> Callable[..., Any]:
-    """A dependency that lets a request through only with `Authorization: Bearer <token>`."""
-    scheme = HTTPBearer(auto_error=False, description="MODELROAD_ADMIN_TOKEN")
-
-    async def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> None:
-        check_admin_token(token, credentials.credentials if credentials else None)
-
-    return authorized
 
 
 def load_parameters(parameters: dict[str, Any]) -> tuple[str | None, int | None]:
@@ -465,75 +369,3 @@ def based_on(record: dict[str, Any]) -> int | None:
     if isinstance(generation, bool) or not isinstance(generation, int):
         raise BadRequest(f"generation must be a whole number, a generation of the fleet's state; got {generation!r}")
     return generation
-
-
-ERRORS = {
-    400: {"description": "the model cannot be loaded, or the request (e.g. a traffic policy) is not valid"},
-    401: {"description": "no bearer token"},
-    403: {"description": "not the admin token"},
-    404: {"description": "no such model or version"},
-    409: {
-        "description": "the change is based on a stale generation (the answer's `generation` is the current one), or "
-        "a family route runs this model: it can be replaced, not unloaded"
-    },
-    504: {"description": "applied, but not every worker followed in time"},
-}
-
-
-def routes(token: str) -> APIRouter:
-    """Triton's model repository extension, each route behind the admin token."""
-    router = APIRouter(prefix="/v2/repository", tags=["model repository"], dependencies=[Depends(bearer(token))])
-    Name = Annotated[str, PathParameter(description="a model's name in the store")]
-
-    @router.post(
-        "/index",
-        summary="the store's models and which are served",
-        responses=ERRORS,
-        openapi_extra=json_body(RepositoryIndexRequest),
-    )
-    async def repository_index(request: Request) -> list[IndexEntry]:
-        body = await parsed(request, RepositoryIndexRequest)
-        return [IndexEntry(**entry) for entry in admin(request).index(ready_only=body.ready)]
-
-    @router.post(
-        "/models/{name}/load",
-        summary="serve one stored version (default: the latest) alone: a rollout, or with an older one, a rollback",
-        responses=ERRORS,
-        openapi_extra=json_body(ModelRepositoryRequest),
-    )
-    async def load_model(request: Request, name: Name) -> RepositoryChange:
-        body = await parsed(request, ModelRepositoryRequest)
-        version, generation = load_parameters(body.parameters)
-        return RepositoryChange(**await admin(request).load(name, version, generation))
-
-    @router.get("/models/{name}/traffic", summary="the version policy in force", responses=ERRORS)
-    async def get_traffic(request: Request, name: Name) -> TrafficPolicy:
-        return TrafficPolicy(**admin(request).traffic(name))
-
-    @router.post(
-        "/models/{name}/traffic",
-        summary="put a version policy in force: a canary split, a shadow",
-        responses=ERRORS,
-        openapi_extra=json_body(TrafficRequest, required=True),
-    )
-    async def set_traffic(request: Request, name: Name) -> TrafficPolicy:
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise BadRequest("the body must be a JSON traffic policy") from None
-        generation = based_on(body) if isinstance(body, dict) else None
-        policy = Policy.parse({k: v for k, v in body.items() if k != "generation"} if isinstance(body, dict) else body)
-        return TrafficPolicy(**await admin(request).set_traffic(name, policy, generation))
-
-    @router.post(
-        "/models/{name}/unload",
-        summary="stop serving every version",
-        responses=ERRORS,
-        openapi_extra=json_body(ModelRepositoryRequest),
-    )
-    async def unload_model(request: Request, name: Name) -> RepositoryChange:
-        body = await parsed(request, ModelRepositoryRequest)  # `unload_dependents`: pipelines go with their model
-        fleet = await admin(request).unload(name, based_on(body.parameters))
-        return RepositoryChange(name=name, versions=[], fleet=fleet)
-
-    return router

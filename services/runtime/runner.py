@@ -17,10 +17,9 @@ from prometheus_client import Gauge
 from contracts.answers import OOD_OUTPUT
 from contracts.card import ModelCard, file_sha256
 from contracts.tensors import Feeds, TensorSpec, zero_feeds
-from services.batching import MicroBatcher
-from services.gate import Admitted
-from services.metrics import MODEL_INFO, RunSeries, VersionSeries
-from services.remote import RemoteSession
+from services.ops.metrics import MODEL_INFO, RunSeries, VersionSeries
+from services.runtime.batching import Admitted, MicroBatcher
+from services.runtime.remote import RemoteSession
 from services.settings import ServeSettings
 
 log = logging.getLogger(__name__)

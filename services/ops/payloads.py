@@ -21,14 +21,11 @@ from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from logging.handlers import QueueListener, RotatingFileHandler
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter
 
 from services.settings import SETTINGS, ServeSettings
-
-if TYPE_CHECKING:
-    from services.runner import OnnxRunner
 
 CURRENT_REQUEST_ID: ContextVar[str] = ContextVar("modelroad_request_id", default="")  # set by the edge per request
 QUEUED_LINES = 10_000  # lines waiting for the writer; past this they are dropped
@@ -112,8 +109,15 @@ def open_payload_log(settings: ServeSettings = SETTINGS) -> PayloadLog | None:
 PAYLOADS = open_payload_log()
 
 
+class Versioned(Protocol):
+    """What names a batch's lines: a stored model version (a runner)."""
+
+    name: str
+    version: str
+
+
 def log_predictions(
-    runner: OnnxRunner,
+    runner: Versioned,
     items: Sequence[Any],
     answers: Sequence[Any],
     summaries: Callable[[list[Any]], list[dict[str, Any]]],

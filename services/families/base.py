@@ -14,11 +14,12 @@ from fastapi import APIRouter, Request
 
 from contracts.card import ModelCard
 from contracts.tensors import TensorSpec
+from services.dataplane.models import Choice, InferenceModel, pipeline_name
+from services.dataplane.traffic import ROUTING_KEY
+from services.edge.worker import worker
 from services.errors import NotFound, Unavailable
-from services.inference import Choice, InferenceModel
-from services.runner import OnnxRunner
+from services.runtime.runner import OnnxRunner
 from services.settings import SETTINGS
-from services.traffic import ROUTING_KEY
 
 T = TypeVar("T")
 
@@ -49,7 +50,7 @@ def answering(request: Request, model: str) -> Choice:
     """The version of a family's `model` that answers this request (its pipeline; `.family` is the version's
     family object), chosen by the model's version policy, and its shadow."""
     try:
-        return request.app.state.models.choose(pipeline_name(model), request.headers.get(ROUTING_KEY))
+        return worker(request).models.choose(pipeline_name(model), request.headers.get(ROUTING_KEY))
     except NotFound:
         raise Unavailable(f"no version of {model} is served") from None
 
@@ -65,11 +66,6 @@ async def prepared(work: Callable[..., T], *args: Any, heavy: bool) -> T:
     if not heavy:
         return work(*args)
     return await asyncio.get_running_loop().run_in_executor(PREPARING, work, *args)
-
-
-def pipeline_name(model: str) -> str:
-    """A family's pipeline over a model is served by the inference protocol under this name."""
-    return f"{model}-pipeline"
 
 
 # Every pipeline answers with each input's OOD verdict beside its prediction, scores on.

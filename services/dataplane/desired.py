@@ -4,7 +4,7 @@ across restarts; and each worker's report of the generation it applies.
 
 A change may name the generation it was based on (as Kubernetes' resourceVersion): one based on another generation
 than the current one is refused with 409 and the current generation, and changes nothing. Every worker of every
-replica polls the document (one small file read every 0.2 s) and applies it (services/repository.py); a worker
+replica polls the document (one small file read every 0.2 s) and applies it (services/dataplane/admin.py); a worker
 that cannot apply a generation keeps its last good state and says why in its report, which the admin's answers,
 /readyz and the generation metrics read.
 """

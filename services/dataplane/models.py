@@ -1,10 +1,11 @@
 """The data plane, protocol-neutral: the served models by name and version, each a model as the inference
-protocol sees it (named tensors in and out). The HTTP front-end (services/oip.py) translates to and from it;
-it knows nothing of HTTP.
+protocol sees it (named tensors in and out). The front-ends (services/frontends/) translate to and from it; it
+knows nothing of HTTP or gRPC.
 
 A model is a stored ONNX graph served as it is (`OnnxModel`: its runner's micro-batcher, the graph's own
 outputs, nothing derived) or a family's pipeline (raw inputs in, answers as tensors out; the family modules).
-Both are versions of a stored model (its store tag); a version policy (services/traffic.py) says which answers.
+Both are versions of a stored model (its store tag); a version policy (services/dataplane/traffic.py) says which
+answers.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from contracts.card import ModelCard
 from contracts.preprocessing import InvalidInput
 from contracts.tensors import Feeds, TensorSpec, rows_problem
+from services.dataplane.traffic import Policy
 from services.errors import BadRequest, NotFound, ServingError
-from services.metrics import SHADOW_DROPPED, VersionSeries, VersionStatistics, version_statistics
-from services.runner import OnnxRunner
-from services.traffic import Policy
+from services.ops.metrics import SHADOW_DROPPED, VersionSeries, VersionStatistics, version_statistics
+from services.runtime.runner import OnnxRunner
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,11 @@ VERSION_HEADER = "X-Model-Version"
 A = TypeVar("A")  # a protocol's answer
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}  # the device a session runs on, as Triton names it
 MAX_SHADOWS_IN_FLIGHT = 32  # per worker; past this a shadow copy is dropped (and counted), never queued
+
+
+def pipeline_name(model: str) -> str:
+    """A family's pipeline over a model is served by the inference protocol under this name."""
+    return f"{model}-pipeline"
 
 
 class InferenceModel:
@@ -299,7 +306,7 @@ class ModelRepository:
     def __init__(self, models: Iterable[InferenceModel] = ()):
         self.versions: dict[str, dict[str, InferenceModel]] = {}
         self.policies: dict[str, Policy] = {}  # by stored model name; replaced whole by the repository admin
-        # Why a name is not served, where the server knows better than "no such model" (services/pending.py).
+        # Why a name is not served, where the server knows better than "no such model" (services/dataplane/pending.py).
         self.unserved: Callable[[str], ServingError | None] = lambda name: None
         for model in models:
             self.add(model)
@@ -357,6 +364,16 @@ class ModelRepository:
         if version not in versions:
             raise NotFound(f"{name} has no version {version!r}; served: {sorted(versions)}")
         return versions[version]
+
+    def card(self, name: str) -> ModelCard | None:
+        """The card of the latest served version of `name` (None: none is served)."""
+        versions = self.versions.get(name)
+        return list(versions.values())[-1].runner.card if versions else None
+
+    def choice(self, name: str, version: str | None, key: str | None) -> Choice:
+        """The version a request names (which bypasses the policy), or with none, the one the policy chooses by the
+        request's routing key."""
+        return self.choose(name, key) if version is None else Choice(self.get(name, version))
 
     def choose(self, name: str, key: str | None = None) -> Choice:
         """The version of `name` that answers a request (and its shadow), by its stored model's policy."""

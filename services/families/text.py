@@ -10,18 +10,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from contracts.answers import OOD_OUTPUT, class_arrays
+from contracts.answers import OOD_OUTPUT, classes_derived
 from contracts.card import ModelCard
 from contracts.summaries import text_summaries
 from contracts.tensors import TensorSpec
 from contracts.text import TextClassification, TextContract
-from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, json_response
+from services.compat.fastapi_routes import DirectRoute
+from services.edge.routes import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.errors import BadRequest
-from services.family import VERDICT_TENSORS, ClassifierPipeline, answering, prepared, verdict_tensors
-from services.metrics import AnswerCounters
-from services.ood import ood_threshold
-from services.payloads import answer_summary, log_predictions
-from services.runner import OnnxRunner, padded_calls
+from services.families.base import VERDICT_TENSORS, ClassifierPipeline, answering, prepared, verdict_tensors
+from services.families.ood import ood_threshold
+from services.ops.metrics import AnswerCounters
+from services.ops.payloads import answer_summary, log_predictions
+from services.runtime.runner import OnnxRunner, padded_calls
 from services.settings import SETTINGS
 
 INLINE_CHARS = 4_000  # characters of a request tokenized on the event loop (~1 ms); more go to a thread
@@ -40,9 +41,7 @@ class TextFamily:
         self.contract.tokenizer  # noqa: B018 - loaded now, not on the first request
         # Requests of other lengths share a batch, padded to its longest text: the attention mask ignores padding.
         pad = padded_calls({"input_ids": self.contract.encoding.pad_id, "attention_mask": 0})
-        self.runner = OnnxRunner(
-            stored, SETTINGS, pad, derive=lambda outputs: class_arrays(outputs[self.contract.output])
-        )
+        self.runner = OnnxRunner(stored, SETTINGS, pad, derive=classes_derived(self.contract.output))
         self.runners = (self.runner,)
         threshold = ood_threshold(self.runner.name, card)
         self.counters = AnswerCounters(self.runner.name, self.runner.version, card.labels, threshold)

@@ -15,13 +15,16 @@ from contracts.card import ModelCard
 from contracts.forecast import Forecast, ForecastContract
 from contracts.summaries import history_summaries
 from contracts.tensors import TensorSpec
-from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, json_response, whole_number
+from services.compat.fastapi_routes import DirectRoute
+from services.dataplane.models import pipeline_name
+from services.edge.routes import ERROR_RESPONSES, JSON_ONLY, json_response, whole_number
+from services.edge.worker import worker
 from services.errors import BadRequest
-from services.family import VERDICT_TENSORS, FamilyPipeline, answering, pipeline_name, verdict_tensors
-from services.metrics import AnswerCounters
-from services.ood import ood_threshold
-from services.payloads import log_predictions
-from services.runner import OnnxRunner
+from services.families.base import VERDICT_TENSORS, FamilyPipeline, answering, verdict_tensors
+from services.families.ood import ood_threshold
+from services.ops.metrics import AnswerCounters
+from services.ops.payloads import log_predictions
+from services.runtime.runner import OnnxRunner
 from services.settings import SETTINGS
 
 MAX_ABS_VALUE = 1e9  # beyond this float32 arithmetic in the net loses the series
@@ -114,11 +117,11 @@ class ForecastPipeline(FamilyPipeline):
 def better_model(request: Request, models: Iterable[str]) -> str:
     """The forecaster a request naming no cell gets: of those served, the better on validation data (never the test
     split), by the cards of their latest versions; while none is served, the first (whose routes say why)."""
-    served = request.app.state.models.versions
+    served = worker(request).models
 
     def val_loss(model: str) -> float:
-        versions = served.get(pipeline_name(model))
-        loss = list(versions.values())[-1].runner.card.val_loss if versions else None
+        card = served.card(pipeline_name(model))
+        loss = card.val_loss if card is not None else None
         return math.inf if loss is None else loss
 
     return min(models, key=val_loss)

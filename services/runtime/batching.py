@@ -18,10 +18,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from services.metrics import BATCH_SIZE, QUEUE_SECONDS
+from services.ops.metrics import BATCH_SIZE, QUEUE_SECONDS
 
 P = TypeVar("P")  # one request's payload
 R = TypeVar("R")  # one request's result
+
+
+class Admitted:
+    """Requests admitted in this process and not answered yet, every protocol's edge together (services/edge/gate.py
+    counts them): a batcher's hint that a lone request has company coming (another request is between the edge
+    and the batcher)."""
+
+    count = 0
+
+    @classmethod
+    def others(cls) -> bool:
+        return cls.count > 1
 
 
 @dataclass

@@ -1,19 +1,14 @@
 """The ASGI edge of the platform's app: API keys, rate limit, admission, request timeout, body-size limit,
-request ids, request metrics and access log.
+request ids, request metrics and access log (the checks and the log line are the edge core's, services/edge/gate.py,
+which the gRPC front-end shares).
 
 The middleware wraps only the platform's own app, so BentoML's health routes are never refused for load.
-Its refusals leave in the one error shape (services/errors.py).
+Its refusals leave in the one error shape (services/edge/http_errors.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
-import logging
-import os
-import re
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,25 +16,20 @@ from typing import Any
 from fastapi import Request
 from starlette.exceptions import HTTPException
 
-from services.errors import FallbackRoute, endpoint, error_response
-from services.gate import DRAINING, Gate, Refusal
-from services.keys import KeyRing, RateLimiter
-from services.metrics import IN_PROGRESS, METHODS, RequestSeries
-from services.payloads import CURRENT_REQUEST_ID
-from services.startup import DRAIN
+from services.edge.gate import Gate, log_access, request_id_of
+from services.edge.http_errors import FallbackRoute, endpoint, error_response
+from services.edge.keys import KeyRing, RateLimiter
+from services.errors import Refusal
+from services.ops.metrics import IN_PROGRESS, METHODS, RequestSeries
+from services.ops.payloads import CURRENT_REQUEST_ID
+from services.ops.startup import DRAIN
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 KEY_ID = "modelroad.key_id"  # where the edge leaves a request's key id in its scope
-# The access log: bare JSON lines on stderr, one a request, apart from the service's other logs.
-ACCESS = logging.getLogger("modelroad.access")
-ACCESS.propagate = False
-ACCESS.setLevel(logging.INFO)
-ACCESS.addHandler(logging.StreamHandler(sys.stderr))
 
 
 class BodyTooLarge(HTTPException):
@@ -48,36 +38,10 @@ class BodyTooLarge(HTTPException):
 
 
 # Bodies of these media types are read as bytes (uploads, binary tensors); every other body is parsed as JSON, by
-# one C call that holds the GIL for its whole length (~6 ms a MiB, in a thread or not), so its own, smaller limit
+# one C call that holds the GIL for its whole length (milliseconds a MiB, in a thread or not), so its own, smaller limit
 # bounds how long one request can keep the event loop (timeouts, /livez, other requests) waiting.
 BYTE_BODIES = (b"multipart/form-data", b"application/octet-stream")
 JSON_HEADER_LENGTH = b"inference-header-content-length"  # the JSON part of a binary inference-protocol body
-
-
-class RequestIds:
-    """New request ids, 32 hex digits: a random half drawn once a process (again after a fork) and a count.
-    Unique as uuid4's are, without uuid4's system call (os.urandom) per request: ~1.5% of a worker's busy time."""
-
-    def __init__(self) -> None:
-        self._start()
-        os.register_at_fork(after_in_child=self._start)
-
-    def _start(self) -> None:
-        self.prefix, self.count = os.urandom(8).hex(), itertools.count()
-
-    def new(self) -> bytes:
-        return f"{self.prefix}{next(self.count):016x}".encode()
-
-
-REQUEST_IDS = RequestIds()
-
-
-def request_id_of(scope: Scope) -> bytes:
-    """The client's X-Request-ID when it is a plain token (at most 64 of [A-Za-z0-9._-]), else a new one."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id" and REQUEST_ID.fullmatch(value):
-            return value
-    return REQUEST_IDS.new()
 
 
 def template(scope: Scope) -> str:
@@ -128,10 +92,6 @@ class EdgeMiddleware:
         self.access_log = access_log
         self.series = RequestSeries()
 
-    @property
-    def in_flight(self) -> int:
-        return self.gate.in_flight
-
     async def _reply(
         self, scope: Scope, send: Send, status: int, message: str, headers: dict[str, str] | None = None
     ) -> None:
@@ -143,60 +103,45 @@ class EdgeMiddleware:
             return await self.app(scope, receive, send)
         arrived, status = time.perf_counter(), 500
         answered: float | None = None  # when the answer began (never, for a client gone first)
-        request_id = request_id_of(scope)
+        headers = dict(scope["headers"])
+        request_id = request_id_of(headers)
         CURRENT_REQUEST_ID.set(request_id.decode())  # for the payload log's lines
 
         async def counted_send(message: Message) -> None:
             nonlocal status, answered
             if message["type"] == "http.response.start":
                 status, answered = message["status"], time.perf_counter()
-                headers = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                sent = [*message.get("headers", ()), (b"x-request-id", request_id)]
                 if DRAIN.draining:  # the client leaves this connection on this answer
-                    headers.append((b"connection", b"close"))
-                message = {**message, "headers": headers}
+                    sent.append((b"connection", b"close"))
+                message = {**message, "headers": sent}
             await send(message)
 
         IN_PROGRESS.inc()
         try:
-            await self._admit(scope, receive, counted_send)
+            await self._admit(scope, headers, receive, counted_send)
         finally:
             IN_PROGRESS.dec()
             method = scope["method"] if scope["method"] in METHODS else "other"
             route = template(scope)
             self.series.record(route, method, status, None if answered is None else answered - arrived)
             if self.access_log:
-                ACCESS.info(
-                    json.dumps(
-                        {
-                            "time": round(time.time(), 3),
-                            "request_id": request_id.decode(),
-                            "method": method,
-                            "endpoint": route,
-                            "status": status,
-                            "duration_ms": round((time.perf_counter() - arrived) * 1000, 2),
-                            **({"key_id": scope[KEY_ID]} if KEY_ID in scope else {}),
-                        }
-                    )
-                )
+                log_access(request_id.decode(), method, route, status, arrived, scope.get(KEY_ID), "http")
 
-    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gate, path = self.gate, scope["path"]
+    async def _admit(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        counted, keyed = not self.open_paths.holds(path), not self.keyless_paths.holds(path)
         try:
-            if DRAIN.draining and not self.open_paths.holds(path):
-                raise Refusal(503, DRAINING)
-            client = scope["client"][0] if scope.get("client") else "unknown"
-            if gate.keys is not None and not self.keyless_paths.holds(path):
-                client = scope[KEY_ID] = gate.identify(dict(scope["headers"]))  # the key's id, never the key
-            if self.open_paths.holds(path):
-                return await self._answer_in_time(scope, receive, send)
-            gate.check_rate(client)
-            gate.admit()
+            key_id = self.gate.enter(headers, scope["client"][0] if scope.get("client") else "unknown", keyed, counted)
         except Refusal as refused:
-            return await self._reply(scope, send, refused.status, refused.message, refused.headers)
+            return await self._reply(scope, send, refused.status, str(refused), refused.headers)
+        if key_id is not None:
+            scope[KEY_ID] = key_id  # the key's id, never the key
         try:
             await self._answer_in_time(scope, receive, send)
         finally:
-            gate.release()
+            if counted:
+                self.gate.release()
 
     async def _answer_in_time(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A request whose answer has not begun within the timeout is cancelled (its queued work is dropped): 504."""

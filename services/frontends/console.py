@@ -20,13 +20,14 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from services.app import CONSOLE_PATH, REFERENCE_PATH
-from services.inference import InferenceModel, ModelRepository
-from services.metrics import version_figures
+from services.dataplane.models import InferenceModel, ModelRepository
+from services.edge.app import CONSOLE_PATH, REFERENCE_PATH
+from services.edge.worker import worker
+from services.ops.metrics import version_figures
 from services.settings import SETTINGS
 
 ASSETS = Path(fastapi_offline.__file__).parent / "static"  # swagger-ui-bundle.js, swagger-ui.css, favicon.png
-CONSOLE = Path(__file__).parent / "console"  # index.html, console.js, console.css
+CONSOLE = Path(__file__).parents[1] / "console"  # index.html, console.js, console.css
 FAMILY_ROUTES = ("/classify_image", "/classify_text", "/forecast", "/generate_images")  # the console's forms
 
 
@@ -75,15 +76,14 @@ def routes() -> APIRouter:
 
     @router.get(f"{CONSOLE_PATH}/models")
     async def models(request: Request) -> JSONResponse:
-        state = request.app.state
-        pending = getattr(state, "pending", None)
+        here = worker(request)
         served = {route.path for route in request.app.routes}
         return JSONResponse(
             {
                 "keys": bool(SETTINGS.api_keys_file),
                 "routes": [path for path in FAMILY_ROUTES if path in served],
-                "models": served_models(state.models),
-                "awaited": pending.waiting(state.models.versions) if pending is not None else {},
+                "models": served_models(here.models),
+                "awaited": here.pending.waiting(here.models.versions) if here.pending is not None else {},
             },
             headers={"Cache-Control": "no-store"},
         )

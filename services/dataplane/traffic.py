@@ -1,5 +1,5 @@
 """Which version of a model answers a request: its version policy (a canary split, a shadow). The data plane
-(services/inference.py) makes the choice per request, measures it per version and runs the shadow's copy.
+(services/dataplane/models.py) makes the choice per request, measures it per version and runs the shadow's copy.
 
 No policy: the most recently created served version answers (the repository's default). A split weighs served
 versions (weights summing to 100); a request's `X-Routing-Key` makes its choice sticky (a hash of the key picks

@@ -36,13 +36,14 @@ from contracts.sampling import (
     image_seeds,
 )
 from contracts.tensors import TensorSpec
-from services.app import ERROR_RESPONSES, JSON_ONLY, DirectRoute, json_response, whole_number
+from services.compat.fastapi_routes import DirectRoute
+from services.dataplane.models import Choice
+from services.edge.routes import ERROR_RESPONSES, JSON_ONLY, json_response, whole_number
 from services.errors import BadRequest, NotAcceptable, ServingError
-from services.family import FamilyPipeline, answering
-from services.inference import Choice
-from services.metrics import GENERATED_IMAGES, GENERATION_SECONDS, GENERATION_STEPS
-from services.payloads import log_predictions
-from services.runner import OnnxRunner
+from services.families.base import FamilyPipeline, answering
+from services.ops.metrics import GENERATED_IMAGES, GENERATION_SECONDS, GENERATION_STEPS
+from services.ops.payloads import log_predictions
+from services.runtime.runner import OnnxRunner
 from services.settings import SETTINGS
 
 log = logging.getLogger(__name__)

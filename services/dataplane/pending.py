@@ -13,19 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import bentoml
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contracts.card import ModelCard
 from contracts.progress import TrainingProgress
+from services.dataplane.admin import RepositoryAdmin
+from services.dataplane.models import pipeline_name
 from services.errors import ServingError, Unavailable
-from services.family import pipeline_name
-from services.repository import RepositoryAdmin
 
 log = logging.getLogger(__name__)
 
@@ -139,31 +136,3 @@ class PendingModels:
                         self.refused[name] = str(exc)
                         log.error("%s is registered but cannot be served: %s", name, exc)
             await asyncio.sleep(JOIN_POLL_S)
-
-
-class ReadinessReport:
-    """BentoML's /readyz, answered with a body: 200 once every served model is ready, else 503. A pending model does
-    not hold readiness back (a server starts with one family registered, and a probe must not restart it while it
-    trains the rest); the JSON body lists what is served and what is awaited, and why. BentoML's own /readyz
-    answers an empty line and has no hook for a body."""
-
-    def __init__(self, app: ASGIApp, state: Any):
-        self.app, self.state = app, state  # the platform app's state, set by the worker at start
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answered = scope["type"] == "http" and scope["path"] == "/readyz" and scope["method"] == "GET"
-        if not answered or not hasattr(self.state, "ready"):  # other methods: BentoML's route (HEAD; else 405)
-            await self.app(scope, receive, send)
-            return
-        await self.report()(scope, receive, send)
-
-    def report(self) -> JSONResponse:
-        ready: Callable[[], bool] = self.state.ready
-        served = sorted(self.state.models.versions)
-        pending: PendingModels | None = getattr(self.state, "pending", None)
-        waiting = pending.waiting(served) if pending is not None else {}
-        body = {"ready": ready(), "served": served, "waiting": waiting}
-        admin = getattr(self.state, "admin", None)
-        if admin is not None:  # the fleet's state: the generation served here, the newest read, and why they differ
-            body["generation"] = admin.progress()
-        return JSONResponse(body, status_code=200 if body["ready"] else 503, headers={"Cache-Control": "no-store"})

@@ -6,10 +6,11 @@ The messages are Triton's own, generated from its `grpc_service.proto` (the supe
 sends, with no copy of the proto to drift. Methods not listed in `GRPCInference` answer UNIMPLEMENTED (the
 generated base class).
 
-The same data plane as REST (services/oip.py): the worker's served models and their version policies, the same
-batchers, the same codec checks and messages; and the same edge (services/gate.py): keys, rate limit, admission,
-the request timeout, draining, request metrics (protocol="grpc") and the access log. A refusal's HTTP status
-becomes a gRPC code (CODES).
+The same data plane as REST (services/frontends/oip_rest.py): the worker's served models and their version
+policies, the same batchers, the same codec (services/frontends/codec.py); and the same edge core
+(services/edge/gate.py): keys, rate limit, admission, draining, the request id and the access log, with the request
+timeout and the request metrics (protocol="grpc"). A failure gets the gRPC code of the HTTP status REST would answer
+(services/errors.py).
 
 BentoML serves HTTP on a socket its arbiter binds and hands to each worker; for gRPC, each worker binds the port
 itself with SO_REUSEPORT, so the kernel spreads connections over the workers. The same option would let a second
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -33,130 +33,34 @@ from typing import Any
 
 import grpc
 import psutil
-from fastapi import FastAPI
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from contracts.preprocessing import ImageTooLarge, InvalidInput
-from contracts.tensors import Feeds, datatype_of
-from services.classification import class_count, classify
-from services.edge import ACCESS, REQUEST_ID, REQUEST_IDS
-from services.errors import UNEXPECTED, BadRequest, ServingError, reason_label
-from services.gate import DRAINING, Gate, Refusal
-from services.inference import VERSION_HEADER, InferenceModel
-from services.metrics import ERRORS, IN_PROGRESS, RequestSeries
-from services.oip import EXTENSIONS, SERVER, RequestInput, choose, tensor_bytes, tensor_of
-from services.payloads import CURRENT_REQUEST_ID
-from services.repository import check_admin_token, load_parameters
+from services.dataplane.admin import RepositoryAdmin, check_admin_token, load_parameters
+from services.dataplane.models import VERSION_HEADER
+from services.dataplane.traffic import ROUTING_KEY
+from services.edge.gate import Gate, log_access, request_id_of
+from services.edge.worker import Worker
+from services.errors import GRPC_CODES, NotServed, failure, reason_label
+from services.frontends.codec import EXTENSIONS, SERVER, decode_inputs, encode_outputs, parameters
+from services.frontends.shared_memory import SharedMemory, served_regions
+from services.ops.metrics import ERRORS, IN_PROGRESS, RequestSeries
+from services.ops.payloads import CURRENT_REQUEST_ID
+from services.ops.startup import DRAIN
 from services.settings import ServeSettings
-from services.shared_memory import Place, SharedMemory, served_regions
-from services.startup import DRAIN
-from services.traffic import ROUTING_KEY
 
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 CLAIMS = Path(tempfile.gettempdir())  # where each claimed port's owner file lives (claim_port)
 C = grpc.StatusCode
-# The REST surface's status -> the gRPC code for the same refusal.
-CODES = {
-    400: C.INVALID_ARGUMENT,
-    401: C.UNAUTHENTICATED,
-    403: C.PERMISSION_DENIED,
-    404: C.NOT_FOUND,
-    409: C.FAILED_PRECONDITION,
-    413: C.RESOURCE_EXHAUSTED,
-    415: C.INVALID_ARGUMENT,
-    429: C.RESOURCE_EXHAUSTED,
-    500: C.INTERNAL,
-    501: C.UNIMPLEMENTED,
-    503: C.UNAVAILABLE,
-    504: C.DEADLINE_EXCEEDED,
-}
-# Each datatype's typed contents field (FP16 and BF16 travel only as raw bytes, as in the protocol).
-CONTENTS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-
-
-class NotServed(ServingError):
-    """A method this server does not serve as configured (the repository without an admin token)."""
-
-    status = 501
 
 
 class PortTaken(RuntimeError):
     pass
-
-
-# ---- the codec: protobuf messages <-> NumPy tensors ----
-
-
-def decode_inputs(request: pb.ModelInferRequest) -> Feeds:
-    """A request's input tensors by name, from a shared-memory region, `raw_input_contents` (one per input not in
-    shared memory) or each input's typed contents; checked as REST checks JSON and binary data."""
-    places = [Place.of(parameters(sent.parameters), "input", sent.name) for sent in request.inputs]
-    raw, sent_raw = iter(request.raw_input_contents), sum(place is None for place in places)
-    if request.raw_input_contents and len(request.raw_input_contents) != sent_raw:
-        raise BadRequest(
-            f"raw_input_contents has {len(request.raw_input_contents)} entries for {sent_raw} inputs: send one per "
-            "input (but those in shared memory), or typed contents for every input"
-        )
-    tensors: Feeds = {}
-    for sent, place in zip(request.inputs, places, strict=True):
-        if sent.name in tensors:
-            raise BadRequest("each input may be sent once")
-        field = CONTENTS.get(sent.datatype)
-        typed = list(getattr(sent.contents, field)) if field and not request.raw_input_contents and not place else None
-        spec = RequestInput.model_construct(
-            name=sent.name, shape=list(sent.shape), datatype=sent.datatype, parameters=None, data=typed
-        )
-        tensors[sent.name] = tensor_of(spec, place.read() if place is not None else next(raw, None))
-    return tensors
-
-
-def encode_outputs(model: InferenceModel, request: pb.ModelInferRequest, outputs: Feeds) -> pb.ModelInferResponse:
-    """The requested outputs (all by default), as raw bytes in `raw_output_contents` (as Triton answers)."""
-    response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
-    wanted = [(asked.name, parameters(asked.parameters)) for asked in request.outputs] or [(n, {}) for n in outputs]
-    for name, asked in wanted:
-        if name not in outputs:
-            raise BadRequest(f"{model.name} has no output {name!r}; its outputs are {sorted(outputs)}")
-        array = outputs[name]
-        if count := class_count(name, asked.get("classification")):
-            array = classify(name, array, count, model.labels)
-        answered = response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        if place := Place.of(asked, "output", name):
-            for key, value in place.wrote(tensor_bytes(array)).items():
-                setattr(answered.parameters[key], "string_param" if isinstance(value, str) else "int64_param", value)
-            response.raw_output_contents.append(b"")  # keeps the others' raw contents at their outputs' indices
-        else:
-            response.raw_output_contents.append(tensor_bytes(array))
-    return response
-
-
-def parameter(value: pb.InferParameter | None) -> object:
-    """An InferParameter's value (None when absent)."""
-    return None if value is None else getattr(value, value.WhichOneof("parameter_choice") or "string_param")
-
-
-def parameters(values: Any) -> dict[str, object]:
-    """A parameters map's values by name."""
-    return {name: parameter(value) for name, value in values.items()}
 
 
 # ---- the edge: what every call passes through ----
@@ -172,12 +76,6 @@ class Access:
 
 
 OPEN, KEYED, ADMIN = Access(open=True, keyed=False), Access(), Access(keyed=False)
-
-
-def headers_of(context: grpc.aio.ServicerContext) -> dict[bytes, bytes]:
-    """The call's metadata as the HTTP edge sees headers (text values; `-bin` ones are bytes and skipped)."""
-    metadata = context.invocation_metadata() or ()
-    return {key.encode(): value.encode("latin-1") for key, value in metadata if isinstance(value, str)}
 
 
 class Edge:
@@ -196,69 +94,39 @@ class Edge:
         context: grpc.aio.ServicerContext,
     ) -> Any:
         arrived, status = time.perf_counter(), 200
-        headers = headers_of(context)
-        request_id = headers.get(b"x-request-id", b"")
-        request_id = (request_id if REQUEST_ID.fullmatch(request_id) else REQUEST_IDS.new()).decode()
+        metadata = context.invocation_metadata() or ()
+        # The call's metadata as the HTTP edge sees headers (text values; `-bin` ones are bytes and skipped).
+        headers = {key.encode(): value.encode("latin-1") for key, value in metadata if isinstance(value, str)}
+        request_id = request_id_of(headers).decode()
         CURRENT_REQUEST_ID.set(request_id)  # for the payload log's lines
         admitted, key_id = False, None
         IN_PROGRESS.inc()
         try:
-            if not access.open:
-                key_id = self._admit(access, headers, context.peer())
-                admitted = True
+            # "ipv4:127.0.0.1:50000": the client's address, for the rate limit without keys
+            key_id = self.gate.enter(headers, context.peer().rpartition(":")[0], access.keyed, not access.open)
+            admitted = not access.open
             async with asyncio.timeout(None if access.open else self.timeout_s):
                 return await handler(request, context)
         except asyncio.CancelledError:  # the client left, or its own deadline passed: gRPC answers it
             status = 499
             raise
         except Exception as exc:
-            status, message, retry_after = self.refusal(method, exc)
-            if retry_after:
+            status, message, headers_out, _ = failure(exc)
+            if isinstance(exc, TimeoutError):
+                status, message = 504, f"no answer within the request timeout of {self.timeout_s:g} s"
+            elif status == 500:
+                log.error("%s failed", method, exc_info=exc)
+            if retry_after := (headers_out or {}).get("Retry-After"):
                 context.set_trailing_metadata((("retry-after", retry_after),))
             ERRORS.labels(method, reason_label(status)).inc()
-            await context.abort(CODES[status], message)
+            await context.abort(C[GRPC_CODES[status]], message)
         finally:
             if admitted:
                 self.gate.release()
             IN_PROGRESS.dec()
             self.series.record(method, "POST", status, time.perf_counter() - arrived)
             if self.access_log:
-                self._log(request_id, method, status, arrived, key_id)
-
-    def _admit(self, access: Access, headers: dict[bytes, bytes], peer: str) -> str | None:
-        """The HTTP edge's checks in its order (draining, key, rate, admission); the key's id where keys are on."""
-        if DRAIN.draining:
-            raise Refusal(503, DRAINING)
-        key_id = self.gate.identify(headers) if self.gate.keys is not None and access.keyed else None
-        self.gate.check_rate(key_id or peer.rpartition(":")[0])  # "ipv4:127.0.0.1:50000": the address
-        self.gate.admit()
-        return key_id
-
-    def refusal(self, method: str, exc: Exception) -> tuple[int, str, str | None]:
-        """A failed call's HTTP status (as REST would answer), message and Retry-After."""
-        if isinstance(exc, Refusal):
-            return exc.status, exc.message, (exc.headers or {}).get("Retry-After")
-        if isinstance(exc, ServingError):
-            return exc.status, str(exc), None
-        if isinstance(exc, InvalidInput):
-            return (413 if isinstance(exc, ImageTooLarge) else 400), str(exc), None
-        if isinstance(exc, TimeoutError):
-            return 504, f"no answer within the request timeout of {self.timeout_s:g} s", None
-        log.error("%s failed", method, exc_info=exc)
-        return 500, UNEXPECTED, None
-
-    @staticmethod
-    def _log(request_id: str, method: str, status: int, arrived: float, key_id: str | None) -> None:
-        line = {
-            "time": round(time.time(), 3),
-            "request_id": request_id,
-            "method": "POST",
-            "endpoint": method,
-            "status": status,
-            "protocol": "grpc",
-            "duration_ms": round((time.perf_counter() - arrived) * 1000, 2),
-        }
-        ACCESS.info(json.dumps({**line, **({"key_id": key_id} if key_id else {})}))
+                log_access(request_id, "POST", method, status, arrived, key_id, "grpc")
 
 
 def guarded(access: Access = KEYED) -> Callable:
@@ -280,11 +148,11 @@ def guarded(access: Access = KEYED) -> Callable:
 
 
 class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
-    """The protocol's RPCs on this worker's app state (its served models, readiness and repository admin)."""
+    """The protocol's RPCs on this worker's served models, readiness and repository admin."""
 
-    def __init__(self, app: FastAPI, settings: ServeSettings):
-        self.state, self.settings = app.state, settings
-        self.edge = Edge(app.state.gate, settings.request_timeout_s, settings.access_log)
+    def __init__(self, worker: Worker, settings: ServeSettings):
+        self.worker, self.settings = worker, settings
+        self.edge = Edge(worker.gate, settings.request_timeout_s, settings.access_log)
 
     @guarded(OPEN)
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -292,20 +160,20 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
 
     @guarded(OPEN)
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.state.ready() and not DRAIN.draining)
+        return pb.ServerReadyResponse(ready=self.worker.ready() and not DRAIN.draining)
 
     @guarded()
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         extensions = [
             *EXTENSIONS,
-            *(["model_repository"] if self.state.admin else []),
+            *(["model_repository"] if self.worker.admin else []),
             *(["system_shared_memory"] if self.settings.shared_memory else []),
         ]
         return pb.ServerMetadataResponse(name=SERVER["name"], version=SERVER["version"], extensions=extensions)
 
     @guarded()
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        described = self.state.models.metadata(request.name, request.version or None)
+        described = self.worker.models.metadata(request.name, request.version or None)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=described["name"],
@@ -317,22 +185,22 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
 
     @guarded()
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
-        config = self.state.models.config(request.name, request.version or None)
+        config = self.worker.models.config(request.name, request.version or None)
         return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
     @guarded()
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
-        found = self.state.models.statistics(request.name, request.version)
+        found = self.worker.models.statistics(request.name, request.version)
         return pb.ModelStatisticsResponse(model_stats=[json_format.ParseDict(s, pb.ModelStatistics()) for s in found])
 
     @guarded()
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.state.models.get(request.name, request.version or None).ready)
+        return pb.ModelReadyResponse(ready=self.worker.models.get(request.name, request.version or None).ready)
 
     @guarded()
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         key = dict(context.invocation_metadata() or ()).get(ROUTING_KEY.lower())
-        choice = choose(self.state.models, request.model_name, request.model_version or None, key)
+        choice = self.worker.models.choice(request.model_name, request.model_version or None, key)
         response = await choice.answer(
             lambda: decode_inputs(request), lambda model, outputs: encode_outputs(model, request, outputs)
         )
@@ -366,13 +234,13 @@ class GRPCInference(pb_grpc.GRPCInferenceServiceServicer):
         self._regions().unregister(request.name or None)
         return pb.SystemSharedMemoryUnregisterResponse()
 
-    def _admin(self, context: Any) -> Any:
-        if self.state.admin is None:
+    def _admin(self, context: Any) -> RepositoryAdmin:
+        if self.worker.admin is None:
             raise NotServed("the model repository extension is off: the server has no MODELROAD_ADMIN_TOKEN")
         authorization = dict(context.invocation_metadata() or ()).get("authorization", "")
         scheme, _, token = str(authorization).partition(" ")
         check_admin_token(self.settings.admin_token, token.strip() if scheme.lower() == "bearer" else None)
-        return self.state.admin
+        return self.worker.admin
 
     @guarded(ADMIN)
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
@@ -473,8 +341,8 @@ def claim_port(host: str, port: int, server: int) -> None:
 class GRPCServer:
     """One worker's gRPC server, on the worker's event loop (its batchers' loop)."""
 
-    def __init__(self, app: FastAPI, settings: ServeSettings):
-        self.app, self.settings = app, settings
+    def __init__(self, worker: Worker, settings: ServeSettings):
+        self.worker, self.settings = worker, settings
         self.server: grpc.aio.Server | None = None
 
     async def start(self, host: str | None = None) -> int:
@@ -489,8 +357,8 @@ class GRPCServer:
                 ("grpc.max_send_message_length", -1),
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(GRPCInference(self.app, self.settings), server)
-        health_pb2_grpc.add_HealthServicer_to_server(Health(self.app.state.ready), server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(GRPCInference(self.worker, self.settings), server)
+        health_pb2_grpc.add_HealthServicer_to_server(Health(self.worker.ready), server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         bound = (
             server.add_secure_port(address, self.credentials())
