@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 
 from bench.run import Request, run_wrk
-from harness.servers import free_port, served
+from harness.servers import free_port, serve_command, served
 
 GLOSS = "the act of putting something in working order again after it was broken or damaged "
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         log = Path(scratch) / "server.log"
         env = {"MODELROAD_REQUEST_TIMEOUT_S": str(args.timeout_s), "MODELROAD_ACCESS_LOG": "true"}
-        command = [sys.executable, "-m", "bentoml", "serve", "services.platform:Platform", "--port", str(port)]
+        command = serve_command(port)
         with served(command, port, env, log, Path.cwd()) as server, ThreadPoolExecutor(1) as pool:
             wrk = pool.submit(run_wrk, server, request, args.connections, args.seconds, Path(scratch))
             stop = threading.Event()

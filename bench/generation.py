@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from harness.servers import free_port, served
+from harness.servers import free_port, serve_command, served
 
 
 async def load(url: str, concurrency: int, seconds: float, n: int) -> tuple[float, float, float]:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for mode, env in (("step batching", {}), ("every call alone", {"MODELROAD_MAX_BATCH_SIZE": "1"})):
             port = free_port()
-            command = [sys.executable, "-m", "bentoml", "serve", "services.platform:Platform", "--port", str(port)]
+            command = serve_command(port)
             env = {**env, "MODELROAD_WORKERS": "1", "MODELROAD_GRPC_PORT": "0"}
             with served(command, port, env, Path(scratch) / "server.log", Path.cwd()) as url:
                 measured = {c: asyncio.run(load(url, c, args.seconds, args.images)) for c in (1, args.concurrency)}

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bench.run import PAYLOADS, Request, family_requests, run_wrk
-from harness.servers import free_port, served
+from harness.servers import free_port, serve_command, served
 
 
 def requests() -> dict[str, Request]:
@@ -29,7 +29,7 @@ def requests() -> dict[str, Request]:
 
 def throughput(scores: bool, routes: dict[str, Request], connections: int, seconds: int, scratch: Path) -> dict:
     port = free_port()
-    command = [sys.executable, "-m", "bentoml", "serve", "services.platform:Platform", "--port", str(port)]
+    command = serve_command(port)
     env = {"MODELROAD_OOD_SCORES": str(scores).lower()}
     with served(command, port, env, scratch / f"server-{scores}.log", Path.cwd()) as url:
         results = {}

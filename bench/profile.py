@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 
 from bench.run import BIN, CLASSIC, ROOT, Request, family_requests, oip_requests, parse_wrk, wrk_script
-from harness.servers import free_port, stop, wait_ready
+from harness.servers import free_port, serve_command, stop, wait_ready
 
 TOP = 25
 LINE = re.compile(r":\d+\)$")
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs wrk (apt) and py-spy (the dev extra)")
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    command = [str(BIN / "bentoml"), "serve", "services.platform:Platform", "--host", "127.0.0.1", "--port", str(port)]
+    command = serve_command(port)
     env = {"MODELROAD_WORKERS": "1", "MODELROAD_GRPC_PORT": str(free_port()), "BENTOML_DO_NOT_TRACK": "true"}
     log_path = args.out / "server.log"
     with open(log_path, "wb") as log:

@@ -50,7 +50,7 @@ from pathlib import Path
 from bench.overload import Overload, run_overload
 from bench.peers import ensure_venv, venv
 from bench.peers.families import FAMILIES, SPEC_ENV, Inputs, ModelFiles, model_files, write_spec
-from harness.servers import free_port, served
+from harness.servers import free_port, serve_command, served
 from loadtests.engine import GrpcLoad, run_step
 from loadtests.requests import encode_grpc
 from services.settings import ServeSettings
@@ -236,11 +236,11 @@ def server_command(target: str, port: int, workers: int, grpc_port: int | None =
     """The command serving `target` on `port`; a peer's gRPC too on `grpc_port` (the platforms': target_env)."""
     host = ["--host", "127.0.0.1", "--port", str(port)]
     peers = venv("peers") / "bin"
-    platform = [str(BIN / "bentoml"), "serve", "services.platform:Platform", *host]
+    platform = serve_command(port)
     commands = {
         **dict.fromkeys(("platform", "platform-unbatched", SPLIT, OVERLOAD), platform),  # settings differ: target_env
-        "bentoml-noop": [str(BIN / "bentoml"), "serve", "bench.floors:NoopService", *host],
-        "bentoml-mounted": [str(BIN / "bentoml"), "serve", "bench.floors:MountedService", *host],
+        "bentoml-noop": serve_command(port, "bench.floors:NoopService"),
+        "bentoml-mounted": serve_command(port, "bench.floors:MountedService"),
         # One process: uvicorn 0.54's --workers mode answered every request 44 ms late here (Nagle and
         # delayed-ACK timing), which would make the floor meaningless; one process is the honest floor.
         "starlette": [

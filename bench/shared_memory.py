@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import tritonclient.http as triton_http
 import tritonclient.utils.shared_memory as shm
 from onnx import TensorProto, helper
 
-from harness.servers import free_port, served
+from harness.servers import free_port, serve_command, served
 from training.import_model import import_model
 
 MODEL = "bench-sum"
@@ -86,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "MODELROAD_GRPC_PORT": str(grpc_port),
         "MODELROAD_MAX_BODY_BYTES": str(int(x.nbytes * 2)),
     }
-    command = [str(Path(sys.executable).with_name("bentoml")), "serve", "services.platform:Platform"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
+    command = serve_command(port)
     key = f"/modelroad-bench-{os.getpid()}"
     with tempfile.TemporaryDirectory() as folder, served(command, port, env, Path(folder) / "server.log", ROOT):
         rest = triton_http.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)

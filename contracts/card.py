@@ -14,16 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contracts.preprocessing import ForecastPreprocessing, ImagePreprocessing, Preprocessing, TextPreprocessing
+from contracts.preprocessing import PREPROCESSING, Preprocessing
 from contracts.tensors import TensorSpec
-
-# Each task kind's preprocessing (an imported model has none: tensors in and out).
-PREPROCESSING: dict[str, type[Preprocessing]] = {
-    "image-classification": ImagePreprocessing,
-    "image-generation": ImagePreprocessing,  # the size of the images drawn (mean 0, std 1: pixels / 255)
-    "forecasting": ForecastPreprocessing,
-    "text-classification": TextPreprocessing,
-}
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,6 @@ class ForecastContract:
         assert isinstance(card.preprocessing, ForecastPreprocessing), f"{card.task} is not a forecaster"
         return cls(card.preprocessing, card.output)
 
-    def to_card(self) -> ForecastPreprocessing:
-        return self.prep
-
     @property
     def min_history(self) -> int:
         return self.prep.min_history

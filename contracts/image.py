@@ -33,9 +33,6 @@ class ImageContract:
         assert isinstance(card.preprocessing, ImagePreprocessing), f"{card.task} is not an image model"
         return cls(card.preprocessing, card.labels, card.output)
 
-    def to_card(self) -> ImagePreprocessing:
-        return self.prep
-
     def open_files(
         self, files: list[bytes], max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES
     ) -> list[Image.Image]:

@@ -7,9 +7,9 @@ with parameters read back from the model's metadata. numpy + Pillow only.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -24,6 +24,34 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 48 * 2**20
 
 
+class Preprocessing(Protocol):
+    """A task kind's preprocessing as the card records it."""
+
+    def to_metadata(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> Preprocessing: ...
+
+
+# Each task kind's preprocessing class, registered where it is defined (`preprocessing_for`); a kind with none (an
+# imported model: tensors in and out) is not here.
+PREPROCESSING: dict[str, type[Preprocessing]] = {}
+P = TypeVar("P", bound=type)
+
+
+def preprocessing_for(*kinds: str) -> Callable[[P], P]:
+    """Class decorator: the card records and reads this class as the preprocessing of these task kinds."""
+
+    def register(cls: P) -> P:
+        for kind in kinds:
+            if kind in PREPROCESSING:
+                raise ValueError(f"task kind {kind!r} already has a preprocessing")
+            PREPROCESSING[kind] = cls
+        return cls
+
+    return register
+
+
 class InvalidInput(ValueError):
     """A client sent something that cannot be turned into model input; the message says what."""
 
@@ -32,6 +60,8 @@ class ImageTooLarge(InvalidInput):
     """An image declares more pixels than are allowed (a decompression bomb, say); refused before decoding."""
 
 
+# The size of the images a generator draws too (mean 0, std 1: pixels / 255).
+@preprocessing_for("image-classification", "image-generation")
 @dataclass(frozen=True)
 class ImagePreprocessing:
     """uint8 pixels -> normalized float32 (B, C, H, W)."""
@@ -158,6 +188,7 @@ class TextEncoding:
         return input_ids, mask
 
 
+@preprocessing_for("forecasting")
 @dataclass(frozen=True)
 class ForecastPreprocessing:
     """How a forecaster reads a history: the last `window` values, scaled; at least `min_history`; `horizon` out."""
@@ -177,6 +208,7 @@ class ForecastPreprocessing:
         )
 
 
+@preprocessing_for("text-classification")
 @dataclass(frozen=True)
 class TextPreprocessing:
     """The text encoding, and the tokenizer file stored beside the model."""
@@ -190,6 +222,3 @@ class TextPreprocessing:
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> TextPreprocessing:
         return cls(TextEncoding(**metadata["text"]), metadata["tokenizer"])
-
-
-Preprocessing = ImagePreprocessing | ForecastPreprocessing | TextPreprocessing

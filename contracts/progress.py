@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Self
 
 PROGRESS_FOLDER = "MODELROAD_TRAINING_PROGRESS"
-STATES = ("queued", "training", "exporting", "registered", "failed")
 MIN_RETRY_S, MAX_RETRY_S = 5, 60  # Retry-After while a model trains: its time left, within these bounds
 
 

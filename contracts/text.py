@@ -30,9 +30,6 @@ class TextContract:
         assert isinstance(card.preprocessing, TextPreprocessing), f"{card.task} is not a text model"
         return cls(card.preprocessing, model_dir, card.labels, card.output)
 
-    def to_card(self) -> TextPreprocessing:
-        return self.prep
-
     @property
     def encoding(self) -> TextEncoding:
         return self.prep.text

@@ -29,7 +29,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.servers import free_port, stop, wait_ready
+from harness.servers import free_port, serve_command, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
@@ -129,8 +129,7 @@ class Fleet:
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each replica keeps its own under its home
         log_path = self.folder / f"replica-{number}.log"
-        command = [str(Path(sys.executable).with_name("bentoml")), "serve", "services.platform:Platform"]
-        command += ["--host", "127.0.0.1", "--port", str(self.ports[number - 1])]
+        command = serve_command(self.ports[number - 1])
         with open(log_path, "ab") as out:
             process = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

@@ -8,12 +8,21 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+PLATFORM = "services.platform:Platform"
+
+
+def serve_command(port: int, service: str = PLATFORM, host: str = "127.0.0.1") -> list[str]:
+    """`bentoml serve` of `service` (default: the platform) on host:port, with this interpreter's BentoML: the one
+    way the benchmarks, the load tests, the fleet, `python -m training serve` and the tests start a server."""
+    return [str(Path(sys.executable).with_name("bentoml")), "serve", service, "--host", host, "--port", str(port)]
 
 
 def free_port() -> int:

@@ -29,11 +29,10 @@ from pathlib import Path
 
 import psutil
 
-from harness.servers import free_port, stop, wait_ready
+from harness.servers import free_port, serve_command, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-BENTOML = str(Path(sys.executable).with_name("bentoml"))
 USERS = 12  # four of each class: images, forecasts, texts
 
 
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path = scratch_dir / "server.log"
         with open(log_path, "wb") as log:
             server = subprocess.Popen(
-                [BENTOML, "serve", "services.platform:Platform", "--host", "127.0.0.1", "--port", str(port)],
+                serve_command(port),
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,

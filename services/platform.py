@@ -19,11 +19,8 @@ from services.dataplane.traffic import Policy
 from services.edge.app import build_app, gate_of
 from services.edge.readiness import ReadinessReport
 from services.edge.worker import Worker
-from services.families.base import FamilyKind
-from services.families.forecast import ForecastFamily
-from services.families.generation import GenerationFamily
-from services.families.image import ImageFamily
-from services.families.text import TextFamily
+from services.families.base import FAMILIES as REGISTERED
+from services.families.base import FamilyKind, family_tags, served_tags
 from services.frontends import console, oip_rest, repository
 from services.frontends.oip_grpc import GRPCServer, PortTaken
 from services.ops.startup import DRAIN, quiet_garbage_collector
@@ -32,19 +29,14 @@ from services.settings import SETTINGS, service_config
 
 log = logging.getLogger(__name__)
 
-# The served families by name (their store tags are in the settings' one registry): one line a family, no forks.
-FAMILIES: dict[str, FamilyKind] = {
-    "image": ImageFamily,
-    "forecast": ForecastFamily,
-    "text": TextFamily,
-    "generation": GenerationFamily,
-}
-TAGS = SETTINGS.family_models
+# The served families by name, each registered where it is defined (services/families/), with its store tags.
+FAMILIES: dict[str, FamilyKind] = {name: spec.kind for name, spec in REGISTERED.items()}
+TAGS = family_tags(SETTINGS)
 # Under `python -m training serve`, family models still training: routes now, models when registered.
 PENDING = PendingModels.at_start(SETTINGS.training_progress, [tag for tags in TAGS.values() for tag in tags])
 # Checked against their sha256 at import, so `bentoml serve` refuses a changed file instead of restarting workers.
 REFERENCES = {
-    tag: verified_model(tag, SETTINGS.pinned_digests) for tag in SETTINGS.served_models if not PENDING.skips(tag)
+    tag: verified_model(tag, SETTINGS.pinned_digests) for tag in served_tags(SETTINGS) if not PENDING.skips(tag)
 }
 STORED = {tag: bentoml.models.get(tag) for tag in REFERENCES}  # `latest` resolved once, at start
 
@@ -94,7 +86,7 @@ APP = build_app(
         ),
         *([repository.routes(SETTINGS.admin_token)] if SETTINGS.admin_token else []),
         *([oip_rest.shared_memory_routes()] if SETTINGS.shared_memory else []),
-        console.routes(),
+        console.routes([spec.console_route for spec in REGISTERED.values() if spec.console_route]),
     ],
     gate=GATE,
     guarded=True,

@@ -28,6 +28,7 @@ from fastapi.responses import Response
 from contracts.tensors import feeds_problem
 from services.edge.app import build_app
 from services.errors import BadRequest, NotFound
+from services.families.base import served_tags
 from services.ops.startup import quiet_garbage_collector
 from services.runtime.remote import DEVICE_HEADER, NPZ, decode_feeds, encode_feeds
 from services.runtime.runner import OnnxRunner, verified_model
@@ -40,21 +41,26 @@ RUNNER_SETTINGS = dataclasses.replace(SETTINGS, workers=1, runner_url="")
 router = APIRouter()
 
 
+def runner_of(request: Request) -> ModelRunner:
+    """This process's model runner (the one reader of the app's state: `ModelRunner` attaches itself at start)."""
+    return request.app.state.model_runner
+
+
 @router.put("/models/{tag}/holders/{holder}", summary="an API worker serves this version: load it if need be")
 async def hold_model(request: Request, tag: str, holder: str) -> dict[str, str]:
-    runner = await request.app.state.service.hold(tag, holder)
+    runner = await runner_of(request).hold(tag, holder)
     return {"tag": runner.tag, "device": runner.session.device}
 
 
 @router.delete("/models/{tag}/holders/{holder}", summary="an API worker retired this version")
 async def release_model(request: Request, tag: str, holder: str) -> dict[str, str]:
-    await request.app.state.service.release(tag, holder)
+    await runner_of(request).release(tag, holder)
     return {"tag": tag}
 
 
 @router.post("/run/{tag}", summary="run one call (an .npz of the model's inputs) in a batch")
 async def run_model(request: Request, tag: str) -> Response:
-    runners: dict[str, OnnxRunner] = request.app.state.runners
+    runners = runner_of(request).by_tag
     runner = runners.get(tag)
     if runner is None:
         raise NotFound(f"this runner serves {sorted(runners)}; not {tag}")
@@ -75,7 +81,7 @@ async def run_model(request: Request, tag: str) -> Response:
 
 APP = build_app("modelroad-runner", "The platform's models, run in batches for its API workers.", [router])
 # The platform's registry: every model it serves (MODELROAD_*_MODEL and MODELROAD_MODELS), checked at import.
-REFERENCES = {tag: verified_model(tag, SETTINGS.pinned_digests) for tag in SETTINGS.served_models}
+REFERENCES = {tag: verified_model(tag, SETTINGS.pinned_digests) for tag in served_tags(SETTINGS)}
 
 
 def open_runner(tag: str) -> OnnxRunner:
@@ -94,7 +100,7 @@ class ModelRunner:
             runner = open_runner(tag)
             self.by_tag[runner.tag] = runner
         self._changing = asyncio.Lock()
-        APP.state.runners, APP.state.service = self.by_tag, self
+        APP.state.model_runner = self
 
     async def hold(self, tag: str, holder: str) -> OnnxRunner:
         async with self._changing:

@@ -92,21 +92,6 @@ class ServeSettings:
         return tuple(tag.strip() for tag in self.models.split(",") if tag.strip())
 
     @property
-    def family_models(self) -> dict[str, tuple[str, ...]]:
-        """Each served family's store tags: the one registry of what a family route runs."""
-        return {
-            "image": (self.image_model,),
-            "forecast": (self.lstm_model, self.gru_model),
-            "text": (self.text_model,),
-            "generation": (self.generation_model,) if self.generation_model else (),
-        }
-
-    @property
-    def served_models(self) -> tuple[str, ...]:
-        """Every store tag a server serves: the families' and the extra models (the platform and its runner service)."""
-        return (*(tag for tags in self.family_models.values() for tag in tags), *self.extra_models)
-
-    @property
     def fleet_folder(self) -> Path:
         home = os.environ.get("BENTOML_HOME") or os.path.expanduser("~/bentoml")
         return Path(self.fleet_state or os.path.join(home, "fleet"))

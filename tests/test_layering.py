@@ -16,7 +16,7 @@ DATAPLANE = {"services.runtime"} | RUNTIME
 EDGE = {"services.dataplane", "services.compat"} | DATAPLANE
 LAYERS = {
     "services.platform": {"*"},
-    "services.runner_service": {"services.edge", "services.runtime", "services.ops"} | BASE,
+    "services.runner_service": {"services.families", "services.edge", "services.runtime", "services.ops"} | BASE,
     "services.frontends": {"services.edge"} | EDGE,  # never a family
     "services.families": {"services.edge"} | EDGE,  # never a front-end
     "services.edge": EDGE,

@@ -21,6 +21,7 @@ from pathlib import Path
 from subprocess import Popen
 
 from contracts.progress import PROGRESS_FOLDER, TrainingProgress
+from harness.servers import serve_command
 from training.lanes import start_lanes
 
 POLL_S = 2.0
@@ -137,8 +138,7 @@ class Supervisor:
 def serve(tasks: list[str], host: str, port: int, lanes: int, flags: list[str], out_dir: Path, stored: bool) -> int:
     """Train `tasks` (none: serve at once) and serve every family, the `stored` default models among them; the
     server's exit status (1: nothing to serve)."""
-    command = [str(Path(sys.executable).with_name("bentoml")), "serve", "services.platform:Platform"]
-    command += ["--host", host, "--port", str(port)]
+    command = serve_command(port, host=host)
     if not tasks:
         os.execv(command[0], command)  # the server takes this process's place (and its signals)
     folder, logs = out_dir / "progress", out_dir / "logs"

@@ -40,11 +40,12 @@ def model_files() -> dict[str, ModelFiles]:
     generator has a benchmark of its own, bench/generation.py). Needs BentoML: the benchmark's venv."""
     import bentoml
 
+    from services.families.base import family_tags
     from services.settings import SETTINGS
 
     files = {}
     for family in FAMILIES:
-        stored = bentoml.models.get(SETTINGS.family_models[family][-1])  # the forecast family's last is the GRU
+        stored = bentoml.models.get(family_tags(SETTINGS)[family][-1])  # the forecast family's last is the GRU
         card = ModelCard.from_metadata(stored.info.metadata)
         tokenizer = getattr(card.preprocessing, "tokenizer", None)
         checkpoint = Path(card.train_config["out_dir"]) / card.train_config["task"] / "best.pt"

@@ -34,12 +34,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 JSON_ONLY = media_types("application/json")
 
 
-def whole_number(value: object) -> object:
-    """A body's integer field, before its strict check: JSON Schema counts 4.0 as an integer, so strict int alone
-    would refuse it (and rightly refuses "4" and 4.5). `BeforeValidator(whole_number)`."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
 def json_response(answer: BaseModel | Sequence[BaseModel], headers: dict[str, str] | None = None) -> Response:
     """An answer as JSON, serialized by pydantic's own encoder (the route declares its model for the docs)."""
     if isinstance(answer, BaseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import bentoml
@@ -19,7 +20,7 @@ from services.dataplane.traffic import ROUTING_KEY
 from services.edge.worker import worker
 from services.errors import NotFound, Unavailable
 from services.runtime.runner import OnnxRunner
-from services.settings import SETTINGS
+from services.settings import SETTINGS, ServeSettings
 
 T = TypeVar("T")
 
@@ -44,6 +45,46 @@ class FamilyKind(Protocol):
 
     @staticmethod
     def routes(cards: dict[str, ModelCard]) -> APIRouter: ...
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A family as registered where it is defined (`register_family`)."""
+
+    name: str
+    kind: FamilyKind
+    tags: Callable[[ServeSettings], Sequence[str]]  # its store tags, from the settings (an empty one: not served)
+    console_route: str | None = None  # the route the console's form for it calls
+
+
+FAMILIES: dict[str, FamilySpec] = {}  # by family name; services/families/__init__.py imports every family module
+K = TypeVar("K")
+
+
+def register_family(
+    name: str, tags: Callable[[ServeSettings], Sequence[str]], console_route: str | None = None
+) -> Callable[[K], K]:
+    """Class decorator on a family's class: the platform serves it, on the store tags `tags` reads from the
+    settings, and the console offers its form at `console_route`."""
+
+    def register(kind: K) -> K:
+        if name in FAMILIES:
+            raise ValueError(f"family {name!r} is already registered")
+        FAMILIES[name] = FamilySpec(name, kind, tags, console_route)  # type: ignore[arg-type]
+        return kind
+
+    return register
+
+
+def family_tags(settings: ServeSettings) -> dict[str, tuple[str, ...]]:
+    """Each family's store tags: what its routes run (the one registry, read by the platform, its runner service
+    and the benchmark's peers)."""
+    return {name: tuple(tag for tag in spec.tags(settings) if tag) for name, spec in FAMILIES.items()}
+
+
+def served_tags(settings: ServeSettings) -> tuple[str, ...]:
+    """Every store tag a server serves: the families' and the extra models (the platform and its runner service)."""
+    return (*(tag for tags in family_tags(settings).values() for tag in tags), *settings.extra_models)
 
 
 def answering(request: Request, model: str) -> Choice:

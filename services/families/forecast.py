@@ -15,12 +15,13 @@ from contracts.card import ModelCard
 from contracts.forecast import Forecast, ForecastContract
 from contracts.summaries import history_summaries
 from contracts.tensors import TensorSpec
+from contracts.validators import whole_number
 from services.compat.fastapi_routes import DirectRoute
 from services.dataplane.models import pipeline_name
-from services.edge.routes import ERROR_RESPONSES, JSON_ONLY, json_response, whole_number
+from services.edge.routes import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.edge.worker import worker
 from services.errors import BadRequest
-from services.families.base import VERDICT_TENSORS, FamilyPipeline, answering, verdict_tensors
+from services.families.base import VERDICT_TENSORS, FamilyPipeline, answering, register_family, verdict_tensors
 from services.families.ood import ood_threshold
 from services.ops.metrics import AnswerCounters
 from services.ops.payloads import log_predictions
@@ -39,6 +40,7 @@ def history_values(history: np.ndarray) -> dict[str, list]:
 FORECAST_TOLERANCE = 0.5
 
 
+@register_family("forecast", lambda s: (s.lstm_model, s.gru_model), console_route="/forecast")
 class ForecastFamily:
     """One version of one forecaster (the LSTM's or the GRU's) and the contract stored with it."""
 

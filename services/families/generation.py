@@ -13,24 +13,19 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import bentoml
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from PIL import Image
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from contracts.card import ModelCard
+from contracts.generation import GeneratedImages, GenerationRequest, request_model
 from contracts.preprocessing import ImagePreprocessing
 from contracts.sampling import (
-    GUIDANCE,
-    MAX_GUIDANCE,
-    MAX_IMAGES,
     MAX_SEED,
-    MAX_STEPS,
-    STEPS,
     Denoising,
     cosine_schedule,
     image_seeds,
@@ -38,9 +33,9 @@ from contracts.sampling import (
 from contracts.tensors import TensorSpec
 from services.compat.fastapi_routes import DirectRoute
 from services.dataplane.models import Choice
-from services.edge.routes import ERROR_RESPONSES, JSON_ONLY, json_response, whole_number
+from services.edge.routes import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.errors import BadRequest, NotAcceptable, ServingError
-from services.families.base import FamilyPipeline, answering
+from services.families.base import FamilyPipeline, answering, register_family
 from services.ops.metrics import GENERATED_IMAGES, GENERATION_SECONDS, GENERATION_STEPS
 from services.ops.payloads import log_predictions
 from services.runtime.runner import OnnxRunner
@@ -49,55 +44,6 @@ from services.settings import SETTINGS
 log = logging.getLogger(__name__)
 
 PREVIEW_EVERY = 5  # a stream's step events carry a preview of the images every this many steps
-
-
-class GenerationRequest(BaseModel):
-    """What a generation request asks for (its `label` is checked against the served model's classes)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    n: Annotated[int, BeforeValidator(whole_number)] = Field(
-        1, strict=True, ge=1, le=MAX_IMAGES, description="how many images"
-    )
-    seed: Annotated[int | None, BeforeValidator(whole_number)] = Field(
-        None,
-        strict=True,
-        ge=0,
-        le=MAX_SEED,
-        description="image i is drawn from seed + i: the same seed gives the same images; none: the server draws "
-        "one (the answer's `seeds` say which)",
-    )
-    label: str | None = Field(None, description="the class to draw; none: any class")
-    steps: Annotated[int, BeforeValidator(whole_number)] = Field(
-        STEPS, strict=True, ge=1, le=MAX_STEPS, description="denoising steps: more, finer"
-    )
-    guidance: float = Field(
-        GUIDANCE,
-        strict=True,
-        ge=0,
-        le=MAX_GUIDANCE,
-        allow_inf_nan=False,
-        description="classifier-free guidance: 1 draws from the class as trained, more makes it plainer",
-    )
-
-
-def request_model(labels: tuple[str, ...]) -> type[GenerationRequest]:
-    """The request body with `label` limited to the model's classes (the OpenAPI document lists them)."""
-    label = Literal[labels]  # type: ignore[valid-type]
-    return create_model(
-        "GenerationRequest",
-        __base__=GenerationRequest,
-        label=(label | None, Field(None, description="the class to draw; none: any class")),
-    )
-
-
-class GeneratedImages(BaseModel):
-    images: list[str] = Field(description="base64 PNG images (8-bit grey), in the order of `seeds`")
-    seeds: list[int] = Field(description="each image's seed: asked for alone (n 1), it gives that image again")
-    label: str | None
-    steps: int
-    guidance: float
-    model: str = Field(description="the model version that drew them, name:version")
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -112,6 +58,7 @@ def as_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(pixels[:, 0] * 255.0), 0, 255).astype(np.uint8)
 
 
+@register_family("generation", lambda s: (s.generation_model,), console_route="/generate_images")
 class GenerationFamily:
     """One version of the image generator: its denoiser (model.onnx) and its decoder, each behind a batcher."""
 

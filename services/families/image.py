@@ -17,7 +17,14 @@ from services.compat.fastapi_routes import DirectRoute, media_types
 from services.compat.multipart_upload import uploaded_file
 from services.edge.routes import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.errors import BadRequest
-from services.families.base import VERDICT_TENSORS, ClassifierPipeline, answering, prepared, verdict_tensors
+from services.families.base import (
+    VERDICT_TENSORS,
+    ClassifierPipeline,
+    answering,
+    prepared,
+    register_family,
+    verdict_tensors,
+)
 from services.families.ood import ood_threshold
 from services.ops.metrics import AnswerCounters
 from services.ops.payloads import answer_summary, log_predictions
@@ -32,6 +39,7 @@ def image_values(image: np.ndarray) -> dict[str, list]:
     return {"pixels": image.tolist()}
 
 
+@register_family("image", lambda s: (s.image_model,), console_route="/classify_image")
 class ImageFamily:
     """One version of the image classifier."""
 

@@ -18,7 +18,14 @@ from contracts.text import TextClassification, TextContract
 from services.compat.fastapi_routes import DirectRoute
 from services.edge.routes import ERROR_RESPONSES, JSON_ONLY, json_response
 from services.errors import BadRequest
-from services.families.base import VERDICT_TENSORS, ClassifierPipeline, answering, prepared, verdict_tensors
+from services.families.base import (
+    VERDICT_TENSORS,
+    ClassifierPipeline,
+    answering,
+    prepared,
+    register_family,
+    verdict_tensors,
+)
 from services.families.ood import ood_threshold
 from services.ops.metrics import AnswerCounters
 from services.ops.payloads import answer_summary, log_predictions
@@ -32,6 +39,7 @@ def text_values(text: str) -> dict[str, str]:
     return {"text": text}
 
 
+@register_family("text", lambda s: (s.text_model,), console_route="/classify_text")
 class TextFamily:
     """One version of the text classifier."""
 

@@ -10,6 +10,7 @@ The console is a static page (services/console/) that reads two JSON documents, 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ from services.settings import SETTINGS
 
 ASSETS = Path(fastapi_offline.__file__).parent / "static"  # swagger-ui-bundle.js, swagger-ui.css, favicon.png
 CONSOLE = Path(__file__).parents[1] / "console"  # index.html, console.js, console.css
-FAMILY_ROUTES = ("/classify_image", "/classify_text", "/forecast", "/generate_images")  # the console's forms
 
 
 def version_summary(model: InferenceModel) -> dict[str, Any]:
@@ -67,7 +67,8 @@ def served_models(models: ModelRepository) -> list[dict[str, Any]]:
     return rows
 
 
-def routes() -> APIRouter:
+def routes(family_routes: Sequence[str]) -> APIRouter:
+    """The console's pages; `family_routes`: the routes its forms call (the families', as registered)."""
     router = APIRouter(include_in_schema=False)
 
     @router.get("/")
@@ -81,7 +82,7 @@ def routes() -> APIRouter:
         return JSONResponse(
             {
                 "keys": bool(SETTINGS.api_keys_file),
-                "routes": [path for path in FAMILY_ROUTES if path in served],
+                "routes": [path for path in family_routes if path in served],
                 "models": served_models(here.models),
                 "awaited": here.pending.waiting(here.models.versions) if here.pending is not None else {},
             },

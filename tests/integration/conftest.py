@@ -6,12 +6,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from harness.servers import free_port, stop, wait_ready
+from harness.servers import free_port, serve_command, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +38,7 @@ def start_server(
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true", **(extra_env or {})}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server keeps its own under BENTOML_HOME
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("bentoml")), "serve", service, "--host", "127.0.0.1", "--port", str(port)],
+        serve_command(port, service),
         cwd=ROOT,
         env=env,
         stdout=open(log_path, "wb"),  # noqa: SIM115 - the server process holds it

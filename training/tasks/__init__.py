@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from training.tasks.base import Task
-from training.tasks.generation import ImageGenerationTask
-from training.tasks.images import ImageClassificationTask
-from training.tasks.series import ForecastTask
-from training.tasks.text import TextClassificationTask
+import importlib
+import pkgutil
 
-TASKS: dict[str, Task] = {
-    task.name: task
-    for task in (
-        ImageClassificationTask(),
-        ForecastTask("lstm"),
-        ForecastTask("gru"),
-        TextClassificationTask(),
-        ImageGenerationTask(),  # last: its evaluation judges samples with the CNN above
-    )
-}
+from training.tasks.base import REGISTERED, Task
+
+# Every module of the package is imported, and a task module registers its tasks (`register_task`): no list to edit.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+# Tasks that need another's model come after it (its evaluation uses that model).
+TASKS: dict[str, Task] = dict(sorted(REGISTERED.items(), key=lambda item: bool(item[1].needs)))
 
 
 def get_task(name: str) -> Task:

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -56,6 +56,18 @@ class Companion:
     output: str
     examples: list[tuple[torch.Tensor, ...]]  # the first is the export example (batch >= 2)
     tolerance: float = 1e-4
+
+
+T = TypeVar("T", bound="Task")
+REGISTERED: dict[str, Task] = {}  # by store name; training/tasks/__init__.py orders them as TASKS
+
+
+def register_task(task: T) -> T:
+    """Put `task` on the road under its store name (a task module registers its tasks where it defines them)."""
+    if task.name in REGISTERED:
+        raise ValueError(f"task {task.name!r} is already registered")
+    REGISTERED[task.name] = task
+    return task
 
 
 class Task(ABC):

@@ -30,7 +30,7 @@ from training.config import TrainConfig
 from training.image_quality import CnnJudge, frechet_distance
 from training.ood import detection
 from training.ood_sets import image_sets
-from training.tasks.base import Companion, Predict, Prepared, Task, fingerprint_arrays, split_indices
+from training.tasks.base import Companion, Predict, Prepared, Task, fingerprint_arrays, register_task, split_indices
 from training.tasks.images import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, load_fashion_mnist
 
 LATENT = 32  # LatentDiffusionConfig.latent: the served graphs' latent axis
@@ -225,3 +225,6 @@ def plot_grid(pixels: np.ndarray, labels: np.ndarray, names: list[str], path: Pa
     fig.subplots_adjust(left=0.2, wspace=0.05, hspace=0.05)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+register_task(ImageGenerationTask())

@@ -29,6 +29,7 @@ from training.tasks.base import (
     Task,
     balanced_class_weights,
     fingerprint_arrays,
+    register_task,
     split_indices,
 )
 
@@ -213,3 +214,6 @@ class ImageClassificationTask(Task):
         predicted = model.predict(x_test.flatten(1).numpy())
         scores = classification_metrics(y_test.numpy(), predicted, data.labels)
         return {"logistic_regression": {k: scores[k] for k in ("accuracy", "macro_f1")}}
+
+
+register_task(ImageClassificationTask())

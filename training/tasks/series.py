@@ -30,7 +30,7 @@ from contracts.tensors import TensorSpec
 from models.ood import Mahalanobis, Scored, window_of, window_shape
 from training.config import TrainConfig
 from training.ood_sets import series_sets
-from training.tasks.base import Predict, Prepared, Task, fingerprint_arrays
+from training.tasks.base import Predict, Prepared, Task, fingerprint_arrays, register_task
 
 if TYPE_CHECKING:
     import optuna
@@ -261,3 +261,7 @@ class ForecastTask(Task):
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
+
+
+register_task(ForecastTask("lstm"))
+register_task(ForecastTask("gru"))

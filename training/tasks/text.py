@@ -36,6 +36,7 @@ from training.tasks.base import (
     Task,
     balanced_class_weights,
     fingerprint_arrays,
+    register_task,
 )
 
 if TYPE_CHECKING:
@@ -342,3 +343,6 @@ class TextClassificationTask(Task):
         predicted = model.predict(data.extras["test_texts"])
         scores = classification_metrics(data.test.tensors[-1].numpy(), predicted, data.labels)
         return {"tfidf_logistic_regression": {k: scores[k] for k in ("accuracy", "macro_f1")}}
+
+
+register_task(TextClassificationTask())
