@@ -65,7 +65,7 @@ if SETTINGS.admin_token:
     STATE: DesiredState | None = DesiredState.at(SETTINGS.fleet_folder, START_TAGS, START_POLICIES)
 else:
     STATE = DesiredState.of_server(START_TAGS, START_POLICIES) if PENDING.joining else None
-GATE = gate_of(SETTINGS, guarded=True)  # per worker: each imports this module after the fork
+GATE = gate_of(SETTINGS, guarded=True)  # per worker: each worker process imports this module and makes its own
 APP = build_app(
     "modelroad",
     "CNN, RNN, Transformer and diffusion models served with ONNX Runtime: family routes, and the Open Inference "

@@ -1,6 +1,7 @@
-"""The model repository: what a server serves, by name and version, and Triton's repository extension
-(index, load, unload) to change it while traffic flows, plus each model's version policy (`traffic`: a
-canary split and a shadow), on when MODELROAD_ADMIN_TOKEN is set.
+"""The model repository's admin: what the fleet serves, by name and version, changed while traffic flows by
+Triton's repository extension (index, load, unload) and each model's version policy (`traffic`: a canary split
+and a shadow), on when MODELROAD_ADMIN_TOKEN is set; its REST routes are services/frontends/repository.py's, its
+gRPC methods services/frontends/oip_grpc.py's.
 
 The store is the repository (every registered model and version); a server serves some of it. `load NAME`
 serves one stored version of NAME (the latest unless `parameters.version` names one: loading an older version
@@ -9,8 +10,8 @@ version answers no new request and is closed once its requests in flight have fi
 the repository: a family's routes and pipeline run whichever version of its model the policy chooses. A
 family's model can be replaced but not unloaded (its routes would have nothing to run).
 
-What is served and every policy is the fleet's desired state (services/dataplane/desired.py), one document beside the
-model store that every worker of every replica on that store follows: any replica is the fleet's admin. The
+What is served and every policy is the fleet's desired state (services/dataplane/desired.py), one document beside
+the model store that every worker of every replica on that store follows: any replica is the fleet's admin. The
 worker that takes an admin request loads the model itself first, so a model that cannot load is refused before
 anything changes; then it writes the new generation (compare-and-set: a change may name the generation it was
 based on, `generation` in a policy or in `parameters`; a stale one gets 409), and answers once every live worker
