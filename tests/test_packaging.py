@@ -61,7 +61,9 @@ def test_bentoml_build_packs_the_service_and_references_every_model(registered, 
     tags = {m["tag"] for m in bento["services"][0]["models"]}
     served = {name: card for name, card in registered.items() if "variant" not in card}  # int8 is opt-in
     assert tags == {card["tag"] for card in served.values()}
-    assert (bento_dir / "src" / "services" / "platform.py").exists()
+    # Every module of services/ and contracts/, in every package: the image imports them all.
+    sources = [p.relative_to(ROOT) for package in ("services", "contracts") for p in (ROOT / package).rglob("*.py")]
+    assert [str(s) for s in sources if not (bento_dir / "src" / s).exists()] == []
     assert not (bento_dir / "src" / "training").exists()
     assert "torch" not in requirement_names((bento_dir / "env" / "python" / "requirements.txt").read_text())
 
