@@ -93,6 +93,8 @@ class TimedOut(ServingError):
 class Refusal(ServingError):
     """A request turned away at the edge (draining, key, rate, admission), with the status and headers to say so."""
 
+    key_id: str | None = None  # the key the request carried, when it was identified before being refused
+
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.headers = status, headers  # type: ignore[misc]

@@ -86,8 +86,12 @@ class Gate:
             raise Refusal(503, DRAINING)
         key_id = self.identify(headers) if keyed and self.keys is not None else None
         if counted:
-            self.check_rate(key_id or client)
-            self.admit()
+            try:
+                self.check_rate(key_id or client)
+                self.admit()
+            except Refusal as refused:
+                refused.key_id = key_id  # the access line of a request over its key's rate names the key
+                raise
         return key_id
 
     def identify(self, headers: dict[bytes, bytes]) -> str:

@@ -134,6 +134,8 @@ class EdgeMiddleware:
         try:
             key_id = self.gate.enter(headers, scope["client"][0] if scope.get("client") else "unknown", keyed, counted)
         except Refusal as refused:
+            if refused.key_id is not None:
+                scope[KEY_ID] = refused.key_id
             return await self._reply(scope, send, refused.status, str(refused), refused.headers)
         if key_id is not None:
             scope[KEY_ID] = key_id  # the key's id, never the key

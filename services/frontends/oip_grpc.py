@@ -112,6 +112,7 @@ class Edge:
             raise
         except Exception as exc:
             status, message, headers_out, _ = failure(exc)
+            key_id = key_id or getattr(exc, "key_id", None)  # a Refusal after the key was identified names it
             if isinstance(exc, TimeoutError):
                 status, message = 504, f"no answer within the request timeout of {self.timeout_s:g} s"
             elif status == 500:

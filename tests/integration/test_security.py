@@ -121,7 +121,7 @@ def test_keys_never_reach_the_log_or_the_metrics(guarded):
 
 
 def test_a_noisy_key_is_limited_with_429_and_retry_after_while_a_quiet_one_is_served(guarded, tmp_path):
-    url, _, _ = guarded
+    url, _, log_path = guarded
     quiet: list[int] = []
 
     def quiet_client() -> None:  # a quarter of the rate, for as long as wrk runs
@@ -148,6 +148,12 @@ def test_a_noisy_key_is_limited_with_429_and_retry_after_while_a_quiet_one_is_se
         limited = next(answer for answer in answers if answer.status_code != 200)
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert "rate limit of 20 requests/s" in limited.json()["error"]
+    time.sleep(0.5)  # the access line of the refused request names the key that is over its rate
+    request_id = limited.headers["x-request-id"]
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if request_id in line]
+    assert [(line["status"], line["key_id"]) for line in lines] == [
+        (429, hashlib.sha256(NOISY.encode()).hexdigest()[:12])
+    ]
 
 
 def test_the_load_test_sends_the_key_it_is_given(guarded, tmp_path):
