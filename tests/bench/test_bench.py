@@ -143,7 +143,7 @@ def test_a_short_benchmark_measures_every_target_and_writes_its_reports(register
                 "--concurrency",
                 "4",
                 "--duration",
-                "2",
+                "3",
                 "--rounds",
                 "1",
                 "--workers",
