@@ -19,8 +19,7 @@ from services.dataplane.traffic import Policy
 from services.edge.app import build_app, gate_of
 from services.edge.readiness import ReadinessReport
 from services.edge.worker import Worker
-from services.families.base import FAMILIES as REGISTERED
-from services.families.base import FamilyKind, family_tags, served_tags
+from services.families.base import FAMILIES, family_tags, served_tags
 from services.frontends import console, oip_rest, repository
 from services.frontends.oip_grpc import GRPCServer, PortTaken
 from services.ops.startup import DRAIN, quiet_garbage_collector
@@ -29,8 +28,7 @@ from services.settings import SETTINGS, service_config
 
 log = logging.getLogger(__name__)
 
-# The served families by name, each registered where it is defined (services/families/), with its store tags.
-FAMILIES: dict[str, FamilyKind] = {name: spec.kind for name, spec in REGISTERED.items()}
+# The served families (FAMILIES) are registered where each is defined (services/families/), with its store tags.
 TAGS = family_tags(SETTINGS)
 # Under `python -m training serve`, family models still training: routes now, models when registered.
 PENDING = PendingModels.at_start(SETTINGS.training_progress, [tag for tags in TAGS.values() for tag in tags])
@@ -48,7 +46,9 @@ def start_cards(family: str) -> dict[str, ModelCard]:
 
 
 # Each family model's name, its family and its card at start (what its routes were built for).
-FAMILY_MODELS = {name: (kind, card) for family, kind in FAMILIES.items() for name, card in start_cards(family).items()}
+FAMILY_MODELS = {
+    name: (spec.kind, card) for family, spec in FAMILIES.items() for name, card in start_cards(family).items()
+}
 # A family model served in more than one version at start (another in MODELROAD_MODELS, side by side) keeps its
 # routes on the version its setting names: a policy gives that one all the traffic until the repository changes it.
 START_POLICIES = {
@@ -71,7 +71,7 @@ APP = build_app(
     "CNN, RNN, Transformer and diffusion models served with ONNX Runtime: family routes, and the Open Inference "
     "Protocol v2 (with Triton's binary tensor extension) for every model and each family's pipeline.",
     [
-        *(kind.routes(cards) for family, kind in FAMILIES.items() if (cards := start_cards(family))),
+        *(spec.kind.routes(cards) for family, spec in FAMILIES.items() if (cards := start_cards(family))),
         oip_rest.routes(
             names=[
                 n
@@ -86,7 +86,7 @@ APP = build_app(
         ),
         *([repository.routes(SETTINGS.admin_token)] if SETTINGS.admin_token else []),
         *([oip_rest.shared_memory_routes()] if SETTINGS.shared_memory else []),
-        console.routes([spec.console_route for spec in REGISTERED.values() if spec.console_route]),
+        console.routes([spec.console_route for spec in FAMILIES.values() if spec.console_route]),
     ],
     gate=GATE,
     guarded=True,

@@ -367,8 +367,7 @@ class ModelRepository:
 
     def card(self, name: str) -> ModelCard | None:
         """The card of the latest served version of `name` (None: none is served)."""
-        versions = self.versions.get(name)
-        return list(versions.values())[-1].runner.card if versions else None
+        return self.get(name).runner.card if self.versions.get(name) else None
 
     def choice(self, name: str, version: str | None, key: str | None) -> Choice:
         """The version a request names (which bypasses the policy), or with none, the one the policy chooses by the

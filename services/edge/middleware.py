@@ -140,12 +140,12 @@ class EdgeMiddleware:
         if key_id is not None:
             scope[KEY_ID] = key_id  # the key's id, never the key
         try:
-            await self._answer_in_time(scope, receive, send)
+            await self._answer_in_time(scope, headers, receive, send)
         finally:
             if counted:
                 self.gate.release()
 
-    async def _answer_in_time(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _answer_in_time(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
         """A request whose answer has not begun within the timeout is cancelled (its queued work is dropped): 504."""
         started = False
 
@@ -158,14 +158,13 @@ class EdgeMiddleware:
 
         try:
             async with asyncio.timeout(self.request_timeout_s) as deadline:
-                await self._limit_body(scope, receive, timed_send)
+                await self._limit_body(scope, headers, receive, timed_send)
         except TimeoutError:
             if started or not deadline.expired():
                 raise
             await self._reply(scope, send, 504, f"no answer within the request timeout of {self.request_timeout_s:g} s")
 
-    async def _limit_body(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope.get("headers", ()))
+    async def _limit_body(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         limit, what = (self.max_json_bytes, "JSON body")
         # Bytes, or the binary tensor extension's JSON header and tensors (tritonclient sends it untyped): the
