@@ -28,7 +28,7 @@ class GenerationRequest(BaseModel):
     )
     label: str | None = Field(None, description="the class to draw; none: any class")
     steps: Annotated[int, BeforeValidator(whole_number)] = Field(
-        STEPS, strict=True, ge=1, le=MAX_STEPS, description="denoising steps: more, finer"
+        STEPS, strict=True, ge=1, le=MAX_STEPS, description="denoising steps: more, finer (the diffusion model's)"
     )
     guidance: float = Field(
         GUIDANCE,
@@ -36,17 +36,24 @@ class GenerationRequest(BaseModel):
         ge=0,
         le=MAX_GUIDANCE,
         allow_inf_nan=False,
-        description="classifier-free guidance: 1 draws from the class as trained, more makes it plainer",
+        description="classifier-free guidance: 1 draws from the class as trained, more makes it plainer (the "
+        "diffusion model's)",
     )
 
 
-def request_model(labels: tuple[str, ...]) -> type[GenerationRequest]:
-    """The request body with `label` limited to the model's classes (the OpenAPI document lists them)."""
+def request_model(labels: tuple[str, ...], models: tuple[str, ...]) -> type[GenerationRequest]:
+    """The request body with `label` limited to the models' classes and `model` to the served generators, the
+    default first (the OpenAPI document lists both)."""
     label = Literal[labels]  # type: ignore[valid-type]
+    model = Literal[models]  # type: ignore[valid-type]
     return create_model(
         "GenerationRequest",
         __base__=GenerationRequest,
         label=(label | None, Field(None, description="the class to draw; none: any class")),
+        model=(
+            model | None,
+            Field(None, description=f"the generator: {' or '.join(models)}; none: {models[0]}"),
+        ),
     )
 
 
@@ -54,6 +61,6 @@ class GeneratedImages(BaseModel):
     images: list[str] = Field(description="base64 PNG images (8-bit grey), in the order of `seeds`")
     seeds: list[int] = Field(description="each image's seed: asked for alone (n 1), it gives that image again")
     label: str | None
-    steps: int
-    guidance: float
+    steps: int = Field(description="denoising steps taken (1: a one-step generator)")
+    guidance: float | None = Field(description="classifier-free guidance (none: a one-step generator)")
     model: str = Field(description="the model version that drew them, name:version")

@@ -68,7 +68,7 @@ else:
 GATE = gate_of(SETTINGS, guarded=True)  # per worker: each worker process imports this module and makes its own
 APP = build_app(
     "modelroad",
-    "CNN, RNN, Transformer and diffusion models served with ONNX Runtime: family routes, and the Open Inference "
+    "CNN, RNN, Transformer, diffusion and GAN models served with ONNX Runtime: family routes, and the Open Inference "
     "Protocol v2 (with Triton's binary tensor extension) for every model and each family's pipeline.",
     [
         *(spec.kind.routes(cards) for family, spec in FAMILIES.items() if (cards := start_cards(family))),

@@ -32,7 +32,8 @@ class ServeSettings:
     lstm_model: str = "co2-lstm:latest"
     gru_model: str = "co2-gru:latest"
     text_model: str = "wordnet-transformer:latest"  # or wordnet-transformer-int8:latest
-    generation_model: str = "fashion-diffusion:latest"  # empty: no generation routes
+    generation_model: str = "fashion-diffusion:latest"  # the default generator (this and gan_model empty: no routes)
+    gan_model: str = "fashion-gan:latest"  # the one-step generator /generate_images offers by `model`; empty: none
     # More store tags, comma-separated, served beside the families' through the inference protocol (tensors in and
     # out): an imported model (`python -m training import`), or another version of a family's model side by side
     # (the family's routes stay on the version its own setting names, until the repository's `traffic` or `load`).

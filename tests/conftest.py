@@ -77,8 +77,14 @@ def diffusion_card(session_dir: Path, cnn_card: dict) -> dict:
 
 
 @pytest.fixture(scope="session")
+def gan_card(session_dir: Path, cnn_card: dict) -> dict:
+    """The one-step generator, judged by the CNN above."""
+    return train_briefly("fashion-gan", session_dir)
+
+
+@pytest.fixture(scope="session")
 def registered(
-    cnn_card: dict, lstm_card: dict, gru_card: dict, text_cards: dict, diffusion_card: dict
+    cnn_card: dict, lstm_card: dict, gru_card: dict, text_cards: dict, diffusion_card: dict, gan_card: dict
 ) -> dict[str, dict]:
     """Every family's model in the store, by store name (what the platform service needs)."""
     return {
@@ -87,6 +93,7 @@ def registered(
         "co2-gru": gru_card,
         **text_cards,
         "fashion-diffusion": diffusion_card,
+        "fashion-gan": gan_card,
     }
 
 

@@ -4,7 +4,7 @@ Small nets use two cores badly (measured here, 2 cores: a GRU step takes as long
 the CNN and the Transformer run 1.5-1.65x faster on 2 threads than on 1), so two processes of one thread
 each finish the default tasks sooner than one process of two threads. Tasks go longest first onto the
 lane with the least work so far, by each task's `expected_seconds`; a task that needs another's model trains after
-it.
+it (those too longest first: the diffusion model, the generation family's default, before the GAN).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def plan_lanes(tasks: list[str], lanes: int) -> list[list[str]]:
     last in that one's lane (a lane trains in order); else last onto the least-loaded lane."""
     plan: list[list[str]] = [[] for _ in range(max(1, min(lanes, len(tasks))))]
     load = [0.0] * len(plan)
-    later = [name for name in tasks if TASKS[name].needs]
+    later = sorted((name for name in tasks if TASKS[name].needs), key=lambda t: -TASKS[t].expected_seconds)
     for name in sorted((t for t in tasks if t not in later), key=lambda t: -TASKS[t].expected_seconds):
         lane = load.index(min(load))
         plan[lane].append(name)

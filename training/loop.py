@@ -97,6 +97,7 @@ class Optimization:
 
     @classmethod
     def create(cls, params: Any, cfg: TrainConfig, total_steps: int, device: torch.device) -> Optimization:
+        """`params`: parameters, or AdamW's parameter groups (a group's own settings win over cfg's)."""
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = min(cfg.warmup_steps, total_steps // 10)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total_steps))
@@ -185,14 +186,15 @@ class Progress:
     stale: int = 0  # epochs since it improved
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
-    def note(self, record: dict[str, float]) -> tuple[float, bool]:
+    def note(self, record: dict[str, float], by_validation: bool = True) -> tuple[float, bool]:
         """Add an epoch's record; its objective (lower is better) and whether it is the best yet.
 
         Classifiers are judged on their validation score: with label smoothing the loss rises as answers
-        grow confident while accuracy still improves."""
+        grow confident while accuracy still improves. Not `by_validation`: every epoch is the best yet (the
+        schedule ends the run and its last epoch is kept)."""
         self.history.append(record)
         objective = -record["val_score"] if "val_score" in record else record["val_loss"]
-        improved = objective < self.best
+        improved = objective < self.best or not by_validation
         self.best, self.stale = (objective, 0) if improved else (self.best, self.stale + 1)
         return objective, improved
 
@@ -293,7 +295,7 @@ def fit(
     augmentation = torch.Generator().manual_seed(cfg.seed + 7919 * (ranks.rank + 1))
     train_loader, val_loader, epochs, steps_per_epoch = loaders(task, data, cfg, generator, ranks)
     class_weights = data.class_weights.to(device) if data.class_weights is not None else None
-    optimization = Optimization.create(net.parameters(), cfg, epochs * steps_per_epoch, device)
+    optimization = Optimization.create(task.parameter_groups(net), cfg, epochs * steps_per_epoch, device)
     autocast = autocast_for(device, cfg.precision)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     progress, pretraining = Progress(), []
@@ -320,7 +322,7 @@ def fit(
             "lr": optimization.scheduler.get_last_lr()[0],
             **({"val_score": val_score} if val_score is not None else {}),
         }
-        objective, improved = progress.note(record)
+        objective, improved = progress.note(record, task.selects_by_validation)
         if ranks.leader:
             save_checkpoints(
                 net, optimization, (generator, augmentation), model_config, epoch, progress, last_path, improved

@@ -159,10 +159,14 @@ async function refreshModels() {
   if (example) pick.onclick = () => { document.querySelector("#forecast-form textarea").value = example.example.history.join(", "); };
   const text = served.models.flatMap((m) => m.versions).find((v) => v.example && v.example.text);
   if (text) document.querySelector("#text-form textarea").placeholder = text.example.text;
-  const generator = served.models.flatMap((m) => m.versions).find((v) => v.task === "image-generation");
-  const classes = document.querySelector("#generate-form select");
-  if (generator && classes.options.length === 1) {
-    for (const label of generator.labels) classes.append(node("option", label, { value: label }));
+  const generators = served.models.filter((m) => m.versions.some((v) => v.task === "image-generation"));
+  const classes = document.querySelector("#generate-form select[name=label]");
+  if (generators.length && classes.options.length === 1) {
+    for (const label of generators[0].versions[0].labels) classes.append(node("option", label, { value: label }));
+  }
+  const drawers = document.querySelector("#generate-form select[name=model]");
+  if (drawers.options.length !== generators.length) {
+    drawers.replaceChildren(...generators.map((m) => node("option", m.name, { value: m.name })));
   }
   renderModels();
 }
@@ -253,9 +257,11 @@ const SENDERS = {
     return [init, (answer, box) => showForecast(history, answer, box)];
   },
   "generate-form": (form) => {
-    const label = form.querySelector("select").value;
+    const label = form.querySelector("select[name=label]").value;
+    const model = form.querySelector("select[name=model]").value;
     const seed = form.querySelector("input[name=seed]").value;
     const body = {
+      ...(model ? { model } : {}),
       n: Number(form.querySelector("input[name=n]").value),
       ...(seed === "" ? {} : { seed: Number(seed) }),
       ...(label ? { label } : {}),

@@ -1,8 +1,10 @@
 """Image generation: a seed, a class and a count in; PNG images out, whole or step by step (server-sent events).
 
-Each request runs its own denoising loop (contracts/sampling.py) and submits every step to the denoiser's
-micro-batcher: the steps of concurrent requests, wherever each is in its loop, share ONNX Runtime calls. An image
-depends on its seed alone, not on what it was batched with (each row is computed alike; tested).
+Two kinds of generator, told apart by their card's net (`DRAWERS`): the latent diffusion model runs a denoising
+loop per request (contracts/sampling.py) and submits every step to the denoiser's micro-batcher, so the steps of
+concurrent requests, wherever each is in its loop, share ONNX Runtime calls; the GAN draws in one call of its
+generator. An image depends on its seed alone, not on what it was batched with (each row is computed alike;
+tested). A request names its generator by `model`; the first of the family's models answers otherwise.
 """
 
 import asyncio
@@ -12,8 +14,9 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import bentoml
 import numpy as np
@@ -24,12 +27,7 @@ from PIL import Image
 from contracts.card import ModelCard
 from contracts.generation import GeneratedImages, GenerationRequest, request_model
 from contracts.preprocessing import ImagePreprocessing
-from contracts.sampling import (
-    MAX_SEED,
-    Denoising,
-    cosine_schedule,
-    image_seeds,
-)
+from contracts.sampling import MAX_SEED, Denoising, cosine_schedule, first_noise, image_seeds
 from contracts.tensors import TensorSpec
 from services.compat.fastapi_routes import DirectRoute
 from services.dataplane.models import Choice
@@ -58,9 +56,150 @@ def as_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(pixels[:, 0] * 255.0), 0, 255).astype(np.uint8)
 
 
-@register_family("generation", lambda s: (s.generation_model,), console_route="/generate_images")
+class Drawing(Protocol):
+    """One request's images on their way: `done` of `of` calls made, until `finished`."""
+
+    done: int
+
+    @property
+    def finished(self) -> bool: ...
+
+
+class Drawer(Protocol):
+    """How one kind of generator draws: its graphs' runners and the calls a request makes of them."""
+
+    runners: tuple[OnnxRunner, ...]  # model.onnx's first
+    streams_steps: bool  # whether a stream shows the calls as `step` events (a one-call draw shows only `done`)
+
+    def start(self, seeds: list[int], labels: np.ndarray, request: GenerationRequest) -> Drawing: ...
+
+    def calls(self, drawing: Drawing) -> int: ...
+
+    async def step(self, drawing: Drawing) -> None: ...
+
+    async def images(self, drawing: Drawing) -> np.ndarray:
+        """(N, H, W) uint8: the finished images."""
+        ...
+
+    async def preview(self, drawing: Drawing) -> np.ndarray | None:
+        """(N, H, W) uint8: the images as they stand now, after this call; None: no preview now."""
+        ...
+
+    def answered(self, request: GenerationRequest) -> tuple[int, float | None]:
+        """The steps and guidance a request was drawn with (what the answer reports)."""
+        ...
+
+
+DRAWERS: dict[str, Callable[[bentoml.Model, ModelCard], Drawer]] = {}  # by the card's net (`family`)
+
+
+def drawer_for(net: str) -> Callable[[type], type]:
+    """Class decorator: the drawer of generators whose card names `net`."""
+
+    def register(cls: type) -> type:
+        DRAWERS[net] = cls
+        return cls
+
+    return register
+
+
+@drawer_for("latent-diffusion")
+class DiffusionDrawer:
+    """The denoiser's steps (model.onnx), then the decoder (decoder.onnx), each behind a batcher."""
+
+    streams_steps = True
+
+    def __init__(self, stored: bentoml.Model, card: ModelCard):
+        self.null_label = len(card.labels)  # the class id the model was trained to read as "no class"
+        self.latent = int(card.model_config["latent"])
+        self.alphas = cosine_schedule(int(card.model_config["timesteps"]))
+        self.denoiser = OnnxRunner(stored, SETTINGS)
+        self.decoder = OnnxRunner(stored, SETTINGS, graph="decoder.onnx")
+        self.runners = (self.denoiser, self.decoder)
+
+    def start(self, seeds: list[int], labels: np.ndarray, request: GenerationRequest) -> Denoising:
+        return Denoising.start(seeds, labels, request.guidance, request.steps, self.alphas, self.latent)
+
+    def calls(self, drawing: Denoising) -> int:
+        return len(drawing.steps)
+
+    async def step(self, drawing: Denoising) -> None:
+        latents, timesteps, labels = drawing.denoiser_inputs(self.null_label)
+        outputs = await self.denoiser.submit({"latents": latents, "timesteps": timesteps, "labels": labels})
+        drawing.advance(outputs["noise"])
+
+    async def decoded(self, latents: np.ndarray) -> np.ndarray:
+        return as_uint8((await self.decoder.submit({"latents": latents}))["pixels"])
+
+    async def images(self, drawing: Denoising) -> np.ndarray:
+        return await self.decoded(drawing.latents)
+
+    async def preview(self, drawing: Denoising) -> np.ndarray | None:
+        if drawing.done % PREVIEW_EVERY or drawing.finished:
+            return None
+        return await self.decoded(drawing.clean)
+
+    def answered(self, request: GenerationRequest) -> tuple[int, float | None]:
+        return request.steps, request.guidance
+
+
+@dataclass
+class OneCall:
+    """A GAN's request: its noise and classes, then its images."""
+
+    noise: np.ndarray  # (n, noise) float32, each row from its image's seed
+    labels: np.ndarray  # (n,) int64
+    pixels: np.ndarray | None = None  # (n, H, W) uint8, once drawn
+    done: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.pixels is not None
+
+
+@drawer_for("cgan")
+class GanDrawer:
+    """The generator (model.onnx): noise and a class in, the image out, in one call behind its batcher."""
+
+    streams_steps = False
+    TUNES = ("steps", "guidance")  # what a request may set for the diffusion model only
+
+    def __init__(self, stored: bentoml.Model, card: ModelCard):
+        self.noise = int(card.model_config["noise"])
+        self.classes = len(card.labels)
+        self.generator = OnnxRunner(stored, SETTINGS)
+        self.runners = (self.generator,)
+        self.name = stored.tag.name
+
+    def start(self, seeds: list[int], labels: np.ndarray, request: GenerationRequest) -> OneCall:
+        tuned = sorted(set(self.TUNES) & request.model_fields_set)
+        if tuned:
+            raise BadRequest(f"{self.name} draws in one step: {' and '.join(tuned)} are the diffusion model's")
+        if request.label is None:  # any class: each image's own, drawn from its seed (as reproducible as it)
+            labels = np.array([np.random.default_rng([s, 1]).integers(self.classes) for s in seeds], dtype=np.int64)
+        return OneCall(first_noise(seeds, self.noise), labels)
+
+    def calls(self, drawing: OneCall) -> int:
+        return 1
+
+    async def step(self, drawing: OneCall) -> None:
+        outputs = await self.generator.submit({"noise": drawing.noise, "labels": drawing.labels})
+        drawing.pixels, drawing.done = as_uint8(outputs["pixels"]), 1
+
+    async def images(self, drawing: OneCall) -> np.ndarray:
+        assert drawing.pixels is not None
+        return drawing.pixels
+
+    async def preview(self, drawing: OneCall) -> np.ndarray | None:
+        return None
+
+    def answered(self, request: GenerationRequest) -> tuple[int, float | None]:
+        return 1, None
+
+
+@register_family("generation", lambda s: (s.generation_model, s.gan_model), console_route="/generate_images")
 class GenerationFamily:
-    """One version of the image generator: its denoiser (model.onnx) and its decoder, each behind a batcher."""
+    """One version of an image generator: its drawer's graphs, each behind a batcher."""
 
     def __init__(self, stored: bentoml.Model):
         card = ModelCard.from_metadata(stored.info.metadata)
@@ -68,13 +207,12 @@ class GenerationFamily:
         prep = card.preprocessing
         if not isinstance(prep, ImagePreprocessing):
             raise ValueError(f"{stored.tag}: a generator's card must name its images' size (image preprocessing)")
+        if card.family not in DRAWERS:
+            raise ValueError(f"{stored.tag}: no drawer for a {card.family!r} generator; known: {sorted(DRAWERS)}")
         self.size = (prep.height, prep.width)
-        self.null_label = len(card.labels)  # the class id the model was trained to read as "no class"
-        self.latent = int(card.model_config["latent"])
-        self.alphas = cosine_schedule(int(card.model_config["timesteps"]))
-        self.runner = OnnxRunner(stored, SETTINGS)
-        self.decoder = OnnxRunner(stored, SETTINGS, graph="decoder.onnx")
-        self.runners = (self.runner, self.decoder)
+        self.drawer = DRAWERS[card.family](stored, card)
+        self.runners = self.drawer.runners
+        self.runner = self.runners[0]
         self.steps_taken = GENERATION_STEPS.labels(self.runner.name)
         self.images_made = GENERATED_IMAGES.labels(self.runner.name)
         self.seconds = GENERATION_SECONDS.labels(self.runner.name)
@@ -82,33 +220,27 @@ class GenerationFamily:
     def pipeline(self) -> "GenerationPipeline":
         return GenerationPipeline(self)
 
-    def start(self, request: GenerationRequest) -> tuple[Denoising, list[int]]:
+    def start(self, request: GenerationRequest) -> tuple[Drawing, list[int]]:
         """The request's images as noise, and their seeds."""
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         seeds = image_seeds(seed, request.n)
         if request.label is not None and request.label not in self.labels:
             raise BadRequest(f"label {request.label!r} is not one of this model's classes: {list(self.labels)}")
-        label = self.labels.index(request.label) if request.label is not None else self.null_label
+        label = self.labels.index(request.label) if request.label is not None else len(self.labels)
         labels = np.full(request.n, label, dtype=np.int64)
-        return Denoising.start(seeds, labels, request.guidance, request.steps, self.alphas, self.latent), seeds
+        return self.drawer.start(seeds, labels, request), seeds
 
-    async def step(self, state: Denoising) -> None:
-        latents, timesteps, labels = state.denoiser_inputs(self.null_label)
-        outputs = await self.runner.submit({"latents": latents, "timesteps": timesteps, "labels": labels})
-        state.advance(outputs["noise"])
+    async def step(self, drawing: Drawing) -> None:
+        await self.drawer.step(drawing)
         self.steps_taken.inc()
 
-    async def pixels(self, latents: np.ndarray) -> np.ndarray:
-        """(N, H, W) uint8 images of latents."""
-        return as_uint8((await self.decoder.submit({"latents": latents}))["pixels"])
-
     async def generate(self, request: GenerationRequest, record: bool = True) -> tuple[np.ndarray, list[int]]:
-        """The whole loop: (N, H, W) uint8 images and their seeds. `record`: counted and logged (not a shadow's)."""
-        state, seeds = self.start(request)
+        """The whole draw: (N, H, W) uint8 images and their seeds. `record`: counted and logged (not a shadow's)."""
+        drawing, seeds = self.start(request)
         started = time.perf_counter()
-        while not state.finished:
-            await self.step(state)
-        images = await self.pixels(state.latents)
+        while not drawing.finished:
+            await self.step(drawing)
+        images = await self.drawer.images(drawing)
         if record:
             self.finished(request, seeds, images, started)
         return images, seeds
@@ -119,19 +251,20 @@ class GenerationFamily:
         log_predictions(self.runner, seeds, seeds, lambda chosen: summaries(request, chosen), no_values, no_answer)
 
     def answer(self, request: GenerationRequest, images: np.ndarray, seeds: list[int]) -> GeneratedImages:
+        steps, guidance = self.drawer.answered(request)
         return GeneratedImages(
             images=[base64.b64encode(png(image)).decode() for image in images],
             seeds=seeds,
             label=request.label,
-            steps=request.steps,
-            guidance=request.guidance,
+            steps=steps,
+            guidance=guidance,
             model=self.runner.tag,
         )
 
     @staticmethod
     def routes(cards: dict[str, ModelCard]) -> APIRouter:
-        ((name, card),) = cards.items()
-        return generation_routes(name, card.labels)
+        labels = tuple(dict.fromkeys(label for card in cards.values() for label in card.labels))
+        return generation_routes(tuple(cards), labels)
 
 
 def summaries(request: GenerationRequest, seeds: list[int]) -> list[dict[str, Any]]:
@@ -190,12 +323,11 @@ class GenerationPipeline(FamilyPipeline):
     @staticmethod
     def inputs(request: GenerationRequest, seeds: list[int]) -> dict[str, np.ndarray]:
         """A request as the pipeline's tensors, its seed drawn (what a shadow is sent)."""
-        tensors = {
-            "seed": np.array([seeds[0]], dtype=np.int64),
-            "n": np.array([request.n], dtype=np.int64),
-            "steps": np.array([request.steps], dtype=np.int64),
-            "guidance": np.array([request.guidance], dtype=np.float32),
-        }
+        tensors = {"seed": np.array([seeds[0]], dtype=np.int64), "n": np.array([request.n], dtype=np.int64)}
+        if "steps" in request.model_fields_set:  # what the request left out, the shadow's own defaults fill
+            tensors["steps"] = np.array([request.steps], dtype=np.int64)
+        if "guidance" in request.model_fields_set:
+            tensors["guidance"] = np.array([request.guidance], dtype=np.float32)
         if request.label is not None:
             tensors["label"] = np.array([request.label.encode()], dtype=np.object_)
         return tensors
@@ -216,23 +348,26 @@ def strip(images: np.ndarray) -> str:
 
 
 async def events(
-    choice: Choice, family: GenerationFamily, request: GenerationRequest, state: Denoising, seeds: list[int]
+    choice: Choice, family: GenerationFamily, request: GenerationRequest, drawing: Drawing, seeds: list[int]
 ) -> AsyncIterator[bytes]:
-    """A `step` event per denoising step (a preview every PREVIEW_EVERY), then `done` with the images; a failure
-    after the stream began is an `error` event. The request timeout covers the whole loop. A client that goes away
-    cancels this generator at its next await: no more steps are submitted."""
+    """A `step` event per denoising step (a preview every PREVIEW_EVERY), then `done` with the images (a one-call
+    generator sends `done` alone); a failure after the stream began is an `error` event. The request timeout
+    covers the whole draw. A client that goes away cancels this generator at its next await: no more steps are
+    submitted."""
     deadline = asyncio.get_running_loop().time() + SETTINGS.request_timeout_s
     started = time.perf_counter()
+    drawer = family.drawer
     try:
         with choice.answering():
-            while not state.finished:
+            while not drawing.finished:
                 async with asyncio.timeout_at(deadline):
-                    await family.step(state)
-                    preview = state.done % PREVIEW_EVERY == 0 and not state.finished
-                    shown = {"preview": strip(await family.pixels(state.clean))} if preview else {}
-                yield event("step", {"step": state.done, "of": len(state.steps), **shown})
+                    await family.step(drawing)
+                    preview = await drawer.preview(drawing)
+                if drawer.streams_steps:
+                    shown = {"preview": strip(preview)} if preview is not None else {}
+                    yield event("step", {"step": drawing.done, "of": drawer.calls(drawing), **shown})
             async with asyncio.timeout_at(deadline):
-                images = await family.pixels(state.latents)
+                images = await drawer.images(drawing)
             family.finished(request, seeds, images, started)
         yield event("done", family.answer(request, images, seeds).model_dump())
     except TimeoutError:
@@ -244,9 +379,10 @@ async def events(
         yield event("error", {"error": "the server failed while generating; the images were not made"})
 
 
-def generation_routes(model: str, labels: tuple[str, ...]) -> APIRouter:
+def generation_routes(models: tuple[str, ...], labels: tuple[str, ...]) -> APIRouter:
+    """`models`: the generators' names, the default first."""
     router = APIRouter(tags=["generation"], dependencies=[JSON_ONLY], route_class=DirectRoute)
-    Body = request_model(labels)
+    Body = request_model(labels, models)
 
     @router.post(
         "/generate_images",
@@ -262,7 +398,7 @@ def generation_routes(model: str, labels: tuple[str, ...]) -> APIRouter:
         as_png = wants_png(request)
         if as_png and body.n != 1:
             raise NotAcceptable("image/png answers one image: ask for n 1, or accept application/json")
-        choice = answering(request, model)
+        choice = answering(request, body.model or models[0])
         pipeline: GenerationPipeline = choice.primary
         family = pipeline.family
         with choice.answering():
@@ -285,11 +421,11 @@ def generation_routes(model: str, labels: tuple[str, ...]) -> APIRouter:
     )
     async def generate_images_stream(request: Request, body: Body) -> Response:  # type: ignore[valid-type]
         """Draw images as /generate_images does, watching them form: an event per denoising step."""
-        choice = answering(request, model)
+        choice = answering(request, body.model or models[0])
         family: GenerationFamily = choice.primary.family
-        state, seeds = family.start(body)  # a bad request is refused before the stream begins
+        drawing, seeds = family.start(body)  # a bad request is refused before the stream begins
         return StreamingResponse(
-            events(choice, family, body, state, seeds),
+            events(choice, family, body, drawing, seeds),
             media_type="text/event-stream",
             headers={**choice.version_header, "Cache-Control": "no-cache"},
         )

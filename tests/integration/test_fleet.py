@@ -79,7 +79,7 @@ def fleet(store, session_dir):
         scrape_interval_s=1,
         store=home,
         admin_token=TOKEN,
-        env={"MODELROAD_MODELS": f"fleet:{ids['v1']}", "MODELROAD_GENERATION_MODEL": ""},
+        env={"MODELROAD_MODELS": f"fleet:{ids['v1']}", "MODELROAD_GENERATION_MODEL": "", "MODELROAD_GAN_MODEL": ""},
     )
     folder = session_dir / "fleet-run"
     folder.mkdir()

@@ -115,13 +115,13 @@ def test_the_pipeline_answers_tritonclient_with_the_routes_images(server, binary
 
 
 def test_a_server_without_the_generator_serves_the_other_families(registered, session_dir):
-    """MODELROAD_GENERATION_MODEL empty: a store without the generator starts, and its routes are not there."""
+    """MODELROAD_GENERATION_MODEL and _GAN_MODEL empty: a store without the generators starts, without their routes."""
     home = session_dir / "no-generator"
     (home / "models").mkdir(parents=True)
     for name in ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer"):
         (home / "models" / name).symlink_to(Path(os.environ["BENTOML_HOME"]) / "models" / name)
     log_path = session_dir / "no-generator.log"
-    process, url = start_server(home, log_path, extra_env={"MODELROAD_GENERATION_MODEL": ""})
+    process, url = start_server(home, log_path, extra_env={"MODELROAD_GENERATION_MODEL": "", "MODELROAD_GAN_MODEL": ""})
     try:
         wait_ready(process, url, log_path)
         assert httpx.post(f"{url}/classify_text", json={"text": "a small dog"}).status_code == 200

@@ -13,7 +13,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests.helpers import fashion_test_images
 from tests.integration.conftest import requested_urls
 
-FAMILY_MODELS = ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "fashion-diffusion")
+FAMILY_MODELS = ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "fashion-diffusion", "fashion-gan")
 
 
 @pytest.fixture
@@ -121,11 +121,16 @@ def test_the_forecast_form_draws_the_forecast_after_the_latest_co2_weeks(console
     assert form.find_element(By.CSS_SELECTOR, ".answer .version").text.startswith("answered by co2-")
 
 
-def test_the_generation_form_draws_the_images_the_api_gives_for_the_seed(console, registered, server):
+@pytest.mark.parametrize("generator", ["fashion-diffusion", "fashion-gan"])
+def test_the_generation_form_draws_the_images_the_api_gives_for_the_seed(console, registered, server, generator):
     form = console.find_element(By.ID, "generate-form")
-    classes = form.find_element(By.TAG_NAME, "select")
+    classes = form.find_element(By.CSS_SELECTOR, "select[name=label]")
     WebDriverWait(console, 20).until(lambda _: len(classes.find_elements(By.TAG_NAME, "option")) == 11)
     classes.find_element(By.CSS_SELECTOR, 'option[value="Sneaker"]').click()
+    generators = form.find_element(By.CSS_SELECTOR, "select[name=model]")
+    offered = [option.get_attribute("value") for option in generators.find_elements(By.TAG_NAME, "option")]
+    assert offered == ["fashion-diffusion", "fashion-gan"]  # the default first
+    generators.find_element(By.CSS_SELECTOR, f'option[value="{generator}"]').click()
     for name, value in (("n", "3"), ("seed", "5")):
         field = form.find_element(By.CSS_SELECTOR, f"input[name={name}]")
         field.clear()
@@ -134,9 +139,10 @@ def test_the_generation_form_draws_the_images_the_api_gives_for_the_seed(console
     WebDriverWait(console, 30).until(lambda _: len(form.find_elements(By.CSS_SELECTOR, ".answer img.drawn")) == 3)
     images = form.find_elements(By.CSS_SELECTOR, ".answer img.drawn")
     shown = [img.get_attribute("src").removeprefix("data:image/png;base64,") for img in images]
-    api = httpx.post(f"{server}/generate_images", json={"n": 3, "seed": 5, "label": "Sneaker"}, timeout=30).json()
+    body = {"model": generator, "n": 3, "seed": 5, "label": "Sneaker"}
+    api = httpx.post(f"{server}/generate_images", json=body, timeout=30).json()
     assert shown == api["images"]
-    tag = registered["fashion-diffusion"]["tag"]
+    tag = registered[generator]["tag"]
     assert form.find_element(By.CSS_SELECTOR, ".answer .version").text == f"answered by {tag}"
 
 

@@ -13,9 +13,10 @@ EXAMPLE_INPUTS = {
     "rnn": lambda: (torch.randn(3, 40),),
     "transformer": lambda: (torch.randint(1, 8000, (3, 12)), torch.ones(3, 12, dtype=torch.int64)),
     "latent-diffusion": lambda: (torch.rand(3, 1, 28, 28), torch.tensor([0, 4, 10])),  # 10: no class
+    "cgan": lambda: (torch.rand(3, 1, 28, 28), torch.tensor([0, 4, 9])),
 }
-# The diffusion model answers with each image's denoising loss.
-EXPECTED_OUTPUT = {"cnn": (3, 10), "rnn": (3, 52), "transformer": (3, 26), "latent-diffusion": (3,)}
+# The generative nets answer with each image's training loss.
+EXPECTED_OUTPUT = {"cnn": (3, 10), "rnn": (3, 52), "transformer": (3, 26), "latent-diffusion": (3,), "cgan": (3,)}
 
 
 def test_every_registered_net_has_a_test_input():

@@ -15,7 +15,7 @@ def test_the_models_document_lists_each_stored_model_with_its_card_and_the_famil
     routes = ["/classify_image", "/classify_text", "/forecast", "/generate_images"]
     assert sorted(document["routes"]) == routes and document["keys"] is False
     models = {model["name"]: model for model in document["models"]}
-    for name in ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "fashion-diffusion"):
+    for name in ("fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "fashion-diffusion", "fashion-gan"):
         version = registered[name]["tag"].split(":")[1]
         assert version in [v["version"] for v in models[name]["versions"]], name
     cnn = models["fashion-cnn"]["versions"][-1]
@@ -26,6 +26,7 @@ def test_the_models_document_lists_each_stored_model_with_its_card_and_the_famil
     assert models["wordnet-transformer"]["versions"][-1]["example"]["text"]
     generator = models["fashion-diffusion"]["versions"][-1]
     assert generator["task"] == "image-generation" and len(generator["labels"]) == 10  # the form's classes
+    assert models["fashion-gan"]["versions"][-1]["task"] == "image-generation"  # the form's other generator
     assert "co2-lstm-int8" not in models or models["co2-lstm-int8"]["policy"] is None
 
 

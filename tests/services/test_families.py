@@ -16,12 +16,14 @@ def test_the_families_are_registered_with_their_settings_tags_and_console_routes
     )
     assert family_tags(settings) == {
         "forecast": ("l:v1", "g:v1"),
-        "generation": ("fashion-diffusion:latest",),
+        "generation": ("fashion-diffusion:latest", "fashion-gan:latest"),
         "image": ("cnn:v1",),
         "text": ("t:v1",),
     }
-    assert served_tags(settings) == ("l:v1", "g:v1", "fashion-diffusion:latest", "cnn:v1", "t:v1", "x:v1")
-    assert family_tags(ServeSettings(generation_model=""))["generation"] == ()  # an empty tag: not served
+    served = ("l:v1", "g:v1", "fashion-diffusion:latest", "fashion-gan:latest", "cnn:v1", "t:v1", "x:v1")
+    assert served_tags(settings) == served
+    assert family_tags(ServeSettings(gan_model=""))["generation"] == ("fashion-diffusion:latest",)
+    assert family_tags(ServeSettings(generation_model="", gan_model=""))["generation"] == ()  # empty: not served
     routes = {name: spec.console_route for name, spec in FAMILIES.items()}
     assert routes == {
         "forecast": "/forecast",
@@ -47,7 +49,14 @@ def test_a_new_family_is_served_and_offered_by_its_registration_alone(monkeypatc
 
 
 def test_a_task_and_a_preprocessing_register_where_they_are_defined(monkeypatch):
-    assert list(TASKS) == ["fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "fashion-diffusion"]
+    assert list(TASKS) == [
+        "fashion-cnn",
+        "co2-lstm",
+        "co2-gru",
+        "wordnet-transformer",
+        "fashion-diffusion",
+        "fashion-gan",
+    ]
     assert PREPROCESSING["image-classification"] is PREPROCESSING["image-generation"] is ImagePreprocessing
     monkeypatch.setattr("training.tasks.base.REGISTERED", dict(REGISTERED))
     with pytest.raises(ValueError, match="already registered"):

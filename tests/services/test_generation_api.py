@@ -160,3 +160,73 @@ def test_the_request_timeout_covers_the_streams_whole_loop_and_ends_it_with_an_e
         assert response.status_code == 200  # the stream had begun: the failure is an event, not a status
         events = events_of(response.read().decode())
     assert events == [("error", {"error": "no answer within the request timeout of 0 s"})]
+
+
+def test_the_gan_draws_in_one_step_when_a_request_names_it(client, registered):
+    tag = registered["fashion-gan"]["tag"]
+    steps = GENERATION_STEPS.labels("fashion-gan")
+    before = steps._value.get()
+    body = generate(client, model="fashion-gan", n=3, seed=5, label="Sneaker")
+    assert body["model"] == tag and body["seeds"] == [5, 6, 7] and body["label"] == "Sneaker"
+    assert body["steps"] == 1 and body["guidance"] is None
+    assert [decoded(image).shape for image in body["images"]] == [(28, 28)] * 3
+    assert steps._value.get() == before + 1  # one generator call for the three images
+    assert generate(client, n=1, seed=5, label="Sneaker", steps=3)["model"].startswith("fashion-diffusion:")
+
+
+def test_a_gan_image_depends_on_its_seed_alone(client):
+    three = generate(client, model="fashion-gan", n=3, seed=40, label="Bag")
+    second_alone = generate(client, model="fashion-gan", n=1, seed=41, label="Bag")
+    assert three["images"][1] == second_alone["images"][0]
+    assert generate(client, model="fashion-gan", n=3, seed=40, label="Bag") == three
+    other_class = generate(client, model="fashion-gan", n=1, seed=41, label="Trouser")
+    assert other_class["images"][0] != second_alone["images"][0]
+    anyclass = generate(client, model="fashion-gan", n=4, seed=7)  # each image's class drawn from its seed
+    assert anyclass["images"][2] == generate(client, model="fashion-gan", n=1, seed=9)["images"][0]
+
+
+def test_the_gans_stream_sends_one_done_event(client):
+    body = {"model": "fashion-gan", "n": 2, "seed": 9, "label": "Dress"}
+    with client.stream("POST", "/generate_images/stream", json=body) as response:
+        assert response.status_code == 200
+        events = events_of(response.read().decode())
+    assert events == [("done", generate(client, **body))]
+
+
+@pytest.mark.parametrize(
+    "body,error",
+    [
+        ({"model": "fashion-vae"}, "model: Input should be 'fashion-diffusion' or 'fashion-gan'"),
+        ({"model": "fashion-gan", "steps": 10}, "fashion-gan draws in one step: steps are the diffusion model's"),
+        (
+            {"model": "fashion-gan", "steps": 10, "guidance": 2},
+            "fashion-gan draws in one step: guidance and steps are the diffusion model's",
+        ),
+    ],
+)
+def test_a_request_for_an_unknown_generator_or_the_gan_with_denoising_settings_gets_400(client, body, error):
+    for path in ("/generate_images", "/generate_images/stream"):
+        response = client.post(path, json=body)
+        assert response.status_code == 400, response.text
+        assert error in response.json()["error"]
+
+
+def test_the_gans_pipeline_and_generator_are_served_by_the_inference_protocol(client):
+    inputs = [
+        {"name": "seed", "datatype": "INT64", "shape": [1], "data": [40]},
+        {"name": "n", "datatype": "INT64", "shape": [1], "data": [2]},
+        {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["Bag"]},
+    ]
+    response = client.post("/v2/models/fashion-gan-pipeline/infer", json={"inputs": inputs})
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    images = np.array(outputs["images"]["data"], dtype=np.uint8).reshape(2, 28, 28)
+    expected = generate(client, model="fashion-gan", n=2, seed=40, label="Bag")["images"]
+    assert all(np.array_equal(image, decoded(png)) for image, png in zip(images, expected))
+    steps = {"name": "steps", "datatype": "INT64", "shape": [1], "data": [6]}
+    refused = client.post("/v2/models/fashion-gan-pipeline/infer", json={"inputs": [*inputs, steps]})
+    assert refused.status_code == 400 and "one step" in refused.json()["error"]
+    noise = {"name": "noise", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}
+    labels = {"name": "labels", "datatype": "INT64", "shape": [1], "data": [8]}
+    raw = client.post("/v2/models/fashion-gan/infer", json={"inputs": [noise, labels]})
+    assert raw.status_code == 200 and raw.json()["outputs"][0]["shape"] == [1, 1, 28, 28]

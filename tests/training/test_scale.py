@@ -200,10 +200,10 @@ def test_lanes_take_the_longest_tasks_first_onto_the_least_loaded_lane():
 def test_a_task_that_needs_another_trains_after_it_in_its_lane():
     from training.lanes import plan_lanes
 
-    everything = ["fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "fashion-diffusion"]
+    everything = ["fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "fashion-gan", "fashion-diffusion"]
     assert plan_lanes(everything, 2) == [
         ["wordnet-transformer"],
-        ["fashion-cnn", "co2-gru", "co2-lstm", "fashion-diffusion"],
+        ["fashion-cnn", "co2-gru", "co2-lstm", "fashion-diffusion", "fashion-gan"],  # the default generator first
     ]
     assert plan_lanes(["fashion-cnn", "fashion-diffusion"], 2) == [["fashion-cnn", "fashion-diffusion"]]
     assert plan_lanes(["co2-gru", "fashion-diffusion"], 2) == [["co2-gru"], ["fashion-diffusion"]]
@@ -215,11 +215,11 @@ def test_ensure_trains_every_missing_task_in_two_lanes_then_nothing(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(store)}
     first = subprocess.run([sys.executable, "-m", "training", *argv], cwd=ROOT, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
-    lanes = "wordnet-transformer | fashion-cnn, co2-gru, co2-lstm, fashion-diffusion"
+    lanes = "wordnet-transformer | fashion-cnn, co2-gru, co2-lstm, fashion-diffusion, fashion-gan"
     assert f"training in 2 lanes: {lanes}" in first.stderr
     names = {p.name for p in (store / "models").iterdir()}
     defaults = {"fashion-cnn", "co2-lstm", "co2-gru", "wordnet-transformer", "wordnet-transformer-int8"}
-    assert defaults | {"fashion-diffusion"} <= names
+    assert defaults | {"fashion-diffusion", "fashion-gan"} <= names
     cards = [card_of(tmp_path / "run", task) for task in ("fashion-cnn", "wordnet-transformer")]
     assert all(card["machine"]["threads_per_process"] == max(1, (os.cpu_count() or 1) // 2) for card in cards)
 

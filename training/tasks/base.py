@@ -88,6 +88,9 @@ class Task(ABC):
     needs: ClassVar[tuple[str, ...]] = ()
     # Files the evaluation writes into the run folder that are stored with the model (e.g. a grid of samples).
     artifacts: ClassVar[tuple[str, ...]] = ()
+    # Whether the best epoch on validation is exported; False: the last (a GAN's losses do not say how good its
+    # images are, so its schedule ends the run).
+    selects_by_validation: ClassVar[bool] = True
 
     @abstractmethod
     def load_data(self, cfg: TrainConfig) -> Prepared: ...
@@ -126,6 +129,10 @@ class Task(ABC):
         """Draw this task's tuned parameters from `trial` (`python -m training tune`), by flat names:
         "lr" is a TrainConfig field, "model.dropout" a field of the net's config."""
         raise NotImplementedError(f"{self.name} declares no search space")
+
+    def parameter_groups(self, net: nn.Module) -> list[dict[str, Any]]:
+        """AdamW's parameter groups for the task's own training (a group may set its own lr, betas...)."""
+        return [{"params": list(net.parameters())}]
 
     def pretext(self, net: nn.Module) -> nn.Module | None:
         """A self-supervised objective on the training inputs (labels unused), trained before the task's own

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import onnxruntime as ort
 import torch
+from sklearn.metrics import pairwise_distances
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -39,28 +40,15 @@ DRY_SAMPLES = 200
 GRID_COLUMNS = 8
 
 
-class ImageGenerationTask(Task):
-    name = "fashion-diffusion"
-    model = "latent-diffusion"
+class FashionGeneratorTask(Task):
+    """What Fashion-MNIST's generators share: the data (pixels in [0, 1] and their classes), the judge of their
+    samples (the stored CNN, so they train after it), the class-means baseline and the request example."""
+
     kind = "image-generation"
-    inputs = (
-        TensorSpec("latents", "FP32", ("batch", LATENT)),
-        TensorSpec("timesteps", "FP32", ("batch",)),
-        TensorSpec("labels", "INT64", ("batch",)),
-    )
-    output_name = "noise"
     key_metric = "frechet_cnn"  # lower is better
     scores_ood = False  # a request is a seed and a class: there is no input to call unusual
     artifacts = ("samples.png",)
     needs = ("fashion-cnn",)  # the judge of its samples (training/image_quality.py)
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "pretrain_epochs": 12,  # the VAE
-        "epochs": 30,  # the denoiser
-        "batch_size": 256,
-        "lr": 2e-3,
-        "patience": 30,  # the denoising loss is noisy from epoch to epoch: the schedule, not patience, ends it
-    }
-    expected_seconds = 600.0
 
     def load_data(self, cfg: TrainConfig) -> Prepared:
         root = Path(cfg.data) if cfg.data else FASHION_MNIST_DIR
@@ -86,10 +74,79 @@ class ImageGenerationTask(Task):
         )
 
     def model_config(self, data: Prepared) -> dict[str, Any]:
-        return {"num_classes": len(data.labels), "latent": LATENT}
+        return {"num_classes": len(data.labels)}
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
-        return outputs.mean()  # the net answers with each image's denoising error
+        return outputs.mean()  # the net answers with each image's training loss
+
+    def example(self, data: Prepared) -> dict[str, Any]:
+        return {"n": 4, "seed": 0, "label": data.labels[7]}
+
+    def ood_scorer(self, net: nn.Module, data: Prepared):
+        raise NotImplementedError("a generator's answers carry no OOD score")
+
+    def reference_summaries(self, data: Prepared) -> list[dict[str, Any]]:
+        return []  # a request's inputs are a seed, a class and a count: nothing drifts
+
+    def sampled_labels(self, data: Prepared) -> np.ndarray:
+        """The classes of the images the quality figures are measured on: as many of each."""
+        return np.arange(DRY_SAMPLES if data.extras["dry_run"] else SAMPLES) % len(data.labels)
+
+    def quality(self, pixels: np.ndarray, labels: np.ndarray, data: Prepared, run_dir: Path) -> dict[str, Any]:
+        """Generated images of the classes `labels`, judged by the stored CNN against the test images: the Fréchet
+        CNN distance, the CNN's agreement with the class asked for, and the spread within each class beside the
+        test images' (mode collapse shows as a spread well under theirs); a grid of samples in run_dir."""
+        judge = CnnJudge.newest()
+        test_pixels, test_labels = data.test.tensors[0].numpy(), data.test.tensors[1].numpy()
+        real, _ = judge.judge(test_pixels)
+        generated, classes = judge.judge(pixels)
+        half = len(real) // 2
+        plot_grid(pixels, labels, data.labels, run_dir / "samples.png")
+        return {
+            "frechet_cnn": round(frechet_distance(generated, real), 3),
+            "cnn_agreement": round(float(np.mean(classes == labels)), 4),
+            "frechet_cnn_real_halves": round(frechet_distance(real[:half], real[half:]), 3),
+            "class_spread": round(class_spread(generated, labels), 3),
+            "class_spread_test": round(class_spread(real, test_labels), 3),
+            "judge": judge.tag,
+            "samples": len(labels),
+        }
+
+    def baseline(self, data: Prepared) -> dict[str, dict[str, Any]]:
+        """Each class's mean test image, as often as the samples show it: what a generator must beat."""
+        judge = CnnJudge.newest()
+        pixels, targets = data.test.tensors[0].numpy(), data.test.tensors[1].numpy()
+        means = np.stack([pixels[targets == k].mean(0) for k in range(len(data.labels))])
+        labels = np.arange(len(pixels)) % len(data.labels)
+        features, classes = judge.judge(means[labels])
+        return {
+            "class_means": {
+                "frechet_cnn": round(frechet_distance(features, judge.judge(pixels)[0]), 3),
+                "cnn_agreement": round(float(np.mean(classes == labels)), 4),
+            }
+        }
+
+
+class ImageGenerationTask(FashionGeneratorTask):
+    name = "fashion-diffusion"
+    model = "latent-diffusion"
+    inputs = (
+        TensorSpec("latents", "FP32", ("batch", LATENT)),
+        TensorSpec("timesteps", "FP32", ("batch",)),
+        TensorSpec("labels", "INT64", ("batch",)),
+    )
+    output_name = "noise"
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "pretrain_epochs": 12,  # the VAE
+        "epochs": 30,  # the denoiser
+        "batch_size": 256,
+        "lr": 2e-3,
+        "patience": 30,  # the denoising loss is noisy from epoch to epoch: the schedule, not patience, ends it
+    }
+    expected_seconds = 600.0
+
+    def model_config(self, data: Prepared) -> dict[str, Any]:
+        return {**super().model_config(data), "latent": LATENT}
 
     def pretext(self, net: nn.Module) -> nn.Module:
         return VAEObjective(net)
@@ -117,12 +174,6 @@ class ImageGenerationTask(Task):
             Companion("vae_score.onnx", VAEScore(net), (image,), "negative_elbo", [(x,) for x in pixels], 1e-2),
         ]
 
-    def example(self, data: Prepared) -> dict[str, Any]:
-        return {"n": 4, "seed": 0, "label": data.labels[7]}
-
-    def ood_scorer(self, net: nn.Module, data: Prepared):
-        raise NotImplementedError("a generator's answers carry no OOD score")
-
     def ood_sets(self, data: Prepared) -> dict[str, list[tuple[torch.Tensor, ...]]]:
         """The image OOD sets, as pixels in [0, 1]: what the VAE's score is measured against."""
         sets = image_sets((28, 28), np.random.default_rng(0))
@@ -130,49 +181,24 @@ class ImageGenerationTask(Task):
             name: [(torch.from_numpy(pixels[:, None].astype(np.float32) / 255.0),)] for name, pixels in sets.items()
         }
 
-    def reference_summaries(self, data: Prepared) -> list[dict[str, Any]]:
-        return []  # a request's inputs are a seed, a class and a count: nothing drifts
-
     def evaluate(self, predict: Predict, data: Prepared, run_dir: Path) -> dict[str, Any]:
-        """Samples from the exported graphs, judged by the stored CNN; the VAE's score against the OOD sets."""
+        """Samples from the exported graphs, judged by the stored CNN, the VAE's own samples beside them; the VAE's
+        score against the OOD sets."""
         judge = CnnJudge.newest()
         decoder = ort.InferenceSession(str(run_dir / "decoder.onnx"), providers=["CPUExecutionProvider"])
-        n = DRY_SAMPLES if data.extras["dry_run"] else SAMPLES
-        labels = np.arange(n) % len(data.labels)
+        labels = self.sampled_labels(data)
         started = time.monotonic()
         pixels = sample(predict, decoder, labels, seed=data.extras["seed"], null_label=len(data.labels))
         seconds = time.monotonic() - started
         test_pixels = data.test.tensors[0].numpy()
-        real, _ = judge.judge(test_pixels)
-        generated, classes = judge.judge(pixels)
-        prior = decoder.run(None, {"latents": first_latents(n, data.extras["seed"] + 1)})[0]
-        half = len(real) // 2
-        plot_grid(pixels, labels, data.labels, run_dir / "samples.png")
+        prior = decoder.run(None, {"latents": first_latents(len(labels), data.extras["seed"] + 1)})[0]
         return {
-            "frechet_cnn": round(frechet_distance(generated, real), 3),
-            "cnn_agreement": round(float(np.mean(classes == labels)), 4),
-            "frechet_cnn_vae": round(frechet_distance(judge.judge(prior)[0], real), 3),
-            "frechet_cnn_real_halves": round(frechet_distance(real[:half], real[half:]), 3),
-            "judge": judge.tag,
-            "samples": n,
+            **self.quality(pixels, labels, data, run_dir),
+            "frechet_cnn_vae": round(frechet_distance(judge.judge(prior)[0], judge.judge(test_pixels)[0]), 3),
             "steps": STEPS,
             "guidance": GUIDANCE,
-            "images_per_second": round(n / seconds, 1),
+            "images_per_second": round(len(labels) / seconds, 1),
             "vae_ood": vae_ood(run_dir / "vae_score.onnx", test_pixels, self.ood_sets(data)),
-        }
-
-    def baseline(self, data: Prepared) -> dict[str, dict[str, Any]]:
-        """Each class's mean test image, as often as the samples show it: what a generator must beat."""
-        judge = CnnJudge.newest()
-        pixels, targets = data.test.tensors[0].numpy(), data.test.tensors[1].numpy()
-        means = np.stack([pixels[targets == k].mean(0) for k in range(len(data.labels))])
-        labels = np.arange(len(pixels)) % len(data.labels)
-        features, classes = judge.judge(means[labels])
-        return {
-            "class_means": {
-                "frechet_cnn": round(frechet_distance(features, judge.judge(pixels)[0]), 3),
-                "cnn_agreement": round(float(np.mean(classes == labels)), 4),
-            }
         }
 
 
@@ -208,6 +234,11 @@ def vae_ood(path: Path, test: np.ndarray, sets: dict[str, list[tuple[torch.Tenso
         "sets": {name: detection(inside, values) for name, values in outside.items()},
         "all": detection(inside, np.concatenate(list(outside.values()))),
     }
+
+
+def class_spread(features: np.ndarray, labels: np.ndarray) -> float:
+    """The mean distance between two images' CNN features within a class, averaged over the classes."""
+    return float(np.mean([pairwise_distances(features[labels == k]).mean() for k in np.unique(labels)]))
 
 
 def plot_grid(pixels: np.ndarray, labels: np.ndarray, names: list[str], path: Path) -> None:
