@@ -57,7 +57,7 @@ def as_uint8(pixels: np.ndarray) -> np.ndarray:
 
 
 class Drawing(Protocol):
-    """One request's images on their way: `done` of `of` calls made, until `finished`."""
+    """One request's images on their way: `done` calls of the generator's graphs made so far, until `finished`."""
 
     done: int
 
@@ -71,9 +71,14 @@ class Drawer(Protocol):
     runners: tuple[OnnxRunner, ...]  # model.onnx's first
     streams_steps: bool  # whether a stream shows the calls as `step` events (a one-call draw shows only `done`)
 
-    def start(self, seeds: list[int], labels: np.ndarray, request: GenerationRequest) -> Drawing: ...
+    def start(self, seeds: list[int], labels: np.ndarray, request: GenerationRequest) -> Drawing:
+        """A request's drawing: an image per seed, of the class ids `labels` (the null class id: any class);
+        a request this generator cannot draw is refused here (BadRequest)."""
+        ...
 
-    def calls(self, drawing: Drawing) -> int: ...
+    def calls(self, drawing: Drawing) -> int:
+        """The calls the whole drawing takes (a stream's `of`)."""
+        ...
 
     async def step(self, drawing: Drawing) -> None: ...
 
@@ -162,7 +167,7 @@ class GanDrawer:
     """The generator (model.onnx): noise and a class in, the image out, in one call behind its batcher."""
 
     streams_steps = False
-    TUNES = ("steps", "guidance")  # what a request may set for the diffusion model only
+    DIFFUSION_ONLY = ("steps", "guidance")  # what a request may set for the diffusion model alone
 
     def __init__(self, stored: bentoml.Model, card: ModelCard):
         self.noise = int(card.model_config["noise"])
@@ -172,7 +177,7 @@ class GanDrawer:
         self.name = stored.tag.name
 
     def start(self, seeds: list[int], labels: np.ndarray, request: GenerationRequest) -> OneCall:
-        tuned = sorted(set(self.TUNES) & request.model_fields_set)
+        tuned = sorted(set(self.DIFFUSION_ONLY) & request.model_fields_set)
         if tuned:
             raise BadRequest(f"{self.name} draws in one step: {' and '.join(tuned)} are the diffusion model's")
         if request.label is None:  # any class: each image's own, drawn from its seed (as reproducible as it)

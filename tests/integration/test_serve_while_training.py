@@ -54,10 +54,10 @@ class TrainingServer:
 
 @pytest.fixture(scope="module")
 def training_server(registered, tmp_path_factory):
-    """2 workers started with the image model, the LSTM and the generator in the store; the Transformer training,
+    """2 workers started with the image model, the LSTM and the generators in the store; the Transformer training,
     the GRU's run failed (after its interface was known)."""
     tmp_path = tmp_path_factory.mktemp("serve-while-training")
-    models = store_with(tmp_path / "home", ["fashion-cnn", "co2-lstm", "fashion-diffusion"])
+    models = store_with(tmp_path / "home", ["fashion-cnn", "co2-lstm", "fashion-diffusion", "fashion-gan"])
     progress = tmp_path / "progress"
     progress.mkdir()
     text = TrainingProgress(
@@ -164,7 +164,7 @@ def test_training_serve_serves_what_it_has_and_says_why_a_run_failed(registered,
         files, _ = fashion_test_images(1)
         assert httpx.post(f"{url}/classify_image", files={"image": files[0]}).status_code == 200
         waiting = httpx.get(f"{url}/readyz").json()["waiting"]
-        assert set(waiting) == {"wordnet-transformer", "fashion-diffusion"}
+        assert set(waiting) == {"wordnet-transformer", "fashion-diffusion", "fashion-gan"}
         assert all("training failed" in why for why in waiting.values())
         assert httpx.post(f"{url}/classify_text", json={"text": "a dog"}).status_code == 404  # no interface, no route
         lines = output.read_text()
