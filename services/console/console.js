@@ -159,7 +159,7 @@ async function refreshModels() {
   if (example) pick.onclick = () => { document.querySelector("#forecast-form textarea").value = example.example.history.join(", "); };
   const text = served.models.flatMap((m) => m.versions).find((v) => v.example && v.example.text);
   if (text) document.querySelector("#text-form textarea").placeholder = text.example.text;
-  const generators = served.models.filter((m) => m.versions.some((v) => v.task === "image-generation"));
+  const generators = served.models.filter((m) => m.versions.some((v) => v.task === "image-generation" && !v.companion));
   const classes = document.querySelector("#generate-form select[name=label]");
   if (generators.length && classes.options.length === 1) {
     for (const label of generators[0].versions[0].labels) classes.append(node("option", label, { value: label }));

@@ -45,6 +45,8 @@ def version_summary(model: InferenceModel) -> dict[str, Any]:
         "digest": card.digest[:19],
         "labels": list(card.labels),
         "example": card.example,
+        # Another graph of a stored model (a generator's decoder): served raw, but not what its family's route runs.
+        "companion": model.runner.name != model.runner.tag.partition(":")[0],
     }
 
 

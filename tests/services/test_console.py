@@ -27,6 +27,7 @@ def test_the_models_document_lists_each_stored_model_with_its_card_and_the_famil
     generator = models["fashion-diffusion"]["versions"][-1]
     assert generator["task"] == "image-generation" and len(generator["labels"]) == 10  # the form's classes
     assert models["fashion-gan"]["versions"][-1]["task"] == "image-generation"  # the form's other generator
+    assert not generator["companion"] and models["fashion-diffusion-decoder"]["versions"][-1]["companion"]
     assert "co2-lstm-int8" not in models or models["co2-lstm-int8"]["policy"] is None
 
 
