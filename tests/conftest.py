@@ -78,8 +78,13 @@ def diffusion_card(session_dir: Path, cnn_card: dict) -> dict:
 
 @pytest.fixture(scope="session")
 def gan_card(session_dir: Path, cnn_card: dict) -> dict:
-    """The one-step generator, judged by the CNN above."""
-    return train_briefly("fashion-gan", session_dir)
+    """The one-step generator with its task's training settings (Adam's GAN beta), judged by the CNN above."""
+    from training.config import TrainConfig
+    from training.pipeline import run
+    from training.tasks import TASKS
+
+    defaults = TASKS["fashion-gan"].train_defaults
+    return run(TrainConfig(task="fashion-gan", dry_run=True, out_dir=str(session_dir / "artifacts"), **defaults))
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    adam_beta1: float = 0.9  # AdamW's first beta (GANs: 0.5, a shorter memory of the gradient's direction)
     warmup_steps: int = 100
     patience: int = 3  # epochs without a better validation result before stopping
     val_fraction: float = 0.1

@@ -97,8 +97,8 @@ class Optimization:
 
     @classmethod
     def create(cls, params: Any, cfg: TrainConfig, total_steps: int, device: torch.device) -> Optimization:
-        """`params`: parameters, or AdamW's parameter groups (a group's own settings win over cfg's)."""
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        betas = (cfg.adam_beta1, 0.999)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas)
         warmup = min(cfg.warmup_steps, total_steps // 10)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total_steps))
         scaler = torch.amp.GradScaler(device.type, enabled=PRECISIONS[cfg.precision] is torch.float16)
@@ -295,7 +295,7 @@ def fit(
     augmentation = torch.Generator().manual_seed(cfg.seed + 7919 * (ranks.rank + 1))
     train_loader, val_loader, epochs, steps_per_epoch = loaders(task, data, cfg, generator, ranks)
     class_weights = data.class_weights.to(device) if data.class_weights is not None else None
-    optimization = Optimization.create(task.parameter_groups(net), cfg, epochs * steps_per_epoch, device)
+    optimization = Optimization.create(net.parameters(), cfg, epochs * steps_per_epoch, device)
     autocast = autocast_for(device, cfg.precision)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     progress, pretraining = Progress(), []

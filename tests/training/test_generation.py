@@ -104,3 +104,18 @@ def test_the_vae_score_stays_finite_where_the_decoder_is_sure_of_its_pixels(tmp_
         None, {"pixels": pixels.numpy()}
     )
     assert np.all(np.isfinite(scores)) and difference < 1e-2
+
+
+def test_the_gans_card_measures_its_samples_on_the_same_figures_and_keeps_its_last_epoch(gan_card, cnn_card):
+    card = ModelCard.from_metadata(gan_card)
+    assert card.task == "image-generation" and card.family == "cgan" and card.key_metric == "frechet_cnn"
+    metrics = card.metrics
+    assert metrics["judge"] == cnn_card["tag"] and metrics["samples"] == 200
+    for key in ("frechet_cnn", "frechet_cnn_real_halves", "class_spread", "class_spread_test"):
+        assert np.isfinite(metrics[key]) and metrics[key] >= -1e-6
+    assert card.train_config["adam_beta1"] == 0.5 and card.ood.threshold is None
+    assert set(card.sha256) == {"model.onnx", "samples.png"}
+    generator = session(stored(gan_card), "model.onnx")
+    noise = np.random.default_rng(0).standard_normal((5, 64), dtype=np.float32)
+    (pixels,) = generator.run(None, {"noise": noise, "labels": np.arange(5, dtype=np.int64)})
+    assert pixels.shape == (5, 1, 28, 28) and pixels.min() >= 0 and pixels.max() <= 1

@@ -130,10 +130,6 @@ class Task(ABC):
         "lr" is a TrainConfig field, "model.dropout" a field of the net's config."""
         raise NotImplementedError(f"{self.name} declares no search space")
 
-    def parameter_groups(self, net: nn.Module) -> list[dict[str, Any]]:
-        """AdamW's parameter groups for the task's own training (a group may set its own lr, betas...)."""
-        return [{"params": list(net.parameters())}]
-
     def pretext(self, net: nn.Module) -> nn.Module | None:
         """A self-supervised objective on the training inputs (labels unused), trained before the task's own
         when --pretrain-epochs > 0: a module around `net` whose forward(*inputs, generator=) returns its loss.

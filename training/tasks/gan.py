@@ -1,9 +1,9 @@
 """Image generation in one step: Fashion-MNIST drawn by a class-conditional GAN (models/gan.py).
 
 Trained by the one loop like every net: the generator and the discriminator learn from one loss with Adam's
-GAN settings, and the schedule ends the run (its losses do not say how good the images are, so the last epoch is
-kept). Served is the generator alone, model.onnx: (noise, labels) -> pixels, one call per image. Judged on the
-same figures as the diffusion model (training/tasks/generation.py).
+GAN settings (`adam_beta1` 0.5), and the schedule ends the run (its losses do not say how good the images are,
+so the last epoch is kept). Served is the generator alone, model.onnx: (noise, labels) -> pixels, one call per
+image. Judged on the same figures as the diffusion model (training/tasks/generation.py).
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from torch import nn
 
 from contracts.sampling import first_noise, image_seeds
 from contracts.tensors import TensorSpec
-from models.gan import ConditionalGAN, GeneratorGraph
+from models.gan import GeneratorGraph
 from training.tasks.base import Predict, Prepared, register_task
 from training.tasks.generation import FashionGeneratorTask
 
 NOISE = 64  # GANConfig.noise: the served graph's noise axis
-BETAS = (0.5, 0.999)  # Adam's for GANs (Radford et al., 2016): a shorter memory of the gradient's direction
 
 
 class ImageGANTask(FashionGeneratorTask):
@@ -37,19 +36,13 @@ class ImageGANTask(FashionGeneratorTask):
         "batch_size": 128,
         "lr": 2e-4,
         "weight_decay": 0.0,
+        "adam_beta1": 0.5,  # Adam's for GANs (Radford et al., 2016)
         "warmup_steps": 0,
     }
     expected_seconds = 380.0
 
     def model_config(self, data: Prepared) -> dict[str, Any]:
         return {**super().model_config(data), "noise": NOISE}
-
-    def parameter_groups(self, net: nn.Module) -> list[dict[str, Any]]:
-        assert isinstance(net, ConditionalGAN)
-        return [
-            {"params": list(net.generator.parameters()), "betas": BETAS},
-            {"params": list(net.discriminator.parameters()), "betas": BETAS},
-        ]
 
     def graph(self, net: nn.Module) -> nn.Module:
         return GeneratorGraph(net)

@@ -92,10 +92,13 @@ class FashionGeneratorTask(Task):
         """The classes of the images the quality figures are measured on: as many of each."""
         return np.arange(DRY_SAMPLES if data.extras["dry_run"] else SAMPLES) % len(data.labels)
 
-    def quality(self, pixels: np.ndarray, labels: np.ndarray, data: Prepared, run_dir: Path) -> dict[str, Any]:
+    def quality(
+        self, pixels: np.ndarray, labels: np.ndarray, data: Prepared, run_dir: Path, **others: np.ndarray
+    ) -> dict[str, Any]:
         """Generated images of the classes `labels`, judged by the stored CNN against the test images: the Fréchet
         CNN distance, the CNN's agreement with the class asked for, and the spread within each class beside the
-        test images' (mode collapse shows as a spread well under theirs); a grid of samples in run_dir."""
+        test images' (mode collapse shows as a spread well under theirs); a grid of samples in run_dir. `others`:
+        more images by name, each's Fréchet distance as `frechet_cnn_<name>`."""
         judge = CnnJudge.newest()
         test_pixels, test_labels = data.test.tensors[0].numpy(), data.test.tensors[1].numpy()
         real, _ = judge.judge(test_pixels)
@@ -108,6 +111,9 @@ class FashionGeneratorTask(Task):
             "frechet_cnn_real_halves": round(frechet_distance(real[:half], real[half:]), 3),
             "class_spread": round(class_spread(generated, labels), 3),
             "class_spread_test": round(class_spread(real, test_labels), 3),
+            **{
+                f"frechet_cnn_{name}": round(frechet_distance(judge.judge(x)[0], real), 3) for name, x in others.items()
+            },
             "judge": judge.tag,
             "samples": len(labels),
         }
@@ -184,21 +190,18 @@ class ImageGenerationTask(FashionGeneratorTask):
     def evaluate(self, predict: Predict, data: Prepared, run_dir: Path) -> dict[str, Any]:
         """Samples from the exported graphs, judged by the stored CNN, the VAE's own samples beside them; the VAE's
         score against the OOD sets."""
-        judge = CnnJudge.newest()
         decoder = ort.InferenceSession(str(run_dir / "decoder.onnx"), providers=["CPUExecutionProvider"])
         labels = self.sampled_labels(data)
         started = time.monotonic()
         pixels = sample(predict, decoder, labels, seed=data.extras["seed"], null_label=len(data.labels))
         seconds = time.monotonic() - started
-        test_pixels = data.test.tensors[0].numpy()
         prior = decoder.run(None, {"latents": first_latents(len(labels), data.extras["seed"] + 1)})[0]
         return {
-            **self.quality(pixels, labels, data, run_dir),
-            "frechet_cnn_vae": round(frechet_distance(judge.judge(prior)[0], judge.judge(test_pixels)[0]), 3),
+            **self.quality(pixels, labels, data, run_dir, vae=prior),  # the VAE's own samples: frechet_cnn_vae
             "steps": STEPS,
             "guidance": GUIDANCE,
             "images_per_second": round(len(labels) / seconds, 1),
-            "vae_ood": vae_ood(run_dir / "vae_score.onnx", test_pixels, self.ood_sets(data)),
+            "vae_ood": vae_ood(run_dir / "vae_score.onnx", data.test.tensors[0].numpy(), self.ood_sets(data)),
         }
 
 
