@@ -62,6 +62,9 @@ class ModelCard:
     data_fingerprint: str = ""
     variant: str | None = None  # e.g. "int8"
     variant_of: str | None = None
+    # What this model was fine-tuned from (`python -m training finetune`): base_model (its tag), its digest, the
+    # layers kept and frozen, the schedule; empty for a model trained from its seed.
+    parent: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # anything else recorded (history, timings, machine)
 
     @classmethod

@@ -54,6 +54,10 @@ class CNN(nn.Module):
             nn.Linear(config.hidden, config.num_classes),
         )
 
+    def blocks(self) -> list[nn.Module]:
+        """The body, input first (what fine-tuning keeps from a parent); `head` is rebuilt for new classes."""
+        return [self.features[0], self.features[1]]
+
     def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # pixels: (B, C, H, W) float, already normalized -> logits (B, num_classes), the last conv block's
         # channel means (B, channels[1]): what the OOD score measures (models/ood.py)

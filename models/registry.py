@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
@@ -16,6 +16,18 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+
+
+@runtime_checkable
+class Transferable(Protocol):
+    """A classifier that fine-tuning can start from (training/transfer.py): two seams the net declares and generic
+    code reads, timm's way."""
+
+    head: nn.Module  # the classifier head: built anew for the new classes, always trained
+
+    def blocks(self) -> list[nn.Module]:
+        """The body, input first: kept from the parent, frozen unless the last is unfrozen."""
+        ...
 
 
 def register_net(name: str, config_cls: type):

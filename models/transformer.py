@@ -44,6 +44,12 @@ class TransformerClassifier(nn.Module):
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.d_model, config.num_classes))
 
+    def blocks(self) -> list[nn.Module]:
+        """The body, input first (what fine-tuning keeps from a parent); `head` is rebuilt for new classes. The
+        last encoder layer and the final norm are one block: the norm only rescales that layer's output."""
+        *early, last = self.encoder.layers
+        return [nn.ModuleList([self.tokens, self.positions]), *early, nn.ModuleList([last, self.norm])]
+
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # input_ids, attention_mask: (B, T) int64, mask 1 = token, 0 = padding -> normalized states (B, T, C)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)

@@ -19,7 +19,7 @@ from services.dataplane.traffic import Policy
 from services.edge.app import build_app, gate_of
 from services.edge.readiness import ReadinessReport
 from services.edge.worker import Worker
-from services.families.base import FAMILIES, family_tags, served_tags
+from services.families.base import FAMILIES, family_of_task, family_tags, served_tags
 from services.frontends import console, oip_rest, repository
 from services.frontends.oip_grpc import GRPCServer, PortTaken
 from services.ops.startup import DRAIN, quiet_garbage_collector
@@ -43,6 +43,18 @@ def start_cards(family: str) -> dict[str, ModelCard]:
     """A family's model names and the cards its routes are built for: the stored models', and pending ones'."""
     cards = {STORED[t].tag.name: ModelCard.from_metadata(STORED[t].info.metadata) for t in TAGS[family] if t in STORED}
     return {**cards, **{name: PENDING.cards[name] for t in TAGS[family] if (name := stored_name(t)) in PENDING.cards}}
+
+
+def route_cards(family: str) -> dict[str, ModelCard]:
+    """What a family's routes are built for: its own models first, then the other stored models of its task served
+    at start (a fine-tune in MODELROAD_MODELS), which a request names by its `model` field."""
+    spec, own = FAMILIES[family], start_cards(family)
+    others = {
+        stored.tag.name: card
+        for stored in STORED.values()
+        if stored.tag.name not in own and (card := ModelCard.from_metadata(stored.info.metadata)).task == spec.task
+    }
+    return {**own, **others} if own else {}
 
 
 # Each family model's name, its family and its card at start (what its routes were built for).
@@ -71,7 +83,7 @@ APP = build_app(
     "CNN, RNN, Transformer, diffusion and GAN models served with ONNX Runtime: family routes, and the Open Inference "
     "Protocol v2 (with Triton's binary tensor extension) for every model and each family's pipeline.",
     [
-        *(spec.kind.routes(cards) for family, spec in FAMILIES.items() if (cards := start_cards(family))),
+        *(spec.kind.routes(cards) for family, spec in FAMILIES.items() if (cards := route_cards(family))),
         oip_rest.routes(
             names=[
                 n
@@ -95,15 +107,18 @@ APP = build_app(
 
 def open_version(stored: bentoml.Model) -> list[InferenceModel]:
     """A stored model version as served, warmed up: its graphs (tensors in and out; a generator's decoder too) and,
-    for a family's model, the family's pipeline over the same runners (what the family's routes run)."""
+    for a family's model or another of its task, the family's pipeline over the same runners (what the family's
+    routes run)."""
+    card = ModelCard.from_metadata(stored.info.metadata)
     family = FAMILY_MODELS.get(stored.tag.name)
-    if family is None:
+    if family is not None and (problem := interface_change(family[1], card)):
+        raise ValueError(f"{stored.tag} cannot serve {stored.tag.name}'s routes: {problem}")
+    spec = family_of_task(card.task)
+    kind = family[0] if family is not None else spec.kind if spec else None
+    if kind is None:
         runners: tuple[OnnxRunner, ...] = (OnnxRunner(stored, SETTINGS),)
         models: list[InferenceModel] = [OnnxModel(runners[0])]
     else:
-        kind, card = family
-        if problem := interface_change(card, ModelCard.from_metadata(stored.info.metadata)):
-            raise ValueError(f"{stored.tag} cannot serve {stored.tag.name}'s routes: {problem}")
         version = kind(stored)
         runners = version.runners
         models = [*map(OnnxModel, runners), version.pipeline()]

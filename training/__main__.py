@@ -1,5 +1,5 @@
 """Command line: `python -m training train fashion-cnn`, `ensure`, `serve`, `tune`, `report`, `list`,
-`import FILE.onnx`, `drift LOG_DIR`."""
+`import FILE.onnx`, `finetune --from fashion-cnn --data DIR --name NAME`, `drift LOG_DIR`."""
 
 from __future__ import annotations
 
@@ -48,11 +48,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def config_from_args(task: str, args: argparse.Namespace, tuned: dict | None = None) -> TrainConfig:
-    """TrainConfig defaults, then the task's own defaults, then tuned parameters, then the flags given."""
+def config_from_args(
+    task: str, args: argparse.Namespace, tuned: dict | None = None, defaults: dict | None = None
+) -> TrainConfig:
+    """TrainConfig defaults, then the task's own defaults (`defaults` for a task not in TASKS), then tuned
+    parameters, then the flags given."""
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"task"}
     given = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    cfg = TrainConfig(task=task, **TASKS[task].train_defaults).with_params(tuned or {})
+    defaults = TASKS[task].train_defaults if defaults is None else defaults
+    cfg = TrainConfig(task=task, **defaults).with_params(tuned or {})
     model = {**cfg.model, **given.pop("model", {})}  # a net flag overrides one tuned net field, not all
     return dataclasses.replace(cfg, **given, model=model)
 
@@ -107,6 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="an .npz of example inputs (one array per graph input, by name): a graph whose outputs are made tensors "
         "(a ZipMap removed) is proven to answer as before on them (default: seeded inputs of its input types)",
     )
+    finetune = commands.add_parser(
+        "finetune",
+        help="a new classifier for PATH's classes on a stored classifier's body (transfer learning)",
+        description="PATH: for an image classifier, a folder with a subfolder of images per class; for a text "
+        "classifier, such a folder of .txt files or a CSV with text and label columns.",
+    )
+    finetune.add_argument(
+        "--from", dest="parent", required=True, metavar="MODEL[:VERSION]", help="a stored classifier: fashion-cnn"
+    )
+    finetune.add_argument("--name", required=True, help="the new model's name in the store")
+    finetune.add_argument(
+        "--unfreeze-after",
+        type=int,
+        metavar="EPOCHS",
+        help="after EPOCHS epochs of the head alone, train the body's last block too, at a tenth of the rate "
+        "(default: the body stays frozen)",
+    )
+    add_config_flags(finetune)  # --data PATH, --epochs, --lr, --seed, ...
     drift = commands.add_parser(
         "drift", help="compare the inputs in payload logs with the training data (Markdown + PNG report)"
     )
@@ -159,6 +181,34 @@ def import_command(args: argparse.Namespace, argv: list[str]) -> int:
         log.error("not imported: %s", exc)
         return 2
     log.info("registered %s; serve it with MODELROAD_MODELS=%s", tag, tag)
+    return 0
+
+
+def finetune_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from training.pipeline import loaded, run
+    from training.transfer import DataRefused, Parent, Schedule, TransferRefused, fine_tuning, name_problem
+
+    # Everything is checked and the data read before training starts: a refused run writes nothing to the store.
+    try:
+        if args.unfreeze_after is not None and args.unfreeze_after < 0:
+            raise TransferRefused(f"--unfreeze-after {args.unfreeze_after}: a number of epochs, 0 or more")
+        parent = Parent.load(args.parent)
+        if problem := name_problem(args.name, parent):
+            raise TransferRefused(problem)
+        task = fine_tuning(args.name, parent, Schedule(args.unfreeze_after))
+        cfg = config_from_args(args.name, args, defaults=task.train_defaults)
+        prepared = loaded(cfg, task)
+    except (TransferRefused, DataRefused) as exc:
+        log.error("not fine-tuned: %s", exc)
+        return 2
+    stored = run(cfg, prepared=prepared, task=task)
+    if stored and "tag" in stored:
+        log.info(
+            "serve it beside the families with MODELROAD_MODELS=%s: its family's routes answer with it when asked "
+            'for {"model": "%s"} (docs/fine-tuning.md)',
+            stored["tag"],
+            args.name,
+        )
     return 0
 
 
@@ -258,6 +308,7 @@ COMMANDS = {
     "report": report_command,
     "list": list_command,
     "import": import_command,
+    "finetune": finetune_command,
     "drift": drift_command,
 }
 

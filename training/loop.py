@@ -249,9 +249,10 @@ def train_epoch(
     augmentation: torch.Generator,
     class_weights: torch.Tensor | None,
     device: torch.device,
+    epoch: int,
 ) -> float:
-    """`steps` optimizer steps over the batches `bar` yields; the mean training loss."""
-    model.train()
+    """`steps` optimizer steps over the batches `bar` yields (epoch `epoch`, from 0); the mean training loss."""
+    task.begin_epoch(model, epoch)
     running, seen = 0.0, 0
     for step, (*inputs, targets) in enumerate(bar):
         if step == steps:
@@ -289,13 +290,13 @@ def fit(
     torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device, ranks)
     model_config = net_config(task, data, cfg)
-    net = build_model(task.model, config_from_dict(task.model, model_config)).to(device)
+    net = task.initialize(build_model(task.model, config_from_dict(task.model, model_config))).to(device)
     # Batch order is drawn alike on every rank (the global batches); augmentation differs per rank.
     generator = torch.Generator().manual_seed(cfg.seed)
     augmentation = torch.Generator().manual_seed(cfg.seed + 7919 * (ranks.rank + 1))
     train_loader, val_loader, epochs, steps_per_epoch = loaders(task, data, cfg, generator, ranks)
     class_weights = data.class_weights.to(device) if data.class_weights is not None else None
-    optimization = Optimization.create(net.parameters(), cfg, epochs * steps_per_epoch, device)
+    optimization = Optimization.create(task.parameter_groups(net, cfg), cfg, epochs * steps_per_epoch, device)
     autocast = autocast_for(device, cfg.precision)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     progress, pretraining = Progress(), []
@@ -312,7 +313,7 @@ def fit(
     for epoch in range(progress.start_epoch, epochs):
         bar = progress_bar(train_loader, steps_per_epoch, f"{task.name} epoch {epoch + 1}/{epochs}", ranks)
         train_loss = train_epoch(
-            model, task, bar, steps_per_epoch, optimization, autocast, augmentation, class_weights, device
+            model, task, bar, steps_per_epoch, optimization, autocast, augmentation, class_weights, device, epoch
         )
         val_loss, val_score = validate(net, task, val_loader, class_weights, device, autocast)
         record = {

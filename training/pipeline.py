@@ -29,6 +29,7 @@ from training.progress import ProgressReport
 from training.register import register_model
 from training.tasks import get_task
 from training.tasks.base import Predict, Prepared, Task
+from training.weights import WEIGHTS_FILE, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ def evaluated_card(
         val_loss=min(h["val_loss"] for h in trained.history),
         data_source=data.source,
         data_fingerprint=data.fingerprint,
+        parent=task.lineage(),
         extra=extra,
     )
 
@@ -173,9 +175,10 @@ def save_variants(
         )
 
 
-def loaded(cfg: TrainConfig) -> tuple[Prepared, ProgressReport]:
-    """A task's data, and its progress record queued with the interface its model will have."""
-    task = get_task(cfg.task)
+def loaded(cfg: TrainConfig, task: Task | None = None) -> tuple[Prepared, ProgressReport]:
+    """A task's data, and its progress record queued with the interface its model will have. `task`: when not one
+    of TASKS (a fine-tuning run's), else the one named by cfg.task."""
+    task = task or get_task(cfg.task)
     report = ProgressReport(task.name, 1 if cfg.dry_run else cfg.epochs, task.expected_seconds)
     try:
         data = task.load_data(cfg)
@@ -187,25 +190,29 @@ def loaded(cfg: TrainConfig) -> tuple[Prepared, ProgressReport]:
 
 
 def run(
-    cfg: TrainConfig, tuning: dict[str, Any] | None = None, prepared: tuple[Prepared, ProgressReport] | None = None
+    cfg: TrainConfig,
+    tuning: dict[str, Any] | None = None,
+    prepared: tuple[Prepared, ProgressReport] | None = None,
+    task: Task | None = None,
 ) -> dict[str, Any] | None:
     """Train one task end to end; returns the model card as stored (with `tag` when registered).
 
     Under torchrun every rank trains; rank 0 alone exports, registers and returns the card (others: None).
     `tuning`: the Optuna study the parameters came from, recorded in the card. `prepared`: its data and progress
-    record, when loaded beforehand (`loaded`). A failure is recorded in the progress record, then raised."""
-    data, report = prepared or loaded(cfg)
+    record, when loaded beforehand (`loaded`). `task`: as for `loaded`. A failure is recorded in the progress record,
+    then raised."""
+    task = task or get_task(cfg.task)
+    data, report = prepared or loaded(cfg, task)
     try:
-        return trained_and_registered(cfg, tuning, data, report)
+        return trained_and_registered(task, cfg, tuning, data, report)
     except BaseException as exc:
         report.failed(exc)
         raise
 
 
 def trained_and_registered(
-    cfg: TrainConfig, tuning: dict[str, Any] | None, data: Prepared, report: ProgressReport
+    task: Task, cfg: TrainConfig, tuning: dict[str, Any] | None, data: Prepared, report: ProgressReport
 ) -> dict[str, Any] | None:
-    task = get_task(cfg.task)
     ranks = start(cuda=pick_device(cfg.device).type == "cuda")
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +244,13 @@ def trained_and_registered(
     if exported.companions_parity:
         extra["companions_parity"] = exported.companions_parity
     card = evaluated_card(task, cfg, data, trained, exported, extra)
-    files = {**data.files, **exported.companions, **{name: run_dir / name for name in task.artifacts}}
+    weights = save_weights(trained.model, run_dir / WEIGHTS_FILE)  # what a fine-tune starts from
+    files = {
+        **data.files,
+        **exported.companions,
+        WEIGHTS_FILE: weights,
+        **{name: run_dir / name for name in task.artifacts},
+    }
     stored = save_card(cfg, task.name, exported.path, files, card, run_dir)
     save_variants(task, cfg, data, exported, card, stored.get("tag"))
     ood = card.ood.evaluation

@@ -11,9 +11,12 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from services.errors import BadRequest
 
 
-def uploaded_file(body: bytes, content_type: str, field: str) -> bytes:
-    """The one file of a multipart/form-data body, under `field`: parsed by python-multipart as Starlette's form
-    parser would, without its spooled temporary files and form objects (what that saves: docs/benchmarks.md)."""
+def uploaded_file(
+    body: bytes, content_type: str, field: str, text_fields: tuple[str, ...] = ()
+) -> tuple[bytes, dict[str, str]]:
+    """The one file of a multipart/form-data body, under `field`, and the text fields among `text_fields` it holds
+    (each at most once): parsed by python-multipart as Starlette's form parser would, without its spooled temporary
+    files and form objects (what that saves: docs/benchmarks.md)."""
     _, options = parse_options_header(content_type)
     if not options.get(b"boundary"):
         raise BadRequest("the multipart Content-Type names no boundary")
@@ -50,7 +53,13 @@ def uploaded_file(body: bytes, content_type: str, field: str) -> bytes:
         parser.finalize()
     except MultipartParseError as exc:
         raise BadRequest(f"the multipart body cannot be read: {exc}") from None
-    if [(named, is_file) for named, is_file, _ in parts] != [(field, True)]:
+    files = [content for named, is_file, content in parts if is_file and named == field]
+    texts = {named: content for named, is_file, content in parts if not is_file and named in text_fields}
+    if len(files) != 1 or len(files) + len(texts) != len(parts):
         fields = sorted(named for named, _, _ in parts)
-        raise BadRequest(f"multipart fields {fields} do not match the expected ['{field}'] (one file)")
-    return parts[0][2]
+        allowed = "".join(f", optionally '{option}' (text)" for option in text_fields)
+        raise BadRequest(f"multipart fields {fields} do not match the expected ['{field}'] (one file{allowed})")
+    try:
+        return files[0], {named: content.decode() for named, content in texts.items()}
+    except UnicodeDecodeError:
+        raise BadRequest(f"the multipart fields {sorted(texts)} must be UTF-8 text") from None

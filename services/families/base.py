@@ -12,13 +12,14 @@ from typing import Any, Protocol, TypeVar
 import bentoml
 import numpy as np
 from fastapi import APIRouter, Request
+from pydantic import Field
 
 from contracts.card import ModelCard
 from contracts.tensors import TensorSpec
 from services.dataplane.models import Choice, InferenceModel, pipeline_name
 from services.dataplane.traffic import ROUTING_KEY
 from services.edge.worker import worker
-from services.errors import NotFound, Unavailable
+from services.errors import BadRequest, NotFound, Unavailable
 from services.runtime.runner import OnnxRunner
 from services.settings import SETTINGS, ServeSettings
 
@@ -55,6 +56,9 @@ class FamilySpec:
     kind: FamilyKind
     tags: Callable[[ServeSettings], Sequence[str]]  # its store tags, from the settings (an empty one: not served)
     console_route: str | None = None  # the route the console's form for it calls
+    # The card task of the models it serves besides its own (a fine-tune, another version side by side): any
+    # stored model of this task is opened as this family, and its routes answer with it when a request names it.
+    task: str | None = None
 
 
 FAMILIES: dict[str, FamilySpec] = {}  # by family name; services/families/__init__.py imports every family module
@@ -62,18 +66,24 @@ K = TypeVar("K")
 
 
 def register_family(
-    name: str, tags: Callable[[ServeSettings], Sequence[str]], console_route: str | None = None
+    name: str, tags: Callable[[ServeSettings], Sequence[str]], console_route: str | None = None, task: str | None = None
 ) -> Callable[[K], K]:
     """Class decorator on a family's class: the platform serves it, on the store tags `tags` reads from the
-    settings, and the console offers its form at `console_route`."""
+    settings, and the console offers its form at `console_route`; any served model whose card's task is `task`
+    is this family's too."""
 
     def register(kind: K) -> K:
         if name in FAMILIES:
             raise ValueError(f"family {name!r} is already registered")
-        FAMILIES[name] = FamilySpec(name, kind, tags, console_route)  # type: ignore[arg-type]
+        FAMILIES[name] = FamilySpec(name, kind, tags, console_route, task)  # type: ignore[arg-type]
         return kind
 
     return register
+
+
+def family_of_task(task: str) -> FamilySpec | None:
+    """The family that serves any stored model of card task `task` (None: such a model is served raw)."""
+    return next((spec for spec in FAMILIES.values() if spec.task == task), None)
 
 
 def family_tags(settings: ServeSettings) -> dict[str, tuple[str, ...]]:
@@ -94,6 +104,36 @@ def answering(request: Request, model: str) -> Choice:
         return worker(request).models.choose(pipeline_name(model), request.headers.get(ROUTING_KEY))
     except NotFound:
         raise Unavailable(f"no version of {model} is served") from None
+
+
+def answering_named(request: Request, model: str, asked: str | None, pipeline: type[FamilyPipeline]) -> Choice:
+    """As `answering`, for the model a request names in its `model` field (None: the family's own `model`): any
+    served model whose pipeline is a `pipeline`, else 400 naming the models that can answer there."""
+    if asked is None or asked == model:
+        return answering(request, model)
+    served = worker(request).models
+    try:
+        choice: Choice | None = served.choose(pipeline_name(asked), request.headers.get(ROUTING_KEY))
+    except NotFound:
+        choice = None
+    if choice is None or not isinstance(choice.primary, pipeline):
+        able = sorted({m.model for m in served.models() if isinstance(m, pipeline)})
+        raise BadRequest(f"model {asked!r} cannot answer here; the models that can: {', '.join(able)}")
+    return choice
+
+
+def model_field(names: Sequence[str]) -> Any:
+    """A family route's `model` field: the models served at start are documented (the schema's enum); one loaded
+    since is taken as well, and any other name gets 400 naming those that can answer."""
+    return Field(
+        default=None,
+        max_length=MODEL_NAME_CHARS,
+        description=f"the model that answers (default: {names[0]}); any served model of this family",
+        json_schema_extra={"enum": list(names)},
+    )
+
+
+MODEL_NAME_CHARS = 63  # the store's longest model name
 
 
 # Decoding big images and tokenizing long texts take milliseconds to seconds of CPU: they run in these threads,

@@ -20,7 +20,8 @@ from services.errors import BadRequest
 from services.families.base import (
     VERDICT_TENSORS,
     ClassifierPipeline,
-    answering,
+    answering_named,
+    model_field,
     prepared,
     register_family,
     verdict_tensors,
@@ -32,6 +33,7 @@ from services.runtime.runner import OnnxRunner
 from services.settings import SETTINGS
 
 UPLOAD_FIELD = "image"
+MODEL_FIELD = "model"
 INLINE_PIXELS = 512 * 512  # declared pixels of a request decoded on the event loop (~1 ms); more go to a thread
 
 
@@ -39,7 +41,7 @@ def image_values(image: np.ndarray) -> dict[str, list]:
     return {"pixels": image.tolist()}
 
 
-@register_family("image", lambda s: (s.image_model,), console_route="/classify_image")
+@register_family("image", lambda s: (s.image_model,), console_route="/classify_image", task="image-classification")
 class ImageFamily:
     """One version of the image classifier."""
 
@@ -81,9 +83,9 @@ class ImageFamily:
 
     @staticmethod
     def routes(cards: dict[str, ModelCard]) -> APIRouter:
-        ((name, card),) = cards.items()
-        prep = ImageContract.from_card(card).prep
-        return image_routes(name, prep.height, prep.width)
+        """The family's model first, then the other image classifiers served at start (a request's `model`)."""
+        prep = ImageContract.from_card(next(iter(cards.values()))).prep
+        return image_routes(list(cards), prep.height, prep.width)
 
 
 class ImagePipeline(ClassifierPipeline):
@@ -128,7 +130,9 @@ class ImagePipeline(ClassifierPipeline):
         }
 
 
-def image_routes(model: str, height: int, width: int) -> APIRouter:
+def image_routes(models: list[str], height: int, width: int) -> APIRouter:
+    """`models`: the family's own first (the default), then the other image classifiers served at start."""
+    model = models[0]
     router = APIRouter(tags=["image"], route_class=DirectRoute)
     Grey = Annotated[float, Field(strict=True, ge=0, le=255, allow_inf_nan=False)]  # strict: true/false are not grey
     # fail_fast: one error for a bad list, not one per item (error bodies stay small)
@@ -145,6 +149,7 @@ def image_routes(model: str, height: int, width: int) -> APIRouter:
                 description=f"images as (N, {height}, {width}) grey values 0-255 at the model's size",
             ),
         ]
+        model: str | None = model_field(models)
 
     upload_body = {
         "requestBody": {
@@ -161,7 +166,13 @@ def image_routes(model: str, height: int, width: int) -> APIRouter:
                                 "format": "binary",
                                 "minLength": 1,
                                 "description": "a PNG or JPEG file",
-                            }
+                            },
+                            MODEL_FIELD: {
+                                "type": "string",
+                                "enum": models,
+                                "description": f"the model that answers (default: {model}); any served image "
+                                "classifier",
+                            },
                         },
                     }
                 }
@@ -177,11 +188,13 @@ def image_routes(model: str, height: int, width: int) -> APIRouter:
         dependencies=[media_types("multipart/form-data")],
     )
     async def classify_image(request: Request) -> Response:
-        """Classify one uploaded PNG/JPEG (multipart field `image`) of any size or colour."""
-        choice = answering(request, model)
+        """Classify one uploaded PNG/JPEG (multipart field `image`) of any size or colour; the text field `model`
+        names another image classifier to answer."""
+        body, content_type = await request.body(), request.headers["content-type"]
+        file, fields = uploaded_file(body, content_type, UPLOAD_FIELD, (MODEL_FIELD,))
+        choice = answering_named(request, model, fields.get(MODEL_FIELD), ImagePipeline)
         pipeline: ImagePipeline = choice.primary
         with choice.answering():
-            file = uploaded_file(await request.body(), request.headers["content-type"], UPLOAD_FIELD)
             answers = await pipeline.family.classify(await pipeline.family.feeds_from_files([file]))
         choice.mirror(lambda: {"image": np.array([file], dtype=np.object_)}, lambda: pipeline.tensors(answers))
         return json_response(answers[0], choice.version_header)
@@ -194,7 +207,7 @@ def image_routes(model: str, height: int, width: int) -> APIRouter:
     )
     async def classify_pixels(request: Request, body: Pixels) -> Response:
         """Classify a JSON batch of grey-value images already at the model's size."""
-        choice = answering(request, model)
+        choice = answering_named(request, model, body.model, ImagePipeline)
         pipeline: ImagePipeline = choice.primary
         pixels = np.asarray(body.pixels, dtype=np.float64)
         with choice.answering():

@@ -21,7 +21,8 @@ from services.errors import BadRequest
 from services.families.base import (
     VERDICT_TENSORS,
     ClassifierPipeline,
-    answering,
+    answering_named,
+    model_field,
     prepared,
     register_family,
     verdict_tensors,
@@ -39,7 +40,7 @@ def text_values(text: str) -> dict[str, str]:
     return {"text": text}
 
 
-@register_family("text", lambda s: (s.text_model,), console_route="/classify_text")
+@register_family("text", lambda s: (s.text_model,), console_route="/classify_text", task="text-classification")
 class TextFamily:
     """One version of the text classifier."""
 
@@ -69,8 +70,8 @@ class TextFamily:
 
     @staticmethod
     def routes(cards: dict[str, ModelCard]) -> APIRouter:
-        ((name, _),) = cards.items()
-        return text_routes(name)
+        """The family's model first, then the other text classifiers served at start (a request's `model`)."""
+        return text_routes(list(cards))
 
 
 class TextPipeline(ClassifierPipeline):
@@ -126,23 +127,27 @@ Text = Annotated[
 ]
 
 
-class OneText(BaseModel):
-    text: Text
-
-
-class Texts(BaseModel):
-    texts: Annotated[
-        list[Text],
-        Field(min_length=1, max_length=SETTINGS.max_batch_size, fail_fast=True, description="classified in order"),
-    ]
-
-
-def text_routes(model: str) -> APIRouter:
+def text_routes(models: list[str]) -> APIRouter:
+    """`models`: the family's own first (the default), then the other text classifiers served at start."""
+    model = models[0]
     router = APIRouter(tags=["text"], dependencies=[JSON_ONLY], route_class=DirectRoute)
 
-    async def classify(request: Request, texts: list[str]) -> tuple[list[TextClassification], dict[str, str]]:
+    class OneText(BaseModel):
+        text: Text
+        model: str | None = model_field(models)
+
+    class Texts(BaseModel):
+        texts: Annotated[
+            list[Text],
+            Field(min_length=1, max_length=SETTINGS.max_batch_size, fail_fast=True, description="classified in order"),
+        ]
+        model: str | None = model_field(models)
+
+    async def classify(
+        request: Request, texts: list[str], asked: str | None
+    ) -> tuple[list[TextClassification], dict[str, str]]:
         """The answers of the version the policy chooses (a shadow gets a copy), and the header naming it."""
-        choice = answering(request, model)
+        choice = answering_named(request, model, asked, TextPipeline)
         pipeline: TextPipeline = choice.primary
         with choice.answering():
             answers = await pipeline.family.classify(texts)
@@ -154,12 +159,12 @@ def text_routes(model: str) -> APIRouter:
     @router.post("/classify_text", response_model=TextClassification, responses=ERROR_RESPONSES)
     async def classify_text(request: Request, body: OneText) -> Response:
         """Classify one text into a WordNet noun category (animal, food, person, ...)."""
-        (answer,), version = await classify(request, [body.text])
+        (answer,), version = await classify(request, [body.text], body.model)
         return json_response(answer, version)
 
     @router.post("/classify_texts", response_model=list[TextClassification], responses=ERROR_RESPONSES)
     async def classify_texts(request: Request, body: Texts) -> Response:
         """Classify a batch of texts; the answers come in the same order."""
-        return json_response(*await classify(request, body.texts))
+        return json_response(*await classify(request, body.texts, body.model))
 
     return router

@@ -125,6 +125,23 @@ class Task(ABC):
     def augment(self, inputs: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         return inputs
 
+    def initialize(self, net: nn.Module) -> nn.Module:
+        """The net's weights before training (not `--resume`, which continues a run): by default as built, drawn
+        from the seed; a fine-tuned model's come from its parent (training/transfer.py)."""
+        return net
+
+    def parameter_groups(self, net: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+        """What AdamW trains: groups of parameters, each with its own options (e.g. a lower learning rate)."""
+        return [{"params": list(net.parameters())}]
+
+    def begin_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Ready `model` for training epoch `epoch` (from 0): by default every layer in training mode."""
+        model.train()
+
+    def lineage(self) -> dict[str, Any]:
+        """The card's `parent`: the model this one was fine-tuned from; {} for one trained from its seed."""
+        return {}
+
     def search_space(self, trial: optuna.Trial) -> None:
         """Draw this task's tuned parameters from `trial` (`python -m training tune`), by flat names:
         "lr" is a TrainConfig field, "model.dropout" a field of the net's config."""

@@ -38,6 +38,14 @@ from training.tasks.base import (
     fingerprint_arrays,
     register_task,
 )
+from training.transfer import (
+    DataRefused,
+    FineTuning,
+    check_counts,
+    held_out_split,
+    read_class_folder,
+    register_fine_tuning,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -90,12 +98,30 @@ def read_wordnet_glosses(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["text", "label"])
 
 
+def read_labelled_texts(path: Path) -> pd.DataFrame:
+    """A user's texts and labels: a CSV with `text` and `label` columns, or a folder with a subfolder of `.txt`
+    files per class (one text a file). Hidden files are skipped; any other file that is not UTF-8 text refuses it."""
+    if path.is_file():
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise DataRefused(f"{path} is not a CSV of UTF-8 text: {str(exc).splitlines()[0]}") from None
+        if not {"text", "label"} <= set(frame.columns):
+            raise DataRefused(f"{path}: needs the columns text and label; found {list(frame.columns)}")
+        return frame[["text", "label"]]
+    texts, targets, classes = read_class_folder(path, read_text, "UTF-8 .txt files")
+    return pd.DataFrame({"text": texts, "label": [classes[i] for i in targets]})
+
+
+def read_text(path: Path) -> str:
+    if path.suffix.lower() != ".txt":
+        raise ValueError(f"{path.name}: not a .txt file")
+    return path.read_text(encoding="utf-8").strip()
+
+
 def load_texts(cfg: TrainConfig) -> pd.DataFrame:
     if cfg.data:
-        frame = pd.read_csv(cfg.data)
-        if not {"text", "label"} <= set(frame.columns):
-            raise ValueError(f"{cfg.data}: needs columns text,label; got {list(frame.columns)}")
-        frame = frame[["text", "label"]].astype(str)
+        frame = read_labelled_texts(Path(cfg.data))
     elif WORDNET_NOUNS.exists():
         frame = read_wordnet_glosses(WORDNET_NOUNS)
     else:
@@ -103,7 +129,12 @@ def load_texts(cfg: TrainConfig) -> pd.DataFrame:
             f"{WORDNET_NOUNS} not found: install the Debian package wordnet-base "
             "(apt-get install wordnet-base) or pass --data FILE.csv"
         )
-    # The same text under two labels would be noise in every split: keep its first label.
+    return distinct_texts(frame)
+
+
+def distinct_texts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows with some text, each text once: the same text under two labels would be noise in every split (its
+    first label is kept)."""
     return frame[frame["text"].str.strip() != ""].drop_duplicates("text").reset_index(drop=True)
 
 
@@ -170,6 +201,44 @@ class LengthBuckets(Sampler[list[int]]):
         return sum(-(-len(chunk) // self.batch_size) for chunk in self._chunks(torch.arange(len(self.lengths))))
 
 
+def prepared_texts(
+    texts: list[str],
+    y: np.ndarray,
+    labels: list[str],
+    splits: tuple[np.ndarray, np.ndarray, np.ndarray],
+    tokenizer_path: Path,
+    encoding: TextEncoding,
+    source: str,
+) -> Prepared:
+    """Texts tokenized by the tokenizer at `tokenizer_path` (stored with the model) into train, validation and test
+    (`splits`: indices), with what the evaluation and the baseline read."""
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    train, val, test = splits
+
+    def dataset(indices: np.ndarray) -> TensorDataset:
+        ids, mask = encoding.pad(encoding.token_ids(tokenizer, [texts[i] for i in indices]))
+        return TensorDataset(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(y[indices]))
+
+    return Prepared(
+        train=dataset(train),
+        val=dataset(val),
+        test=dataset(test),
+        source=source,
+        fingerprint=fingerprint_arrays(np.array(texts, dtype=object).astype(str), y),
+        preprocessing=TextPreprocessing(encoding, "tokenizer.json"),
+        labels=labels,
+        files={"tokenizer.json": tokenizer_path},
+        # Half-way to balanced (power 0.5): full balancing cost 3 points of accuracy and no macro-F1.
+        class_weights=balanced_class_weights(y[train], len(labels), power=0.5),
+        extras={
+            "train_texts": [texts[i] for i in train],
+            "train_labels": y[train],
+            "test_texts": [texts[i] for i in test],
+            "vocab_size": tokenizer.get_vocab_size(),
+        },
+    )
+
+
 class TextClassificationTask(Task):
     name = "wordnet-transformer"
     model = "transformer"
@@ -214,34 +283,12 @@ class TextClassificationTask(Task):
         if cfg.dry_run:
             train, val, test = train[:2000], val[:300], test[:300]
         tokenizer = train_tokenizer([texts[i] for i in train], self.vocab_size)
-        encoding = TextEncoding(max_tokens=self.max_tokens)
         tokenizer_path = Path(cfg.run_dir()) / "tokenizer.json"
         tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
         tokenizer.save(str(tokenizer_path))
-
-        def dataset(indices: np.ndarray) -> TensorDataset:
-            ids, mask = encoding.pad(encoding.token_ids(tokenizer, [texts[i] for i in indices]))
-            return TensorDataset(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(y[indices]))
-
-        test_texts = [texts[i] for i in test]
-        return Prepared(
-            train=dataset(train),
-            val=dataset(val),
-            test=dataset(test),
-            source=str(cfg.data or WORDNET_NOUNS),
-            fingerprint=fingerprint_arrays(np.array(texts, dtype=object).astype(str), y),
-            preprocessing=TextPreprocessing(encoding, "tokenizer.json"),
-            labels=labels,
-            files={"tokenizer.json": tokenizer_path},
-            # Half-way to balanced (power 0.5): full balancing cost 3 points of accuracy and no macro-F1.
-            class_weights=balanced_class_weights(y[train], len(labels), power=0.5),
-            extras={
-                "train_texts": [texts[i] for i in train],
-                "train_labels": y[train],
-                "test_texts": test_texts,
-                "vocab_size": tokenizer.get_vocab_size(),
-            },
-        )
+        encoding = TextEncoding(max_tokens=self.max_tokens)
+        source = str(cfg.data or WORDNET_NOUNS)
+        return prepared_texts(texts, y, labels, (train, val, test), tokenizer_path, encoding, source)
 
     def example(self, data: Prepared) -> dict[str, Any]:
         return {"text": data.extras["test_texts"][0]}
@@ -346,3 +393,22 @@ class TextClassificationTask(Task):
 
 
 register_task(TextClassificationTask())
+
+
+@register_fine_tuning("text-classification")
+class TextFineTuning(FineTuning, TextClassificationTask):
+    """A new text classifier on a stored one's encoder: the parent's tokenizer and encoding, a new head."""
+
+    def load_data(self, cfg: TrainConfig) -> Prepared:
+        if not cfg.data:
+            raise DataRefused("--data PATH is needed: a CSV with text and label columns, or a folder of .txt per class")
+        frame = distinct_texts(read_labelled_texts(Path(cfg.data)))
+        labels = sorted(frame["label"].unique())
+        y = frame["label"].map({name: i for i, name in enumerate(labels)}).to_numpy(np.int64)
+        check_counts(y, labels)
+        prep = self.parent.card.preprocessing
+        assert isinstance(prep, TextPreprocessing)
+        splits = held_out_split(y, cfg.val_fraction, cfg.seed)
+        tokenizer = self.parent.folder / prep.tokenizer
+        source = str(Path(cfg.data).resolve())
+        return prepared_texts(frame["text"].tolist(), y, labels, splits, tokenizer, prep.text, source)
