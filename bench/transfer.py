@@ -1,10 +1,17 @@
-"""Does fine-tuning transfer? A stored image classifier's conv blocks under a new head (training/transfer.py)
-against the same CNN trained from scratch, for the same epochs on the same images, on data that no model here
-saw: scikit-learn's handwritten digits (`load_digits`, 8x8, upscaled to the parent's 28x28). Each row: k labelled
-images a class (a tenth of them the validation split), tested on every other digit image, over several draws.
+"""Does fine-tuning transfer? A stored classifier fine-tuned (training/tasks/transfer.py) against the same net trained
+from scratch for the same epochs on the same examples, and against a logistic regression on the parent's frozen
+features, on data no model here was trained on:
 
-    .venv/bin/python -m bench.transfer                           # from fashion-cnn:latest, 10 and 50 a class
-    .venv/bin/python -m bench.transfer --per-class 10 --draws 5 --unfreeze-last-block
+- images: scikit-learn's handwritten digits (`load_digits`, 8x8, upscaled to the parent's size), k labelled
+  images a class (a tenth of them the validation split), tested on every other digit image;
+- texts: WordNet's verb glosses labelled by their 15 lexicographer files (motion, communication, ...); the
+  project's text model learned noun glosses only: other words, other classes, the same dictionary's style.
+
+Each row is the mean over several draws of the k examples. The wall time of a whole fine-tune (weights loaded,
+trained, evaluated, exported, held to parity; not registered) on 500 examples is printed too.
+
+    .venv/bin/python -m bench.transfer                                  # both families, 10 and 50 a class
+    .venv/bin/python -m bench.transfer --family image --per-class 10 --draws 5 --unfreeze-after 10
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import argparse
 import dataclasses
 import logging
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,110 +29,202 @@ import numpy as np
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
-from sklearn.metrics import accuracy_score
 
+from contracts.preprocessing import ImagePreprocessing, TextPreprocessing
 from training.config import TrainConfig
 from training.loop import fit
-from training.tasks.base import Prepared, fingerprint_arrays
-from training.tasks.images import ImageClassificationTask
-from training.transfer import FineTuneTask, Parent
+from training.pipeline import export
+from training.tasks import TASKS
+from training.tasks.base import Prepared, Task, fingerprint_arrays
+from training.tasks.images import prepared_images
+from training.tasks.text import WORDNET_NOUNS, prepared_texts
+from training.tasks.transfer import FineTuning, Parent, Schedule, fine_tuning
 
-DIGITS = [str(d) for d in range(10)]
+WORDNET_VERBS = WORDNET_NOUNS.with_name("data.verb")
+FIRST_VERB_FILE = 29  # lexicographer files 29-43 hold the verbs (WordNet's lexnames(5WN))
+VERB_LEXNAMES = [
+    "body",
+    "change",
+    "cognition",
+    "communication",
+    "competition",
+    "consumption",
+    "contact",
+    "creation",
+    "emotion",
+    "motion",
+    "perception",
+    "possession",
+    "social",
+    "stative",
+    "weather",
+]
+DEFAULT_PARENTS = {"image": "fashion-cnn:latest", "text": "wordnet-transformer:latest"}
+
+
+@dataclass(frozen=True)
+class Examples:
+    """A labelled set none of the project's models trained on: each example's class id and the class names."""
+
+    x: np.ndarray | list[str]
+    y: np.ndarray
+    labels: list[str]
+    source: str
+
+
+def digits(parent: Parent) -> Examples:
+    """Every digit image at the parent's size: (N, 1, H, W) uint8, ink bright on black as in Fashion-MNIST."""
+    prep = parent.card.preprocessing
+    assert isinstance(prep, ImagePreprocessing)
+    loaded = load_digits()
+    images = (loaded.images * (255 / 16)).round().astype(np.uint8)
+    size = (prep.width, prep.height)
+    resized = [np.asarray(Image.fromarray(i).resize(size, Image.Resampling.BILINEAR)) for i in images]
+    return Examples(np.stack(resized)[:, None], loaded.target.astype(np.int64), [str(d) for d in range(10)], "digits")
+
+
+def verb_glosses(parent: Parent) -> Examples:
+    """WordNet's verb glosses and their lexicographer file (Debian wordnet-base), each gloss once."""
+    texts, targets, seen = [], [], set()
+    for line in WORDNET_VERBS.read_text(encoding="utf-8").splitlines():
+        if line.startswith("  "):  # the licence header
+            continue
+        fields, _, gloss = line.partition(" | ")
+        gloss = gloss.strip()
+        if gloss and gloss not in seen:
+            seen.add(gloss)
+            texts.append(gloss)
+            targets.append(int(fields.split()[1]) - FIRST_VERB_FILE)
+    return Examples(texts, np.asarray(targets, dtype=np.int64), VERB_LEXNAMES, str(WORDNET_VERBS))
+
+
+def drawn(examples: Examples, per_class: int, draw: int, val_fraction: float = 0.1) -> tuple[np.ndarray, ...]:
+    """Train, validation and test indices: `per_class` a class (their validation share included), every other
+    example of the classes that have enough as the test set."""
+    rng = np.random.default_rng(draw)
+    train, val = [], []
+    for class_id in range(len(examples.labels)):
+        chosen = rng.permutation(np.flatnonzero(examples.y == class_id))[:per_class]
+        n_val = max(1, round(per_class * val_fraction))
+        val += chosen[:n_val].tolist()
+        train += chosen[n_val:].tolist()
+    test = np.setdiff1d(np.arange(len(examples.y)), train + val)
+    return np.asarray(train), np.asarray(val), test
+
+
+def prepared(task: FineTuning, examples: Examples, splits: tuple[np.ndarray, ...]) -> Prepared:
+    """The draw as the fine-tuning task's own loader would prepare it (the parent's preprocessing)."""
+    prep = task.parent.card.preprocessing
+    if isinstance(prep, TextPreprocessing):
+        texts = list(examples.x)
+        tokenizer = task.parent.folder / prep.tokenizer
+        return prepared_texts(texts, examples.y, examples.labels, splits, tokenizer, prep.text, examples.source)
+    assert isinstance(prep, ImagePreprocessing) and isinstance(examples.x, np.ndarray)
+    x, y = examples.x, examples.y
+    fingerprint = fingerprint_arrays(x, y)
+    return prepared_images(tuple((x[i], y[i]) for i in splits), examples.labels, prep, examples.source, fingerprint)
+
+
+def scratch_task(parent: Parent) -> Task:
+    """A fresh copy of the task that trained the parent's kind of net: the control, trained from the seed (images
+    unmirrored, as fine-tuning's)."""
+    own = next(t for t in TASKS.values() if (t.kind, t.model) == (parent.card.task, parent.card.family))
+    task = type(own)()
+    task.mirror = False  # type: ignore[attr-defined]
+    return task
+
+
+def accuracy(task: Task, net: torch.nn.Module, data: Prepared) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        return float(task.evaluate(lambda *inputs: net(*inputs).detach().numpy(), data, Path(out))["accuracy"])
 
 
 @dataclass(frozen=True)
 class Row:
     per_class: int
-    draw: int
-    finetuned: float  # test accuracy
-    scratch: float  # the same CNN trained whole from random weights
-    untrained: float  # the fine-tuning road from frozen random blocks: what the parent's weights bring
-    test_images: int
+    finetuned: float
+    scratch: float
+    frozen_features: float
+    test_examples: int
 
 
-def digits_pixels(prep_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Every digit image at `prep_size` (W, H): (N, 1, H, W) uint8, ink bright on black as in Fashion-MNIST."""
-    digits = load_digits()
-    images = (digits.images * (255 / 16)).round().astype(np.uint8)
-    resized = [np.asarray(Image.fromarray(i).resize(prep_size, Image.Resampling.BILINEAR)) for i in images]
-    return np.stack(resized)[:, None], digits.target.astype(np.int64)
-
-
-def digits_data(task: FineTuneTask, per_class: int, draw: int, val_fraction: float = 0.1) -> Prepared:
-    """`per_class` labelled images a class (their validation share included), the rest of the digits as test."""
-    prep = task.prep
-    x, y = digits_pixels((prep.width, prep.height))
-    rng = np.random.default_rng(draw)
-    train, val = [], []
-    for digit in range(10):
-        chosen = rng.permutation(np.flatnonzero(y == digit))[:per_class]
-        n_val = max(1, round(per_class * val_fraction))
-        val += list(chosen[:n_val])
-        train += list(chosen[n_val:])
-    test = np.setdiff1d(np.arange(len(y)), train + val)
-    splits = tuple((x[i], y[i]) for i in (np.asarray(train), np.asarray(val), test))
-    return task.prepared(splits, DIGITS, "sklearn.datasets.load_digits", fingerprint_arrays(x, y))
-
-
-def test_accuracy(net: torch.nn.Module, data: Prepared) -> float:
-    x, y = data.test.tensors
-    with torch.no_grad():
-        predicted = net.eval()(x).argmax(1).numpy()
-    return float(accuracy_score(y.numpy(), predicted))
-
-
-def compare(parent: Parent, per_class: int, draw: int, cfg: TrainConfig, unfreeze_last_block: bool = False) -> Row:
-    """The fine-tuned model, the same CNN from scratch and the fine-tuning road from random blocks: one draw of
-    the data, the same training settings and augmentation (no mirroring, as fine-tuning's default)."""
-    task = FineTuneTask("digits-finetuned", parent, unfreeze_last_block)
-    data = digits_data(task, per_class, draw)
-    architecture = {k: v for k, v in parent.card.model_config.items() if k not in ("num_classes", "kept_blocks")}
-    scratch = ImageClassificationTask()
-    scratch.mirror = task.mirror
-    torch.manual_seed(draw)  # the random blocks
-    untrained = task.untrained()
+def compare(parent: Parent, examples: Examples, per_class: int, draw: int, cfg: TrainConfig, schedule: Schedule) -> Row:
+    """One draw: the fine-tuned model, the same net from scratch (same epochs, settings and augmentation) and the
+    logistic regression on the parent's frozen features, on one test set."""
+    task = fine_tuning("bench-finetuned", parent, schedule)
+    assert isinstance(task, FineTuning)
+    scratch = scratch_task(parent)
+    architecture = {k: v for k, v in parent.card.model_config.items() if k not in ("num_classes", "vocab_size")}
     with tempfile.TemporaryDirectory() as out:
-        finetuned = fit(task, data, cfg, Path(out))
-        from_scratch = fit(scratch, data, dataclasses.replace(cfg, model={**architecture, **cfg.model}), Path(out))
-        from_random = fit(untrained, data, cfg, Path(out))
-    accuracies = (test_accuracy(run.model, data) for run in (finetuned, from_scratch, from_random))
-    return Row(per_class, draw, *accuracies, len(data.test))
+        data = prepared(task, examples, drawn(examples, per_class, draw))
+        finetuned = fit(task, data, cfg, Path(out)).model
+        scratch_cfg = dataclasses.replace(cfg, model=architecture)
+        from_scratch = fit(scratch, data, scratch_cfg, Path(out)).model
+        baseline = task.baseline(data)["frozen_features_logistic_regression"]["accuracy"]
+    with torch.no_grad():
+        return Row(
+            per_class,
+            accuracy(task, finetuned.eval(), data),
+            accuracy(scratch, from_scratch.eval(), data),
+            baseline,
+            len(data.test),
+        )
 
 
-def proof_config(epochs: int, seed: int = 0) -> TrainConfig:
-    """Fine-tuning's defaults, no early stop: both nets train every epoch (the best on validation is kept)."""
-    defaults = {**FineTuneTask.train_defaults, "epochs": epochs, "patience": epochs}
-    return TrainConfig(task="digits-finetuned", seed=seed, register=False, **defaults)
+def timed_fine_tune(parent: Parent, examples: Examples, n: int, cfg: TrainConfig, schedule: Schedule) -> float:
+    """Seconds for a whole fine-tune on `n` examples (evenly from the classes): weights loaded, trained with its
+    defaults, evaluated against its baselines, exported and held to parity (what `finetune` does but register)."""
+    start = time.perf_counter()
+    task = fine_tuning("bench-finetuned", Parent.load(parent.tag), schedule)
+    with tempfile.TemporaryDirectory() as out:
+        train, val, test = drawn(examples, max(3, n // len(examples.labels)), 0, val_fraction=0.2)
+        test = np.random.default_rng(0).permutation(test)[: max(len(examples.labels), n // 5)]
+        data = prepared(task, examples, (train, val, test))
+        trained = fit(task, data, cfg, Path(out))
+        task.evaluate(lambda *inputs: trained.model(*inputs).detach().numpy(), data, Path(out))
+        task.baseline(data)
+        export(task, trained, data, Path(out))
+    return time.perf_counter() - start
+
+
+FIGURES = ("finetuned", "scratch", "frozen_features")
+READERS: dict[str, Callable[[Parent], Examples]] = {"image": digits, "text": verb_glosses}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.transfer", description=__doc__)
-    parser.add_argument("--from", dest="parent", default="fashion-cnn:latest", help="the stored classifier")
+    parser.add_argument("--family", choices=sorted(READERS), nargs="+", default=sorted(READERS))
+    parser.add_argument("--image-parent", default=DEFAULT_PARENTS["image"], help="a stored image classifier")
+    parser.add_argument("--text-parent", default=DEFAULT_PARENTS["text"], help="a stored text classifier")
     parser.add_argument("--per-class", type=int, nargs="+", default=[10, 50])
-    parser.add_argument("--draws", type=int, default=3, help="draws of the labelled images per size")
-    parser.add_argument("--epochs", type=int, default=FineTuneTask.train_defaults["epochs"])
-    parser.add_argument("--unfreeze-last-block", action="store_true")
+    parser.add_argument("--draws", type=int, default=3, help="draws of the labelled examples per size")
+    parser.add_argument("--epochs", type=int, default=FineTuning.train_defaults["epochs"])
+    parser.add_argument("--unfreeze-after", type=int, default=None)
+    parser.add_argument("--timed", type=int, default=500, help="examples in the timed fine-tune (0: none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    parent = Parent.load(args.parent)
-    cfg = proof_config(args.epochs)
-    block = "trained at a tenth of the rate" if args.unfreeze_last_block else "frozen"
-    print(f"parent {parent.tag}, {args.epochs} epochs each, last conv block {block}")
-    print(
-        "| labelled a class | fine-tuned | from scratch | fine-tuned - scratch (each draw) | from random frozen blocks "
-        "| draws | test images |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for per_class in args.per_class:
-        rows = [compare(parent, per_class, draw, cfg, args.unfreeze_last_block) for draw in range(args.draws)]
-        tuned, scratch, untrained = (
-            np.mean([getattr(r, f) for r in rows]) for f in ("finetuned", "scratch", "untrained")
-        )
-        each = ", ".join(f"{r.finetuned - r.scratch:+.3f}" for r in rows)
-        print(
-            f"| {per_class} | {tuned:.3f} | {scratch:.3f} | {tuned - scratch:+.3f} ({each}) | {untrained:.3f} "
-            f"| {len(rows)} | {rows[0].test_images} |"
-        )
+    schedule = Schedule(args.unfreeze_after)
+    # Every epoch runs (the best on validation is kept), so that both nets train as long.
+    cfg = TrainConfig(task="bench-finetuned", register=False, **FineTuning.train_defaults)
+    cfg = dataclasses.replace(cfg, epochs=args.epochs, patience=args.epochs)
+    for family in args.family:
+        parent = Parent.load(getattr(args, f"{family}_parent"))
+        examples = READERS[family](parent)
+        print(f"\n{family}: from {parent.tag}, {args.epochs} epochs each, schedule {schedule.describe()}")
+        print("| labelled a class | fine-tuned | from scratch | frozen features + LR | draws | test examples |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for per_class in args.per_class:
+            rows = [compare(parent, examples, per_class, draw, cfg, schedule) for draw in range(args.draws)]
+            tuned, scratch, frozen = (np.mean([getattr(r, f) for r in rows]) for f in FIGURES)
+            each = ", ".join(f"{r.finetuned - r.scratch:+.3f}" for r in rows)
+            print(
+                f"| {per_class} | {tuned:.3f} | {scratch:.3f} ({tuned - scratch:+.3f}: {each}) | {frozen:.3f} "
+                f"| {len(rows)} | {rows[0].test_examples} |"
+            )
+        if args.timed:
+            defaults = TrainConfig(task="bench-finetuned", register=False, **FineTuning.train_defaults)
+            seconds = timed_fine_tune(parent, examples, args.timed, defaults, schedule)
+            print(f"a whole fine-tune of {args.timed} {family} examples: {seconds:.1f} s")
     return 0
 
 

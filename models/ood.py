@@ -122,7 +122,9 @@ class Scored(nn.Module):
         """Centre and scale each part on held-out (validation) inputs."""
         values = torch.cat([self.raw_parts(*inputs)[1] for inputs in batches]).double()
         self.centre = values.mean(0).float()
-        self.spread = values.std(0).clamp(min=1e-6).float()
+        # A part that hardly varies over a few validation rows (a fine-tune's) must not be divided by ~0: its
+        # spread is at least a thousandth of its centre.
+        self.spread = torch.maximum(values.std(0), 1e-3 * values.mean(0).abs()).clamp(min=1e-6).float()
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output, values = self.raw_parts(*inputs)

@@ -20,7 +20,7 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 @runtime_checkable
 class Transferable(Protocol):
-    """A classifier that fine-tuning can start from (training/transfer.py): two seams the net declares and generic
+    """A classifier that fine-tuning can start from (training/tasks/transfer.py): two seams the net declares and generic
     code reads, timm's way."""
 
     head: nn.Module  # the classifier head: built anew for the new classes, always trained

@@ -186,7 +186,7 @@ def import_command(args: argparse.Namespace, argv: list[str]) -> int:
 
 def finetune_command(args: argparse.Namespace, argv: list[str]) -> int:
     from training.pipeline import loaded, run
-    from training.transfer import DataRefused, Parent, Schedule, TransferRefused, fine_tuning, name_problem
+    from training.tasks.transfer import DataRefused, Parent, Schedule, TransferRefused, fine_tuning, name_problem
 
     # Everything is checked and the data read before training starts: a refused run writes nothing to the store.
     try:

@@ -81,7 +81,8 @@ def make_loader(
     batches = task.batches(dataset, batch_size, shuffle, generator)
     if batches is None:
         rows = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-        batches = BatchSampler(rows, batch_size, drop_last=shuffle)
+        # A ragged last batch is dropped when training, unless it is the only one (a fine-tune's few examples).
+        batches = BatchSampler(rows, batch_size, drop_last=shuffle and len(dataset) >= batch_size)
     if ranks.distributed:
         batches = ShardedBatches(batches, ranks)
     return DataLoader(dataset, batch_sampler=batches, collate_fn=task.collate)

@@ -1,5 +1,5 @@
 """A trained net's weights beside its graph, as safetensors: tensors and nothing else, so reading them runs no code
-(a pickle would). What fine-tuning starts from (training/transfer.py)."""
+(a pickle would). What fine-tuning starts from (training/tasks/transfer.py)."""
 
 from __future__ import annotations
 

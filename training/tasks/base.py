@@ -127,7 +127,7 @@ class Task(ABC):
 
     def initialize(self, net: nn.Module) -> nn.Module:
         """The net's weights before training (not `--resume`, which continues a run): by default as built, drawn
-        from the seed; a fine-tuned model's come from its parent (training/transfer.py)."""
+        from the seed; a fine-tuned model's come from its parent (training/tasks/transfer.py)."""
         return net
 
     def parameter_groups(self, net: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:

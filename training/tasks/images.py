@@ -33,7 +33,7 @@ from training.tasks.base import (
     register_task,
     split_indices,
 )
-from training.transfer import (
+from training.tasks.transfer import (
     DataRefused,
     FineTuning,
     check_counts,
@@ -92,7 +92,7 @@ def load_fashion_mnist(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 def load_image_folder(root: Path, prep: ImagePreprocessing) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """root/<class name>/<image files> -> (N, C, H, W) uint8 at prep's size and colour, (N,) class ids, sorted
-    class names; any file that is not an image refuses the folder (training/transfer.py `read_class_folder`)."""
+    class names; any file that is not an image refuses the folder (training/tasks/transfer.py `read_class_folder`)."""
     sizes: set[tuple[int, int]] = set()
 
     def read(path: Path) -> np.ndarray:

@@ -289,7 +289,8 @@ def head_prefix(net: Transferable) -> str:
 def layer_names(net: nn.Module, blocks: list[nn.Module]) -> list[str]:
     """The names of the layers with weights inside `blocks`."""
     inside = {id(m) for block in blocks for m in block.modules()}
-    return [name for name, m in net.named_modules() if id(m) in inside and next(m.parameters(recurse=False), None) is not None]
+    weighted = [(name, m) for name, m in net.named_modules() if next(m.parameters(recurse=False), None) is not None]
+    return [name for name, m in weighted if id(m) in inside]
 
 
 FineTuner = Callable[[str, Parent, Schedule], Task]
