@@ -1,6 +1,7 @@
 """Does fine-tuning transfer? A stored classifier fine-tuned (training/tasks/transfer.py) against the same net trained
-from scratch for the same epochs on the same examples, and against a logistic regression on the parent's frozen
-features, on data no model here was trained on:
+from scratch for the same epochs on the same examples, against the same fine-tuning from a body of random weights
+(what the parent's learned weights bring), and against a logistic regression on the parent's frozen features, on
+data no model here was trained on:
 
 - images: scikit-learn's handwritten digits (`load_digits`, 8x8, upscaled to the parent's size), k labelled
   images a class (a tenth of them the validation split), tested on every other digit image;
@@ -12,6 +13,7 @@ trained, evaluated, exported, held to parity; not registered) on 500 examples is
 
     .venv/bin/python -m bench.transfer                                  # both families, 10 and 50 a class
     .venv/bin/python -m bench.transfer --family image --per-class 10 --draws 5 --unfreeze-after 10
+    .venv/bin/python -m bench.transfer --served digits     # /classify_image with and without `model`
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from bench.run import ROOT, family_requests, run_wrk
+from bench.run import Request as BenchRequest
 from contracts.preprocessing import ImagePreprocessing, TextPreprocessing
+from harness.servers import free_port, serve_command, served
 from training.config import TrainConfig
 from training.loop import fit
 from training.pipeline import export
@@ -143,9 +148,16 @@ def accuracy(task: Task, net: torch.nn.Module, data: Prepared) -> float:
 class Row:
     per_class: int
     finetuned: float
-    scratch: float
-    frozen_features: float
+    scratch: float  # the same net trained whole from the seed
+    random_body: float  # the fine-tuning road from a body of random weights: what the parent's weights bring
+    frozen_features: float  # a logistic regression on the parent's frozen features
     test_examples: int
+
+
+def random_parent(parent: Parent, seed: int) -> Parent:
+    """`parent` with weights drawn as a fresh net's (seeded): the control for what its learned weights bring."""
+    torch.manual_seed(seed)
+    return dataclasses.replace(parent, weights=parent.net(len(parent.card.labels)).state_dict())
 
 
 def compare(parent: Parent, examples: Examples, per_class: int, draw: int, cfg: TrainConfig, schedule: Schedule) -> Row:
@@ -155,20 +167,18 @@ def compare(parent: Parent, examples: Examples, per_class: int, draw: int, cfg: 
     assert isinstance(task, FineTuning)
     scratch = scratch_task(parent)
     architecture = {k: v for k, v in parent.card.model_config.items() if k not in ("num_classes", "vocab_size")}
+    random_body = fine_tuning("bench-random-body", random_parent(parent, draw), schedule)
     with tempfile.TemporaryDirectory() as out:
         data = prepared(task, examples, drawn(examples, per_class, draw))
-        finetuned = fit(task, data, cfg, Path(out)).model
-        scratch_cfg = dataclasses.replace(cfg, model=architecture)
-        from_scratch = fit(scratch, data, scratch_cfg, Path(out)).model
+        nets = {
+            task: fit(task, data, cfg, Path(out)).model,
+            scratch: fit(scratch, data, dataclasses.replace(cfg, model=architecture), Path(out)).model,
+            random_body: fit(random_body, data, cfg, Path(out)).model,
+        }
         baseline = task.baseline(data)["frozen_features_logistic_regression"]["accuracy"]
     with torch.no_grad():
-        return Row(
-            per_class,
-            accuracy(task, finetuned.eval(), data),
-            accuracy(scratch, from_scratch.eval(), data),
-            baseline,
-            len(data.test),
-        )
+        scores = [accuracy(trained_by, net.eval(), data) for trained_by, net in nets.items()]
+    return Row(per_class, *scores, baseline, len(data.test))
 
 
 def timed_fine_tune(parent: Parent, examples: Examples, n: int, cfg: TrainConfig, schedule: Schedule) -> float:
@@ -187,7 +197,38 @@ def timed_fine_tune(parent: Parent, examples: Examples, n: int, cfg: TrainConfig
     return time.perf_counter() - start
 
 
-FIGURES = ("finetuned", "scratch", "frozen_features")
+def with_model(request: BenchRequest, model: str) -> BenchRequest:
+    """The same multipart upload with the text field `model` before its closing boundary."""
+    boundary = request.content_type.split("boundary=")[1]
+    field = f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'.encode()
+    end = f"--{boundary}--\r\n".encode()
+    return dataclasses.replace(request, body=request.body.removesuffix(end) + field + end)
+
+
+def served_rps(model: str, connections: int, seconds: int, rounds: int) -> dict[str, float]:
+    """/classify_image requests/s at `connections` in flight, on one server (1 worker) serving `model` beside the
+    family's: the family's model (no field) and `model` (the field), rounds alternating; medians."""
+    plain = family_requests()["image"]
+    requests = {"family's model (no field)": plain, f"model={model}": with_model(plain, model)}
+    rates: dict[str, list[float]] = {name: [] for name in requests}
+    port = free_port()
+    env = {"MODELROAD_MODELS": f"{model}:latest", "MODELROAD_WORKERS": "1", "MODELROAD_GRPC_PORT": "0"}
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        served(serve_command(port), port, env, Path(scratch) / "server.log", ROOT) as url,
+    ):
+        for request in requests.values():
+            run_wrk(url, request, connections, 1, Path(scratch))  # warm-up
+        for _ in range(rounds):
+            for name, request in requests.items():
+                rate, _, errors = run_wrk(url, request, connections, seconds, Path(scratch))
+                if errors:
+                    raise RuntimeError(f"{errors} answers not 2xx for {name}")
+                rates[name].append(rate)
+    return {name: float(np.median(values)) for name, values in rates.items()}
+
+
+FIGURES = ("finetuned", "scratch", "random_body", "frozen_features")
 READERS: dict[str, Callable[[Parent], Examples]] = {"image": digits, "text": verb_glosses}
 
 
@@ -200,10 +241,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=3, help="draws of the labelled examples per size")
     parser.add_argument("--epochs", type=int, default=FineTuning.train_defaults["epochs"])
     parser.add_argument("--unfreeze-after", type=int, default=None)
+    parser.add_argument("--thaw-blocks", type=int, default=1)
+    parser.add_argument("--freeze-norms", action="store_true", help="the body's norm layers frozen too")
     parser.add_argument("--timed", type=int, default=500, help="examples in the timed fine-tune (0: none)")
+    parser.add_argument(
+        "--served",
+        metavar="MODEL",
+        help="instead: /classify_image requests/s at c=32 with and without `model` naming this stored fine-tune",
+    )
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    schedule = Schedule(args.unfreeze_after)
+    if args.served:
+        rates = served_rps(args.served, 32, args.seconds, args.rounds)
+        print(f"/classify_image at c=32, 1 worker, median of {args.rounds} rounds of {args.seconds} s, alternating:")
+        for name, rate in rates.items():
+            print(f"| {name} | {rate:.0f} requests/s |")
+        return 0
+    schedule = Schedule(args.unfreeze_after, args.thaw_blocks, train_norms=not args.freeze_norms)
     # Every epoch runs (the best on validation is kept), so that both nets train as long.
     cfg = TrainConfig(task="bench-finetuned", register=False, **FineTuning.train_defaults)
     cfg = dataclasses.replace(cfg, epochs=args.epochs, patience=args.epochs)
@@ -211,15 +267,18 @@ def main(argv: list[str] | None = None) -> int:
         parent = Parent.load(getattr(args, f"{family}_parent"))
         examples = READERS[family](parent)
         print(f"\n{family}: from {parent.tag}, {args.epochs} epochs each, schedule {schedule.describe()}")
-        print("| labelled a class | fine-tuned | from scratch | frozen features + LR | draws | test examples |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| labelled a class | fine-tuned | from scratch (fine-tuned - scratch: each draw) | from a random body "
+            "| frozen features + LR | draws | test examples |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|---:|")
         for per_class in args.per_class:
             rows = [compare(parent, examples, per_class, draw, cfg, schedule) for draw in range(args.draws)]
-            tuned, scratch, frozen = (np.mean([getattr(r, f) for r in rows]) for f in FIGURES)
+            tuned, scratch, random_body, frozen = (np.mean([getattr(r, f) for r in rows]) for f in FIGURES)
             each = ", ".join(f"{r.finetuned - r.scratch:+.3f}" for r in rows)
             print(
-                f"| {per_class} | {tuned:.3f} | {scratch:.3f} ({tuned - scratch:+.3f}: {each}) | {frozen:.3f} "
-                f"| {len(rows)} | {rows[0].test_examples} |"
+                f"| {per_class} | {tuned:.3f} | {scratch:.3f} ({tuned - scratch:+.3f}: {each}) | {random_body:.3f} "
+                f"| {frozen:.3f} | {len(rows)} | {rows[0].test_examples} |"
             )
         if args.timed:
             defaults = TrainConfig(task="bench-finetuned", register=False, **FineTuning.train_defaults)

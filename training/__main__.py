@@ -14,6 +14,7 @@ from pathlib import Path
 from contracts.progress import PROGRESS_FOLDER
 from training.config import TrainConfig
 from training.tasks import TASKS
+from training.tasks.transfer import Schedule
 
 log = logging.getLogger("training")
 
@@ -128,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="after EPOCHS epochs of the head alone, train the body's last block too, at a tenth of the rate "
         "(default: the body stays frozen)",
     )
+    finetune.add_argument(
+        "--thaw-blocks",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --unfreeze-after: how many of the body's last blocks train then (default: 1)",
+    )
+    finetune.add_argument(
+        "--freeze-norms",
+        action="store_true",
+        help="keep the body's norm layers as the parent's too (default: they train with the head)",
+    )
     add_config_flags(finetune)  # --data PATH, --epochs, --lr, --seed, ...
     drift = commands.add_parser(
         "drift", help="compare the inputs in payload logs with the training data (Markdown + PNG report)"
@@ -184,18 +197,22 @@ def import_command(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def schedule_from_args(args: argparse.Namespace) -> Schedule:
+    return Schedule(args.unfreeze_after, args.thaw_blocks, train_norms=not args.freeze_norms)
+
+
 def finetune_command(args: argparse.Namespace, argv: list[str]) -> int:
     from training.pipeline import loaded, run
-    from training.tasks.transfer import DataRefused, Parent, Schedule, TransferRefused, fine_tuning, name_problem
+    from training.tasks.transfer import DataRefused, Parent, TransferRefused, fine_tuning, name_problem
 
     # Everything is checked and the data read before training starts: a refused run writes nothing to the store.
     try:
-        if args.unfreeze_after is not None and args.unfreeze_after < 0:
-            raise TransferRefused(f"--unfreeze-after {args.unfreeze_after}: a number of epochs, 0 or more")
+        if min(args.unfreeze_after or 0, args.thaw_blocks) < 0:
+            raise TransferRefused("--unfreeze-after and --thaw-blocks count epochs and blocks: 0 or more")
         parent = Parent.load(args.parent)
         if problem := name_problem(args.name, parent):
             raise TransferRefused(problem)
-        task = fine_tuning(args.name, parent, Schedule(args.unfreeze_after))
+        task = fine_tuning(args.name, parent, schedule_from_args(args))
         cfg = config_from_args(args.name, args, defaults=task.train_defaults)
         prepared = loaded(cfg, task)
     except (TransferRefused, DataRefused) as exc:

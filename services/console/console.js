@@ -126,7 +126,7 @@ function renderModels() {
         : [0, "–", "–", "–", "–", "–", "–"];
       FIGURES.forEach((name, i) => row.append(node("td", figures[i], { class: `figure ${name}` })));
       const card = [
-        v.task, v.score === null ? "" : `${v.metric} ${v.score.toFixed(4)}`, v.baselines, v.created,
+        v.task, v.score === null ? "" : `${v.metric} ${v.score.toFixed(4)}`, v.baselines, v.parent, v.created,
         v.parity === null ? "" : v.parity.toExponential(1), v.digest,
       ];
       for (const cell of card) row.append(node("td", cell, { class: "card" }));

@@ -40,6 +40,7 @@ def version_summary(model: InferenceModel) -> dict[str, Any]:
         "metric": card.key_metric,
         "score": score if isinstance(score, (int, float)) else None,
         "baselines": card.baselines_line,
+        "parent": card.parent.get("base_model", ""),  # a fine-tune's: the model it was fine-tuned from
         "created": card.created_at[:19].replace("T", " "),
         "parity": card.parity_max_abs_diff,
         "digest": card.digest[:19],

@@ -2,11 +2,11 @@
 
 A stored classifier's weights (its `weights.safetensors`, checked against the card's digest) start a net of the
 same architecture whose head is built anew for the user's classes. What trains is read from the two seams the net
-declares (`models.registry.Transferable`): the body's blocks stay frozen, their norms keeping the parent's
-statistics (a few examples a class make noisy statistics), and the head trains at the run's rate; with
-`--unfreeze-after N` the last block joins after N epochs, at a tenth of the rate (fastai's `fine_tune`, with the
-earlier blocks kept frozen). The rest is the road every model takes: the family's augmentation, early stopping,
-evaluation and baseline, ONNX parity, OOD statistics fitted on the new data, a card naming the parent.
+declares (`models.registry.Transferable`): the head at the run's rate, the body's norm layers with it (fastai's
+train_bn: their statistics follow the new data), the rest of the body frozen; with `--unfreeze-after N` the last
+block (`--thaw-blocks K`: the last K) trains too after N epochs, at a tenth of the rate (fastai's `fine_tune`
+thaws every block after one epoch). The rest is the road every model takes: the family's augmentation, early
+stopping, evaluation and baseline, ONNX parity, OOD statistics fitted on the new data, a card naming the parent.
 
 A family opts in where its task is defined (`register_fine_tuning`), with how it reads a user's data.
 """
@@ -38,7 +38,8 @@ from training.weights import WEIGHTS_FILE, load_weights
 
 MIN_PER_CLASS = 3  # one example each for training, validation and test
 TEST_FRACTION = 0.2
-BODY_LR_FACTOR = 0.1  # the unfrozen last block's rate, relative to the head's
+BODY_LR_FACTOR = 0.1  # the thawed blocks' rate, relative to the head's
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
 
 
 class TransferRefused(ValueError):
@@ -51,18 +52,32 @@ class DataRefused(ValueError):
 
 @dataclass(frozen=True)
 class Schedule:
-    """Which parameters train when: the head always; the last block after `unfreeze_after` epochs (None: never)."""
+    """Which parameters train when: the head always, the body's norms unless frozen, and the last `thawed_blocks`
+    blocks after `unfreeze_after` epochs (None: never) at `body_lr_factor` of the rate."""
 
     unfreeze_after: int | None = None
+    thawed_blocks: int = 1
     body_lr_factor: float = BODY_LR_FACTOR
+    # The body's norm layers train with the head (fastai's train_bn): their statistics and scales follow the new
+    # data while the convolutions and attention stay the parent's.
+    train_norms: bool = True
+
+    def thawing(self, blocks: list[nn.Module]) -> tuple[list[nn.Module], list[nn.Module]]:
+        """`blocks` split into those frozen throughout and those the schedule thaws."""
+        if self.unfreeze_after is None:
+            return blocks, []
+        cut = max(0, len(blocks) - self.thawed_blocks)
+        return blocks[:cut], blocks[cut:]
 
     def describe(self) -> dict[str, Any]:
+        plan = {"head": "trained", "norms": "trained" if self.train_norms else "frozen"}
         if self.unfreeze_after is None:
-            return {"body": "frozen", "head": "trained"}
+            return {"body": "frozen", **plan}
         return {
-            "body": "frozen but its last block",
-            "last_block_trained_after_epochs": self.unfreeze_after,
-            "last_block_lr_factor": self.body_lr_factor,
+            "body": f"frozen but its last {self.thawed_blocks} block(s)",
+            **plan,
+            "thawed_after_epochs": self.unfreeze_after,
+            "thawed_lr_factor": self.body_lr_factor,
         }
 
 
@@ -228,40 +243,56 @@ class FineTuning:
         net.load_state_dict(kept, strict=False)
         net.requires_grad_(False)
         net.head.requires_grad_(True)
+        for norm in self.trained_norms(net.blocks()):
+            norm.requires_grad_(True)
         return net
+
+    def trained_norms(self, blocks: list[nn.Module]) -> list[nn.Module]:
+        """The norm layers of `blocks` that train with the head (none when the schedule freezes them)."""
+        if not self.schedule.train_norms:
+            return []
+        return [m for block in blocks for m in block.modules() if isinstance(m, NORMS)]
 
     def parameter_groups(self, net: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
         assert isinstance(net, Transferable)
-        groups: list[dict[str, Any]] = [{"params": list(net.head.parameters())}]
-        if self.schedule.unfreeze_after is not None:  # frozen until then: no gradient, so AdamW leaves it alone
-            last = list(net.blocks()[-1].parameters())
-            groups.append({"params": last, "lr": cfg.lr * self.schedule.body_lr_factor})
+        frozen, thawed = self.schedule.thawing(net.blocks())
+        norms = [p for norm in self.trained_norms(frozen) for p in norm.parameters()]
+        groups: list[dict[str, Any]] = [{"params": [*net.head.parameters(), *norms]}]
+        if thawed:  # no gradient until thawed, so AdamW leaves them alone
+            body = [p for block in thawed for p in block.parameters()]
+            groups.append({"params": body, "lr": cfg.lr * self.schedule.body_lr_factor})
         return groups
 
     def begin_epoch(self, model: nn.Module, epoch: int) -> None:
-        """Training mode for the head (and the last block once thawed); frozen blocks stay in eval mode."""
+        """Training mode for the head, the trained norms and the thawed blocks once their epoch has come; the frozen
+        rest in eval mode (its norms keep the parent's statistics)."""
         model.train()
         net = getattr(model, "module", model)  # under DistributedDataParallel
         assert isinstance(net, Transferable)
-        *early, last = net.blocks()
-        thawed = self.schedule.unfreeze_after is not None and epoch >= self.schedule.unfreeze_after
-        last.requires_grad_(thawed)
-        for block in early if thawed else [*early, last]:
-            block.eval()
+        frozen, thawed = self.schedule.thawing(net.blocks())
+        if self.schedule.unfreeze_after is None or epoch < self.schedule.unfreeze_after:
+            frozen, thawed = [*frozen, *thawed], []
+        for block in frozen:
+            block.eval().requires_grad_(False)
+        for block in thawed:
+            block.requires_grad_(True)
+        for norm in self.trained_norms(frozen):
+            norm.train().requires_grad_(True)
 
     def lineage(self) -> dict[str, Any]:
         """The card's `parent`: what it was fine-tuned from (Hugging Face's base_model and relation), which layers
         were kept and frozen, and the schedule."""
         net = self.parent.net()
         assert isinstance(net, Transferable)
-        *early, last = net.blocks()
+        frozen, _ = self.schedule.thawing(net.blocks())
+        norms = set(layer_names(net, self.trained_norms(frozen)))
         return {
             "base_model": self.parent.tag,
             "base_model_relation": "finetune",
             "digest": self.parent.card.digest,
             "head": head_prefix(net).rstrip("."),
             "kept_layers": layer_names(net, net.blocks()),
-            "frozen_layers": layer_names(net, early if self.schedule.unfreeze_after is not None else [*early, last]),
+            "frozen_layers": [name for name in layer_names(net, frozen) if name not in norms],
             "schedule": self.schedule.describe(),
         }
 
