@@ -27,6 +27,7 @@ from harness.servers import stop, wait_ready
 from tests.helpers import fashion_test_images
 from tests.integration.conftest import ROOT, start_server
 from tests.training.test_import import scale_graph, write
+from tests.training.test_transfer import write_digits
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ def in_store(home: Path, *command: str) -> str:
     """Run a command of this project's with `home` as BENTOML_HOME; its last line of output."""
     env = {**os.environ, "BENTOML_HOME": str(home)}
     done = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    return done.stdout.strip().splitlines()[-1]
+    return (done.stdout.strip().splitlines() or [""])[-1]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,13 @@ def versions(registered, session_dir) -> tuple[Path, dict[str, str]]:
     for role, graph in graphs.items():
         path = write(graph, folder / f"rollout-{role}.onnx")
         tags[role] = in_store(home, "-c", IMPORT, str(path))
+    # A user's fine-tune of the CNN, then its next version on more data (the same --name).
+    for role, per_class in (("digits-v1", 5), ("digits-v2", 8)):
+        data = write_digits(folder / role, per_class)
+        out = ["--out-dir", str(folder / "artifacts"), "--epochs", "2"]
+        flags = ["--from", tags["cnn"], "--data", str(data), "--name", "digits", *out]
+        in_store(home, "-m", "training", "finetune", *flags)
+        tags[role] = in_store(home, "-c", "import bentoml; print(bentoml.models.get('digits:latest').tag)")
     return home, {role: tag.split(":")[-1] for role, tag in tags.items()}
 
 
@@ -100,7 +108,7 @@ def server(versions, session_dir):
     log_path = session_dir / "rollout.log"
     env = {
         # The CNN's copy served beside it from the start: the family's routes stay on the version its setting names.
-        "MODELROAD_MODELS": f"rollout:{ids['v1']},fashion-cnn:{ids['cnn-copy']}",
+        "MODELROAD_MODELS": f"rollout:{ids['v1']},fashion-cnn:{ids['cnn-copy']},digits:{ids['digits-v1']}",
         "MODELROAD_ADMIN_TOKEN": TOKEN,
         "MODELROAD_WORKERS": "2",
         "MODELROAD_IMAGE_MODEL": f"fashion-cnn:{ids['cnn']}",
@@ -323,8 +331,8 @@ def test_a_shadow_never_answers_and_its_agreement_is_counted_off_the_response_pa
     )
 
 
-def rollout(url: str, version: str, *options: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "deploy.rollout", "rollout", version, "--url", url, *options]
+def rollout(url: str, version: str, *options: str, name: str = "rollout") -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "deploy.rollout", name, version, "--url", url, *options]
     env = {**os.environ, "MODELROAD_ADMIN_TOKEN": TOKEN}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
 
@@ -352,3 +360,39 @@ def test_deploy_rollout_promotes_a_good_candidate_and_rolls_a_bad_one_back(serve
     assert "disagreed with the primary on 100.0%" in better.stdout and "not judged" in better.stdout
     assert last["split"] == {ids["v2"]: 100.0}
     assert {status for status, _ in served.seen} == {200}, "a request failed during the rollouts"
+
+
+def classify_as(url: str, model: str | None) -> httpx.Response:
+    files = {"image": ("x.png", IMAGE, "image/png")}
+    return httpx.post(f"{url}/classify_image", files=files, data={"model": model} if model else {}, timeout=30)
+
+
+def test_a_fine_tune_answers_on_its_familys_routes_by_name_and_its_next_version_rolls_out_by_canary(server, versions):
+    _, ids = versions
+    answer = classify_as(server, "digits")
+    assert version_of(answer) == ids["digits-v1"] and answer.json()["label"] in {"0", "1", "2"}
+    assert version_of(classify_as(server, None)) == ids["cnn"]  # the family's own model by default
+    body = {"pixels": [PIXELS.astype(float).tolist()], "model": "digits"}
+    pixels = httpx.post(f"{server}/classify_pixels", json=body, timeout=30)
+    assert version_of(pixels) == ids["digits-v1"] and set(pixels.json()[0]["probabilities"]) == {"0", "1", "2"}
+    for other in ("wordnet-transformer", "rollout", "no-such-model"):  # another family's, a raw model's, unknown
+        refused = classify_as(server, other)
+        assert refused.status_code == 400, refused.text
+        assert (
+            refused.json()["error"] == f"model {other!r} cannot answer here; the models that can: digits, fashion-cnn"
+        )
+    text = httpx.post(f"{server}/classify_text", json={"text": "a small dog", "model": "digits"}, timeout=30)
+    assert text.status_code == 400 and "the models that can: wordnet-transformer" in text.json()["error"]
+    console = httpx.get(f"{server}/console/models", timeout=10).json()
+    (row,) = [m for m in console["models"] if m["name"] == "digits"]
+    assert row["versions"][-1]["parent"] == f"fashion-cnn:{ids['cnn']}"
+
+    options = ("--steps", "50,100", "--interval", "2", "--min-requests", "5", "--max-p99-ratio", "5")
+    with Load(lambda: classify_as(server, "digits"), lambda: classify_as(server, "digits")) as served:
+        done = rollout(server, ids["digits-v2"], *options, name="digits")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{ids['digits-v2']} promoted" in done.stdout
+    assert traffic(server, "digits").json()["split"] == {ids["digits-v2"]: 100.0}
+    assert version_of(classify_as(server, "digits")) == ids["digits-v2"]
+    assert {status for status, _ in served.seen} == {200}, "a request failed during the rollout"
+    assert {version.split(":")[1] for _, version in served.seen} == {ids["digits-v1"], ids["digits-v2"]}

@@ -82,21 +82,23 @@ def test_an_image_classifier_is_fine_tuned_from_a_folder_its_body_frozen_and_its
     assert card.preprocessing == parent_card.preprocessing  # the parent's size, colour and normalization
     assert card.parent["base_model"] == cnn_card["tag"] and card.parent["digest"] == parent_card.digest
     assert card.parent["base_model_relation"] == "finetune" and card.parent["head"] == "head"
-    assert card.parent["frozen_layers"] == card.parent["kept_layers"] and "features.1.4" in card.parent["kept_layers"]
+    convolutions = ["features.0.0", "features.0.3", "features.1.0", "features.1.3"]
+    assert card.parent["frozen_layers"] == convolutions and "features.1.4" in card.parent["kept_layers"]
+    assert card.parent["schedule"] == {"body": "frozen", "head": "trained", "norms": "trained"}
     assert set(card.baseline) == {"logistic_regression", "frozen_features_logistic_regression"}
     assert card.metrics["confusion_matrix"] and card.ood.threshold is not None and card.parity_max_abs_diff < 1e-4
     assert card.data_fingerprint and card.train_config["epochs"] == 3
     weights, before = load_file(model.path_of(WEIGHTS_FILE)), load_file(parent.path_of(WEIGHTS_FILE))
-    body = [key for key in before if key.startswith("features.")]
-    # Frozen: every weight and every norm statistic of the body is the parent's; the head is new.
-    assert all(torch.equal(weights[key], before[key]) for key in body)
+    # Frozen: every convolution of the body is the parent's; its norms followed the new data; the head is new.
+    assert all(torch.equal(weights[f"{layer}.weight"], before[f"{layer}.weight"]) for layer in convolutions)
+    assert not torch.equal(weights["features.0.1.running_mean"], before["features.0.1.running_mean"])
     assert weights["head.5.weight"].shape == (3, before["head.5.weight"].shape[1])
 
 
-def test_the_last_block_trains_after_the_epochs_the_schedule_says(cnn_card, tmp_path):
+def test_the_last_block_trains_after_the_epochs_the_schedule_says_the_rest_frozen_norms_and_all(cnn_card, tmp_path):
     data = write_digits(tmp_path / "digits", per_class=8)
     out = ["--out-dir", str(tmp_path / "artifacts"), "--epochs", "3", "--patience", "3"]
-    thawed = ["--name", "digits-thawed", "--unfreeze-after", "1"]
+    thawed = ["--name", "digits-thawed", "--unfreeze-after", "1", "--freeze-norms"]
     assert finetune("--from", "fashion-cnn", "--data", str(data), *thawed, *out) == 0
     card, _ = stored("digits-thawed")
     # The last epoch's weights (the best on validation, stored, may be from before the thaw).
@@ -105,9 +107,11 @@ def test_the_last_block_trains_after_the_epochs_the_schedule_says(cnn_card, tmp_
     assert all(torch.equal(weights[k], before[k]) for k in before if k.startswith("features.0."))
     assert not torch.equal(weights["features.1.0.weight"], before["features.1.0.weight"])
     assert card.parent["schedule"] == {
-        "body": "frozen but its last block",
-        "last_block_trained_after_epochs": 1,
-        "last_block_lr_factor": 0.1,
+        "body": "frozen but its last 1 block(s)",
+        "head": "trained",
+        "norms": "frozen",
+        "thawed_after_epochs": 1,
+        "thawed_lr_factor": 0.1,
     }
     assert "features.1.0" not in card.parent["frozen_layers"] and "features.0.0" in card.parent["frozen_layers"]
 

@@ -115,7 +115,8 @@ class Parent:
         return cls(str(stored.tag), card, load_weights(path), Path(stored.path))
 
     def net(self, num_classes: int | None = None) -> nn.Module:
-        """The parent's architecture (with `num_classes` outputs); the parent's own weights when it keeps its."""
+        """The parent's net with its weights; given `num_classes`, the same architecture with that many outputs and
+        the weights it was built with."""
         config = {**self.card.model_config, **({"num_classes": num_classes} if num_classes else {})}
         net = build_model(self.card.family, config_from_dict(self.card.family, config))
         if num_classes is None:
@@ -141,11 +142,13 @@ def name_problem(name: str, parent: Parent) -> str | None:
 
 
 def classifiers_line() -> str:
-    names = sorted(
-        {str(m.tag.name) for m in bentoml.models.list() if m.info.metadata.get("task") in FINE_TUNERS}
-        & {str(m.tag.name) for m in bentoml.models.list() if Path(m.path_of(WEIGHTS_FILE)).exists()}
-    )
-    return f"classifiers with stored weights there: {', '.join(names) or 'none'}"
+    """The stored models a fine-tune can start from, for a refusal."""
+    names = {
+        str(m.tag.name)
+        for m in bentoml.models.list()
+        if m.info.metadata.get("task") in FINE_TUNERS and Path(m.path_of(WEIGHTS_FILE)).exists()
+    }
+    return f"classifiers with stored weights there: {', '.join(sorted(names)) or 'none'}"
 
 
 def held_out_split(targets: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
