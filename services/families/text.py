@@ -1,7 +1,5 @@
 """Text classification: one text, or a batch of texts, to WordNet noun categories; and its pipeline."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import bentoml
@@ -55,7 +53,7 @@ class TextFamily:
         threshold = ood_threshold(self.runner.name, card)
         self.counters = AnswerCounters(self.runner.name, self.runner.version, card.labels, threshold)
 
-    def pipeline(self) -> TextPipeline:
+    def pipeline(self) -> "TextPipeline":
         return TextPipeline(self)
 
     async def classify(self, texts: list[str], record: bool = True) -> list[TextClassification]:
