@@ -36,6 +36,7 @@ from bench.run import ROOT, family_requests, run_wrk
 from bench.run import Request as BenchRequest
 from contracts.preprocessing import ImagePreprocessing, TextPreprocessing
 from harness.servers import free_port, serve_command, served
+from services.settings import ServeSettings
 from training.config import TrainConfig
 from training.loop import fit
 from training.pipeline import export
@@ -207,9 +208,14 @@ def with_model(request: BenchRequest, model: str) -> BenchRequest:
 
 def served_rps(model: str, connections: int, seconds: int, rounds: int) -> dict[str, float]:
     """/classify_image requests/s at `connections` in flight, on one server (1 worker) serving `model` beside the
-    family's: the family's model (no field) and `model` (the field), rounds alternating; medians."""
-    plain = family_requests()["image"]
-    requests = {"family's model (no field)": plain, f"model={model}": with_model(plain, model)}
+    family's: the family's model without the field and named by it (what the field costs), and `model` (what the
+    other model costs), rounds alternating in a rotating order; medians."""
+    plain, default = family_requests()["image"], ServeSettings().image_model.split(":")[0]
+    requests = {
+        "the family's model, no field": plain,
+        f"model={default} (the same model, named)": with_model(plain, default),
+        f"model={model}": with_model(plain, model),
+    }
     rates: dict[str, list[float]] = {name: [] for name in requests}
     port = free_port()
     env = {"MODELROAD_MODELS": f"{model}:latest", "MODELROAD_WORKERS": "1", "MODELROAD_GRPC_PORT": "0"}
@@ -219,8 +225,9 @@ def served_rps(model: str, connections: int, seconds: int, rounds: int) -> dict[
     ):
         for request in requests.values():
             run_wrk(url, request, connections, 1, Path(scratch))  # warm-up
-        for _ in range(rounds):
-            for name, request in requests.items():
+        for number in range(rounds):  # each round in another order: no request always goes first
+            turn = number % len(requests)
+            for name, request in [*requests.items()][turn:] + [*requests.items()][:turn]:
                 rate, _, errors = run_wrk(url, request, connections, seconds, Path(scratch))
                 if errors:
                     raise RuntimeError(f"{errors} answers not 2xx for {name}")
@@ -255,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.served:
         rates = served_rps(args.served, 32, args.seconds, args.rounds)
-        print(f"/classify_image at c=32, 1 worker, median of {args.rounds} rounds of {args.seconds} s, alternating:")
+        print(f"/classify_image at c=32, 1 worker, median of {args.rounds} rounds of {args.seconds} s, in turns:")
         for name, rate in rates.items():
             print(f"| {name} | {rate:.0f} requests/s |")
         return 0

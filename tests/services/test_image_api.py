@@ -45,6 +45,28 @@ def test_bad_uploads_get_400_with_a_json_error(client, kwargs, error):
     assert error in response.json()["error"]
 
 
+def test_the_model_field_names_the_image_classifier_that_answers_and_no_other(client, cnn_card):
+    """The family's own model by name answers as without the field; another family's model, a name not served,
+    a second field or a model field that is not text are refused, naming what can answer."""
+    (png,), _ = fashion_test_images(1)
+    plain = client.post("/classify_image", files={"image": png})
+    named = client.post("/classify_image", files={"image": png}, data={"model": "fashion-cnn"})
+    assert named.status_code == 200 and named.json() == plain.json()
+    assert named.headers["x-model-version"] == cnn_card["tag"]
+    for other in ("wordnet-transformer", "fashion-diffusion", "fashion-diffusion-decoder", "no-such-model", ""):
+        refused = client.post("/classify_image", files={"image": png}, data={"model": other})
+        assert refused.status_code == 400
+        assert refused.json()["error"] == f"model {other!r} cannot answer here; the models that can: fashion-cnn"
+    twice = client.post(
+        "/classify_image", files=[("image", ("x.png", png)), ("model", (None, b"a")), ("model", (None, b"b"))]
+    )
+    assert twice.status_code == 400 and "optionally 'model' (text)" in twice.json()["error"]
+    as_file = client.post("/classify_image", files={"image": png, "model": ("m.txt", b"fashion-cnn")})
+    assert as_file.status_code == 400 and "do not match the expected ['image']" in as_file.json()["error"]
+    pixels = client.post("/classify_pixels", json={"pixels": [[[0] * 28] * 28], "model": "co2-lstm"})
+    assert pixels.status_code == 400 and "the models that can: fashion-cnn" in pixels.json()["error"]
+
+
 @pytest.mark.parametrize(
     "body,error",
     [

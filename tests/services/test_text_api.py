@@ -25,6 +25,19 @@ def test_one_text_is_classified_as_the_offline_onnx_model_does(client, registere
     np.testing.assert_allclose([body["probabilities"][k] for k in card["labels"]], expected, atol=1e-5)
 
 
+def test_the_model_field_names_the_text_classifier_that_answers_and_no_other(client, registered):
+    plain = client.post("/classify_texts", json={"texts": TEXTS[:2]})
+    named = client.post("/classify_texts", json={"texts": TEXTS[:2], "model": "wordnet-transformer"})
+    assert named.status_code == 200 and named.json() == plain.json()
+    for other in ("fashion-cnn", "nope"):
+        refused = client.post("/classify_text", json={"text": TEXTS[0], "model": other})
+        assert refused.status_code == 400
+        assert (
+            refused.json()["error"] == f"model {other!r} cannot answer here; the models that can: wordnet-transformer"
+        )
+    assert client.post("/classify_text", json={"text": TEXTS[0], "model": "x" * 64}).status_code == 400
+
+
 def test_a_batch_padded_together_answers_as_each_text_alone(client, registered):
     """Padding to the longest member must not change any answer (the mask hides the padding)."""
     expected = offline_text_probabilities(registered["wordnet-transformer"]["tag"], TEXTS)
