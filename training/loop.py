@@ -329,8 +329,9 @@ def fit(
             save_checkpoints(
                 net, optimization, (generator, augmentation), model_config, epoch, progress, last_path, improved
             )
-            rounded = {k: round(v, 4) for k, v in record.items()}
-            log.info("%s epoch %d: %s%s", task.name, epoch + 1, rounded, " (best)" if improved else "")
+            log_epoch(
+                task.name, record, improved, (time.monotonic() - started) / (epoch + 1 - progress.start_epoch), epochs
+            )
         if on_epoch is not None:
             on_epoch(record, objective)
         if leader_says(ranks, progress.stale >= cfg.patience):
@@ -341,6 +342,15 @@ def fit(
     net.load_state_dict(torch.load(best_path, weights_only=True, map_location=device)["model"])
     net.cpu().eval()  # export and evaluation run on the CPU, in fp32
     return Trained(net, model_config, progress.history, time.monotonic() - started, pretraining)
+
+
+def log_epoch(name: str, record: dict[str, float], improved: bool, epoch_seconds: float, epochs: int) -> None:
+    """One line an epoch: its record, whether it is the best yet, and how long the rest takes at most (early
+    stopping may end the run sooner)."""
+    rounded = {k: round(v, 4) for k, v in record.items()}
+    left = epoch_seconds * (epochs - record["epoch"])
+    best = " (best)" if improved else ""
+    log.info("%s epoch %d of %d: %s%s, at most %.0f s left", name, record["epoch"], epochs, rounded, best, left)
 
 
 def save_checkpoints(

@@ -118,7 +118,8 @@ def answering_named(request: Request, model: str, asked: str | None, pipeline: t
         choice = None
     if choice is None or not isinstance(choice.primary, pipeline):
         able = sorted({m.model for m in served.models() if isinstance(m, pipeline)})
-        raise BadRequest(f"model {asked!r} cannot answer here; the models that can: {', '.join(able)}")
+        shown = asked if len(asked) <= MODEL_NAME_CHARS else f"{asked[:MODEL_NAME_CHARS]}..."  # a bounded echo
+        raise BadRequest(f"model {shown!r} cannot answer here; the models that can: {', '.join(able)}")
     return choice
 
 

@@ -57,6 +57,8 @@ def test_the_model_field_names_the_image_classifier_that_answers_and_no_other(cl
         refused = client.post("/classify_image", files={"image": png}, data={"model": other})
         assert refused.status_code == 400
         assert refused.json()["error"] == f"model {other!r} cannot answer here; the models that can: fashion-cnn"
+    long = client.post("/classify_image", files={"image": png}, data={"model": "m" * 100_000})
+    assert long.status_code == 400 and len(long.json()["error"]) < 200
     twice = client.post(
         "/classify_image", files=[("image", ("x.png", png)), ("model", (None, b"a")), ("model", (None, b"b"))]
     )
