@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser(
         "finetune",
         help="a new classifier for PATH's classes on a stored classifier's body (transfer learning)",
-        description="PATH: for an image classifier, a folder with a subfolder of images per class; for a text "
-        "classifier, such a folder of .txt files or a CSV with text and label columns.",
+        description="--data: for an image classifier, a folder with a subfolder of images per class; for a text "
+        "classifier, such a folder of .txt files (one text a file) or a CSV with text and label columns.",
     )
     finetune.add_argument(
         "--from", dest="parent", required=True, metavar="MODEL[:VERSION]", help="a stored classifier: fashion-cnn"
