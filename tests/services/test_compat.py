@@ -86,7 +86,17 @@ async def starlettes_file(body: bytes, content_type: str, field: str) -> bytes:
 def test_the_upload_read_is_the_file_starlettes_form_parser_reads(content):
     body, content_type = multipart([("image", "a.png", content)])
     starlettes = asyncio.run(starlettes_file(body, content_type, "image"))
-    assert uploaded_file(body, content_type, "image") == starlettes == content
+    assert uploaded_file(body, content_type, "image") == (starlettes, {}) == (content, {})
+
+
+def test_a_text_field_beside_the_file_is_read_when_asked_for():
+    body, content_type = multipart([("model", None, b"digits"), ("image", "a.png", b"\x89PNG")])
+    assert uploaded_file(body, content_type, "image", ("model",)) == (b"\x89PNG", {"model": "digits"})
+    with pytest.raises(BadRequest, match="do not match the expected"):
+        uploaded_file(body, content_type, "image")  # a field not asked for
+    bad, bad_type = multipart([("image", "a.png", b"x"), ("model", None, b"\xff")])
+    with pytest.raises(BadRequest, match="must be UTF-8 text"):
+        uploaded_file(bad, bad_type, "image", ("model",))
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ def test_batches_are_trimmed_to_their_longest_text():
 def test_user_csv_needs_text_and_label_columns(tmp_path):
     path = tmp_path / "t.csv"
     pd.DataFrame({"sentence": ["x"], "label": ["y"]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match="needs columns text,label"):
+    with pytest.raises(ValueError, match="needs the columns text and label"):
         TASK.load_data(TrainConfig(data=str(path), out_dir=str(tmp_path)))
 
 
