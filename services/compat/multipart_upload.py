@@ -57,8 +57,8 @@ def uploaded_file(
     texts = {named: content for named, is_file, content in parts if not is_file and named in text_fields}
     if len(files) != 1 or len(files) + len(texts) != len(parts):
         fields = sorted(named for named, _, _ in parts)
-        allowed = "".join(f", optionally '{option}' (text)" for option in text_fields)
-        raise BadRequest(f"multipart fields {fields} do not match the expected ['{field}'] (one file{allowed})")
+        allowed = "".join(f", and optionally '{option}' (text)" for option in text_fields)
+        raise BadRequest(f"multipart fields {fields} do not match the expected ['{field}'] (one file){allowed}")
     try:
         return files[0], {named: content.decode() for named, content in texts.items()}
     except UnicodeDecodeError:
