@@ -30,7 +30,7 @@ def test_the_card_measures_samples_against_the_vae_the_class_means_and_real_data
     assert set(metrics["vae_ood"]["sets"]) == {"digits", "photo crops", "noise", "flat"}
     assert card.ood.threshold is None  # a request is a seed and a class: nothing to score
     assert card.extra["pretraining"] and len(card.extra["history"]) == 1  # the VAE first, then the denoiser
-    assert set(card.sha256) == {"model.onnx", "decoder.onnx", "vae_score.onnx", "samples.png"}
+    assert set(card.sha256) == {"model.onnx", "decoder.onnx", "vae_score.onnx", "samples.png", "weights.safetensors"}
     assert set(card.extra["companions_parity"]) == {"decoder.onnx", "vae_score.onnx"}
 
 
@@ -114,7 +114,7 @@ def test_the_gans_card_measures_its_samples_on_the_same_figures_and_keeps_its_la
     for key in ("frechet_cnn", "frechet_cnn_real_halves", "class_spread", "class_spread_test"):
         assert np.isfinite(metrics[key]) and metrics[key] >= -1e-6
     assert card.train_config["adam_beta1"] == 0.5 and card.ood.threshold is None
-    assert set(card.sha256) == {"model.onnx", "samples.png"}
+    assert set(card.sha256) == {"model.onnx", "samples.png", "weights.safetensors"}
     generator = session(stored(gan_card), "model.onnx")
     noise = np.random.default_rng(0).standard_normal((5, 64), dtype=np.float32)
     (pixels,) = generator.run(None, {"noise": noise, "labels": np.arange(5, dtype=np.int64)})
